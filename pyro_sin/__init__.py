@@ -1,0 +1,23 @@
+"""
+pyro-sin: variational message passing with structured inference networks
+(SAN; Lin, Hubacher & Khan, ICLR 2018) for Pyro.
+"""
+
+from . import distributions, nn, optim, pgm
+from .elbo import SINELBO
+from .guide import SINGuide
+from .optim import NaturalAdam
+from .potential import GaussianPotential
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GaussianPotential",
+    "NaturalAdam",
+    "SINELBO",
+    "SINGuide",
+    "distributions",
+    "nn",
+    "optim",
+    "pgm",
+]

@@ -1,0 +1,24 @@
+"""Conjugate exponential families used by the PGM factors."""
+
+from .dirichlet import dirichlet_expected_log, dirichlet_kl
+from .normal_wishart import (
+    GaussianStats,
+    NormalWishart,
+    NormalWishartExpectations,
+    NormalWishartNatural,
+    conjugate_update,
+    expected_gaussian_log_likelihood,
+)
+from .wishart import Wishart
+
+__all__ = [
+    "GaussianStats",
+    "NormalWishart",
+    "NormalWishartExpectations",
+    "NormalWishartNatural",
+    "Wishart",
+    "conjugate_update",
+    "dirichlet_expected_log",
+    "dirichlet_kl",
+    "expected_gaussian_log_likelihood",
+]

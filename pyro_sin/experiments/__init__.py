@@ -1,0 +1,1 @@
+"""Command-line experiments that reproduce the SAN paper's figures."""

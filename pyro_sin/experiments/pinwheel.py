@@ -1,0 +1,221 @@
+"""
+Train SAN-GMM on the pinwheel data with the paper's settings, beside a plain VAE
+with the same networks; print the metrics and write the figures::
+
+    python -m pyro_sin.experiments.pinwheel --out results/pinwheel
+
+``--quick`` (or the environment variable ``CI``) shrinks the run.
+"""
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import pyro
+from pyro.infer import SVI, Trace_ELBO
+
+from ..baselines import VAE
+from ..datasets import pinwheel
+from ..elbo import SINELBO
+from ..metrics import cluster_purity, normalized_mutual_info
+from ..models import DeepLatentMixture
+from ..nn import latent_scale, mirrored_autoencoder
+from ..optim import NaturalAdam
+from ..pgm import GaussianMixture
+from ..plotting import new_figure, plot_curves, plot_generative_samples
+from ..training import fit
+
+
+@dataclass
+class Config:
+    """The paper's pinwheel settings (DESIGN.md §6)."""
+
+    iterations: int = 2000
+    num_components: int = 10
+    latent_dim: int = 2
+    hidden: int = 50
+    batch_size: int = 100
+    lr: float = 0.01
+    natural_lr: float = 0.1
+    num_particles: int = 10
+    test_samples: int = 100
+    curve_samples: int = 10
+    eval_every: int = 50
+    factor: str = "tied"
+    decoder_estimator: str = "sample"
+    seed: int = 0
+    data_seed: int = 0
+
+    @classmethod
+    def quick(cls, **kwargs):
+        return cls(**{"iterations": 200, "eval_every": 50, "test_samples": 20, **kwargs})
+
+
+def build_san(config: Config, train: torch.Tensor):
+    """The deep latent GMM, its SIN guide and the SVI object."""
+    gmm = GaussianMixture(config.num_components, config.latent_dim)
+    encoder, decoder = mirrored_autoencoder(
+        train.shape[-1], config.latent_dim, (config.hidden,) * 2, scale=latent_scale(train)
+    )
+    model = DeepLatentMixture(gmm, decoder, len(train))
+    guide = model.make_guide(encoder, factor=config.factor)
+    svi = SVI(
+        model,
+        guide,
+        NaturalAdam({"lr": config.lr}, natural_lr=config.natural_lr),
+        SINELBO(
+            num_particles=config.num_particles,
+            decoder_estimator=config.decoder_estimator,
+            max_plate_nesting=1,
+        ),
+    )
+    return model, guide, svi
+
+
+def build_vae(config: Config, train: torch.Tensor):
+    encoder, decoder = mirrored_autoencoder(
+        train.shape[-1], config.latent_dim, (config.hidden,) * 2, scale=latent_scale(train)
+    )
+    vae = VAE(encoder, decoder, len(train))
+    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
+    return vae, SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": config.lr}), elbo)
+
+
+def train_san(config: Config, split, progress=True):
+    """:returns: ``(model, guide, history, seconds per step)``."""
+    pyro.clear_param_store()  # parameters are looked up by name: start from nothing
+    pyro.set_rng_seed(config.seed)
+    model, guide, svi = build_san(config, split.train)
+    start = time.perf_counter()
+    history = fit(
+        svi,
+        split.train,
+        iterations=config.iterations,
+        batch_size=config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+        evaluate=lambda: {"test_mse": model.test_mse(guide, split.test, config.curve_samples)},
+        eval_every=config.eval_every,
+        progress=progress,
+        desc=f"SAN-GMM seed {config.seed}",
+    )
+    return model, guide, history, (time.perf_counter() - start) / config.iterations
+
+
+def train_vae(config: Config, split, progress=True):
+    """:returns: ``(vae, history, seconds per step)``."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    vae, svi = build_vae(config, split.train)
+    start = time.perf_counter()
+    history = fit(
+        svi,
+        split.train,
+        iterations=config.iterations,
+        batch_size=config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+        evaluate=lambda: {"test_mse": vae.test_mse(split.test, config.curve_samples)},
+        eval_every=config.eval_every,
+        progress=progress,
+        desc=f"VAE seed {config.seed}",
+    )
+    return vae, history, (time.perf_counter() - start) / config.iterations
+
+
+def evaluate_san(model, guide, split, num_samples):
+    clusters = model.cluster(guide, split.test)
+    return {
+        "test_mse": model.test_mse(guide, split.test, num_samples),
+        "test_log_likelihood": model.test_log_likelihood(guide, split.test, num_samples),
+        "purity": cluster_purity(clusters, split.test_labels),
+        "nmi": normalized_mutual_info(clusters, split.test_labels),
+    }
+
+
+def evaluate_vae(vae, split, num_samples):
+    return {
+        "test_mse": vae.test_mse(split.test, num_samples),
+        "test_log_likelihood": vae.test_log_likelihood(split.test, num_samples),
+    }
+
+
+def markdown_table(rows, columns):
+    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in rows.items():
+        cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else "—" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_figures(out: Path, split, model, guide, san_history, vae_history, num_samples=3000):
+    samples, components, weights = model.generate(guide, num_samples)
+    fig = new_figure()
+    plot_generative_samples(
+        fig.axes[0], split.train, samples, components, weights, "SAN-GMM: samples of the learned model"
+    )
+    fig.savefig(out / "generative_samples.png", dpi=150)
+    fig = new_figure()
+    plot_curves(
+        fig.axes[0],
+        {
+            "SAN-GMM": (san_history.eval_steps, [e["test_mse"] for e in san_history.evals]),
+            "VAE": (vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals]),
+        },
+    )
+    fig.axes[0].set_title("Pinwheel: test MSE")
+    fig.savefig(out / "test_mse.png", dpi=150)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, help="training iterations (default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--factor", choices=["tied", "free"], default="tied")
+    parser.add_argument("--decoder-estimator", choices=["sample", "enumerate"], default="sample")
+    parser.add_argument("--out", type=Path, default=Path("results/pinwheel"))
+    parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    quick = args.quick or "CI" in os.environ
+    overrides = {"seed": args.seed, "factor": args.factor, "decoder_estimator": args.decoder_estimator}
+    if args.iterations is not None:
+        overrides["iterations"] = args.iterations
+    config = Config.quick(**overrides) if quick else Config(**overrides)
+    progress = not args.no_progress
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    split = pinwheel(seed=config.data_seed)
+    model, guide, san_history, san_step = train_san(config, split, progress)
+    vae, vae_history, vae_step = train_vae(config, split, progress)
+    rows = {
+        "SAN-GMM": {**evaluate_san(model, guide, split, config.test_samples), "ms_per_step": 1e3 * san_step},
+        "VAE": {**evaluate_vae(vae, split, config.test_samples), "ms_per_step": 1e3 * vae_step},
+    }
+    columns = ["test_mse", "test_log_likelihood", "purity", "nmi", "ms_per_step"]
+    table = markdown_table(rows, columns)
+    print(f"\nPinwheel after {config.iterations} iterations (seed {config.seed}):\n{table}")
+    write_figures(args.out, split, model, guide, san_history, vae_history)
+    (args.out / "metrics.md").write_text(table + "\n")
+    (args.out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "config": asdict(config),
+                "metrics": rows,
+                "curves": {
+                    "SAN-GMM": [san_history.eval_steps, [e["test_mse"] for e in san_history.evals]],
+                    "VAE": [vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals]],
+                },
+            },
+            indent=2,
+        )
+    )
+    print(f"figures and metrics written to {args.out}/")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

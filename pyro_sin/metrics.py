@@ -1,0 +1,73 @@
+"""Evaluation metrics: weighted reconstruction error, importance-sampled
+log-likelihood, and clustering agreement with true labels."""
+
+import math
+
+import torch
+
+
+def weighted_mse(y: torch.Tensor, probs: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    r"""
+    The SAN paper's test error (DESIGN.md §6),
+
+    .. math:: \frac1N\sum_n \sum_k r_{nk}\,\frac1S\sum_s \lVert y_n - \hat y_{nks}\rVert^2,
+
+    :param torch.Tensor y: data, shape ``(N, D)``.
+    :param torch.Tensor probs: ``r_nk``, shape ``(N, K)``.
+    :param torch.Tensor reconstructions: decoder means ``ŷ``, shape ``(S, N, K, D)``.
+    :returns: a scalar tensor.
+    """
+    if reconstructions.shape[1:] != probs.shape + y.shape[-1:]:
+        raise ValueError(
+            f"reconstructions must have shape (S, N, K, D) = (S, {tuple(probs.shape)}, "
+            f"{y.shape[-1]}), got {tuple(reconstructions.shape)}"
+        )
+    sq_err = (reconstructions - y[:, None, :]).pow(2).sum(-1).mean(0)  # (N, K)
+    return (probs * sq_err).sum(-1).mean()
+
+
+def log_mean_exp(log_w: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return torch.logsumexp(log_w, dim) - math.log(log_w.shape[dim])
+
+
+def importance_log_likelihood(log_joint: torch.Tensor, log_proposal: torch.Tensor) -> torch.Tensor:
+    r"""
+    ``log p(y_n) ≈ log (1/S) Σ_s p(y_n, x_s) / q(x_s | y_n)`` per data point.
+
+    :param torch.Tensor log_joint: ``log p(y_n, x_s)``, shape ``(S, N)``.
+    :param torch.Tensor log_proposal: ``log q(x_s | y_n)``, shape ``(S, N)``.
+    :returns: shape ``(N,)``.
+    """
+    return log_mean_exp(log_joint - log_proposal, 0)
+
+
+def _contingency(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    pred = torch.unique(pred, return_inverse=True)[1]
+    true = torch.unique(true, return_inverse=True)[1]
+    table = torch.zeros(int(pred.max()) + 1, int(true.max()) + 1, dtype=torch.float64)
+    table.index_put_((pred, true), torch.ones(len(pred), dtype=torch.float64), accumulate=True)
+    return table
+
+
+def cluster_purity(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Fraction of points whose cluster's majority label is their own label."""
+    if pred.shape != true.shape:
+        raise ValueError(f"pred and true must share a shape, got {tuple(pred.shape)} and {tuple(true.shape)}")
+    table = _contingency(pred, true)
+    return float(table.max(1).values.sum() / table.sum())
+
+
+def normalized_mutual_info(pred: torch.Tensor, true: torch.Tensor) -> float:
+    r"""``NMI = I(pred; true) / ((H(pred) + H(true)) / 2)`` (arithmetic normalisation)."""
+    if pred.shape != true.shape:
+        raise ValueError(f"pred and true must share a shape, got {tuple(pred.shape)} and {tuple(true.shape)}")
+    joint = _contingency(pred, true)
+    joint = joint / joint.sum()
+    p_pred, p_true = joint.sum(1), joint.sum(0)
+    nz = joint > 0
+    mutual = (joint[nz] * (joint[nz] / (p_pred[:, None] * p_true[None, :])[nz]).log()).sum()
+    entropy = lambda p: -(p[p > 0] * p[p > 0].log()).sum()  # noqa: E731
+    h_pred, h_true = entropy(p_pred), entropy(p_true)
+    if h_pred + h_true == 0:
+        return 1.0
+    return float(mutual / (0.5 * (h_pred + h_true)))

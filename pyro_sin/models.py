@@ -1,0 +1,114 @@
+r"""
+Ready-made deep generative models with a structured latent prior.
+
+:class:`DeepLatentMixture` is the SAN paper's model,
+
+.. math:: p(y, x, z, \theta) = \prod_n p_{\theta_{NN}}(y_n \mid x_n)\, p(x_n \mid z_n, \theta)\,
+          p(z_n \mid \pi)\; p(\theta),
+
+written as an ordinary Pyro program; its evaluation helpers compute the
+paper's metrics from a trained :class:`~pyro_sin.SINGuide`.
+"""
+
+import torch
+
+import pyro
+import pyro.distributions as dist
+
+from .guide import SINGuide
+from .metrics import importance_log_likelihood, weighted_mse
+from .pgm.mixture import GaussianMixture
+
+
+def data_plate(num_data: int, y: torch.Tensor, indices=None) -> pyro.plate:
+    """
+    The plate over data points: ``y`` is the minibatch, ``indices`` its rows in
+    the full data set (random ones when omitted; only the scale ``N/|B|`` matters then).
+    """
+    if indices is not None:
+        return pyro.plate("data", num_data, subsample=indices)
+    return pyro.plate("data", num_data, subsample_size=len(y))
+
+
+class DeepLatentMixture:
+    r"""
+    A neural decoder on top of a latent mixture prior.
+
+    :param GaussianMixture pgm: the latent structured prior.
+    :param torch.nn.Module decoder: ``x ↦ p(y | x)``, with a ``distribution(x)`` method
+        returning a Pyro distribution with event dimension 1 (e.g.
+        :class:`~pyro_sin.nn.GaussianDecoder`).
+    :param int num_data: size ``N`` of the training set (for the minibatch scale).
+    """
+
+    def __init__(self, pgm: GaussianMixture, decoder: torch.nn.Module, num_data: int):
+        self.pgm = pgm
+        self.decoder = decoder
+        self.num_data = num_data
+
+    def __call__(self, y, indices=None):
+        pyro.module("decoder", self.decoder)
+        params = self.pgm.sample_params()
+        with data_plate(self.num_data, y, indices):
+            x = self.pgm.sample_latent(params)
+            pyro.sample("y", self.decoder.distribution(x), obs=y)
+
+    def create_plates(self, y, indices=None):
+        """For :class:`~pyro_sin.SINGuide`'s ``create_plates``: the same data plate."""
+        return data_plate(self.num_data, y, indices)
+
+    def make_guide(self, encoder, **kwargs) -> SINGuide:
+        """A :class:`~pyro_sin.SINGuide` for this model."""
+        return SINGuide(self, self.pgm, encoder, create_plates=self.create_plates, **kwargs)
+
+    # ----- evaluation -------------------------------------------------------------
+
+    @torch.no_grad()
+    def reconstruct(self, guide: SINGuide, y, num_samples: int = 100):
+        """
+        :returns: ``(r, ŷ)``: assignment probabilities ``(N, K)`` and decoder means of
+            ``num_samples`` draws from every component's posterior, ``(S, N, K, D)``.
+        """
+        post = guide.local_posterior(y)
+        x = post.rsample_components((num_samples,))
+        loc, _ = self.decoder(x)
+        return post.probs, loc
+
+    @torch.no_grad()
+    def test_mse(self, guide: SINGuide, y, num_samples: int = 100) -> float:
+        """The paper's weighted test MSE (see :func:`~pyro_sin.metrics.weighted_mse`)."""
+        probs, recon = self.reconstruct(guide, y, num_samples)
+        return float(weighted_mse(y, probs, recon))
+
+    @torch.no_grad()
+    def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100) -> float:
+        r"""
+        Mean over points of ``log p(y_n)`` under the posterior-mean PGM parameters,
+        by importance sampling with the SIN marginal ``q(x_n | y_n)`` as proposal.
+        """
+        post = guide.local_posterior(y)
+        z = dist.Categorical(logits=post.log_probs).sample((num_samples,))  # (S, N)
+        x = post.rsample_components((num_samples,))  # (S, N, K, D)
+        x = x.gather(-2, z[..., None, None].expand(z.shape + (1, x.shape[-1])))[..., 0, :]
+        params = self.pgm.point_estimate(guide.global_posterior())
+        log_joint = self.decoder.distribution(x).log_prob(y) + self.pgm.latent_log_prob(params, x)
+        return float(importance_log_likelihood(log_joint, post.marginal_log_prob(x)).mean())
+
+    @torch.no_grad()
+    def cluster(self, guide: SINGuide, y) -> torch.Tensor:
+        """The most probable component of each point, ``argmax_k r_nk``."""
+        return guide.local_posterior(y).log_probs.argmax(-1)
+
+    @torch.no_grad()
+    def generate(self, guide: SINGuide, num_samples: int):
+        """
+        Samples of the learned generative model under the posterior-mean parameters.
+
+        :returns: ``(y, z, weights)``: decoder means ``(S, D)``, components ``(S,)`` and
+            the mixture weights ``(K,)``.
+        """
+        params = self.pgm.point_estimate(guide.global_posterior())
+        z = dist.Categorical(params.weights).sample((num_samples,))
+        x = dist.MultivariateNormal(params.locs[z], precision_matrix=params.precisions[z]).sample()
+        loc, _ = self.decoder(x)
+        return loc, z, params.weights

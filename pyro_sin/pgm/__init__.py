@@ -1,0 +1,13 @@
+"""Structured priors: one module per graph, each with its SIN factor."""
+
+from .base import SINRecord, StructuredPrior
+from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior
+
+__all__ = [
+    "GaussianMixture",
+    "MixtureFactor",
+    "MixtureParams",
+    "MixturePosterior",
+    "SINRecord",
+    "StructuredPrior",
+]

@@ -1,0 +1,155 @@
+"""
+The interface between a structured prior (a PGM) and the generic machinery.
+
+:class:`~pyro_sin.SINGuide`, :class:`~pyro_sin.SINELBO` and
+:class:`~pyro_sin.optim.NaturalAdam` know nothing about mixtures or chains;
+they talk to a PGM only through the methods below. Each PGM module owns all
+of its structure-specific mathematics.
+
+Vocabulary used throughout:
+
+* *natural* -- a ``dict`` of tensors: the natural parameters ``λ`` of the
+  conjugate posterior ``q(θ_PGM | λ)`` over the PGM's global parameters. The
+  guide owns them; the natural-gradient step moves them by convex combination.
+* *factor* -- the SIN's PGM factor ``q(x | φ_PGM)``, either *tied* (the
+  mean-field message of ``q(θ | λ)``) or *free* (its own parameters).
+* *posterior* -- the closed-form SIN posterior of the local latents of one
+  minibatch, combining the encoder's potentials with the factor.
+"""
+
+from typing import Any, Dict, NamedTuple, Tuple
+
+import torch
+from torch.distributions import constraints
+
+from pyro.poutine.runtime import effectful
+
+
+class SINRecord(NamedTuple):
+    """What a guide leaves on its local latent site for :class:`~pyro_sin.SINELBO`."""
+
+    pgm: "StructuredPrior"
+    natural: Dict[str, torch.Tensor]  # λ as the guide holds them
+    global_posterior: Any  # q(θ | λ), without gradient to λ
+    posterior: Any  # the SIN posterior of the minibatch
+
+
+# The PGM's own sample statements run as effects, so that SINELBO, which
+# integrates the PGM's sites in closed form, can skip them (no sampling of θ,
+# no densities built for x) while every other handler sees ordinary sites.
+
+
+@effectful(type="sin_prior_params")
+def _prior_params(pgm):
+    return pgm._sample_params()
+
+
+@effectful(type="sin_prior_latent")
+def _prior_latent(pgm, params):
+    return pgm._sample_latent(params)
+
+
+@effectful(type="sin_posterior_params")
+def _posterior_params(pgm, natural):
+    return pgm._sample_global_posterior(natural)
+
+
+class StructuredPrior(torch.nn.Module):
+    """
+    Base class of a PGM prior ``p(x | θ) p(θ)`` with a conjugate posterior
+    ``q(θ | λ)`` and a closed-form structured inference network.
+
+    :param str name: the name of the local latent site; other sites derive
+        their names from it.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    # ----- model side ---------------------------------------------------------
+
+    @property
+    def global_sites(self) -> Tuple[str, ...]:
+        """Names of the sample sites of ``θ``, emitted outside any data plate."""
+        raise NotImplementedError
+
+    @property
+    def local_sites(self) -> Tuple[str, ...]:
+        """Names of the local sample sites, emitted inside the data plate."""
+        raise NotImplementedError
+
+    def sample_params(self):
+        """Emits ``θ ~ p(θ)`` as Pyro sample sites; returns the sampled values."""
+        return _prior_params(self)
+
+    def sample_latent(self, params) -> torch.Tensor:
+        """Emits the local sites ``x ~ p(x | θ)`` inside the user's data plate."""
+        return _prior_latent(self, params)
+
+    def _sample_params(self):
+        raise NotImplementedError
+
+    def _sample_latent(self, params):
+        raise NotImplementedError
+
+    # ----- conjugate posterior over θ -------------------------------------------
+
+    def prior_natural(self) -> Dict[str, torch.Tensor]:
+        """Natural parameters ``λ₀`` of the conjugate prior ``p(θ)``."""
+        raise NotImplementedError
+
+    def init_natural(self) -> Dict[str, torch.Tensor]:
+        """Initial natural parameters ``λ`` of ``q(θ | λ)``."""
+        raise NotImplementedError
+
+    def global_posterior(self, natural: Dict[str, torch.Tensor]):
+        """``q(θ | λ)`` as an object the methods below take (computed once per step)."""
+        raise NotImplementedError
+
+    def sample_global_posterior(self, natural: Dict[str, torch.Tensor]):
+        """Emits ``θ ~ q(θ | λ)`` under the same site names as :meth:`sample_params`."""
+        return _posterior_params(self, natural)
+
+    def _sample_global_posterior(self, natural):
+        raise NotImplementedError
+
+    def kl(self, global_posterior) -> torch.Tensor:
+        """``KL(q(θ | λ) ‖ p(θ))`` in closed form (a scalar)."""
+        raise NotImplementedError
+
+    # ----- the structured inference network ------------------------------------
+
+    def tied_factor(self, global_posterior):
+        """The SIN factor as the mean-field message ``exp E_q(θ)[log p(x | θ)]``."""
+        raise NotImplementedError
+
+    def init_free_factor(self, natural: Dict[str, torch.Tensor]) -> Dict[str, Tuple[torch.Tensor, constraints.Constraint]]:
+        """Initial values and constraints of a free SIN factor's parameters."""
+        raise NotImplementedError
+
+    def free_factor(self, params: Dict[str, torch.Tensor]):
+        """The SIN factor built from free parameters."""
+        raise NotImplementedError
+
+    def posterior(self, potential, factor):
+        """Closed-form SIN posterior from the encoder's potentials and the factor."""
+        raise NotImplementedError
+
+    def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
+        """Emits the local sites from the SIN posterior in ``record``."""
+        raise NotImplementedError
+
+    def local_elbo(self, global_posterior, posterior) -> torch.Tensor:
+        """
+        Per-data-point closed-form part of the bound,
+        ``E_q(θ) E_q(x) [log p(x | θ)] + H[q(x)]``, batch shape of the data plate.
+        """
+        raise NotImplementedError
+
+    def natural_target(self, posterior, scale: float) -> Dict[str, torch.Tensor]:
+        """
+        The conjugate update ``λ* = λ₀ + scale · Σ E[t(x)]`` from the exact
+        expected statistics of the minibatch (``scale = N / |B|``).
+        """
+        raise NotImplementedError

@@ -1,0 +1,374 @@
+r"""
+The latent Gaussian mixture and its structured inference network.
+
+Model (``K`` components, latent dimension ``D``)::
+
+    π ~ Dir(α₀)
+    Λ_k ~ W(W₀, ν₀),  μ_k | Λ_k ~ N(m₀, (κ₀Λ_k)⁻¹)
+    z_n ~ Cat(π),  x_n | z_n = k ~ N(μ_k, Λ_k⁻¹)
+
+SIN posterior of one data point with encoder potential ``(h_n, J_n)`` and a
+mixture factor ``f_k(x) = exp(c_k + η_kᵀx - ½ xᵀP_k x)``:
+
+.. math::
+
+    q(x_n \mid z_n = k) = \mathcal N_{\rm info}(x_n;\ h_n + \eta_k,\ J_n + P_k),\qquad
+    q(z_n = k) \propto \exp\big(c_k + \tfrac12 b^\top (J_n+P_k)^{-1} b
+        - \tfrac12\log|J_n+P_k| + \tfrac D2\log 2\pi\big),\ b = h_n + \eta_k.
+"""
+
+import math
+from typing import Dict, NamedTuple
+
+import torch
+from torch.distributions import constraints
+
+import pyro
+import pyro.distributions as dist
+from pyro.ops.indexing import Vindex
+from pyro.ops.tensor_utils import precision_to_scale_tril
+
+from ..distributions import (
+    GaussianStats,
+    NormalWishart,
+    NormalWishartNatural,
+    conjugate_update,
+    dirichlet_expected_log,
+    dirichlet_kl,
+    expected_gaussian_log_likelihood,
+)
+from ..potential import GaussianPotential
+from .base import SINRecord, StructuredPrior
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class MixtureParams(NamedTuple):
+    """Sampled global parameters of a Gaussian mixture."""
+
+    weights: torch.Tensor  # (..., K)
+    locs: torch.Tensor  # (..., K, D)
+    precisions: torch.Tensor  # (..., K, D, D)
+
+
+class MixtureGlobalPosterior:
+    """``q(π) q(μ, Λ) = Dir(α) Π_k NW(m_k, κ_k, W_k, ν_k)`` with its expectations."""
+
+    def __init__(self, concentration: torch.Tensor, normal_wishart: NormalWishart):
+        self.concentration = concentration  # (K,)
+        self.normal_wishart = normal_wishart  # batch (K,)
+        self.expected_log_weights = dirichlet_expected_log(concentration)  # (K,)
+        self.expectations = normal_wishart.expectations()
+
+
+class MixtureFactor(NamedTuple):
+    r"""Unnormalised Gaussian components ``f_k(x) = exp(c_k + η_kᵀx - ½ xᵀ P_k x)``."""
+
+    log_weight: torch.Tensor  # (K,)       c_k
+    precision: torch.Tensor  # (K, D, D)   P_k
+    info_loc: torch.Tensor  # (K, D)       η_k
+
+
+class MixturePosterior:
+    r"""
+    The closed-form SIN posterior ``q(x_n, z_n | y_n)`` of a batch of points.
+
+    :param GaussianPotential potential: encoder potentials, shape ``(..., D)``.
+    :param MixtureFactor factor: the SIN's mixture factor.
+    """
+
+    def __init__(self, potential: GaussianPotential, factor: MixtureFactor):
+        D = potential.info_vec.shape[-1]
+        precision = (
+            torch.diag_embed(potential.precision)[..., None, :, :] + factor.precision
+        )  # (..., K, D, D)
+        info_vec = potential.info_vec[..., None, :] + factor.info_loc  # (..., K, D)
+        # One factorisation gives the sampler, the mean and the log-determinant.
+        self.scale_tril = precision_to_scale_tril(precision)  # (..., K, D, D)
+        half_cov_info = (self.scale_tril.transpose(-1, -2) @ info_vec[..., None])[..., 0]
+        self.loc = (self.scale_tril @ half_cov_info[..., None])[..., 0]  # (..., K, D)
+        self.half_log_det_cov = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        log_z = (
+            factor.log_weight
+            + 0.5 * half_cov_info.pow(2).sum(-1)
+            + 0.5 * D * _LOG_2PI
+            + self.half_log_det_cov
+        )  # (..., K)
+        self.log_normalizer = torch.logsumexp(log_z, -1)  # (...)
+        self.log_probs = log_z - self.log_normalizer[..., None]  # (..., K) log r_nk
+        self.dim = D
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.log_probs.exp()
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        return self.scale_tril @ self.scale_tril.transpose(-1, -2)
+
+    def second_moment(self) -> torch.Tensor:
+        """``E[x xᵀ | z = k]``, shape ``(..., K, D, D)``."""
+        return self.covariance + self.loc[..., :, None] * self.loc[..., None, :]
+
+    def entropy(self) -> torch.Tensor:
+        r"""``H[q(x, z)] = H[r] + Σ_k r_k H[N(x̄_k, S_k)]``, shape ``(...)``."""
+        gaussian = 0.5 * self.dim * (1 + _LOG_2PI) + self.half_log_det_cov
+        probs = self.probs
+        return (probs * (gaussian - self.log_probs)).sum(-1)
+
+    def weighted_stats(self) -> GaussianStats:
+        """Per-point, per-component statistics ``r_nk (1, x̄, E[x xᵀ])``, batch ``(..., K)``."""
+        r = self.probs
+        return GaussianStats(
+            r, r[..., None] * self.loc, r[..., None, None] * self.second_moment()
+        )
+
+    def rsample_components(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Reparameterised draws from every ``q(x | z = k)``, shape ``sample_shape + (..., K, D)``."""
+        shape = torch.Size(sample_shape) + self.loc.shape
+        noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        return self.loc + (self.scale_tril @ noise[..., None])[..., 0]
+
+    def marginal_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(x | y) = log Σ_k r_k N(x; x̄_k, S_k)`` for ``x`` of shape ``(..., D)``."""
+        comps = dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril)
+        return torch.logsumexp(self.log_probs + comps.log_prob(x[..., None, :]), -1)
+
+
+class GaussianMixture(StructuredPrior):
+    r"""
+    A Gaussian mixture prior on a latent ``x`` with a Dirichlet / Normal-Wishart
+    conjugate prior on its parameters.
+
+    Model-side use inside a Pyro program::
+
+        params = gmm.sample_params()          # sites x_weights, x_precisions, x_locs
+        with pyro.plate("data", N, subsample=idx):
+            x = gmm.sample_latent(params)     # sites x_assignment, x
+
+    :param int num_components: ``K``.
+    :param int latent_dim: ``D``.
+    :param str name: name of the latent site ``x``.
+    :param float concentration: Dirichlet prior ``α₀`` (default ``0.05 / K``).
+    :param loc: prior mean ``m₀`` (default 0).
+    :param float kappa: ``κ₀`` (default 0.5).
+    :param torch.Tensor scale_inv: ``W₀⁻¹`` (default ``(D + 0.5) I``).
+    :param float df: ``ν₀`` (default ``2D + 0.5``).
+    :param float init_loc_range: initial posterior means ``m ~ U(-r, r)^D``.
+    """
+
+    def __init__(
+        self,
+        num_components: int,
+        latent_dim: int,
+        name: str = "x",
+        *,
+        concentration=None,
+        loc=0.0,
+        kappa=0.5,
+        scale_inv=None,
+        df=None,
+        init_loc_range: float = 5.0,
+    ):
+        super().__init__(name)
+        K, D = num_components, latent_dim
+        if K < 1 or D < 1:
+            raise ValueError(f"need num_components >= 1 and latent_dim >= 1, got {K}, {D}")
+        self.num_components, self.latent_dim = K, D
+        self.init_loc_range = init_loc_range
+        dtype = torch.get_default_dtype()
+
+        def as_tensor(value, shape):
+            return torch.as_tensor(value, dtype=dtype).expand(shape).clone()
+
+        concentration = 0.05 / K if concentration is None else concentration
+        scale_inv = (D + 0.5) * torch.eye(D, dtype=dtype) if scale_inv is None else scale_inv
+        df = 2 * D + 0.5 if df is None else df
+        self.register_buffer("prior_concentration", as_tensor(concentration, (K,)))
+        self.register_buffer("prior_loc", as_tensor(loc, (K, D)))
+        self.register_buffer("prior_kappa", as_tensor(kappa, (K,)))
+        self.register_buffer("prior_scale_inv", as_tensor(scale_inv, (K, D, D)))
+        self.register_buffer("prior_df", as_tensor(df, (K,)))
+        if not (self.prior_concentration > 0).all():
+            raise ValueError("the Dirichlet concentration must be positive")
+        self.prior(validate_args=True)  # positive definite scale, df > D - 1, kappa > 0
+
+    # ----- site names -----------------------------------------------------------
+
+    @property
+    def weights_site(self):
+        return f"{self.name}_weights"
+
+    @property
+    def precisions_site(self):
+        return f"{self.name}_precisions"
+
+    @property
+    def locs_site(self):
+        return f"{self.name}_locs"
+
+    @property
+    def assignment_site(self):
+        return f"{self.name}_assignment"
+
+    @property
+    def global_sites(self):
+        return (self.weights_site, self.precisions_site, self.locs_site)
+
+    @property
+    def local_sites(self):
+        return (self.assignment_site, self.name)
+
+    # ----- model side -------------------------------------------------------------
+
+    def prior(self, validate_args=False) -> NormalWishart:
+        """``p(μ, Λ)``; its hyperparameters are validated once, at construction."""
+        return NormalWishart(
+            self.prior_loc,
+            self.prior_kappa,
+            self.prior_scale_inv,
+            self.prior_df,
+            validate_args=validate_args,
+        )
+
+    def _sample_params(self) -> MixtureParams:
+        weights = pyro.sample(self.weights_site, dist.Dirichlet(self.prior_concentration))
+        prior = self.prior()
+        precisions = pyro.sample(self.precisions_site, prior.precision_dist().to_event(1))
+        locs = pyro.sample(self.locs_site, prior.loc_dist(precisions).to_event(1))
+        return MixtureParams(weights, locs, precisions)
+
+    def _sample_latent(self, params: MixtureParams) -> torch.Tensor:
+        z = pyro.sample(self.assignment_site, dist.Categorical(params.weights))
+        loc = Vindex(params.locs)[..., z, :]
+        precision = Vindex(params.precisions)[..., z, :, :]
+        return pyro.sample(self.name, dist.MultivariateNormal(loc, precision_matrix=precision))
+
+    # ----- conjugate posterior over θ -----------------------------------------------
+
+    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> MixtureGlobalPosterior:
+        concentration = natural["concentration"]
+        if not (concentration > 0).all():
+            raise ValueError(
+                f"Dirichlet natural parameter must stay positive, got {concentration}; "
+                "natural parameters should only move by convex combinations (NaturalAdam)"
+            )
+        nw = NormalWishart.from_natural(
+            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
+        )
+        return MixtureGlobalPosterior(concentration, nw)
+
+    @staticmethod
+    def _pack(concentration, nw_natural: NormalWishartNatural) -> Dict[str, torch.Tensor]:
+        return {"concentration": concentration, **nw_natural._asdict()}
+
+    def prior_natural(self):
+        return self._pack(self.prior_concentration, self.prior().natural_params)
+
+    def init_natural(self):
+        K, D = self.num_components, self.latent_dim
+        like = self.prior_loc
+        loc = (2 * torch.rand(K, D, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
+        init = NormalWishart(
+            loc,
+            torch.ones(K, dtype=like.dtype, device=like.device),
+            2 * D * torch.eye(D, dtype=like.dtype, device=like.device).expand(K, D, D),
+            torch.full((K,), 2.0 * D + 1, dtype=like.dtype, device=like.device),
+        )
+        return self._pack(torch.ones_like(self.prior_concentration), init.natural_params)
+
+    def point_estimate(self, q: MixtureGlobalPosterior) -> MixtureParams:
+        """Posterior means ``E[π]``, ``E[μ_k] = m_k`` and ``E[Λ_k] = ν_k W_k``."""
+        weights = q.concentration / q.concentration.sum(-1, keepdim=True)
+        return MixtureParams(weights, q.normal_wishart.loc, q.expectations.precision)
+
+    def latent_log_prob(self, params: MixtureParams, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x | θ) = log Σ_k π_k N(x; μ_k, Λ_k⁻¹)`` for ``x`` of shape ``(..., D)``."""
+        comps = dist.MultivariateNormal(params.locs, precision_matrix=params.precisions)
+        return torch.logsumexp(params.weights.log() + comps.log_prob(x[..., None, :]), -1)
+
+    def _sample_global_posterior(self, natural):
+        q = self.global_posterior(natural)
+        nw = q.normal_wishart
+        pyro.sample(self.weights_site, dist.Dirichlet(q.concentration))
+        precisions = pyro.sample(self.precisions_site, nw.precision_dist().to_event(1))
+        pyro.sample(self.locs_site, nw.loc_dist(precisions).to_event(1))
+
+    def kl(self, q: MixtureGlobalPosterior):
+        return dirichlet_kl(q.concentration, self.prior_concentration) + q.normal_wishart.kl_divergence(
+            self.prior()
+        ).sum(-1)
+
+    # ----- SIN factor and posterior ---------------------------------------------------
+
+    def tied_factor(self, q: MixtureGlobalPosterior) -> MixtureFactor:
+        E = q.expectations
+        log_weight = q.expected_log_weights + 0.5 * (
+            E.log_det_precision - E.loc_precision_loc - self.latent_dim * _LOG_2PI
+        )
+        return MixtureFactor(log_weight, E.precision, E.precision_loc)
+
+    def init_free_factor(self, natural):
+        q = self.global_posterior(natural)
+        return {
+            "logits": (q.expected_log_weights, constraints.real),
+            "loc": (q.normal_wishart.loc, constraints.real_vector),
+            "precision_tril": (
+                torch.linalg.cholesky(q.expectations.precision),
+                constraints.lower_cholesky,
+            ),
+        }
+
+    def free_factor(self, params) -> MixtureFactor:
+        tril = params["precision_tril"]
+        precision = tril @ tril.transpose(-1, -2)
+        loc = params["loc"]
+        info_loc = (precision @ loc[..., None])[..., 0]
+        log_weight = (
+            torch.log_softmax(params["logits"], -1)
+            + tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            - 0.5 * (loc * info_loc).sum(-1)
+            - 0.5 * self.latent_dim * _LOG_2PI
+        )
+        return MixtureFactor(log_weight, precision, info_loc)
+
+    def posterior(self, potential: GaussianPotential, factor: MixtureFactor) -> MixturePosterior:
+        if potential.info_vec.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' has latent_dim={self.latent_dim} but the "
+                f"encoder emitted potentials of size {potential.info_vec.shape[-1]}"
+            )
+        return MixturePosterior(potential, factor)
+
+    def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
+        post = record.posterior
+        z = pyro.sample(
+            self.assignment_site, dist.Categorical(logits=post.log_probs, validate_args=False)
+        )
+        loc = Vindex(post.loc)[..., z, :]
+        scale_tril = Vindex(post.scale_tril)[..., z, :, :]
+        return pyro.sample(
+            self.name,
+            dist.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False),
+            infer={"sin": record},
+        )
+
+    # ----- closed-form bound and natural-gradient target ---------------------------------
+
+    def local_elbo(self, q: MixtureGlobalPosterior, posterior: MixturePosterior) -> torch.Tensor:
+        stats = posterior.weighted_stats()  # batch (..., K)
+        expected_log_prior = (
+            posterior.probs * q.expected_log_weights
+            + expected_gaussian_log_likelihood(q.expectations, stats)
+        ).sum(-1)
+        return expected_log_prior + posterior.entropy()
+
+    def natural_target(self, posterior: MixturePosterior, scale: float):
+        stats = posterior.weighted_stats()
+        batch_dims = tuple(range(stats.count.dim() - 1))
+        total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))  # (K, ...)
+        prior = self.prior()
+        return self._pack(
+            self.prior_concentration + total.count,
+            conjugate_update(prior.natural_params, total),
+        )

@@ -1,0 +1,73 @@
+"""A minibatch training loop around :class:`pyro.infer.SVI` with a progress bar."""
+
+import math
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+
+class History(NamedTuple):
+    """What :func:`fit` recorded: the loss of every step and periodic evaluations."""
+
+    losses: List[float]
+    eval_steps: List[int]
+    evals: List[Dict[str, float]]
+
+
+def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator):
+    """Endless minibatches of indices, reshuffled every epoch."""
+    if not 0 < batch_size <= num_data:
+        raise ValueError(f"batch_size must lie in [1, {num_data}], got {batch_size}")
+    while True:
+        order = torch.randperm(num_data, generator=generator)
+        for start in range(0, num_data - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def fit(
+    svi,
+    data: torch.Tensor,
+    *,
+    iterations: int,
+    batch_size: int,
+    generator: Optional[torch.Generator] = None,
+    evaluate: Optional[Callable[[], Dict[str, float]]] = None,
+    eval_every: int = 50,
+    progress: bool = True,
+    desc: str = "SVI",
+) -> History:
+    """
+    Runs ``svi.step(data[idx], idx)`` on random minibatches.
+
+    :param evaluate: called at step 0, every ``eval_every`` steps and at the end;
+        returns named metrics shown in the progress bar and kept in the history.
+    :raises FloatingPointError: when the loss becomes NaN or infinite.
+    """
+    generator = generator or torch.Generator().manual_seed(0)
+    batches = minibatch_indices(len(data), batch_size, generator)
+    history = History([], [], [])
+
+    def record(step):
+        if evaluate is not None:
+            history.eval_steps.append(step)
+            history.evals.append(evaluate())
+
+    record(0)
+    bar = tqdm(range(1, iterations + 1), desc=desc, disable=not progress, mininterval=0.5)
+    running = None
+    for step in bar:
+        idx = next(batches).to(data.device)
+        loss = svi.step(data[idx], idx) / len(data)  # the bound is scaled to the full data set
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"{desc}: the loss became {loss} at step {step}")
+        history.losses.append(loss)
+        running = loss if running is None else 0.95 * running + 0.05 * loss
+        if step % eval_every == 0 or step == iterations:
+            record(step)
+        if progress:
+            postfix = {"-elbo/pt": f"{running:.3f}"}
+            if history.evals:
+                postfix.update({k: f"{v:.3g}" for k, v in history.evals[-1].items()})
+            bar.set_postfix(postfix, refresh=False)
+    return history

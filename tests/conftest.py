@@ -1,0 +1,23 @@
+import os
+
+import pytest
+import torch
+
+import pyro
+
+
+def pytest_configure(config):
+    os.environ.setdefault("CI", "1")  # tutorials and experiments run in their short mode
+
+
+@pytest.fixture(autouse=True)
+def _float64_and_validation():
+    """Pyro's own test convention: float64, validation on, a fresh param store."""
+    old_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    torch.set_default_dtype(old_dtype)
+    pyro.clear_param_store()

@@ -1,0 +1,170 @@
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import pyro
+import pyro.distributions as dist
+from pyro.ops.indexing import Vindex
+from pyro_sin.pgm import GaussianMixture
+from pyro_sin.pgm.base import SINRecord
+from pyro_sin.potential import GaussianPotential
+
+
+def random_factor(gmm):
+    K, D = gmm.num_components, gmm.latent_dim
+    A = torch.randn(K, D, D)
+    return gmm.free_factor(
+        {
+            "logits": torch.randn(K),
+            "loc": 2 * torch.randn(K, D),
+            "precision_tril": torch.linalg.cholesky(A @ A.transpose(-1, -2) + 0.5 * torch.eye(D)),
+        }
+    )
+
+
+def random_potential(B, D):
+    return GaussianPotential(torch.randn(B, D) * 2, torch.rand(B, D) + 0.3)
+
+
+def grid(D=2, lim=12.0, n=601):
+    axes = torch.linspace(-lim, lim, n)
+    pts = torch.stack(torch.meshgrid(*[axes] * D, indexing="ij"), -1).reshape(-1, D)
+    return pts, (axes[1] - axes[0]) ** D
+
+
+def brute_force(potential, factor, pts, cell):
+    """Dense quadrature of ψ(x) f_k(x) on a grid: log Z, r_nk, means, covariances."""
+    h, J = potential
+    log_psi = pts @ h.T - 0.5 * (pts.pow(2) @ J.T)  # (G, B)
+    log_f = (
+        factor.log_weight
+        + pts @ factor.info_loc.T
+        - 0.5 * torch.einsum("gi,kij,gj->gk", pts, factor.precision, pts)
+    )  # (G, K)
+    log_joint = log_psi[:, :, None] + log_f[:, None, :] + math.log(cell)  # (G, B, K)
+    log_zk = torch.logsumexp(log_joint, 0)  # (B, K)
+    w = (log_joint - log_zk).exp()
+    mean = torch.einsum("gbk,gd->bkd", w, pts)
+    diff = pts[:, None, None, :] - mean
+    cov = torch.einsum("gbk,gbki,gbkj->bkij", w, diff, diff)
+    return torch.logsumexp(log_zk, -1), torch.softmax(log_zk, -1), mean, cov
+
+
+def test_posterior_matches_dense_quadrature():
+    gmm = GaussianMixture(3, 2)
+    factor, potential = random_factor(gmm), random_potential(4, 2)
+    post = gmm.posterior(potential, factor)
+    log_z, r, mean, cov = brute_force(potential, factor, *grid())
+    assert_close(post.log_normalizer, log_z, rtol=1e-6, atol=1e-6)
+    assert_close(post.probs, r, rtol=1e-6, atol=1e-8)
+    assert_close(post.loc, mean, rtol=1e-5, atol=1e-6)
+    assert_close(post.covariance, cov, rtol=1e-4, atol=1e-6)
+
+
+def test_entropy_and_marginal_density_match_monte_carlo():
+    gmm = GaussianMixture(4, 2)
+    post = gmm.posterior(random_potential(3, 2), random_factor(gmm))
+    z = dist.Categorical(logits=post.log_probs).sample((200000,))  # (S, B)
+    comp = dist.MultivariateNormal(Vindex(post.loc)[..., z, :], scale_tril=Vindex(post.scale_tril)[..., z, :, :])
+    x = comp.sample()
+    log_q_joint = Vindex(post.log_probs)[..., z] + comp.log_prob(x)
+    assert_close(post.entropy(), -log_q_joint.mean(0), rtol=0.01, atol=0.01)
+    # the marginal density integrates the joint over z
+    log_joint_all = post.log_probs + dist.MultivariateNormal(post.loc, scale_tril=post.scale_tril).log_prob(
+        x[..., None, :]
+    )
+    assert_close(post.marginal_log_prob(x), torch.logsumexp(log_joint_all, -1))
+
+
+def test_tied_factor_is_the_expected_log_prior_pointwise():
+    gmm = GaussianMixture(3, 2)
+    natural = gmm.init_natural()
+    natural["concentration"] = torch.tensor([1.0, 2.5, 4.0])
+    factor = gmm.tied_factor(natural)
+    conc, nw = gmm._unpack(natural)
+    x = torch.randn(5, 2) * 3
+    mu, lam = nw.rsample((200000,))
+    pi = dist.Dirichlet(conc).sample((200000,))
+    log_p = pi.log()[:, None, :] + dist.MultivariateNormal(mu[:, None], precision_matrix=lam[:, None]).log_prob(
+        x[None, :, None, :]
+    )  # (S, 5, K)
+    log_f = factor.log_weight + x @ factor.info_loc.T - 0.5 * torch.einsum("ni,kij,nj->nk", x, factor.precision, x)
+    assert_close(log_f, log_p.mean(0), rtol=0.01, atol=0.02)
+
+
+def test_local_elbo_matches_monte_carlo():
+    gmm = GaussianMixture(3, 2)
+    natural = gmm.init_natural()
+    post = gmm.posterior(random_potential(2, 2), random_factor(gmm))
+    S = 100000
+    conc, nw = gmm._unpack(natural)
+    mu, lam = nw.rsample((S,))
+    pi = dist.Dirichlet(conc).sample((S,))
+    z = dist.Categorical(logits=post.log_probs).sample((S,))  # (S, B)
+    loc = torch.stack([post.loc[b, z[:, b]] for b in range(2)], 1)
+    tril = torch.stack([post.scale_tril[b, z[:, b]] for b in range(2)], 1)
+    x = dist.MultivariateNormal(loc, scale_tril=tril).sample()
+    log_q = post.log_probs.gather(-1, z.T).T + dist.MultivariateNormal(loc, scale_tril=tril).log_prob(x)
+    mu_z = torch.stack([mu[torch.arange(S), z[:, b]] for b in range(2)], 1)
+    lam_z = torch.stack([lam[torch.arange(S), z[:, b]] for b in range(2)], 1)
+    log_p = pi.log().gather(-1, z) + dist.MultivariateNormal(mu_z, precision_matrix=lam_z).log_prob(x)
+    assert_close(gmm.local_elbo(natural, post), (log_p - log_q).mean(0), rtol=0.01, atol=0.03)
+
+
+def test_natural_target_is_the_conjugate_posterior_of_expected_statistics():
+    gmm = GaussianMixture(2, 2)
+    post = gmm.posterior(random_potential(6, 2), random_factor(gmm))
+    target = gmm.natural_target(post, scale=3.0)
+    conc, nw = gmm._unpack(target)
+    r = post.probs
+    Nk = 3.0 * r.sum(0)
+    s1 = 3.0 * torch.einsum("nk,nkd->kd", r, post.loc)
+    s2 = 3.0 * torch.einsum("nk,nkij->kij", r, post.covariance + post.loc[..., :, None] * post.loc[..., None, :])
+    prior = gmm.prior()
+    # DESIGN.md §2, written in standard coordinates
+    kappa = prior.kappa + Nk
+    m = (prior.kappa[:, None] * prior.loc + s1) / kappa[:, None]
+    W_inv = (
+        prior.scale_inv
+        + s2
+        + prior.kappa[:, None, None] * prior.loc[:, :, None] * prior.loc[:, None, :]
+        - kappa[:, None, None] * m[:, :, None] * m[:, None, :]
+    )
+    assert_close(conc, gmm.prior_concentration + Nk)
+    assert_close(nw.kappa, kappa)
+    assert_close(nw.loc, m)
+    assert_close(nw.scale_inv, W_inv)
+    assert_close(nw.df, prior.df + Nk)
+
+
+def test_model_sites_have_the_declared_distributions():
+    gmm = GaussianMixture(3, 2)
+
+    def model():
+        params = gmm.sample_params()
+        with pyro.plate("data", 5):
+            return gmm.sample_latent(params)
+
+    tr = pyro.poutine.trace(model).get_trace()
+    assert set(gmm.global_sites + gmm.local_sites) <= set(tr.nodes)
+    assert tr.nodes["x"]["value"].shape == (5, 2)
+    assert tr.nodes["x_assignment"]["fn"].has_enumerate_support
+
+
+def test_bad_prior_raises():
+    with pytest.raises(ValueError, match="positive definite"):
+        GaussianMixture(3, 2, scale_inv=torch.tensor([[1.0, 3.0], [3.0, 1.0]]))
+    with pytest.raises(ValueError, match="df must exceed"):
+        GaussianMixture(3, 2, df=0.5)
+    with pytest.raises(ValueError, match="latent_dim"):
+        GaussianMixture(3, 2).posterior(random_potential(2, 3), None)
+
+
+def test_bad_potential_raises():
+    pot = GaussianPotential(torch.tensor([[float("nan"), 0.0]]), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="non-finite"):
+        pot.validate()
+    with pytest.raises(ValueError, match="positive"):
+        GaussianPotential(torch.zeros(1, 2), -torch.ones(1, 2)).validate()

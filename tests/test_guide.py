@@ -1,0 +1,176 @@
+import io
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import pyro
+import pyro.distributions as dist
+from pyro.infer import SVI, Predictive, TraceEnum_ELBO, config_enumerate
+
+from pyro_sin import NaturalAdam, SINELBO, SINGuide
+from pyro_sin.nn import GaussianDecoder, GaussianEncoder
+from pyro_sin.pgm import GaussianMixture
+from tests.helpers import tiny_mixture_model
+
+
+def train(model, guide, y, steps, optim=None, elbo=None, seed=None):
+    optim = optim or NaturalAdam({"lr": 0.01}, natural_lr=0.2)
+    svi = SVI(model, guide, optim, elbo or SINELBO(num_particles=4))
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randperm(len(y), generator=gen)[:5]
+        losses.append(svi.step(y[idx], idx))
+    return losses, optim
+
+
+def test_predictive_gives_posterior_predictive_samples():
+    model, guide, y = tiny_mixture_model()
+    train(model, guide, y, 5)
+    predictive = Predictive(model, guide=guide, num_samples=7, return_sites=["y", "x_assignment", "x_weights"])
+    samples = predictive(y, None)
+    assert samples["x_assignment"].shape == (7, len(y))
+    assert samples["x_weights"].squeeze(1).shape == (7, 3)
+    assert samples["y"].shape == (7, len(y), 2)
+    # assignments follow the SIN posterior: the most frequent one is the argmax of r_nk
+    modes = samples["x_assignment"].mode(0).values
+    probs = guide.local_posterior(y).probs
+    confident = probs.max(-1).values > 0.9
+    assert confident.sum() >= 5
+    assert (modes[confident] == probs.argmax(-1)[confident]).all()
+
+
+def test_stock_traceenum_and_adam_train_the_guide_unchanged():
+    model, guide, y = tiny_mixture_model()
+    elbo = TraceEnum_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=1)
+    eval_elbo = SINELBO(num_particles=200, decoder_estimator="enumerate")
+    before = eval_elbo.loss(model, guide, y, None)
+    train(model, config_enumerate(guide), y, 150, optim=pyro.optim.Adam({"lr": 0.02}), elbo=elbo)
+    after = eval_elbo.loss(model, guide, y, None)
+    assert after < before - 0.05 * abs(before)
+
+
+def test_resumed_run_continues_with_the_same_losses():
+    model, guide, y = tiny_mixture_model(seed=3)
+    pyro.set_rng_seed(11)
+    svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=0.2), SINELBO(num_particles=4))
+    idx = [torch.arange(i % 4 * 5, i % 4 * 5 + 5) for i in range(10)]
+    uninterrupted = [svi.step(y[i], i) for i in idx]
+
+    pyro.clear_param_store()
+    model, guide, y = tiny_mixture_model(seed=3)
+    pyro.set_rng_seed(11)
+    optim = NaturalAdam({"lr": 0.01}, natural_lr=0.2)
+    svi = SVI(model, guide, optim, SINELBO(num_particles=4))
+    first = [svi.step(y[i], i) for i in idx[:5]]
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "guide": guide.state_dict(),
+            "decoder": model.decoder.state_dict(),
+            "optim": optim.get_state(),
+            "rng": pyro.util.get_rng_state(),
+        },
+        buffer,
+    )
+
+    pyro.clear_param_store()
+    model, guide, y = tiny_mixture_model(seed=99)  # different initial values, overwritten below
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=False)
+    guide.load_state_dict(state["guide"])
+    model.decoder.load_state_dict(state["decoder"])
+    optim = NaturalAdam({"lr": 0.01}, natural_lr=0.2)
+    optim.set_state(state["optim"])
+    pyro.util.set_rng_state(state["rng"])
+    y = tiny_mixture_model(seed=3)[2]
+    pyro.util.set_rng_state(state["rng"])
+    svi = SVI(model, guide, optim, SINELBO(num_particles=4))
+    resumed = first + [svi.step(y[i], i) for i in idx[5:]]
+    assert_close(torch.tensor(resumed), torch.tensor(uninterrupted))
+
+
+def test_free_factor_parameters_keep_their_constraints():
+    model, guide, y = tiny_mixture_model(factor="free")
+    train(model, guide, y, 20)
+    tril = guide.free.precision_tril
+    assert torch.equal(tril, tril.tril()) and (tril.diagonal(dim1=-2, dim2=-1) > 0).all()
+
+
+def test_subsampling_with_full_data_argument():
+    """The encoder input may be the full data set; the guide picks the plate's rows."""
+    N = 12
+    gmm = GaussianMixture(2, 2)
+    dec, enc = GaussianDecoder(2, 2, (4,)), GaussianEncoder(2, 2, (4,))
+    data = torch.randn(N, 2)
+
+    def model(data):
+        pyro.module("decoder", dec)
+        params = gmm.sample_params()
+        with pyro.plate("data", N, subsample_size=4) as idx:
+            x = gmm.sample_latent(params)
+            pyro.sample("y", dec.distribution(x), obs=data[idx])
+
+    guide = SINGuide(model, gmm, enc)
+    tr = pyro.poutine.trace(guide).get_trace(data)
+    assert tr.nodes["x"]["value"].shape == (4, 2)
+    loss = SINELBO(num_particles=2).loss(model, guide, data)
+    assert torch.isfinite(torch.tensor(loss))
+
+
+def test_bad_inputs_raise_clear_errors():
+    model, guide, y = tiny_mixture_model()
+    bad = y.clone()
+    bad[0, 0] = float("nan")
+    elbo = SINELBO(num_particles=2)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        elbo.loss(model, guide, bad, None)
+    with pytest.raises(ValueError, match="last dimension 2"):
+        elbo.loss(model, guide, torch.randn(len(y), 3), None)
+    with pytest.raises(ValueError, match="rows"):
+        guide(y[:7], torch.arange(5))
+
+
+def test_model_guide_mismatch_raises():
+    gmm = GaussianMixture(2, 2)
+    enc = GaussianEncoder(2, 2, (4,))
+
+    def model_without_pgm(y):
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(0.0, 1.0).expand([len(y), 2]).to_event(1), obs=y)
+
+    with pytest.raises(ValueError, match="has no sample site"):
+        SINGuide(model_without_pgm, gmm, enc)(torch.zeros(3, 2))
+
+    def model_with_extra_latent(y):
+        params = gmm.sample_params()
+        noise = pyro.sample("noise", dist.HalfNormal(1.0))
+        with pyro.plate("data", len(y)):
+            x = gmm.sample_latent(params)
+            pyro.sample("y", dist.Normal(x, noise).to_event(1), obs=y)
+
+    with pytest.raises(ValueError, match="noise"):
+        SINGuide(model_with_extra_latent, gmm, enc)(torch.zeros(3, 2))
+
+    def model_without_plate(y):
+        params = gmm.sample_params()
+        x = gmm.sample_latent(params)
+        pyro.sample("y", dist.Normal(x, 1.0).to_event(1), obs=y)
+
+    with pytest.raises(ValueError, match="plate"):
+        SINGuide(model_without_plate, gmm, enc)(torch.zeros(2))
+    with pytest.raises(ValueError, match="factor"):
+        SINGuide(model_without_plate, gmm, enc, factor="mean-field")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_cuda():
+    torch.set_default_device("cuda")
+    try:
+        model, guide, y = tiny_mixture_model()
+        losses, _ = train(model, guide, y, 3)
+        assert all(torch.isfinite(torch.tensor(losses)))
+        assert guide.natural_params()["kappa"].is_cuda
+    finally:
+        torch.set_default_device("cpu")
