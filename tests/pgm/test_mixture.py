@@ -82,8 +82,9 @@ def test_tied_factor_is_the_expected_log_prior_pointwise():
     gmm = GaussianMixture(3, 2)
     natural = gmm.init_natural()
     natural["concentration"] = torch.tensor([1.0, 2.5, 4.0])
-    factor = gmm.tied_factor(natural)
-    conc, nw = gmm._unpack(natural)
+    q = gmm.global_posterior(natural)
+    factor = gmm.tied_factor(q)
+    conc, nw = q.concentration, q.normal_wishart
     x = torch.randn(5, 2) * 3
     mu, lam = nw.rsample((200000,))
     pi = dist.Dirichlet(conc).sample((200000,))
@@ -99,7 +100,8 @@ def test_local_elbo_matches_monte_carlo():
     natural = gmm.init_natural()
     post = gmm.posterior(random_potential(2, 2), random_factor(gmm))
     S = 100000
-    conc, nw = gmm._unpack(natural)
+    q = gmm.global_posterior(natural)
+    conc, nw = q.concentration, q.normal_wishart
     mu, lam = nw.rsample((S,))
     pi = dist.Dirichlet(conc).sample((S,))
     z = dist.Categorical(logits=post.log_probs).sample((S,))  # (S, B)
@@ -110,14 +112,14 @@ def test_local_elbo_matches_monte_carlo():
     mu_z = torch.stack([mu[torch.arange(S), z[:, b]] for b in range(2)], 1)
     lam_z = torch.stack([lam[torch.arange(S), z[:, b]] for b in range(2)], 1)
     log_p = pi.log().gather(-1, z) + dist.MultivariateNormal(mu_z, precision_matrix=lam_z).log_prob(x)
-    assert_close(gmm.local_elbo(natural, post), (log_p - log_q).mean(0), rtol=0.01, atol=0.03)
+    assert_close(gmm.local_elbo(q, post), (log_p - log_q).mean(0), rtol=0.01, atol=0.03)
 
 
 def test_natural_target_is_the_conjugate_posterior_of_expected_statistics():
     gmm = GaussianMixture(2, 2)
     post = gmm.posterior(random_potential(6, 2), random_factor(gmm))
-    target = gmm.natural_target(post, scale=3.0)
-    conc, nw = gmm._unpack(target)
+    target = gmm.global_posterior(gmm.natural_target(post, scale=3.0))
+    conc, nw = target.concentration, target.normal_wishart
     r = post.probs
     Nk = 3.0 * r.sum(0)
     s1 = 3.0 * torch.einsum("nk,nkd->kd", r, post.loc)
