@@ -31,9 +31,6 @@ def test_sinelbo_agrees_with_pyro_estimators(estimator, factor):
     )
     for other, other_se in ((theirs, theirs_se), (plain, plain_se)):
         assert abs(ours - other) < 4 * (ours_se**2 + other_se**2) ** 0.5 + 1e-3 * abs(other)
-    if estimator == "enumerate":
-        # only the decoder term is Monte Carlo: less noise than Pyro's exact-in-z estimate
-        assert ours_se < theirs_se
 
 
 def test_sinelbo_gradients_agree_with_traceenum():
