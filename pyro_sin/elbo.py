@@ -270,7 +270,8 @@ class SINELBO(ELBO):
         if surrogate.requires_grad:
             surrogate.backward(retain_graph=self.retain_graph)
         targets = self.natural_targets(records)
-        self._check_previous_natural_step(targets)
+        if is_validation_enabled():
+            self._check_previous_natural_step(targets)
         for param, target in targets.items():
             param.grad = (param.detach() - target).to(param.dtype)
         return torch_item(loss)

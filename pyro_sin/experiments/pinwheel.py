@@ -24,7 +24,7 @@ from ..datasets import pinwheel
 from ..elbo import SINELBO
 from ..metrics import cluster_purity, normalized_mutual_info
 from ..models import DeepLatentMixture
-from ..nn import latent_scale, mirrored_autoencoder
+from ..nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from ..optim import NaturalAdam
 from ..pgm import GaussianMixture
 from ..plotting import new_figure, plot_curves, plot_generative_samples
@@ -48,6 +48,7 @@ class Config:
     eval_every: int = 50
     factor: str = "tied"
     decoder_estimator: str = "sample"
+    init: str = "mirrored"  # or "independent": the paper code's random shortcuts
     seed: int = 0
     data_seed: int = 0
 
@@ -56,12 +57,25 @@ class Config:
         return cls(**{"iterations": 200, "eval_every": 50, "test_samples": 20, **kwargs})
 
 
+def build_networks(config: Config, train: torch.Tensor):
+    """The encoder and decoder, the same for SAN and the VAE."""
+    data_dim, hidden = train.shape[-1], (config.hidden,) * 2
+    if config.init == "mirrored":
+        encoder, decoder = mirrored_autoencoder(
+            data_dim, config.latent_dim, hidden, scale=latent_scale(train)
+        )
+    elif config.init == "independent":
+        encoder = GaussianEncoder(data_dim, config.latent_dim, hidden)
+        decoder = GaussianDecoder(config.latent_dim, data_dim, hidden)
+    else:
+        raise ValueError(f"unknown init {config.init!r}")
+    return encoder.to(train.device), decoder.to(train.device)
+
+
 def build_san(config: Config, train: torch.Tensor):
     """The deep latent GMM, its SIN guide and the SVI object."""
-    gmm = GaussianMixture(config.num_components, config.latent_dim)
-    encoder, decoder = mirrored_autoencoder(
-        train.shape[-1], config.latent_dim, (config.hidden,) * 2, scale=latent_scale(train)
-    )
+    gmm = GaussianMixture(config.num_components, config.latent_dim).to(train.device)
+    encoder, decoder = build_networks(config, train)
     model = DeepLatentMixture(gmm, decoder, len(train))
     guide = model.make_guide(encoder, factor=config.factor)
     svi = SVI(
@@ -78,10 +92,7 @@ def build_san(config: Config, train: torch.Tensor):
 
 
 def build_vae(config: Config, train: torch.Tensor):
-    encoder, decoder = mirrored_autoencoder(
-        train.shape[-1], config.latent_dim, (config.hidden,) * 2, scale=latent_scale(train)
-    )
-    vae = VAE(encoder, decoder, len(train))
+    vae = VAE(*build_networks(config, train), len(train))
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     return vae, SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": config.lr}), elbo)
 
@@ -176,12 +187,18 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--factor", choices=["tied", "free"], default="tied")
     parser.add_argument("--decoder-estimator", choices=["sample", "enumerate"], default="sample")
+    parser.add_argument("--init", choices=["mirrored", "independent"], default="mirrored")
     parser.add_argument("--out", type=Path, default=Path("results/pinwheel"))
     parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     quick = args.quick or "CI" in os.environ
-    overrides = {"seed": args.seed, "factor": args.factor, "decoder_estimator": args.decoder_estimator}
+    overrides = {
+        "seed": args.seed,
+        "factor": args.factor,
+        "decoder_estimator": args.decoder_estimator,
+        "init": args.init,
+    }
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
     config = Config.quick(**overrides) if quick else Config(**overrides)
