@@ -17,6 +17,7 @@ mixture factor ``f_k(x) = exp(c_k + η_kᵀx - ½ xᵀP_k x)``:
         - \tfrac12\log|J_n+P_k| + \tfrac D2\log 2\pi\big),\ b = h_n + \eta_k.
 """
 
+import functools
 import math
 from typing import Dict, NamedTuple
 
@@ -116,6 +117,7 @@ class MixturePosterior:
         probs = self.probs
         return (probs * (gaussian - self.log_probs)).sum(-1)
 
+    @functools.cached_property
     def weighted_stats(self) -> GaussianStats:
         """Per-point, per-component statistics ``r_nk (1, x̄, E[x xᵀ])``, batch ``(..., K)``."""
         r = self.probs
@@ -356,7 +358,7 @@ class GaussianMixture(StructuredPrior):
     # ----- closed-form bound and natural-gradient target ---------------------------------
 
     def local_elbo(self, q: MixtureGlobalPosterior, posterior: MixturePosterior) -> torch.Tensor:
-        stats = posterior.weighted_stats()  # batch (..., K)
+        stats = posterior.weighted_stats  # batch (..., K)
         expected_log_prior = (
             posterior.probs * q.expected_log_weights
             + expected_gaussian_log_likelihood(q.expectations, stats)
@@ -364,7 +366,7 @@ class GaussianMixture(StructuredPrior):
         return expected_log_prior + posterior.entropy()
 
     def natural_target(self, posterior: MixturePosterior, scale: float):
-        stats = posterior.weighted_stats()
+        stats = posterior.weighted_stats
         batch_dims = tuple(range(stats.count.dim() - 1))
         total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))  # (K, ...)
         prior = self.prior()
