@@ -1,6 +1,15 @@
 """Conjugate exponential families used by the PGM factors."""
 
 from .dirichlet import dirichlet_expected_log, dirichlet_kl
+from .matrix_normal import MatrixNormal
+from .matrix_normal_wishart import (
+    MatrixNormalWishart,
+    MatrixNormalWishartExpectations,
+    MatrixNormalWishartNatural,
+    RegressionStats,
+    expected_regression_log_likelihood,
+    regression_conjugate_update,
+)
 from .normal_wishart import (
     GaussianStats,
     NormalWishart,
@@ -13,6 +22,13 @@ from .wishart import Wishart
 
 __all__ = [
     "GaussianStats",
+    "MatrixNormal",
+    "MatrixNormalWishart",
+    "MatrixNormalWishartExpectations",
+    "MatrixNormalWishartNatural",
+    "RegressionStats",
+    "expected_regression_log_likelihood",
+    "regression_conjugate_update",
     "NormalWishart",
     "NormalWishartExpectations",
     "NormalWishartNatural",

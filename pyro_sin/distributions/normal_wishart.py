@@ -23,13 +23,19 @@ observation ``x`` contributes the statistics ``t(x) = (x, 1, x xᵀ, 1)`` and
 and expected log-likelihoods are both inner products with ``t``.
 """
 
-import math
 from typing import NamedTuple
 
 import torch
+
 import pyro.distributions as dist
 
-from .wishart import Wishart
+from .matrix_normal_wishart import (
+    MatrixNormalWishart,
+    MatrixNormalWishartNatural,
+    RegressionStats,
+    expected_regression_log_likelihood,
+    regression_conjugate_update,
+)
 
 
 class NormalWishartNatural(NamedTuple):
@@ -58,20 +64,23 @@ class GaussianStats(NamedTuple):
     sum_outer: torch.Tensor  # (..., D, D)
 
 
-def _symmetrize(matrix):
-    return 0.5 * (matrix + matrix.transpose(-1, -2))
+def _as_matrix_natural(natural: NormalWishartNatural) -> MatrixNormalWishartNatural:
+    return MatrixNormalWishartNatural(
+        natural.loc[..., None], natural.kappa[..., None, None], natural.scale, natural.df
+    )
 
 
-def _checked_cholesky(matrix, what):
-    chol, info = torch.linalg.cholesky_ex(matrix)
-    if (info != 0).any():
-        raise ValueError(f"{what} must be symmetric positive definite, got {matrix}")
-    return chol
+def _as_regression(stats: GaussianStats) -> RegressionStats:
+    return RegressionStats(
+        stats.count, stats.sum[..., None], stats.count[..., None, None], stats.sum_outer
+    )
 
 
 class NormalWishart:
     r"""
-    A batch of Normal-Wishart distributions.
+    A batch of Normal-Wishart distributions: the Matrix-Normal-Wishart with a
+    single input column (``B = μ``, ``u = 1``, ``K = κ``), whose mathematics it
+    delegates to :class:`~pyro_sin.distributions.MatrixNormalWishart`.
 
     :param torch.Tensor loc: ``m``, shape ``(..., D)``.
     :param torch.Tensor kappa: ``κ > 0``, shape ``(...)``.
@@ -81,92 +90,41 @@ class NormalWishart:
     """
 
     def __init__(self, loc, kappa, scale_inv, df, validate_args=True):
-        D = loc.shape[-1]
-        batch_shape = torch.broadcast_shapes(
-            loc.shape[:-1], kappa.shape, scale_inv.shape[:-2], df.shape
+        if validate_args and not (kappa > 0).all():
+            raise ValueError(f"NormalWishart kappa must be positive, got {kappa}")
+        self._matrix = MatrixNormalWishart(
+            loc[..., None], kappa[..., None, None], scale_inv, df, validate_args=validate_args
         )
-        self.loc = loc.expand(batch_shape + (D,))
-        self.kappa = kappa.expand(batch_shape)
-        self.scale_inv = scale_inv.expand(batch_shape + (D, D))
-        self.df = df.expand(batch_shape)
-        self.batch_shape = batch_shape
-        self.dim = D
-        if validate_args:
-            self._validate()
-        self._scale_inv_tril = _checked_cholesky(
-            self.scale_inv, "NormalWishart scale_inv (Ψ = W⁻¹)"
-        )
-
-    def _validate(self):
-        for name, value in (
-            ("loc", self.loc),
-            ("kappa", self.kappa),
-            ("scale_inv", self.scale_inv),
-            ("df", self.df),
-        ):
-            if not torch.isfinite(value).all():
-                raise ValueError(f"NormalWishart {name} must be finite, got {value}")
-        if not (self.kappa > 0).all():
-            raise ValueError(f"NormalWishart kappa must be positive, got {self.kappa}")
-        if not (self.df > self.dim - 1).all():
-            raise ValueError(
-                f"NormalWishart df must exceed D - 1 = {self.dim - 1}, got {self.df}"
-            )
-        if not torch.allclose(
-            self.scale_inv, self.scale_inv.transpose(-1, -2), rtol=1e-5, atol=1e-8
-        ):
-            raise ValueError("NormalWishart scale_inv must be symmetric")
+        self.loc = self._matrix.loc[..., 0]
+        self.kappa = self._matrix.col_precision[..., 0, 0]
+        self.scale_inv, self.df = self._matrix.scale_inv, self._matrix.df
+        self.batch_shape, self.dim = self._matrix.batch_shape, self._matrix.dim
 
     # ----- natural parameterisation -------------------------------------------------
 
     @property
     def natural_params(self) -> NormalWishartNatural:
-        km = self.kappa[..., None] * self.loc
-        scale = self.scale_inv + km[..., :, None] * self.loc[..., None, :]
-        return NormalWishartNatural(km, self.kappa, scale, self.df - self.dim)
+        cross, kappa, scale, df = self._matrix.natural_params
+        return NormalWishartNatural(cross[..., 0], kappa[..., 0, 0], scale, df)
 
     @classmethod
     def from_natural(cls, natural: NormalWishartNatural, validate_args=True):
         """Inverse of :attr:`natural_params`; raises if they leave the valid domain."""
-        loc_nat, kappa, scale_nat, df_nat = natural
-        D = loc_nat.shape[-1]
-        if validate_args and not (kappa > 0).all():
+        if validate_args and not (natural.kappa > 0).all():
             raise ValueError(
-                f"NormalWishart natural parameter κ must be positive, got {kappa}; "
+                f"NormalWishart natural parameter κ must be positive, got {natural.kappa}; "
                 "natural parameters should only move by convex combinations"
             )
-        loc = loc_nat / kappa[..., None]
-        scale_inv = _symmetrize(scale_nat - loc_nat[..., :, None] * loc[..., None, :])
-        return cls(loc, kappa, scale_inv, df_nat + D, validate_args=validate_args)
+        matrix = MatrixNormalWishart.from_natural(_as_matrix_natural(natural), validate_args)
+        return cls(matrix.loc[..., 0], matrix.col_precision[..., 0, 0], matrix.scale_inv, matrix.df, validate_args)
 
     @staticmethod
     def log_normalizer_natural(natural: NormalWishartNatural) -> torch.Tensor:
-        r"""
-        Log normaliser as a function of the natural parameters,
-
-        .. math:: A = \tfrac D2\log 2\pi - \tfrac D2\log\kappa + \tfrac{\nu D}2\log 2
-                      - \tfrac\nu2\log|\Psi| + \log\Gamma_D(\nu/2),
-
-        with ``Ψ = η₃ - η₁η₁ᵀ/η₂``; its gradient is the expected statistics.
-        """
-        loc_nat, kappa, scale_nat, df_nat = natural
-        D = loc_nat.shape[-1]
-        df = df_nat + D
-        scale_inv = scale_nat - loc_nat[..., :, None] * loc_nat[..., None, :] / kappa[
-            ..., None, None
-        ]
-        chol = torch.linalg.cholesky(scale_inv)
-        log_det_scale_inv = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return (
-            0.5 * D * math.log(2 * math.pi)
-            - 0.5 * D * kappa.log()
-            + 0.5 * df * D * math.log(2.0)
-            - 0.5 * df * log_det_scale_inv
-            + torch.mvlgamma(0.5 * df, D)
-        )
+        """Log normaliser as a function of the natural parameters (see the matrix case)."""
+        return MatrixNormalWishart.log_normalizer_natural(_as_matrix_natural(natural))
 
     def log_normalizer(self) -> torch.Tensor:
-        return self.log_normalizer_natural(self.natural_params)
+        return self._matrix.log_normalizer()
 
     # ----- expectations ----------------------------------------------------------
 
@@ -178,49 +136,24 @@ class NormalWishart:
             E[\log|\Lambda|] = \textstyle\sum_i \psi\big(\tfrac{\nu+1-i}2\big)
                 + D\log 2 - \log|\Psi|
         """
-        D = self.dim
-        W = torch.cholesky_inverse(self._scale_inv_tril)  # (..., D, D)
-        E_prec = self.df[..., None, None] * W
-        E_prec_loc = (E_prec @ self.loc[..., None])[..., 0]
-        E_quad = D / self.kappa + (self.loc * E_prec_loc).sum(-1)
-        i = torch.arange(D, dtype=self.df.dtype, device=self.df.device)
-        E_logdet = (
-            torch.special.digamma(0.5 * (self.df[..., None] - i)).sum(-1)
-            + D * math.log(2.0)
-            - 2 * self._scale_inv_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        E = self._matrix.expectations()
+        return NormalWishartExpectations(
+            E.precision, E.precision_loc[..., 0], E.loc_precision_loc[..., 0, 0], E.log_det_precision
         )
-        return NormalWishartExpectations(E_prec, E_prec_loc, E_quad, E_logdet)
 
     def expected_log_likelihood(self, stats: GaussianStats) -> torch.Tensor:
-        r"""
-        ``E_q(μ,Λ)[Σ w log N(x; μ, Λ⁻¹)]`` for weighted statistics of ``x``:
-
-        .. math:: \langle t, E[T]\rangle - \tfrac{D}{2}\log 2\pi\,\textstyle\sum w
-        """
-        E = self.expectations()
-        return expected_gaussian_log_likelihood(E, stats)
+        """``E_q(μ,Λ)[Σ w log N(x; μ, Λ⁻¹)]`` for weighted statistics of ``x``."""
+        return self._matrix.expected_log_likelihood(_as_regression(stats))
 
     def kl_divergence(self, other: "NormalWishart") -> torch.Tensor:
-        r"""
-        ``KL(self ‖ other)`` in closed form for exponential families,
-
-        .. math:: A(\eta_p) - A(\eta_q) - \langle \eta_p - \eta_q, E_q[T]\rangle
-        """
-        eta_q, eta_p = self.natural_params, other.natural_params
-        E = self.expectations()
-        inner = (
-            ((eta_p.loc - eta_q.loc) * E.precision_loc).sum(-1)
-            - 0.5 * (eta_p.kappa - eta_q.kappa) * E.loc_precision_loc
-            - 0.5 * ((eta_p.scale - eta_q.scale) * E.precision).sum((-1, -2))
-            + 0.5 * (eta_p.df - eta_q.df) * E.log_det_precision
-        )
-        return other.log_normalizer() - self.log_normalizer() - inner
+        """``KL(self ‖ other)`` in closed form."""
+        return self._matrix.kl_divergence(other._matrix)
 
     # ----- sampling and density -------------------------------------------------
 
-    def precision_dist(self) -> Wishart:
+    def precision_dist(self):
         """``Λ ~ W(W, ν)`` as a Pyro distribution with batch shape ``(...)``."""
-        return Wishart(self.df, precision_matrix=self.scale_inv, validate_args=False)
+        return self._matrix.precision_dist()
 
     def loc_dist(self, precision) -> dist.MultivariateNormal:
         """``μ | Λ ~ N(m, (κΛ)⁻¹)`` as a Pyro distribution."""
@@ -243,23 +176,14 @@ class NormalWishart:
 def expected_gaussian_log_likelihood(
     E: NormalWishartExpectations, stats: GaussianStats
 ) -> torch.Tensor:
-    """
-    ``Σ w E[log N(x; μ, Λ⁻¹)]`` from Normal-Wishart expectations and weighted
-    statistics; the single source of the Gaussian's expected log-likelihood.
-    """
-    D = E.precision_loc.shape[-1]
-    return (
-        (stats.sum * E.precision_loc).sum(-1)
-        - 0.5 * (stats.sum_outer * E.precision).sum((-1, -2))
-        + 0.5 * stats.count * (E.log_det_precision - E.loc_precision_loc - D * math.log(2 * math.pi))
+    """``Σ w E[log N(x; μ, Λ⁻¹)]`` from Normal-Wishart expectations and weighted statistics."""
+    matrix_E = E._replace(
+        precision_loc=E.precision_loc[..., None], loc_precision_loc=E.loc_precision_loc[..., None, None]
     )
+    return expected_regression_log_likelihood(matrix_E, _as_regression(stats))
 
 
 def conjugate_update(prior: NormalWishartNatural, stats: GaussianStats) -> NormalWishartNatural:
     """Natural parameters of the posterior after observing weighted statistics."""
-    return NormalWishartNatural(
-        prior.loc + stats.sum,
-        prior.kappa + stats.count,
-        prior.scale + stats.sum_outer,
-        prior.df + stats.count,
-    )
+    cross, kappa, scale, df = regression_conjugate_update(_as_matrix_natural(prior), _as_regression(stats))
+    return NormalWishartNatural(cross[..., 0], kappa[..., 0, 0], scale, df)
