@@ -55,9 +55,10 @@ class SINGuide(PyroModule):
         model's arguments returning the data plate(s), needed when the model
         subsamples with explicit indices.
     :param callable encoder_input: a function of the model's arguments returning
-        the data to encode; defaults to the first positional argument. It may
-        hold one row per minibatch element or the full data set, which is then
-        indexed by the plate's subsample indices.
+        the data to encode (a tensor, or a tuple of tensors passed to the encoder
+        as separate arguments, e.g. data and a mask); defaults to the first
+        positional argument. Each may hold one row per minibatch element or the
+        full data set, which is then indexed by the plate's subsample indices.
     :param dict init_natural: initial natural parameters (defaults to
         ``pgm.init_natural()``).
     """
@@ -158,7 +159,9 @@ class SINGuide(PyroModule):
         )
 
     def _minibatch(self, data, plate, indices):
-        """Rows of ``data`` for the plate's current subsample."""
+        """Rows of ``data`` (a tensor or a tuple of tensors) for the plate's current subsample."""
+        if isinstance(data, (tuple, list)):
+            return tuple(self._minibatch(part, plate, indices) for part in data)
         if not torch.is_tensor(data):
             raise TypeError(f"SINGuide: the data to encode must be a tensor, got {type(data).__name__}")
         rows = data.shape[0] if data.dim() else None
@@ -192,8 +195,8 @@ class SINGuide(PyroModule):
         return self.pgm.tied_factor(global_posterior or self.global_posterior())
 
     def encode(self, data) -> GaussianPotential:
-        """The encoder's potentials for a minibatch of data."""
-        potential = self.encoder(data)
+        """The encoder's potentials for a minibatch of data (a tensor or a tuple of encoder inputs)."""
+        potential = self.encoder(*data) if isinstance(data, tuple) else self.encoder(data)
         if not isinstance(potential, GaussianPotential):
             potential = GaussianPotential(*potential)
         if is_validation_enabled():

@@ -12,7 +12,8 @@ class GaussianPotential(NamedTuple):
     .. math:: \psi(x) = \exp\big(h^\top x - \tfrac12 x^\top \mathrm{diag}(J)\, x\big).
 
     :param torch.Tensor info_vec: ``h``, shape ``(..., D)``.
-    :param torch.Tensor precision: the diagonal of ``J``, positive, shape ``(..., D)``.
+    :param torch.Tensor precision: the diagonal of ``J``, non-negative, shape ``(..., D)``;
+        zero means no evidence (e.g. a missing frame).
     """
 
     info_vec: torch.Tensor
@@ -23,7 +24,7 @@ class GaussianPotential(NamedTuple):
         return self.info_vec / self.precision
 
     def validate(self) -> "GaussianPotential":
-        """Raises ``ValueError`` unless the potential is finite with positive precision."""
+        """Raises ``ValueError`` unless the potential is finite with non-negative precision."""
         if self.info_vec.shape != self.precision.shape:
             raise ValueError(
                 "GaussianPotential info_vec and precision must share a shape, got "
@@ -34,6 +35,6 @@ class GaussianPotential(NamedTuple):
                 "the recognition network produced a non-finite Gaussian potential "
                 "(NaN or inf in the data, or a diverged encoder)"
             )
-        if not (self.precision > 0).all():
-            raise ValueError("GaussianPotential precision must be positive")
+        if not (self.precision >= 0).all():
+            raise ValueError("GaussianPotential precision must be non-negative")
         return self

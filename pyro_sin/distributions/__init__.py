@@ -1,6 +1,7 @@
 """Conjugate exponential families used by the PGM factors."""
 
 from .dirichlet import dirichlet_expected_log, dirichlet_kl
+from .gaussian_chain import GaussianChain
 from .matrix_normal import MatrixNormal
 from .matrix_normal_wishart import (
     MatrixNormalWishart,
@@ -21,6 +22,7 @@ from .normal_wishart import (
 from .wishart import Wishart
 
 __all__ = [
+    "GaussianChain",
     "GaussianStats",
     "MatrixNormal",
     "MatrixNormalWishart",

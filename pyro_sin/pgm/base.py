@@ -45,8 +45,8 @@ def _prior_params(pgm):
 
 
 @effectful(type="sin_prior_latent")
-def _prior_latent(pgm, params):
-    return pgm._sample_latent(params)
+def _prior_latent(pgm, params, *args, **kwargs):
+    return pgm._sample_latent(params, *args, **kwargs)
 
 
 @effectful(type="sin_posterior_params")
@@ -83,14 +83,14 @@ class StructuredPrior(torch.nn.Module):
         """Emits ``θ ~ p(θ)`` as Pyro sample sites; returns the sampled values."""
         return _prior_params(self)
 
-    def sample_latent(self, params) -> torch.Tensor:
+    def sample_latent(self, params, *args, **kwargs) -> torch.Tensor:
         """Emits the local sites ``x ~ p(x | θ)`` inside the user's data plate."""
-        return _prior_latent(self, params)
+        return _prior_latent(self, params, *args, **kwargs)
 
     def _sample_params(self):
         raise NotImplementedError
 
-    def _sample_latent(self, params):
+    def _sample_latent(self, params, *args, **kwargs):
         raise NotImplementedError
 
     # ----- conjugate posterior over θ -------------------------------------------

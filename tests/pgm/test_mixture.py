@@ -168,5 +168,5 @@ def test_bad_potential_raises():
     pot = GaussianPotential(torch.tensor([[float("nan"), 0.0]]), torch.ones(1, 2))
     with pytest.raises(ValueError, match="non-finite"):
         pot.validate()
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="non-negative"):
         GaussianPotential(torch.zeros(1, 2), -torch.ones(1, 2)).validate()

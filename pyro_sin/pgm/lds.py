@@ -1,0 +1,479 @@
+r"""
+The latent linear dynamical system and its structured inference network.
+
+Model (latent dimension ``D``, sequences of ``T`` steps)::
+
+    Λ ~ W(W₀, ν₀),  B = [A b] | Λ ~ MN(M₀, Λ⁻¹, K₀⁻¹)
+    x_1 ~ N(μ₀, P₀⁻¹),  x_t | x_{t-1} ~ N(A x_{t-1} + b, Λ⁻¹)
+
+SIN posterior of one sequence with per-step encoder potentials ``ψ_t(x_t)`` and
+an LDS factor ``f(x) = f_1(x_1) Π_t f_t(x_{t-1}, x_t)`` (tied: the mean-field
+message ``exp E_q(θ)[log p(x | θ)]``; free: an LDS with its own parameters):
+
+.. math:: q(x_{1:T}) = \frac1Z\,\psi_1(x_1) f_1(x_1)\prod_{t\ge2}\psi_t(x_t) f_t(x_{t-1}, x_t),
+
+a Gaussian chain. ``log Z`` comes from Kalman filtering in information form — by
+Pyro's parallel scan (``pyro.ops.gaussian.sequential_gaussian_tensordot``, depth
+``O(log T)``) or sequentially — reparameterised joint samples from parallel-scan
+forward filtering and backward sampling, and the smoothed moments
+``E[x_t]``, ``E[x_t x_tᵀ]``, ``E[x_{t-1} x_tᵀ]`` from the gradient of ``log Z``
+with respect to the chain's natural parameters.
+"""
+
+import functools
+import math
+from typing import Dict, NamedTuple
+
+import torch
+from torch.distributions import constraints
+from torch.nn.functional import pad
+
+import pyro
+import pyro.distributions as dist
+from pyro.ops.gaussian import (
+    Gaussian,
+    gaussian_tensordot,
+    sequential_gaussian_filter_sample,
+    sequential_gaussian_tensordot,
+)
+
+from ..distributions import (
+    GaussianChain,
+    MatrixNormalWishart,
+    MatrixNormalWishartExpectations,
+    MatrixNormalWishartNatural,
+    RegressionStats,
+    expected_regression_log_likelihood,
+    regression_conjugate_update,
+)
+from ..potential import GaussianPotential
+from .base import SINRecord, StructuredPrior
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class LDSParams(NamedTuple):
+    """Sampled dynamics: ``B = [A b]`` and the noise precision ``Λ``."""
+
+    transition: torch.Tensor  # (..., D, D + 1)
+    noise_precision: torch.Tensor  # (..., D, D)
+
+
+class ChainFactor(NamedTuple):
+    """An unnormalised Gaussian chain: a factor on ``x_1`` and one on each pair ``(x_{t-1}, x_t)``."""
+
+    init: Gaussian  # dim D
+    trans: Gaussian  # dim 2D, time-homogeneous (no time dimension)
+
+
+class ChainMoments(NamedTuple):
+    """Smoothed moments of a Gaussian chain."""
+
+    init_mean: torch.Tensor  # (..., D)          E[x_1]
+    init_second: torch.Tensor  # (..., D, D)     E[x_1 x_1ᵀ]
+    pair_mean: torch.Tensor  # (..., T-1, 2D)     E[(x_{t-1}, x_t)]
+    pair_second: torch.Tensor  # (..., T-1, 2D, 2D)
+
+
+def gaussian_expectation(g: Gaussian, mean: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``E[g(v)] = c + ηᵀE[v] - ½ tr(P E[v vᵀ])`` for an unnormalised Gaussian ``g``."""
+    return g.log_normalizer + (g.info_vec * mean).sum(-1) - 0.5 * (g.precision * second).sum((-1, -2))
+
+
+def regression_factor(E: MatrixNormalWishartExpectations) -> Gaussian:
+    r"""
+    ``E[log N(x_t; A x_{t-1} + b, Λ⁻¹)]`` as an unnormalised Gaussian over
+    ``v = (x_{t-1}, x_t)``, for expectations of ``B = [A b]`` and ``Λ`` (point
+    values give the plain log-density):
+
+    .. math:: P = \begin{pmatrix} E[A^\top\Lambda A] & -E[A^\top\Lambda] \\
+              -E[\Lambda A] & E[\Lambda]\end{pmatrix},\quad
+              \eta = \begin{pmatrix} -E[A^\top\Lambda b] \\ E[\Lambda b]\end{pmatrix}
+    """
+    D = E.precision.shape[-1]
+    lam_a, lam_b = E.precision_loc[..., :D], E.precision_loc[..., D]
+    quad = E.loc_precision_loc
+    precision = torch.cat(
+        [
+            torch.cat([quad[..., :D, :D], -lam_a.transpose(-1, -2)], -1),
+            torch.cat([-lam_a, E.precision], -1),
+        ],
+        -2,
+    )
+    info_vec = torch.cat([-quad[..., :D, D], lam_b], -1)
+    log_normalizer = 0.5 * (E.log_det_precision - quad[..., D, D] - D * _LOG_2PI)
+    return Gaussian(log_normalizer, info_vec, precision)
+
+
+def _point_expectations(transition, noise_precision) -> MatrixNormalWishartExpectations:
+    """The expectations of a point mass at ``(B, Λ)``."""
+    precision_loc = noise_precision @ transition
+    return MatrixNormalWishartExpectations(
+        noise_precision,
+        precision_loc,
+        transition.transpose(-1, -2) @ precision_loc,
+        torch.logdet(noise_precision),
+    )
+
+
+def chain_log_normalizer(init: Gaussian, trans: Gaussian, parallel: bool = True) -> torch.Tensor:
+    """
+    ``log ∫ exp(init(x_1) + Σ_t trans_t(x_{t-1}, x_t)) dx`` for ``trans`` with time as
+    its rightmost batch dimension: a parallel scan (depth ``O(log T)``) or a
+    sequential Kalman filter in information form.
+    """
+    if trans is None or trans.batch_shape[-1] == 0:
+        return init.event_logsumexp()
+    D = init.dim()
+    if parallel:
+        return gaussian_tensordot(init, sequential_gaussian_tensordot(trans), D).event_logsumexp()
+    message = init
+    for t in range(trans.batch_shape[-1]):
+        message = gaussian_tensordot(message, trans[..., t], D)
+    return message.event_logsumexp()
+
+
+def _symmetric_second_moment(grad_precision):
+    # ∂ log Z / ∂P = -½ E[v vᵀ]; autograd may split the symmetric part unevenly
+    return -(grad_precision + grad_precision.transpose(-1, -2))
+
+
+class ChainPosterior:
+    r"""
+    The closed-form SIN posterior of a batch of sequences.
+
+    :param GaussianPotential potential: per-step potentials, shape ``(..., T, D)``;
+        a zero precision marks a step without evidence (a missing frame).
+    :param ChainFactor factor: the SIN's LDS factor.
+    :param bool parallel: use the parallel scan (else a sequential filter).
+    """
+
+    def __init__(self, potential: GaussianPotential, factor: ChainFactor, parallel: bool = True):
+        h, J = potential
+        D = h.shape[-1]
+        self.num_steps, self.dim, self.parallel = h.shape[-2], D, parallel
+        self.init = factor.init + Gaussian(h.new_zeros(h.shape[:-2]), h[..., 0, :], torch.diag_embed(J[..., 0, :]))
+        if self.num_steps > 1:
+            # the potential of x_t joins the factor on (x_{t-1}, x_t)
+            self.trans = factor.trans + Gaussian(
+                h.new_zeros(h.shape[:-1])[..., 1:],
+                pad(h[..., 1:, :], (D, 0)),
+                torch.diag_embed(pad(J[..., 1:, :], (D, 0))),
+            )
+        else:
+            self.trans = None
+
+    @functools.cached_property
+    def _log_normalizer_and_moments(self):
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            leaves = [torch.zeros_like(self.init.info_vec), torch.zeros_like(self.init.precision)]
+            if self.trans is not None:
+                leaves += [torch.zeros_like(self.trans.info_vec), torch.zeros_like(self.trans.precision)]
+            leaves = [leaf.requires_grad_() for leaf in leaves]
+            init = Gaussian(self.init.log_normalizer, self.init.info_vec + leaves[0], self.init.precision + leaves[1])
+            trans = None
+            if self.trans is not None:
+                trans = Gaussian(
+                    self.trans.log_normalizer, self.trans.info_vec + leaves[2], self.trans.precision + leaves[3]
+                )
+            log_z = chain_log_normalizer(init, trans, self.parallel)
+            grads = torch.autograd.grad(log_z.sum(), leaves, create_graph=create_graph)
+        if not create_graph:
+            log_z = log_z.detach()
+        if self.trans is None:
+            D = self.dim
+            empty = grads[0].new_zeros(grads[0].shape[:-1] + (0, 2 * D))
+            pair_mean, pair_second = empty, empty[..., None].expand(empty.shape + (2 * D,))
+        else:
+            pair_mean, pair_second = grads[2], _symmetric_second_moment(grads[3])
+        moments = ChainMoments(grads[0], _symmetric_second_moment(grads[1]), pair_mean, pair_second)
+        return log_z, moments
+
+    @property
+    def log_normalizer(self) -> torch.Tensor:
+        """``log Z`` per sequence, shape ``(...)``."""
+        return self._log_normalizer_and_moments[0]
+
+    @property
+    def moments(self) -> ChainMoments:
+        """Smoothed first and second moments (differentiable when grad is enabled)."""
+        return self._log_normalizer_and_moments[1]
+
+    def marginal_means(self) -> torch.Tensor:
+        """``E[x_t]``, shape ``(..., T, D)``."""
+        m = self.moments
+        return torch.cat([m.init_mean[..., None, :], m.pair_mean[..., self.dim :]], -2)
+
+    def marginal_covariances(self) -> torch.Tensor:
+        """``Cov[x_t]``, shape ``(..., T, D, D)``."""
+        m, D = self.moments, self.dim
+        second = torch.cat([m.init_second[..., None, :, :], m.pair_second[..., D:, D:]], -3)
+        mean = self.marginal_means()
+        return second - mean[..., :, None] * mean[..., None, :]
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Reparameterised joint samples by parallel-scan forward filtering, backward sampling."""
+        if self.trans is None:
+            return self.init.rsample(torch.Size(sample_shape))[..., None, :]
+        return sequential_gaussian_filter_sample(self.init, self.trans, torch.Size(sample_shape))
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(x_{1:T})`` for ``x`` of shape ``(..., T, D)``."""
+        result = self.init.log_density(x[..., 0, :])
+        if self.trans is not None:
+            pairs = torch.cat([x[..., :-1, :], x[..., 1:, :]], -1)
+            result = result + self.trans.log_density(pairs).sum(-1)
+        return result - self.log_normalizer
+
+    def entropy(self) -> torch.Tensor:
+        """``H[q] = log Z - E[log ψ f]``, shape ``(...)``."""
+        m = self.moments
+        expected = gaussian_expectation(self.init, m.init_mean, m.init_second)
+        if self.trans is not None:
+            expected = expected + gaussian_expectation(self.trans, m.pair_mean, m.pair_second).sum(-1)
+        return self.log_normalizer - expected
+
+    def regression_stats(self) -> RegressionStats:
+        """Per-sequence transition statistics ``Σ_t E[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``."""
+        m, D = self.moments, self.dim
+        mean_sum = m.pair_mean.sum(-2)  # (..., 2D)
+        second_sum = m.pair_second.sum(-3)  # (..., 2D, 2D)
+        count = mean_sum.new_full(mean_sum.shape[:-1], float(self.num_steps - 1))
+        prev_mean, next_mean = mean_sum[..., :D], mean_sum[..., D:]
+        cross = torch.cat([second_sum[..., D:, :D], next_mean[..., None]], -1)
+        input_outer = torch.cat(
+            [
+                torch.cat([second_sum[..., :D, :D], prev_mean[..., None]], -1),
+                torch.cat([prev_mean[..., None, :], count[..., None, None]], -1),
+            ],
+            -2,
+        )
+        return RegressionStats(count, cross, input_outer, second_sum[..., D:, D:])
+
+
+class ChainPosteriorDistribution(dist.TorchDistribution):
+    """The SIN posterior of whole sequences as a Pyro distribution with event shape ``(T, D)``."""
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, posterior: ChainPosterior, validate_args=None):
+        self.posterior = posterior
+        batch_shape = posterior.init.batch_shape
+        super().__init__(batch_shape, torch.Size((posterior.num_steps, posterior.dim)), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.posterior.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return self.posterior.log_prob(value)
+
+
+class LDSGlobalPosterior:
+    """``q(B, Λ) = MNW(M, K, W, ν)`` with its expectations."""
+
+    def __init__(self, matrix_normal_wishart: MatrixNormalWishart):
+        self.matrix_normal_wishart = matrix_normal_wishart
+        self.expectations = matrix_normal_wishart.expectations()
+
+
+class LinearDynamicalSystem(StructuredPrior):
+    r"""
+    A linear dynamical system prior on latent sequences with a
+    Matrix-Normal-Wishart prior on its dynamics ``B = [A b]`` and noise precision
+    ``Λ``, and a fixed initial state distribution.
+
+    Model-side use inside a Pyro program::
+
+        params = lds.sample_params()            # sites x_noise_precision, x_transition
+        with pyro.plate("sequences", N, subsample=idx):
+            x = lds.sample_latent(params, T)    # site x, event shape (T, D)
+
+    :param int latent_dim: ``D``.
+    :param str name: the latent site's name.
+    :param init_loc: ``μ₀`` (default 0).
+    :param init_precision: ``P₀`` (default ``I``).
+    :param transition_loc: ``M₀ = [A₀ b₀]``, shape ``(D, D + 1)`` (default ``[I 0]``).
+    :param col_precision: ``K₀``, shape ``(D + 1, D + 1)`` (default ``I``).
+    :param scale_inv: ``W₀⁻¹`` (default ``0.1 (D + 2) I``: noise std ≈ 0.3).
+    :param float df: ``ν₀`` (default ``D + 2``).
+    :param bool parallel: Kalman filtering by parallel scan (else sequential).
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        name: str = "x",
+        *,
+        init_loc=0.0,
+        init_precision=None,
+        transition_loc=None,
+        col_precision=None,
+        scale_inv=None,
+        df=None,
+        parallel: bool = True,
+    ):
+        super().__init__(name)
+        D = latent_dim
+        if D < 1:
+            raise ValueError(f"need latent_dim >= 1, got {D}")
+        self.latent_dim, self.parallel = D, parallel
+        dtype = torch.get_default_dtype()
+
+        def as_tensor(value, shape):
+            return torch.as_tensor(value, dtype=dtype).expand(shape).clone()
+
+        eye = torch.eye(D, dtype=dtype)
+        if transition_loc is None:
+            transition_loc = torch.cat([eye, torch.zeros(D, 1, dtype=dtype)], -1)
+        self.register_buffer("init_loc", as_tensor(init_loc, (D,)))
+        self.register_buffer("init_precision", as_tensor(eye if init_precision is None else init_precision, (D, D)))
+        self.register_buffer("prior_transition_loc", as_tensor(transition_loc, (D, D + 1)))
+        self.register_buffer(
+            "prior_col_precision", as_tensor(torch.eye(D + 1, dtype=dtype) if col_precision is None else col_precision, (D + 1, D + 1))
+        )
+        self.register_buffer(
+            "prior_scale_inv", as_tensor(0.1 * (D + 2) * eye if scale_inv is None else scale_inv, (D, D))
+        )
+        self.register_buffer("prior_df", as_tensor(D + 2.0 if df is None else df, ()))
+        self.prior(validate_args=True)
+        torch.linalg.cholesky(self.init_precision)  # raises unless positive definite
+
+    # ----- site names -----------------------------------------------------------
+
+    @property
+    def noise_precision_site(self):
+        return f"{self.name}_noise_precision"
+
+    @property
+    def transition_site(self):
+        return f"{self.name}_transition"
+
+    @property
+    def global_sites(self):
+        return (self.noise_precision_site, self.transition_site)
+
+    @property
+    def local_sites(self):
+        return (self.name,)
+
+    # ----- model side -------------------------------------------------------------
+
+    def prior(self, validate_args=False) -> MatrixNormalWishart:
+        return MatrixNormalWishart(
+            self.prior_transition_loc,
+            self.prior_col_precision,
+            self.prior_scale_inv,
+            self.prior_df,
+            validate_args=validate_args,
+        )
+
+    def _sample_params(self) -> LDSParams:
+        prior = self.prior()
+        noise_precision = pyro.sample(self.noise_precision_site, prior.precision_dist())
+        transition = pyro.sample(self.transition_site, prior.loc_dist(noise_precision))
+        return LDSParams(transition, noise_precision)
+
+    def chain(self, params: LDSParams, num_steps: int) -> GaussianChain:
+        """``p(x_{1:T} | θ)`` as a distribution."""
+        D = self.latent_dim
+        return GaussianChain(
+            self.init_loc,
+            self.init_precision,
+            params.transition[..., :D],
+            params.transition[..., D],
+            params.noise_precision,
+            num_steps,
+        )
+
+    def _sample_latent(self, params: LDSParams, num_steps: int) -> torch.Tensor:
+        return pyro.sample(self.name, self.chain(params, num_steps))
+
+    # ----- conjugate posterior over θ -----------------------------------------------
+
+    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> LDSGlobalPosterior:
+        return LDSGlobalPosterior(
+            MatrixNormalWishart.from_natural(MatrixNormalWishartNatural(**natural))
+        )
+
+    def prior_natural(self):
+        return self.prior().natural_params._asdict()
+
+    def init_natural(self):
+        return self.prior_natural()
+
+    def _sample_global_posterior(self, natural):
+        q = self.global_posterior(natural).matrix_normal_wishart
+        noise_precision = pyro.sample(self.noise_precision_site, q.precision_dist())
+        pyro.sample(self.transition_site, q.loc_dist(noise_precision))
+
+    def kl(self, q: LDSGlobalPosterior):
+        return q.matrix_normal_wishart.kl_divergence(self.prior())
+
+    def point_estimate(self, q: LDSGlobalPosterior) -> LDSParams:
+        """Posterior means ``E[B] = M`` and ``E[Λ] = ν W``."""
+        return LDSParams(q.matrix_normal_wishart.loc, q.expectations.precision)
+
+    # ----- SIN factor and posterior ---------------------------------------------------
+
+    def init_factor(self) -> Gaussian:
+        """``log N(x_1; μ₀, P₀⁻¹)`` as an unnormalised Gaussian."""
+        P, m = self.init_precision, self.init_loc
+        info = P @ m
+        log_norm = 0.5 * (torch.logdet(P) - self.latent_dim * _LOG_2PI - (m * info).sum(-1))
+        return Gaussian(log_norm, info, P)
+
+    def tied_factor(self, q: LDSGlobalPosterior) -> ChainFactor:
+        return ChainFactor(self.init_factor(), regression_factor(q.expectations))
+
+    def init_free_factor(self, natural):
+        q = self.global_posterior(natural)
+        E = q.expectations
+        return {
+            "transition": (q.matrix_normal_wishart.loc, constraints.real),
+            "noise_precision_tril": (torch.linalg.cholesky(E.precision), constraints.lower_cholesky),
+        }
+
+    def free_factor(self, params) -> ChainFactor:
+        tril = params["noise_precision_tril"]
+        return ChainFactor(
+            self.init_factor(),
+            regression_factor(_point_expectations(params["transition"], tril @ tril.transpose(-1, -2))),
+        )
+
+    def posterior(self, potential: GaussianPotential, factor: ChainFactor) -> ChainPosterior:
+        if potential.info_vec.dim() < 2 or potential.info_vec.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"LinearDynamicalSystem '{self.name}' needs per-step potentials of shape "
+                f"(..., T, {self.latent_dim}), got {tuple(potential.info_vec.shape)}"
+            )
+        return ChainPosterior(potential, factor, self.parallel)
+
+    def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
+        return pyro.sample(
+            self.name, ChainPosteriorDistribution(record.posterior, validate_args=False), infer={"sin": record}
+        )
+
+    # ----- closed-form bound and natural-gradient target ---------------------------------
+
+    def local_elbo(self, q: LDSGlobalPosterior, posterior: ChainPosterior) -> torch.Tensor:
+        m = posterior.moments
+        expected_log_prior = gaussian_expectation(self.init_factor(), m.init_mean, m.init_second)
+        if posterior.num_steps > 1:
+            expected_log_prior = expected_log_prior + expected_regression_log_likelihood(
+                q.expectations, posterior.regression_stats()
+            )
+        return expected_log_prior + posterior.entropy()
+
+    def natural_target(self, posterior: ChainPosterior, scale: float):
+        stats = posterior.regression_stats()
+        batch_dims = tuple(range(stats.count.dim()))
+        total = RegressionStats(
+            *(scale * s.sum(batch_dims) for s in stats)
+        )
+        return regression_conjugate_update(self.prior().natural_params, total)._asdict()

@@ -1,0 +1,227 @@
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import pyro
+import pyro.distributions as dist
+from pyro.infer import SVI, Trace_ELBO
+
+import pyro_sin
+from pyro_sin.distributions import GaussianChain, MatrixNormalWishart
+from pyro_sin.nn import GaussianDecoder, GaussianEncoder
+from pyro_sin.pgm import LinearDynamicalSystem
+from pyro_sin.pgm.lds import ChainPosterior
+from pyro_sin.potential import GaussianPotential
+
+
+def random_lds(D=2):
+    A = torch.randn(D + 1, D + 1)
+    return LinearDynamicalSystem(
+        D,
+        transition_loc=torch.cat([0.9 * torch.eye(D), 0.3 * torch.ones(D, 1)], -1),
+        col_precision=A @ A.T / D + torch.eye(D + 1),
+        init_loc=torch.randn(D),
+    )
+
+
+def random_potential(B, T, D):
+    return GaussianPotential(torch.randn(B, T, D), torch.rand(B, T, D) + 0.3)
+
+
+def dense_chain(post):
+    """The joint Gaussian of x_{1:T} assembled densely: log Z, mean, covariance."""
+    B, T, D = post.init.batch_shape[0], post.num_steps, post.dim
+    n = T * D
+    P = torch.zeros(B, n, n)
+    h = torch.zeros(B, n)
+    c = post.init.log_normalizer.clone()
+    P[:, :D, :D] += post.init.precision
+    h[:, :D] += post.init.info_vec
+    for t in range(T - 1):
+        s = slice(t * D, (t + 2) * D)
+        P[:, s, s] += post.trans.precision[:, t]
+        h[:, s] += post.trans.info_vec[:, t]
+        c = c + post.trans.log_normalizer[:, t]
+    L = torch.linalg.cholesky(P)
+    mean = torch.cholesky_solve(h[..., None], L)[..., 0]
+    log_z = c + 0.5 * (h * mean).sum(-1) + 0.5 * n * math.log(2 * math.pi) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return log_z, mean.reshape(B, T, D), torch.cholesky_inverse(L)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("factor_mode", ["tied", "free"])
+def test_kalman_moments_match_dense_gaussian_algebra(parallel, factor_mode):
+    lds = random_lds()
+    q = lds.global_posterior(lds.init_natural())
+    if factor_mode == "tied":
+        factor = lds.tied_factor(q)
+    else:
+        factor = lds.free_factor({k: v for k, (v, _) in lds.init_free_factor(lds.init_natural()).items()})
+    B, T, D = 3, 6, 2
+    post = ChainPosterior(random_potential(B, T, D), factor, parallel)
+    log_z, mean, cov = dense_chain(post)
+    assert_close(post.log_normalizer, log_z)
+    assert_close(post.marginal_means(), mean)
+    second = cov + mean.reshape(B, -1)[:, :, None] * mean.reshape(B, -1)[:, None, :]
+    m = post.moments
+    for t in range(1, T):
+        block = second[:, (t - 1) * D : (t + 1) * D, (t - 1) * D : (t + 1) * D]
+        assert_close(m.pair_second[:, t - 1], block)
+    assert_close(m.init_second, second[:, :D, :D])
+    assert_close(post.entropy(), 0.5 * torch.logdet(2 * math.pi * math.e * cov))
+    x = torch.randn(4, B, T, D)
+    dense = dist.MultivariateNormal(mean.reshape(B, -1), covariance_matrix=cov)
+    assert_close(post.log_prob(x), dense.log_prob(x.reshape(4, B, -1)))
+
+
+def test_parallel_scan_and_sequential_filter_agree_with_gradients():
+    lds = random_lds()
+    factor = lds.tied_factor(lds.global_posterior(lds.init_natural()))
+    h = torch.randn(2, 9, 2, requires_grad=True)
+    J = (torch.rand(2, 9, 2) + 0.3).requires_grad_()
+    results = []
+    for parallel in (True, False):
+        post = ChainPosterior(GaussianPotential(h, J), factor, parallel)
+        value = post.log_normalizer.sum() + post.entropy().sum() + post.regression_stats().cross.sum()
+        results.append((value, torch.autograd.grad(value, [h, J])))
+    assert_close(results[0][0], results[1][0])
+    assert_close(results[0][1][0], results[1][1][0])
+    assert_close(results[0][1][1], results[1][1][1])
+
+
+def test_ffbs_samples_match_the_dense_posterior():
+    lds = random_lds()
+    factor = lds.tied_factor(lds.global_posterior(lds.init_natural()))
+    post = ChainPosterior(random_potential(2, 5, 2), factor)
+    _, mean, cov = dense_chain(post)
+    x = post.rsample((100000,)).reshape(100000, 2, -1)
+    assert_close(x.mean(0), mean.reshape(2, -1), atol=0.02, rtol=0)
+    emp = torch.einsum("sbi,sbj->bij", x - x.mean(0), x - x.mean(0)) / len(x)
+    assert_close(emp, cov, atol=0.02, rtol=0.02)
+
+
+def test_missing_frames_have_no_evidence():
+    lds = random_lds()
+    factor = lds.tied_factor(lds.global_posterior(lds.init_natural()))
+    pot = random_potential(1, 5, 2)
+    mask = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0])[None, :, None]
+    masked = GaussianPotential(pot.info_vec * mask, pot.precision * mask).validate()
+    post = ChainPosterior(masked, factor)
+    log_z, mean, _ = dense_chain(post)
+    assert_close(post.marginal_means(), mean)
+
+
+def test_tied_factor_is_the_expected_log_transition_density():
+    lds = random_lds()
+    natural = lds.init_natural()
+    q = lds.global_posterior(natural)
+    trans = lds.tied_factor(q).trans
+    B, prec = q.matrix_normal_wishart.rsample((200000,))
+    v = torch.randn(3, 4)  # (x_{t-1}, x_t) pairs
+    x_prev, x_next = v[:, :2], v[:, 2:]
+    mean = (B[:, None, :, :2] @ x_prev[None, :, :, None])[..., 0] + B[:, None, :, 2]
+    mc = dist.MultivariateNormal(mean, precision_matrix=prec[:, None]).log_prob(x_next).mean(0)
+    assert_close(trans.log_density(v), mc, rtol=0.01, atol=0.02)
+
+
+def test_local_elbo_matches_monte_carlo():
+    lds = random_lds()
+    q = lds.global_posterior(lds.init_natural())
+    factor = lds.free_factor({k: v for k, (v, _) in lds.init_free_factor(lds.init_natural()).items()})
+    post = ChainPosterior(random_potential(2, 4, 2), factor)
+    S = 100000
+    x = post.rsample((S,))
+    B, prec = q.matrix_normal_wishart.rsample((S,))
+    params = pyro_sin.pgm.lds.LDSParams(B[:, None], prec[:, None])
+    log_p = lds.chain(params, 4).log_prob(x)
+    mc = (log_p - post.log_prob(x)).mean(0)
+    assert_close(lds.local_elbo(q, post), mc, rtol=0.01, atol=0.05)
+
+
+def test_gaussian_chain_density_and_samples():
+    D, T = 2, 4
+    chain = GaussianChain(torch.randn(D), torch.eye(D) * 2, 0.8 * torch.eye(D), torch.ones(D), torch.eye(D) * 4, T)
+    x = chain.rsample((100000,))
+    # dense joint: x = L⁻¹ (μ + noise) with the chain's lower-triangular structure
+    A = torch.eye(T * D)
+    for t in range(1, T):
+        A[t * D : (t + 1) * D, (t - 1) * D : t * D] = -chain.transition_matrix
+    shift = torch.cat([chain.init_loc] + [chain.transition_bias] * (T - 1))
+    noise_cov = torch.block_diag(torch.linalg.inv(chain.init_precision), *[torch.linalg.inv(chain.noise_precision)] * (T - 1))
+    A_inv = torch.linalg.inv(A)
+    joint = dist.MultivariateNormal(A_inv @ shift, covariance_matrix=A_inv @ noise_cov @ A_inv.T)
+    assert_close(chain.log_prob(x[:5]), joint.log_prob(x[:5].reshape(5, -1)))
+    assert_close(x.reshape(len(x), -1).mean(0), joint.mean, atol=0.03, rtol=0)
+
+
+def tiny_lds_model(N=8, T=6, Dy=3, D=2):
+    pyro.set_rng_seed(0)
+    y = torch.randn(N, T, Dy)
+    lds = LinearDynamicalSystem(D)
+    dec, enc = GaussianDecoder(D, Dy, (8,)), GaussianEncoder(Dy, D, (8,))
+
+    def model(y, idx=None):
+        pyro.module("decoder", dec)
+        params = lds.sample_params()
+        with pyro.plate("sequences", N, subsample=idx):
+            x = lds.sample_latent(params, T)
+            loc, scale = dec(x)
+            pyro.sample("y", dist.Normal(loc, scale).to_event(2), obs=y)
+
+    guide = pyro_sin.SINGuide(model, lds, enc, create_plates=lambda y, idx=None: pyro.plate("sequences", N, subsample=idx))
+    return model, guide, y
+
+
+def test_sinelbo_agrees_with_trace_elbo_on_the_lds():
+    model, guide, y = tiny_lds_model()
+    idx = torch.arange(4)
+    ours = torch.tensor([pyro_sin.SINELBO(num_particles=1000).loss(model, guide, y[idx], idx) for _ in range(5)])
+    elbo = Trace_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
+    theirs = torch.tensor([elbo.loss(model, guide, y[idx], idx) for _ in range(5)])
+    se = (ours.var() / 5 + theirs.var() / 5).sqrt()
+    assert abs(ours.mean() - theirs.mean()) < 4 * se + 1e-3 * abs(theirs.mean())
+
+
+def test_full_natural_step_is_the_conjugate_regression_update():
+    model, guide, y = tiny_lds_model()
+    idx = torch.arange(4)
+    guide(y[idx], idx)
+    with torch.no_grad():
+        post = guide.local_posterior(y[idx])
+        # dense smoothed moments, then Bayesian linear regression by hand
+        _, mean, cov = dense_chain(post)
+        B_, T, D = mean.shape
+        flat = mean.reshape(B_, -1)
+        second = cov + flat[:, :, None] * flat[:, None, :]
+    scale = 8 / 4
+    xu = torch.zeros(D, D + 1)
+    uu = torch.zeros(D + 1, D + 1)
+    xx = torch.zeros(D, D)
+    for b in range(B_):
+        for t in range(1, T):
+            p, n = slice((t - 1) * D, t * D), slice(t * D, (t + 1) * D)
+            xu += torch.cat([second[b, n, p], mean[b, t][:, None]], -1)
+            uu += torch.cat(
+                [torch.cat([second[b, p, p], mean[b, t - 1][:, None]], -1), torch.cat([mean[b, t - 1], torch.ones(1)])[None]], 0
+            )
+            xx += second[b, n, n]
+    prior = guide.pgm.prior()
+    K = prior.col_precision + scale * uu
+    M = (prior.loc @ prior.col_precision + scale * xu) @ torch.linalg.inv(K)
+    S = prior.scale_inv + scale * xx + prior.loc @ prior.col_precision @ prior.loc.T - M @ K @ M.T
+    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.01}, natural_lr=1.0), pyro_sin.SINELBO(num_particles=2))
+    svi.step(y[idx], idx)
+    q = guide.global_posterior().matrix_normal_wishart
+    assert_close(q.col_precision, K)
+    assert_close(q.loc, M)
+    assert_close(q.scale_inv, S)
+    assert_close(q.df, prior.df + scale * B_ * (T - 1))
+
+
+def test_bad_potential_shape_raises():
+    lds = random_lds()
+    factor = lds.tied_factor(lds.global_posterior(lds.init_natural()))
+    with pytest.raises(ValueError, match="per-step potentials"):
+        lds.posterior(GaussianPotential(torch.zeros(3, 3), torch.ones(3, 3)), factor)
