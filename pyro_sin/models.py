@@ -17,6 +17,7 @@ import pyro.distributions as dist
 
 from .guide import SINGuide
 from .metrics import importance_log_likelihood, weighted_mse
+from .pgm.lds import LDSParams
 from .pgm.mixture import GaussianMixture
 
 
@@ -112,3 +113,105 @@ class DeepLatentMixture:
         x = dist.MultivariateNormal(params.locs[z], precision_matrix=params.precisions[z]).sample()
         loc, _ = self.decoder(x)
         return loc, z, params.weights
+
+
+def rollout(params, x_start, horizon: int):
+    """``x_{T+1..T+H}`` from ``x_T`` under the dynamics ``params``, with process noise."""
+    D = x_start.shape[-1]
+    A, b = params.transition[..., :D], params.transition[..., D]
+    noise = dist.MultivariateNormal(torch.zeros_like(b), precision_matrix=params.noise_precision)
+    steps, x = [], x_start
+    for _ in range(horizon):
+        x = (A @ x[..., None])[..., 0] + b + noise.sample()
+        steps.append(x)
+    return torch.stack(steps, -2)
+
+
+def frame_likelihood(decoder, x, mask=None):
+    """``p(y_{1:T} | x_{1:T})`` with independent frames; missing frames (``mask == 0``) drop out."""
+    loc, scale = decoder(x)
+    frames = dist.Normal(loc, scale).to_event(1)  # batch (..., T)
+    if mask is not None:
+        frames = frames.mask(mask.bool())
+    return frames.to_event(1)
+
+
+class DeepLatentLDS:
+    r"""
+    A neural decoder applied frame by frame to a latent linear dynamical system,
+
+    .. math:: p(y, x, \theta) = \prod_n \prod_t p_{\theta_{NN}}(y_{nt} \mid x_{nt})\,
+              p(x_{n,1:T} \mid \theta)\; p(\theta).
+
+    Call it as ``model(y, mask=None, indices=None)`` with sequences ``y`` of shape
+    ``(B, T, P)``; ``mask`` (``(B, T)``, 1 = observed) marks missing frames.
+
+    :param LinearDynamicalSystem pgm: the latent structured prior.
+    :param torch.nn.Module decoder: ``x_t ↦ (loc, scale)`` of ``p(y_t | x_t)``.
+    :param int num_data: number ``N`` of training sequences.
+    """
+
+    def __init__(self, pgm, decoder: torch.nn.Module, num_data: int):
+        self.pgm = pgm
+        self.decoder = decoder
+        self.num_data = num_data
+
+    def __call__(self, y, mask=None, indices=None):
+        pyro.module("decoder", self.decoder)
+        params = self.pgm.sample_params()
+        with data_plate(self.num_data, y, indices):
+            x = self.pgm.sample_latent(params, y.shape[-2])
+            pyro.sample("y", frame_likelihood(self.decoder, x, mask), obs=y)
+
+    def create_plates(self, y, mask=None, indices=None):
+        return data_plate(self.num_data, y, indices)
+
+    @staticmethod
+    def encoder_input(y, mask=None, indices=None):
+        return y if mask is None else (y, mask)
+
+    def make_guide(self, encoder, **kwargs) -> SINGuide:
+        """A :class:`~pyro_sin.SINGuide` whose encoder receives ``(y, mask)``."""
+        return SINGuide(
+            self, self.pgm, encoder, create_plates=self.create_plates, encoder_input=self.encoder_input, **kwargs
+        )
+
+    # ----- evaluation -------------------------------------------------------------
+
+    @torch.no_grad()
+    def posterior(self, guide: SINGuide, y, mask=None):
+        return guide.local_posterior(self.encoder_input(y, mask))
+
+    @torch.no_grad()
+    def decode_posterior(self, guide: SINGuide, y, mask=None, num_samples: int = 50):
+        """Mean decoded frames under the SIN posterior, shape ``(B, T, P)``."""
+        x = self.posterior(guide, y, mask).rsample((num_samples,))
+        return self.decoder(x)[0].mean(0)
+
+    @torch.no_grad()
+    def predict(self, guide: SINGuide, y_observed, horizon: int, num_samples: int = 50):
+        """
+        Mean decoded frames ``T+1 .. T+horizon`` after the observed ones: ``x_T`` from
+        the SIN posterior, then the model's dynamics rolled forward with
+        ``θ ~ q(θ)`` and process noise, decoded and averaged over samples.
+
+        :returns: shape ``(B, horizon, P)``.
+        """
+        x_last = self.posterior(guide, y_observed).rsample((num_samples,))[..., -1, :]  # (S, B, D)
+        q = guide.global_posterior().matrix_normal_wishart
+        transition, noise_precision = q.rsample((num_samples,))  # (S, D, D+1), (S, D, D)
+        params = LDSParams(transition[:, None], noise_precision[:, None])
+        future = rollout(params, x_last, horizon)  # (S, B, H, D)
+        return self.decoder(future)[0].mean(0)
+
+    @torch.no_grad()
+    def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100) -> float:
+        r"""
+        Mean over sequences of ``log p(y_{1:T})`` under the posterior-mean dynamics,
+        by importance sampling with the SIN posterior as proposal.
+        """
+        post = self.posterior(guide, y)
+        x = post.rsample((num_samples,))
+        params = self.pgm.point_estimate(guide.global_posterior())
+        log_joint = frame_likelihood(self.decoder, x).log_prob(y) + self.pgm.chain(params, y.shape[-2]).log_prob(x)
+        return float(importance_log_likelihood(log_joint, post.log_prob(x)).mean())

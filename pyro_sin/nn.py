@@ -118,9 +118,57 @@ class GaussianEncoder(TwoHeadedMLP):
         )
         self.init_precision, self.init_scale = init_precision, init_scale
 
-    def forward(self, y) -> GaussianPotential:
+    def forward(self, y, mask=None) -> GaussianPotential:
+        """
+        :param y: data, shape ``(..., data_dim)``.
+        :param mask: optional, shape ``y.shape[:-1]``; where zero (a missing
+            frame) the potential carries no evidence.
+        """
         info_vec, precision = super().forward(y)
-        return GaussianPotential(info_vec, precision)
+        return _masked(GaussianPotential(info_vec, precision), mask)
+
+
+def _masked(potential: GaussianPotential, mask) -> GaussianPotential:
+    if mask is None:
+        return potential
+    mask = mask.to(potential.info_vec.dtype)[..., None]
+    return GaussianPotential(potential.info_vec * mask, potential.precision * mask)
+
+
+class SequenceEncoder(nn.Module):
+    r"""
+    Per-step Gaussian potentials from a bidirectional GRU over a sequence:
+    ``ψ_t(x_t; h_t, J_t)`` with ``(h_t, J_t)`` a two-headed MLP of ``y_t`` and the
+    GRU's state at ``t``, so each potential sees the whole sequence while the
+    output stays one potential per step.
+
+    :param int data_dim: size of ``y_t``.
+    :param int latent_dim: size of ``x_t``.
+    :param hidden: hidden sizes of the per-step MLP.
+    :param int rnn_dim: GRU state size per direction.
+    """
+
+    def __init__(self, data_dim, latent_dim, hidden=(50, 50), rnn_dim=32, init_precision=1.0, init_scale=1.0):
+        super().__init__()
+        self.rnn = nn.GRU(data_dim, rnn_dim, batch_first=True, bidirectional=True)
+        self.head = TwoHeadedMLP(
+            data_dim + 2 * rnn_dim,
+            latent_dim,
+            hidden,
+            init_second=init_precision,
+            shortcut_gain=init_precision / init_scale,
+        )
+        self.data_dim = data_dim
+
+    def forward(self, y, mask=None) -> GaussianPotential:
+        """:param y: sequences, shape ``(B, T, data_dim)``; :param mask: ``(B, T)``."""
+        if y.dim() != 3 or y.shape[-1] != self.data_dim:
+            raise ValueError(f"SequenceEncoder expects (B, T, {self.data_dim}) inputs, got {tuple(y.shape)}")
+        if mask is not None:
+            y = y * mask.to(y.dtype)[..., None]
+        states, _ = self.rnn(y)
+        info_vec, precision = self.head(torch.cat([y, states], -1))
+        return _masked(GaussianPotential(info_vec, precision), mask)
 
 
 class GaussianDecoder(TwoHeadedMLP):

@@ -33,20 +33,21 @@ def plot_generative_samples(ax, data, samples, components, weights, title=""):
     ax.legend(loc="lower right", fontsize="small", markerscale=2)
 
 
-def plot_curves(ax, curves, ylabel="test MSE", log=True):
+def plot_curves(ax, curves, ylabel="test MSE", log=True, xlabel="iteration", xmin=1.0):
     """
     :param curves: ``{label: (iterations, values)}``, or ``{label: (iterations, median, low, high)}``
         to draw a band.
+    :param float xmin: where the log axis shows ``x = 0`` (the untrained model).
     """
     for label, curve in curves.items():
-        steps = np.maximum(np.asarray(curve[0]), 1)
+        steps = np.maximum(np.asarray(curve[0], dtype=float), xmin)
         (line,) = ax.plot(steps, curve[1], label=label)
         if len(curve) == 4:
             ax.fill_between(steps, curve[2], curve[3], color=line.get_color(), alpha=0.2)
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
-    ax.set_xlabel("iteration")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()

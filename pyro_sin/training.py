@@ -1,6 +1,7 @@
 """A minibatch training loop around :class:`pyro.infer.SVI` with a progress bar."""
 
 import math
+import time
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
@@ -12,6 +13,7 @@ class History(NamedTuple):
 
     losses: List[float]
     eval_steps: List[int]
+    eval_seconds: List[float]  # training time (evaluations excluded) at each evaluation
     evals: List[Dict[str, float]]
 
 
@@ -34,40 +36,50 @@ def fit(
     generator: Optional[torch.Generator] = None,
     evaluate: Optional[Callable[[], Dict[str, float]]] = None,
     eval_every: int = 50,
+    max_seconds: Optional[float] = None,
     progress: bool = True,
     desc: str = "SVI",
 ) -> History:
     """
-    Runs ``svi.step(data[idx], idx)`` on random minibatches.
+    Runs ``svi.step(data[idx], indices=idx)`` on random minibatches.
 
     :param evaluate: called at step 0, every ``eval_every`` steps and at the end;
         returns named metrics shown in the progress bar and kept in the history.
+    :param max_seconds: stop early once training (evaluations excluded) has taken this long.
     :raises FloatingPointError: when the loss becomes NaN or infinite.
     """
     generator = generator or torch.Generator().manual_seed(0)
     batches = minibatch_indices(len(data), batch_size, generator)
-    history = History([], [], [])
+    history = History([], [], [], [])
+    training_seconds = 0.0
 
     def record(step):
         if evaluate is not None:
             history.eval_steps.append(step)
+            history.eval_seconds.append(training_seconds)
             history.evals.append(evaluate())
 
     record(0)
     bar = tqdm(range(1, iterations + 1), desc=desc, disable=not progress, mininterval=0.5)
     running = None
     for step in bar:
+        start = time.perf_counter()
         idx = next(batches).to(data.device)
-        loss = svi.step(data[idx], idx) / len(data)  # the bound is scaled to the full data set
+        loss = svi.step(data[idx], indices=idx) / len(data)  # the bound is scaled to the full data set
+        training_seconds += time.perf_counter() - start
         if not math.isfinite(loss):
             raise FloatingPointError(f"{desc}: the loss became {loss} at step {step}")
         history.losses.append(loss)
         running = loss if running is None else 0.95 * running + 0.05 * loss
-        if step % eval_every == 0 or step == iterations:
+        out_of_time = max_seconds is not None and training_seconds >= max_seconds
+        if step % eval_every == 0 or step == iterations or out_of_time:
             record(step)
         if progress:
             postfix = {"-elbo/pt": f"{running:.3f}"}
             if history.evals:
                 postfix.update({k: f"{v:.3g}" for k, v in history.evals[-1].items()})
             bar.set_postfix(postfix, refresh=False)
+        if out_of_time:
+            break
+    bar.close()
     return history

@@ -1,5 +1,7 @@
 """Baselines in the same harness as SAN."""
 
+from .two_stage import TwoStageLDS
+from .unstructured_lds import UnstructuredLDSGuide
 from .vae import VAE
 
-__all__ = ["VAE"]
+__all__ = ["TwoStageLDS", "UnstructuredLDSGuide", "VAE"]

@@ -105,7 +105,7 @@ def regression_factor(E: MatrixNormalWishartExpectations) -> Gaussian:
     return Gaussian(log_normalizer, info_vec, precision)
 
 
-def _point_expectations(transition, noise_precision) -> MatrixNormalWishartExpectations:
+def point_expectations(transition, noise_precision) -> MatrixNormalWishartExpectations:
     """The expectations of a point mass at ``(B, Λ)``."""
     precision_loc = noise_precision @ transition
     return MatrixNormalWishartExpectations(
@@ -443,7 +443,7 @@ class LinearDynamicalSystem(StructuredPrior):
         tril = params["noise_precision_tril"]
         return ChainFactor(
             self.init_factor(),
-            regression_factor(_point_expectations(params["transition"], tril @ tril.transpose(-1, -2))),
+            regression_factor(point_expectations(params["transition"], tril @ tril.transpose(-1, -2))),
         )
 
     def posterior(self, potential: GaussianPotential, factor: ChainFactor) -> ChainPosterior:

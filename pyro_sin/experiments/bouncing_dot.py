@@ -1,0 +1,294 @@
+"""
+SAN with a latent linear dynamical system on a 1-D bouncing-dot video, against
+the baselines a Pyro user would build today with the same generative model:
+
+* **unstructured** — per-step Gaussians from a bidirectional RNN and point
+  estimates of the dynamics, trained with ``Trace_ELBO`` and Adam;
+* **two-stage** — a VAE with an i.i.d. prior on frames, then an LDS fitted to its
+  latent means.
+
+Every method trains for the same wall-clock time; we report reconstruction,
+multi-step prediction of future frames, imputation of missing frames and the
+importance-sampled test log-likelihood, and write figures::
+
+    python -m pyro_sin.experiments.bouncing_dot --out results/bouncing_dot
+
+``--quick`` (or the environment variable ``CI``) shrinks the run.
+"""
+
+import argparse
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import pyro
+from pyro.infer import SVI, Trace_ELBO
+
+from ..baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
+from ..datasets import bouncing_dot
+from ..elbo import SINELBO
+from ..models import DeepLatentLDS
+from ..nn import SequenceEncoder, mirrored_autoencoder
+from ..optim import NaturalAdam
+from ..pgm import LinearDynamicalSystem
+from ..plotting import new_figure, plot_curves
+from ..training import fit
+from .pinwheel import markdown_table
+
+
+@dataclass
+class Config:
+    num_train: int = 400
+    num_test: int = 100
+    num_steps: int = 40
+    horizon: int = 10
+    num_pixels: int = 16
+    missing_from: int = 15  # test frames [missing_from, missing_to) are hidden for imputation
+    missing_to: int = 25
+    latent_dim: int = 2
+    hidden: int = 50
+    batch_size: int = 32
+    lr: float = 0.01
+    natural_lr: float = 0.1
+    num_particles: int = 4
+    factor: str = "free"
+    seconds: float = 60.0  # training time per method
+    max_iterations: int = 10**6
+    eval_every: int = 100
+    eval_samples: int = 50
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **kwargs):
+        defaults = dict(num_train=64, num_test=16, seconds=3.0, eval_every=20, eval_samples=10)
+        return cls(**{**defaults, **kwargs})
+
+
+def make_data(config: Config):
+    train = bouncing_dot(config.num_train, config.num_steps, config.num_pixels, seed=config.seed)
+    test = bouncing_dot(
+        config.num_test, config.num_steps + config.horizon, config.num_pixels, seed=config.seed + 1000
+    )
+    return train, test
+
+
+class Evaluator:
+    """The same metrics for every method, through ``decode_posterior``, ``predict`` and ``test_log_likelihood``."""
+
+    def __init__(self, config: Config, test):
+        self.config, self.test = config, test
+        T = config.num_steps
+        self.observed = test.frames[:, :T]
+        self.mask = torch.ones(self.observed.shape[:2])
+        self.mask[:, config.missing_from : config.missing_to] = 0
+
+    def prediction_error(self, method) -> float:
+        T, H = self.config.num_steps, self.config.horizon
+        prediction = method.predict(self.observed, H, self.config.eval_samples)
+        return float((prediction - self.test.clean[:, T : T + H]).pow(2).mean())
+
+    def __call__(self, method, samples=None) -> dict:
+        config, T, H = self.config, self.config.num_steps, self.config.horizon
+        samples = samples or config.eval_samples
+        clean = self.test.clean
+        prediction = method.predict(self.observed, H, samples)
+        imputed = method.decode_posterior(self.observed * self.mask[..., None], self.mask, samples)
+        hidden = self.mask == 0
+        return {
+            "reconstruction_mse": float(
+                (method.decode_posterior(self.observed, None, samples) - clean[:, :T]).pow(2).mean()
+            ),
+            "prediction_mse": float((prediction - clean[:, T : T + H]).pow(2).mean()),
+            f"prediction_mse_at_{H}": float((prediction[:, -1] - clean[:, T + H - 1]).pow(2).mean()),
+            "imputation_mse": float((imputed[hidden] - clean[:, :T][hidden]).pow(2).mean()),
+            "test_log_likelihood": method.test_log_likelihood(self.observed, 2 * samples),
+        }
+
+
+class SANMethod:
+    """SAN-LDS behind the evaluator's interface."""
+
+    def __init__(self, model: DeepLatentLDS, guide):
+        self.model, self.guide = model, guide
+
+    def decode_posterior(self, y, mask, num_samples):
+        return self.model.decode_posterior(self.guide, y, mask, num_samples)
+
+    def predict(self, y, horizon, num_samples):
+        return self.model.predict(self.guide, y, horizon, num_samples)
+
+    def test_log_likelihood(self, y, num_samples):
+        return self.model.test_log_likelihood(self.guide, y, num_samples)
+
+
+def _networks(config: Config, train):
+    torch.manual_seed(config.seed)
+    return mirrored_autoencoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2)
+
+
+def _fit(config, svi, data, evaluate, desc, progress, batch_size=None):
+    return fit(
+        svi,
+        data,
+        iterations=config.max_iterations,
+        batch_size=batch_size or config.batch_size,
+        generator=torch.Generator().manual_seed(config.seed),
+        evaluate=evaluate,
+        eval_every=config.eval_every,
+        max_seconds=config.seconds,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def train_san(config: Config, train, evaluator: Evaluator, progress=True):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    encoder, decoder = _networks(config, train)
+    lds = LinearDynamicalSystem(config.latent_dim)
+    model = DeepLatentLDS(lds, decoder, len(train.frames))
+    guide = model.make_guide(encoder, factor=config.factor)
+    svi = SVI(
+        model,
+        guide,
+        NaturalAdam({"lr": config.lr}, natural_lr=config.natural_lr),
+        SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
+    )
+    method = SANMethod(model, guide)
+    history = _fit(
+        config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(method)}, "SAN-LDS", progress
+    )
+    return method, history
+
+
+def train_unstructured(config: Config, train, evaluator: Evaluator, progress=True):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    _, decoder = _networks(config, train)
+    lds = LinearDynamicalSystem(config.latent_dim)
+    model = DeepLatentLDS(lds, decoder, len(train.frames))
+    guide = UnstructuredLDSGuide(model, SequenceEncoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2))
+    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
+    history = _fit(
+        config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(guide)}, "unstructured", progress
+    )
+    return guide, history
+
+
+def train_two_stage(config: Config, train, evaluator: Evaluator, progress=True):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    encoder, decoder = _networks(config, train)
+    frames = train.frames.reshape(-1, config.num_pixels)
+    vae = VAE(encoder, decoder, len(frames))
+    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": config.lr}), elbo)
+    method = TwoStageLDS(vae, LinearDynamicalSystem(config.latent_dim))
+
+    def evaluate():
+        method.fit_dynamics(train.frames)
+        return {"prediction_mse": evaluator.prediction_error(method)}
+
+    # minibatches of the same number of frames as the sequence models see
+    history = _fit(config, svi, frames, evaluate, "two-stage", progress, config.batch_size * config.num_steps)
+    method.fit_dynamics(train.frames)
+    return method, history
+
+
+def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, histories):
+    T, H = config.num_steps, config.horizon
+    test, k = evaluator.test, 0
+    rows = [("truth (clean)", test.clean[k, : T + H].numpy())]
+    for name, method in methods.items():
+        recon = method.decode_posterior(evaluator.observed[k : k + 1], None, config.eval_samples)[0]
+        pred = method.predict(evaluator.observed[k : k + 1], H, config.eval_samples)[0]
+        rows.append((name, torch.cat([recon, pred]).numpy()))
+    fig = new_figure(ncols=1, width=8, height=1.3 * len(rows))
+    fig.clear()
+    axes = fig.subplots(len(rows), 1, sharex=True)
+    for ax, (name, image) in zip(axes, rows):
+        ax.imshow(image.T, aspect="auto", cmap="gray_r", vmin=0, vmax=1, origin="lower")
+        ax.axvline(T - 0.5, color="tab:red")
+        ax.set_ylabel(name, rotation=0, ha="right", fontsize="small")
+        ax.set_yticks([])
+    axes[-1].set_xlabel(f"frame (reconstruction left of the red line, {H}-step prediction right of it)")
+    fig.savefig(out / "reconstruction_and_prediction.png", dpi=120)
+
+    mask = evaluator.mask[k : k + 1]
+    rows = [("observed", (evaluator.observed[k] * mask[0, :, None]).numpy())]
+    for name, method in methods.items():
+        rows.append((name, method.decode_posterior(evaluator.observed[k : k + 1] * mask[..., None], mask, config.eval_samples)[0].numpy()))
+    fig = new_figure(ncols=1, width=8, height=1.3 * len(rows))
+    fig.clear()
+    axes = fig.subplots(len(rows), 1, sharex=True)
+    for ax, (name, image) in zip(axes, rows):
+        ax.imshow(image.T, aspect="auto", cmap="gray_r", vmin=0, vmax=1, origin="lower")
+        for edge in (config.missing_from - 0.5, config.missing_to - 0.5):
+            ax.axvline(edge, color="tab:red")
+        ax.set_ylabel(name, rotation=0, ha="right", fontsize="small")
+        ax.set_yticks([])
+    axes[-1].set_xlabel("frame (frames between the red lines are missing)")
+    fig.savefig(out / "imputation.png", dpi=120)
+
+    fig = new_figure()
+    curves = {name: (h.eval_seconds, [e["prediction_mse"] for e in h.evals]) for name, h in histories.items()}
+    plot_curves(
+        fig.axes[0], curves, ylabel=f"test prediction MSE (1..{H} steps ahead)", xlabel="training time (s)", xmin=0.1
+    )
+    fig.savefig(out / "prediction_vs_time.png", dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, help="training time per method (default 60)")
+    parser.add_argument("--factor", choices=["tied", "free"], default="free")
+    parser.add_argument("--latent-dim", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/bouncing_dot"))
+    parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {"factor": args.factor, "latent_dim": args.latent_dim, "seed": args.seed}
+    if args.seconds is not None:
+        overrides["seconds"] = args.seconds
+    config = Config.quick(**overrides) if args.quick or "CI" in os.environ else Config(**overrides)
+    progress = not args.no_progress
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    train, test = make_data(config)
+    evaluator = Evaluator(config, test)
+    san, san_history = train_san(config, train, evaluator, progress)
+    unstructured, unstructured_history = train_unstructured(config, train, evaluator, progress)
+    two_stage, two_stage_history = train_two_stage(config, train, evaluator, progress)
+    methods = {"SAN-LDS": san, "unstructured guide": unstructured, "two-stage VAE+LDS": two_stage}
+    histories = {"SAN-LDS": san_history, "unstructured guide": unstructured_history, "two-stage VAE+LDS": two_stage_history}
+    rows = {}
+    for name, method in methods.items():
+        rows[name] = evaluator(method)
+        rows[name]["iterations"] = float(histories[name].eval_steps[-1])
+        rows[name]["seconds"] = float(histories[name].eval_seconds[-1])
+    columns = list(next(iter(rows.values())))
+    table = markdown_table(rows, columns)
+    print(f"\nBouncing dot, {config.seconds:g} s of training per method:\n{table}")
+    write_figures(args.out, config, evaluator, methods, histories)
+    (args.out / "metrics.md").write_text(table + "\n")
+    (args.out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "config": asdict(config),
+                "metrics": rows,
+                "curves": {n: [h.eval_seconds, [e["prediction_mse"] for e in h.evals]] for n, h in histories.items()},
+            },
+            indent=2,
+        )
+    )
+    print(f"figures and metrics written to {args.out}/")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
