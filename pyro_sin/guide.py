@@ -78,8 +78,10 @@ class SINGuide(PyroModule):
         super().__init__(name=name)
         if not isinstance(pgm, StructuredPrior):
             raise TypeError(f"pgm must be a pyro_sin StructuredPrior, got {type(pgm).__name__}")
-        if factor not in ("tied", "free"):
-            raise ValueError(f"factor must be 'tied' or 'free', got {factor!r}")
+        if factor not in pgm.factor_modes:
+            raise ValueError(
+                f"factor must be one of {pgm.factor_modes} for a {type(pgm).__name__}, got {factor!r}"
+            )
         self._model = (model,)  # a tuple, so a PyroModule model is not adopted as a child
         self.pgm = pgm
         self.encoder = encoder

@@ -18,7 +18,7 @@ import pyro.distributions as dist
 from .guide import SINGuide
 from .metrics import importance_log_likelihood, weighted_mse
 from .pgm.lds import LDSParams
-from .pgm.mixture import GaussianMixture
+from .pgm.mixture import GaussianMixture, select_component
 
 
 def data_plate(num_data: int, y: torch.Tensor, indices=None) -> pyro.plate:
@@ -110,7 +110,7 @@ class DeepLatentMixture:
         """
         params = self.pgm.point_estimate(guide.global_posterior())
         z = dist.Categorical(params.weights).sample((num_samples,))
-        x = dist.MultivariateNormal(params.locs[z], precision_matrix=params.precisions[z]).sample()
+        x = select_component(self.pgm.components(params), z).sample()
         loc, _ = self.decoder(x)
         return loc, z, params.weights
 

@@ -22,6 +22,7 @@ from typing import Any, Dict, NamedTuple, Tuple
 import torch
 from torch.distributions import constraints
 
+from pyro.nn import PyroModule
 from pyro.poutine.runtime import effectful
 
 
@@ -54,7 +55,7 @@ def _posterior_params(pgm, natural):
     return pgm._sample_global_posterior(natural)
 
 
-class StructuredPrior(torch.nn.Module):
+class StructuredPrior(PyroModule):
     """
     Base class of a PGM prior ``p(x | θ) p(θ)`` with a conjugate posterior
     ``q(θ | λ)`` and a closed-form structured inference network.
@@ -62,6 +63,9 @@ class StructuredPrior(torch.nn.Module):
     :param str name: the name of the local latent site; other sites derive
         their names from it.
     """
+
+    #: the SIN factors this structure offers (see :class:`~pyro_sin.SINGuide`)
+    factor_modes = ("tied", "free")
 
     def __init__(self, name: str):
         super().__init__()

@@ -137,63 +137,43 @@ class MixturePosterior:
         return torch.logsumexp(self.log_probs + comps.log_prob(x[..., None, :]), -1)
 
 
-class GaussianMixture(StructuredPrior):
+class MixturePrior(StructuredPrior):
     r"""
-    A Gaussian mixture prior on a latent ``x`` with a Dirichlet / Normal-Wishart
-    conjugate prior on its parameters.
+    What every mixture prior ``z_n ~ Cat(π), π ~ Dir(α₀), x_n | z_n ~ p_{z_n}(x_n)``
+    shares: the Dirichlet over the weights (with its natural-gradient step), the
+    site names, and the SIN side: a Gaussian-mixture factor combined with the
+    encoder's potentials in closed form (:class:`MixturePosterior`).
 
-    Model-side use inside a Pyro program::
-
-        params = gmm.sample_params()          # sites x_weights, x_precisions, x_locs
-        with pyro.plate("data", N, subsample=idx):
-            x = gmm.sample_latent(params)     # sites x_assignment, x
+    Subclasses supply the components: :meth:`components` (the distributions
+    ``p_k`` given sampled parameters) and their part of the conjugate posterior.
 
     :param int num_components: ``K``.
     :param int latent_dim: ``D``.
     :param str name: name of the latent site ``x``.
     :param float concentration: Dirichlet prior ``α₀`` (default ``0.05 / K``).
-    :param loc: prior mean ``m₀`` (default 0).
-    :param float kappa: ``κ₀`` (default 0.5).
-    :param torch.Tensor scale_inv: ``W₀⁻¹`` (default ``(D + 0.5) I``).
-    :param float df: ``ν₀`` (default ``2D + 0.5``).
-    :param float init_loc_range: initial posterior means ``m ~ U(-r, r)^D``.
+    :param float init_loc_range: initial component means ``~ U(-r, r)^D``.
     """
 
-    def __init__(
-        self,
-        num_components: int,
-        latent_dim: int,
-        name: str = "x",
-        *,
-        concentration=None,
-        loc=0.0,
-        kappa=0.5,
-        scale_inv=None,
-        df=None,
-        init_loc_range: float = 5.0,
-    ):
+    def __init__(self, num_components, latent_dim, name="x", *, concentration=None, init_loc_range=5.0):
         super().__init__(name)
         K, D = num_components, latent_dim
         if K < 1 or D < 1:
             raise ValueError(f"need num_components >= 1 and latent_dim >= 1, got {K}, {D}")
         self.num_components, self.latent_dim = K, D
         self.init_loc_range = init_loc_range
-        dtype = torch.get_default_dtype()
-
-        def as_tensor(value, shape):
-            return torch.as_tensor(value, dtype=dtype).expand(shape).clone()
-
         concentration = 0.05 / K if concentration is None else concentration
-        scale_inv = (D + 0.5) * torch.eye(D, dtype=dtype) if scale_inv is None else scale_inv
-        df = 2 * D + 0.5 if df is None else df
-        self.register_buffer("prior_concentration", as_tensor(concentration, (K,)))
-        self.register_buffer("prior_loc", as_tensor(loc, (K, D)))
-        self.register_buffer("prior_kappa", as_tensor(kappa, (K,)))
-        self.register_buffer("prior_scale_inv", as_tensor(scale_inv, (K, D, D)))
-        self.register_buffer("prior_df", as_tensor(df, (K,)))
+        self.register_buffer("prior_concentration", self._as_tensor(concentration, (K,)))
         if not (self.prior_concentration > 0).all():
             raise ValueError("the Dirichlet concentration must be positive")
-        self.prior(validate_args=True)  # positive definite scale, df > D - 1, kappa > 0
+
+    @staticmethod
+    def _as_tensor(value, shape):
+        return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
+
+    def _random_locs(self):
+        like = self.prior_concentration
+        K, D = self.num_components, self.latent_dim
+        return (2 * torch.rand(K, D, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
 
     # ----- site names -----------------------------------------------------------
 
@@ -202,20 +182,8 @@ class GaussianMixture(StructuredPrior):
         return f"{self.name}_weights"
 
     @property
-    def precisions_site(self):
-        return f"{self.name}_precisions"
-
-    @property
-    def locs_site(self):
-        return f"{self.name}_locs"
-
-    @property
     def assignment_site(self):
         return f"{self.name}_assignment"
-
-    @property
-    def global_sites(self):
-        return (self.weights_site, self.precisions_site, self.locs_site)
 
     @property
     def local_sites(self):
@@ -223,103 +191,36 @@ class GaussianMixture(StructuredPrior):
 
     # ----- model side -------------------------------------------------------------
 
-    def prior(self, validate_args=False) -> NormalWishart:
-        """``p(μ, Λ)``; its hyperparameters are validated once, at construction."""
-        return NormalWishart(
-            self.prior_loc,
-            self.prior_kappa,
-            self.prior_scale_inv,
-            self.prior_df,
-            validate_args=validate_args,
-        )
+    def components(self, params):
+        """The component distributions ``p_k(x)`` for sampled parameters, batch ``(..., K)``."""
+        raise NotImplementedError
 
-    def _sample_params(self) -> MixtureParams:
-        weights = pyro.sample(self.weights_site, dist.Dirichlet(self.prior_concentration))
-        prior = self.prior()
-        precisions = pyro.sample(self.precisions_site, prior.precision_dist().to_event(1))
-        locs = pyro.sample(self.locs_site, prior.loc_dist(precisions).to_event(1))
-        return MixtureParams(weights, locs, precisions)
-
-    def _sample_latent(self, params: MixtureParams) -> torch.Tensor:
+    def _sample_latent(self, params) -> torch.Tensor:
         z = pyro.sample(self.assignment_site, dist.Categorical(params.weights))
-        loc = Vindex(params.locs)[..., z, :]
-        precision = Vindex(params.precisions)[..., z, :, :]
-        return pyro.sample(self.name, dist.MultivariateNormal(loc, precision_matrix=precision))
+        component = self.components(params)
+        return pyro.sample(self.name, select_component(component, z))
 
-    # ----- conjugate posterior over θ -----------------------------------------------
+    def latent_log_prob(self, params, x: torch.Tensor) -> torch.Tensor:
+        """``log p(x | θ) = log Σ_k π_k p_k(x)`` for ``x`` of shape ``(..., D)``."""
+        log_components = self.components(params).log_prob(x[..., None, :])
+        return torch.logsumexp(params.weights.log() + log_components, -1)
 
-    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> MixtureGlobalPosterior:
-        concentration = natural["concentration"]
+    # ----- the weights' conjugate posterior ------------------------------------------
+
+    def _check_concentration(self, concentration):
         if not (concentration > 0).all():
             raise ValueError(
                 f"Dirichlet natural parameter must stay positive, got {concentration}; "
                 "natural parameters should only move by convex combinations (NaturalAdam)"
             )
-        nw = NormalWishart.from_natural(
-            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
-        )
-        return MixtureGlobalPosterior(concentration, nw)
+        return concentration
 
-    @staticmethod
-    def _pack(concentration, nw_natural: NormalWishartNatural) -> Dict[str, torch.Tensor]:
-        return {"concentration": concentration, **nw_natural._asdict()}
-
-    def prior_natural(self):
-        return self._pack(self.prior_concentration, self.prior().natural_params)
-
-    def init_natural(self):
-        K, D = self.num_components, self.latent_dim
-        like = self.prior_loc
-        loc = (2 * torch.rand(K, D, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
-        init = NormalWishart(
-            loc,
-            torch.ones(K, dtype=like.dtype, device=like.device),
-            2 * D * torch.eye(D, dtype=like.dtype, device=like.device).expand(K, D, D),
-            torch.full((K,), 2.0 * D + 1, dtype=like.dtype, device=like.device),
-        )
-        return self._pack(torch.ones_like(self.prior_concentration), init.natural_params)
-
-    def point_estimate(self, q: MixtureGlobalPosterior) -> MixtureParams:
-        """Posterior means ``E[π]``, ``E[μ_k] = m_k`` and ``E[Λ_k] = ν_k W_k``."""
-        weights = q.concentration / q.concentration.sum(-1, keepdim=True)
-        return MixtureParams(weights, q.normal_wishart.loc, q.expectations.precision)
-
-    def latent_log_prob(self, params: MixtureParams, x: torch.Tensor) -> torch.Tensor:
-        """``log p(x | θ) = log Σ_k π_k N(x; μ_k, Λ_k⁻¹)`` for ``x`` of shape ``(..., D)``."""
-        comps = dist.MultivariateNormal(params.locs, precision_matrix=params.precisions)
-        return torch.logsumexp(params.weights.log() + comps.log_prob(x[..., None, :]), -1)
-
-    def _sample_global_posterior(self, natural):
-        q = self.global_posterior(natural)
-        nw = q.normal_wishart
-        pyro.sample(self.weights_site, dist.Dirichlet(q.concentration))
-        precisions = pyro.sample(self.precisions_site, nw.precision_dist().to_event(1))
-        pyro.sample(self.locs_site, nw.loc_dist(precisions).to_event(1))
-
-    def kl(self, q: MixtureGlobalPosterior):
-        return dirichlet_kl(q.concentration, self.prior_concentration) + q.normal_wishart.kl_divergence(
-            self.prior()
-        ).sum(-1)
+    def _weights_target(self, posterior: MixturePosterior, scale: float) -> torch.Tensor:
+        """``α* = α₀ + scale · Σ_n r_nk``."""
+        probs = posterior.probs
+        return self.prior_concentration + scale * probs.reshape(-1, probs.shape[-1]).sum(0)
 
     # ----- SIN factor and posterior ---------------------------------------------------
-
-    def tied_factor(self, q: MixtureGlobalPosterior) -> MixtureFactor:
-        E = q.expectations
-        log_weight = q.expected_log_weights + 0.5 * (
-            E.log_det_precision - E.loc_precision_loc - self.latent_dim * _LOG_2PI
-        )
-        return MixtureFactor(log_weight, E.precision, E.precision_loc)
-
-    def init_free_factor(self, natural):
-        q = self.global_posterior(natural)
-        return {
-            "logits": (q.expected_log_weights, constraints.real),
-            "loc": (q.normal_wishart.loc, constraints.real_vector),
-            "precision_tril": (
-                torch.linalg.cholesky(q.expectations.precision),
-                constraints.lower_cholesky,
-            ),
-        }
 
     def free_factor(self, params) -> MixtureFactor:
         tril = params["precision_tril"]
@@ -355,6 +256,168 @@ class GaussianMixture(StructuredPrior):
             infer={"sin": record},
         )
 
+
+def select_component(components, z):
+    """The component ``z`` of a batch of distributions whose rightmost batch dimension is ``K``."""
+    if isinstance(components, dist.MultivariateNormal):
+        return dist.MultivariateNormal(
+            Vindex(components.loc)[..., z, :], scale_tril=Vindex(components.scale_tril)[..., z, :, :]
+        )
+    if isinstance(components, dist.MultivariateStudentT):
+        return dist.MultivariateStudentT(
+            Vindex(components.df)[..., z],
+            Vindex(components.loc)[..., z, :],
+            Vindex(components.scale_tril)[..., z, :, :],
+        )
+    raise NotImplementedError(f"cannot select a component of {type(components).__name__}")
+
+
+class GaussianMixture(MixturePrior):
+    r"""
+    A Gaussian mixture prior on a latent ``x`` with a Dirichlet / Normal-Wishart
+    conjugate prior on its parameters.
+
+    Model-side use inside a Pyro program::
+
+        params = gmm.sample_params()          # sites x_weights, x_precisions, x_locs
+        with pyro.plate("data", N, subsample=idx):
+            x = gmm.sample_latent(params)     # sites x_assignment, x
+
+    :param int num_components: ``K``.
+    :param int latent_dim: ``D``.
+    :param str name: name of the latent site ``x``.
+    :param float concentration: Dirichlet prior ``α₀`` (default ``0.05 / K``).
+    :param loc: prior mean ``m₀`` (default 0).
+    :param float kappa: ``κ₀`` (default 0.5).
+    :param torch.Tensor scale_inv: ``W₀⁻¹`` (default ``(D + 0.5) I``).
+    :param float df: ``ν₀`` (default ``2D + 0.5``).
+    :param float init_loc_range: initial posterior means ``m ~ U(-r, r)^D``.
+    """
+
+    factor_modes = ("tied", "free")
+
+    def __init__(
+        self,
+        num_components: int,
+        latent_dim: int,
+        name: str = "x",
+        *,
+        concentration=None,
+        loc=0.0,
+        kappa=0.5,
+        scale_inv=None,
+        df=None,
+        init_loc_range: float = 5.0,
+    ):
+        super().__init__(
+            num_components, latent_dim, name, concentration=concentration, init_loc_range=init_loc_range
+        )
+        K, D = num_components, latent_dim
+        scale_inv = (D + 0.5) * torch.eye(D) if scale_inv is None else scale_inv
+        df = 2 * D + 0.5 if df is None else df
+        self.register_buffer("prior_loc", self._as_tensor(loc, (K, D)))
+        self.register_buffer("prior_kappa", self._as_tensor(kappa, (K,)))
+        self.register_buffer("prior_scale_inv", self._as_tensor(scale_inv, (K, D, D)))
+        self.register_buffer("prior_df", self._as_tensor(df, (K,)))
+        self.prior(validate_args=True)  # positive definite scale, df > D - 1, kappa > 0
+
+    @property
+    def precisions_site(self):
+        return f"{self.name}_precisions"
+
+    @property
+    def locs_site(self):
+        return f"{self.name}_locs"
+
+    @property
+    def global_sites(self):
+        return (self.weights_site, self.precisions_site, self.locs_site)
+
+    # ----- model side -------------------------------------------------------------
+
+    def prior(self, validate_args=False) -> NormalWishart:
+        """``p(μ, Λ)``; its hyperparameters are validated once, at construction."""
+        return NormalWishart(
+            self.prior_loc,
+            self.prior_kappa,
+            self.prior_scale_inv,
+            self.prior_df,
+            validate_args=validate_args,
+        )
+
+    def _sample_params(self) -> MixtureParams:
+        weights = pyro.sample(self.weights_site, dist.Dirichlet(self.prior_concentration))
+        prior = self.prior()
+        precisions = pyro.sample(self.precisions_site, prior.precision_dist().to_event(1))
+        locs = pyro.sample(self.locs_site, prior.loc_dist(precisions).to_event(1))
+        return MixtureParams(weights, locs, precisions)
+
+    def components(self, params: MixtureParams) -> dist.MultivariateNormal:
+        return dist.MultivariateNormal(params.locs, precision_matrix=params.precisions)
+
+    # ----- conjugate posterior over θ -----------------------------------------------
+
+    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> MixtureGlobalPosterior:
+        nw = NormalWishart.from_natural(
+            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
+        )
+        return MixtureGlobalPosterior(self._check_concentration(natural["concentration"]), nw)
+
+    @staticmethod
+    def _pack(concentration, nw_natural: NormalWishartNatural) -> Dict[str, torch.Tensor]:
+        return {"concentration": concentration, **nw_natural._asdict()}
+
+    def prior_natural(self):
+        return self._pack(self.prior_concentration, self.prior().natural_params)
+
+    def init_natural(self):
+        K, D = self.num_components, self.latent_dim
+        like = self.prior_loc
+        init = NormalWishart(
+            self._random_locs(),
+            torch.ones(K, dtype=like.dtype, device=like.device),
+            2 * D * torch.eye(D, dtype=like.dtype, device=like.device).expand(K, D, D),
+            torch.full((K,), 2.0 * D + 1, dtype=like.dtype, device=like.device),
+        )
+        return self._pack(torch.ones_like(self.prior_concentration), init.natural_params)
+
+    def point_estimate(self, q: MixtureGlobalPosterior) -> MixtureParams:
+        """Posterior means ``E[π]``, ``E[μ_k] = m_k`` and ``E[Λ_k] = ν_k W_k``."""
+        weights = q.concentration / q.concentration.sum(-1, keepdim=True)
+        return MixtureParams(weights, q.normal_wishart.loc, q.expectations.precision)
+
+    def _sample_global_posterior(self, natural):
+        q = self.global_posterior(natural)
+        nw = q.normal_wishart
+        pyro.sample(self.weights_site, dist.Dirichlet(q.concentration))
+        precisions = pyro.sample(self.precisions_site, nw.precision_dist().to_event(1))
+        pyro.sample(self.locs_site, nw.loc_dist(precisions).to_event(1))
+
+    def kl(self, q: MixtureGlobalPosterior):
+        return dirichlet_kl(q.concentration, self.prior_concentration) + q.normal_wishart.kl_divergence(
+            self.prior()
+        ).sum(-1)
+
+    # ----- SIN factor ------------------------------------------------------------------
+
+    def tied_factor(self, q: MixtureGlobalPosterior) -> MixtureFactor:
+        E = q.expectations
+        log_weight = q.expected_log_weights + 0.5 * (
+            E.log_det_precision - E.loc_precision_loc - self.latent_dim * _LOG_2PI
+        )
+        return MixtureFactor(log_weight, E.precision, E.precision_loc)
+
+    def init_free_factor(self, natural):
+        q = self.global_posterior(natural)
+        return {
+            "logits": (q.expected_log_weights, constraints.real),
+            "loc": (q.normal_wishart.loc, constraints.real_vector),
+            "precision_tril": (
+                torch.linalg.cholesky(q.expectations.precision),
+                constraints.lower_cholesky,
+            ),
+        }
+
     # ----- closed-form bound and natural-gradient target ---------------------------------
 
     def local_elbo(self, q: MixtureGlobalPosterior, posterior: MixturePosterior) -> torch.Tensor:
@@ -369,8 +432,7 @@ class GaussianMixture(StructuredPrior):
         stats = posterior.weighted_stats
         batch_dims = tuple(range(stats.count.dim() - 1))
         total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))  # (K, ...)
-        prior = self.prior()
         return self._pack(
-            self.prior_concentration + total.count,
-            conjugate_update(prior.natural_params, total),
+            self._weights_target(posterior, scale),
+            conjugate_update(self.prior().natural_params, total),
         )
