@@ -2,7 +2,8 @@
 
 from .base import SINRecord, StructuredPrior
 from .lds import LinearDynamicalSystem
-from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior
+from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior
+from .student_t_mixture import StudentTMixture
 
 __all__ = [
     "GaussianMixture",
@@ -10,6 +11,8 @@ __all__ = [
     "MixtureFactor",
     "MixtureParams",
     "MixturePosterior",
+    "MixturePrior",
+    "StudentTMixture",
     "SINRecord",
     "StructuredPrior",
 ]
