@@ -63,3 +63,20 @@ def pinwheel(seed: int = 0, test_fraction: float = 0.3, **kwargs) -> LabelledSpl
     """The paper's pinwheel: 5 spokes × 200 points, scaled by 10, split 70 / 30."""
     data, labels = make_pinwheel(seed=seed, **kwargs)
     return split(data, labels, test_fraction, seed)
+
+
+def noisy_pinwheel(outlier_ratio: float, seed: int = 0, noise_std: float = 10.0, **kwargs) -> LabelledSplit:
+    """
+    The pinwheel split with a fraction of the *training* points replaced by
+    ``N(0, noise_std² I)`` outliers (label ``-1``); the test set stays clean.
+    """
+    if not 0 <= outlier_ratio < 1:
+        raise ValueError(f"outlier_ratio must lie in [0, 1), got {outlier_ratio}")
+    parts = pinwheel(seed=seed, **kwargs)
+    gen = torch.Generator().manual_seed(seed + 1)
+    num = round(outlier_ratio * len(parts.train))
+    which = torch.randperm(len(parts.train), generator=gen)[:num]
+    train, labels = parts.train.clone(), parts.train_labels.clone()
+    train[which] = noise_std * torch.randn(num, train.shape[-1], generator=gen, dtype=train.dtype)
+    labels[which] = -1
+    return LabelledSplit(train, labels, parts.test, parts.test_labels)
