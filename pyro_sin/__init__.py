@@ -5,7 +5,7 @@ pyro-sin: variational message passing with structured inference networks
 
 from . import distributions, nn, optim, pgm
 from .elbo import SINELBO
-from .guide import SINGuide
+from .guide import SINGuide, SVAEGuide
 from .optim import NaturalAdam
 from .potential import GaussianPotential
 
@@ -16,6 +16,7 @@ __all__ = [
     "NaturalAdam",
     "SINELBO",
     "SINGuide",
+    "SVAEGuide",
     "distributions",
     "nn",
     "optim",

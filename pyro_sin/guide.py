@@ -205,9 +205,13 @@ class SINGuide(PyroModule):
             potential.validate()
         return potential
 
+    def posterior(self, potential, global_posterior):
+        """The local posterior from the encoder's potentials (the SIN: potentials times the factor)."""
+        return self.pgm.posterior(potential, self.factor(global_posterior))
+
     def local_posterior(self, data):
-        """The SIN posterior of the local latents of ``data`` (no sample sites emitted)."""
-        return self.pgm.posterior(self.encode(data), self.factor())
+        """The posterior of the local latents of ``data`` (no sample sites emitted)."""
+        return self.posterior(self.encode(data), self.global_posterior())
 
     def forward(self, *args, **kwargs):
         if self._prototype_frames is None:
@@ -219,6 +223,26 @@ class SINGuide(PyroModule):
         data = self.encoder_input(*args, **kwargs)
         with plate as indices:
             batch = self._minibatch(data, plate, indices)
-            posterior = self.pgm.posterior(self.encode(batch), self.factor(global_posterior))
+            posterior = self.posterior(self.encode(batch), global_posterior)
             record = SINRecord(self.pgm, natural, global_posterior, posterior)
             return self.pgm.sample_local_posterior(record)
+
+
+class SVAEGuide(SINGuide):
+    r"""
+    The structured VAE of Johnson et al. (2016) as a baseline in the same harness:
+    the encoder's potentials meet the *current* ``q(θ)`` in an inner mean-field
+    loop over ``q(z_n) q(x_n)`` (:meth:`~pyro_sin.pgm.GaussianMixture.mean_field_posterior`)
+    instead of SAN's closed-form SIN; ``λ`` still takes natural-gradient steps.
+
+    :param int num_iterations: inner coordinate-ascent sweeps.
+    """
+
+    def __init__(self, model, pgm, encoder, *, num_iterations: int = 20, **kwargs):
+        if not hasattr(pgm, "mean_field_posterior"):
+            raise TypeError(f"{type(pgm).__name__} has no mean-field inner loop for an SVAE")
+        super().__init__(model, pgm, encoder, factor="tied", **kwargs)
+        self.num_iterations = num_iterations
+
+    def posterior(self, potential, global_posterior):
+        return self.pgm.mean_field_posterior(potential, global_posterior, self.num_iterations)

@@ -137,6 +137,27 @@ class MixturePosterior:
         return torch.logsumexp(self.log_probs + comps.log_prob(x[..., None, :]), -1)
 
 
+class MeanFieldMixturePosterior(MixturePosterior):
+    r"""
+    A mean-field posterior ``q(z_n) q(x_n)`` (the SVAE's), presented through the
+    interface of :class:`MixturePosterior`: every component shares the one
+    Gaussian ``q(x_n)``, so ``x`` does not depend on the sampled ``z``.
+
+    :param torch.Tensor log_probs: ``log q(z_n = k)``, shape ``(..., K)``.
+    :param torch.Tensor loc: mean of ``q(x_n)``, shape ``(..., D)``.
+    :param torch.Tensor scale_tril: Cholesky factor of its covariance, ``(..., D, D)``.
+    """
+
+    def __init__(self, log_probs, loc, scale_tril):
+        K, D = log_probs.shape[-1], loc.shape[-1]
+        self.log_probs = log_probs
+        self.loc = loc[..., None, :].expand(loc.shape[:-1] + (K, D))
+        self.scale_tril = scale_tril[..., None, :, :].expand(scale_tril.shape[:-2] + (K, D, D))
+        self.half_log_det_cov = self.scale_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        self.log_normalizer = None  # a mean-field posterior has no closed-form normaliser
+        self.dim = D
+
+
 class MixturePrior(StructuredPrior):
     r"""
     What every mixture prior ``z_n ~ Cat(π), π ~ Dir(α₀), x_n | z_n ~ p_{z_n}(x_n)``
@@ -417,6 +438,44 @@ class GaussianMixture(MixturePrior):
                 constraints.lower_cholesky,
             ),
         }
+
+    def mean_field_posterior(
+        self, potential: GaussianPotential, q: MixtureGlobalPosterior, num_iterations: int = 20
+    ) -> MeanFieldMixturePosterior:
+        r"""
+        The SVAE's inner loop (Johnson et al., 2016): coordinate ascent on
+        ``q(z_n) q(x_n)`` against the encoder's potential and the *current* ``q(θ)``,
+
+        .. math:: q(x_n) = \mathcal N_{\rm info}\big(h_n + \textstyle\sum_k r_{nk} E[\Lambda_k\mu_k],\
+                  J_n + \sum_k r_{nk} E[\Lambda_k]\big),\qquad
+                  \log r_{nk} = E_{q(x_n)}[\log f_k(x_n)] + \mathrm{const},
+
+        with ``f`` the mean-field message of ``q(θ)``, unrolled so that gradients reach
+        the encoder. Starts from uniform ``r`` and ends with the ``q(x)`` update.
+        """
+        factor = self.tied_factor(q)
+        h, J = potential
+        log_r = torch.log_softmax(torch.zeros(h.shape[:-1] + factor.log_weight.shape, dtype=h.dtype, device=h.device), -1)
+
+        def update_x(log_r):
+            r = log_r.exp()
+            precision = torch.diag_embed(J) + torch.einsum("...k,kij->...ij", r, factor.precision)
+            info = h + r @ factor.info_loc
+            scale_tril = precision_to_scale_tril(precision)
+            loc = (scale_tril @ (scale_tril.transpose(-1, -2) @ info[..., None]))[..., 0]
+            return loc, scale_tril
+
+        for _ in range(num_iterations):
+            loc, scale_tril = update_x(log_r)
+            second = scale_tril @ scale_tril.transpose(-1, -2) + loc[..., :, None] * loc[..., None, :]
+            log_r = torch.log_softmax(
+                factor.log_weight
+                + loc @ factor.info_loc.transpose(-1, -2)
+                - 0.5 * torch.einsum("kij,...ij->...k", factor.precision, second),
+                -1,
+            )
+        loc, scale_tril = update_x(log_r)
+        return MeanFieldMixturePosterior(log_r, loc, scale_tril)
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
 

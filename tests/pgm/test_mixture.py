@@ -170,3 +170,39 @@ def test_bad_potential_raises():
         pot.validate()
     with pytest.raises(ValueError, match="non-negative"):
         GaussianPotential(torch.zeros(1, 2), -torch.ones(1, 2)).validate()
+
+
+def test_svae_inner_loop_reaches_the_mean_field_fixed_point():
+    gmm = GaussianMixture(4, 2)
+    natural = gmm.init_natural()
+    natural["concentration"] = torch.tensor([3.0, 1.0, 2.0, 5.0])
+    q = gmm.global_posterior(natural)
+    pot = random_potential(6, 2)
+    few, many = gmm.mean_field_posterior(pot, q, 20), gmm.mean_field_posterior(pot, q, 500)
+    assert_close(few.probs, many.probs, rtol=0, atol=1e-6)
+    assert_close(few.loc, many.loc, rtol=0, atol=1e-6)
+    # the fixed point: q(x) is the Gaussian the r's imply, and r is what q(x) implies
+    f = gmm.tied_factor(q)
+    r = many.probs
+    precision = torch.diag_embed(pot.precision) + torch.einsum("nk,kij->nij", r, f.precision)
+    mean = torch.linalg.solve(precision, pot.info_vec + r @ f.info_loc)
+    assert_close(many.loc[:, 0], mean)
+    assert_close(many.covariance[:, 0], torch.linalg.inv(precision))
+    second = torch.linalg.inv(precision) + mean[:, :, None] * mean[:, None, :]
+    log_r = f.log_weight + mean @ f.info_loc.T - 0.5 * torch.einsum("kij,nij->nk", f.precision, second)
+    assert_close(many.probs, torch.softmax(log_r, -1))
+
+
+def test_svae_natural_target_uses_the_mean_field_statistics():
+    gmm = GaussianMixture(3, 2)
+    q = gmm.global_posterior(gmm.init_natural())
+    post = gmm.mean_field_posterior(random_potential(5, 2), q, 30)
+    target = gmm.global_posterior(gmm.natural_target(post, scale=2.0))
+    r, mean, cov = post.probs, post.loc[:, 0], post.covariance[:, 0]
+    Nk = 2.0 * r.sum(0)
+    s1 = 2.0 * r.T @ mean
+    prior = gmm.prior()
+    kappa = prior.kappa + Nk
+    assert_close(target.normal_wishart.kappa, kappa)
+    assert_close(target.normal_wishart.loc, (prior.kappa[:, None] * prior.loc + s1) / kappa[:, None])
+    assert_close(target.concentration, gmm.prior_concentration + Nk)
