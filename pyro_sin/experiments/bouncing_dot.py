@@ -199,40 +199,46 @@ def train_two_stage(config: Config, train, evaluator: Evaluator, progress=True):
     return method, history
 
 
-def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, histories):
-    T, H = config.num_steps, config.horizon
-    test, k = evaluator.test, 0
-    rows = [("truth (clean)", test.clean[k, : T + H].numpy())]
-    for name, method in methods.items():
-        recon = method.decode_posterior(evaluator.observed[k : k + 1], None, config.eval_samples)[0]
-        pred = method.predict(evaluator.observed[k : k + 1], H, config.eval_samples)[0]
-        rows.append((name, torch.cat([recon, pred]).numpy()))
+def _image_rows(path: Path, rows, edges, xlabel):
+    """Sequences as grey images (pixels × frames), one row each, with red lines at ``edges``."""
     fig = new_figure(ncols=1, width=8, height=1.3 * len(rows))
     fig.clear()
     axes = fig.subplots(len(rows), 1, sharex=True)
     for ax, (name, image) in zip(axes, rows):
         ax.imshow(image.T, aspect="auto", cmap="gray_r", vmin=0, vmax=1, origin="lower")
-        ax.axvline(T - 0.5, color="tab:red")
-        ax.set_ylabel(name, rotation=0, ha="right", fontsize="small")
-        ax.set_yticks([])
-    axes[-1].set_xlabel(f"frame (reconstruction left of the red line, {H}-step prediction right of it)")
-    fig.savefig(out / "reconstruction_and_prediction.png", dpi=120)
-
-    mask = evaluator.mask[k : k + 1]
-    rows = [("observed", (evaluator.observed[k] * mask[0, :, None]).numpy())]
-    for name, method in methods.items():
-        rows.append((name, method.decode_posterior(evaluator.observed[k : k + 1] * mask[..., None], mask, config.eval_samples)[0].numpy()))
-    fig = new_figure(ncols=1, width=8, height=1.3 * len(rows))
-    fig.clear()
-    axes = fig.subplots(len(rows), 1, sharex=True)
-    for ax, (name, image) in zip(axes, rows):
-        ax.imshow(image.T, aspect="auto", cmap="gray_r", vmin=0, vmax=1, origin="lower")
-        for edge in (config.missing_from - 0.5, config.missing_to - 0.5):
+        for edge in edges:
             ax.axvline(edge, color="tab:red")
         ax.set_ylabel(name, rotation=0, ha="right", fontsize="small")
         ax.set_yticks([])
-    axes[-1].set_xlabel("frame (frames between the red lines are missing)")
-    fig.savefig(out / "imputation.png", dpi=120)
+    axes[-1].set_xlabel(xlabel)
+    fig.savefig(path, dpi=120)
+
+
+def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, histories):
+    T, H, samples = config.num_steps, config.horizon, config.eval_samples
+    test, k = evaluator.test, 0
+    observed = evaluator.observed[k : k + 1]
+    rows = [("truth (clean)", test.clean[k, : T + H].numpy())]
+    for name, method in methods.items():
+        recon = method.decode_posterior(observed, None, samples)[0]
+        pred = method.predict(observed, H, samples)[0]
+        rows.append((name, torch.cat([recon, pred]).numpy()))
+    _image_rows(
+        out / "reconstruction_and_prediction.png",
+        rows,
+        [T - 0.5],
+        f"frame (reconstruction left of the red line, {H}-step prediction right of it)",
+    )
+    mask = evaluator.mask[k : k + 1]
+    rows = [("observed", (observed[0] * mask[0, :, None]).numpy())]
+    for name, method in methods.items():
+        rows.append((name, method.decode_posterior(observed * mask[..., None], mask, samples)[0].numpy()))
+    _image_rows(
+        out / "imputation.png",
+        rows,
+        [config.missing_from - 0.5, config.missing_to - 0.5],
+        "frame (frames between the red lines are missing)",
+    )
 
     fig = new_figure()
     curves = {name: (h.eval_seconds, [e["prediction_mse"] for e in h.evals]) for name, h in histories.items()}

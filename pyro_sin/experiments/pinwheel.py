@@ -10,7 +10,6 @@ with the same networks; print the metrics and write the figures::
 import argparse
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -97,44 +96,43 @@ def build_vae(config: Config, train: torch.Tensor):
     return vae, SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": config.lr}), elbo)
 
 
-def train_san(config: Config, split, progress=True):
-    """:returns: ``(model, guide, history, seconds per step)``."""
-    pyro.clear_param_store()  # parameters are looked up by name: start from nothing
-    pyro.set_rng_seed(config.seed)
-    model, guide, svi = build_san(config, split.train)
-    start = time.perf_counter()
+def _train(config: Config, split, svi, test_mse, desc, progress):
+    """Minibatch training with a test-MSE curve; returns the history and seconds per step (evaluations excluded)."""
     history = fit(
         svi,
         split.train,
         iterations=config.iterations,
         batch_size=config.batch_size,
         generator=torch.Generator().manual_seed(config.seed),
-        evaluate=lambda: {"test_mse": model.test_mse(guide, split.test, config.curve_samples)},
+        evaluate=lambda: {"test_mse": test_mse(split.test, config.curve_samples)},
         eval_every=config.eval_every,
         progress=progress,
-        desc=f"SAN-GMM seed {config.seed}",
+        desc=f"{desc} seed {config.seed}",
     )
-    return model, guide, history, (time.perf_counter() - start) / config.iterations
+    return history, history.eval_seconds[-1] / config.iterations
+
+
+def _fresh(config: Config):
+    pyro.clear_param_store()  # parameters are looked up by name: start from nothing
+    pyro.set_rng_seed(config.seed)
+
+
+def train_san(config: Config, split, progress=True):
+    """:returns: ``(model, guide, history, seconds per step)``."""
+    _fresh(config)
+    model, guide, svi = build_san(config, split.train)
+    history, seconds = _train(
+        config, split, svi, lambda y, n: model.test_mse(guide, y, n), "SAN-GMM", progress
+    )
+    return model, guide, history, seconds
 
 
 def train_vae(config: Config, split, progress=True):
     """:returns: ``(vae, history, seconds per step)``."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    _fresh(config)
     vae, svi = build_vae(config, split.train)
-    start = time.perf_counter()
-    history = fit(
-        svi,
-        split.train,
-        iterations=config.iterations,
-        batch_size=config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
-        evaluate=lambda: {"test_mse": vae.test_mse(split.test, config.curve_samples)},
-        eval_every=config.eval_every,
-        progress=progress,
-        desc=f"VAE seed {config.seed}",
-    )
-    return vae, history, (time.perf_counter() - start) / config.iterations
+    history, seconds = _train(config, split, svi, vae.test_mse, "VAE", progress)
+    return vae, history, seconds
 
 
 def evaluate_san(model, guide, split, num_samples):
