@@ -3,6 +3,7 @@ import torch
 from torch.testing import assert_close
 
 import pyro.distributions as dist
+from tests.helpers import random_spd
 from pyro_sin.distributions import (
     MatrixNormal,
     MatrixNormalWishart,
@@ -10,11 +11,6 @@ from pyro_sin.distributions import (
     RegressionStats,
     regression_conjugate_update,
 )
-
-
-def random_spd(batch, D, scale=1.0):
-    A = torch.randn(batch + (D, D))
-    return scale * (A @ A.transpose(-1, -2) / D + torch.eye(D))
 
 
 def random_mnw(batch=(2,), D=2, P=3):

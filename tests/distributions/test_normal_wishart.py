@@ -5,6 +5,7 @@ import torch
 from torch.testing import assert_close
 
 import pyro.distributions as dist
+from tests.helpers import random_spd
 from pyro_sin.distributions import (
     GaussianStats,
     NormalWishart,
@@ -15,11 +16,6 @@ from pyro_sin.distributions import (
     dirichlet_kl,
     expected_gaussian_log_likelihood,
 )
-
-
-def random_spd(batch, D, scale=1.0):
-    A = torch.randn(batch + (D, D))
-    return scale * (A @ A.transpose(-1, -2) / D + torch.eye(D))
 
 
 def random_nw(batch=(3,), D=2):
