@@ -225,3 +225,22 @@ def test_bad_potential_shape_raises():
     factor = lds.tied_factor(lds.global_posterior(lds.init_natural()))
     with pytest.raises(ValueError, match="per-step potentials"):
         lds.posterior(GaussianPotential(torch.zeros(3, 3), torch.ones(3, 3)), factor)
+
+
+def test_sin_with_a_bidirectional_rnn_encoder_and_missing_frames():
+    """A recurrent encoder still emits one potential per step; masked frames carry no evidence."""
+    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.nn import SequenceEncoder
+
+    pyro.set_rng_seed(0)
+    y = torch.randn(6, 7, 3)
+    mask = torch.ones(6, 7)
+    mask[:, 2:4] = 0
+    lds = LinearDynamicalSystem(2)
+    model = DeepLatentLDS(lds, GaussianDecoder(2, 3, (8,)), 6)
+    guide = model.make_guide(SequenceEncoder(3, 2, (8,), rnn_dim=4))
+    potential = guide.encode((y, mask))
+    assert potential.info_vec.shape == (6, 7, 2)
+    assert (potential.precision[:, 2:4] == 0).all() and (potential.precision[:, 4:] > 0).all()
+    loss = pyro_sin.SINELBO(num_particles=3).loss(model, guide, y, mask)
+    assert math.isfinite(loss)
