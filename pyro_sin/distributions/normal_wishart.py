@@ -92,13 +92,13 @@ class NormalWishart:
     def __init__(self, loc, kappa, scale_inv, df, validate_args=True):
         if validate_args and not (kappa > 0).all():
             raise ValueError(f"NormalWishart kappa must be positive, got {kappa}")
-        self._matrix = MatrixNormalWishart(
-            loc[..., None], kappa[..., None, None], scale_inv, df, validate_args=validate_args
-        )
-        self.loc = self._matrix.loc[..., 0]
-        self.kappa = self._matrix.col_precision[..., 0, 0]
-        self.scale_inv, self.df = self._matrix.scale_inv, self._matrix.df
-        self.batch_shape, self.dim = self._matrix.batch_shape, self._matrix.dim
+        self._wrap(MatrixNormalWishart(loc[..., None], kappa[..., None, None], scale_inv, df, validate_args=validate_args))
+
+    def _wrap(self, matrix: MatrixNormalWishart):
+        self._matrix = matrix
+        self.loc, self.kappa = matrix.loc[..., 0], matrix.col_precision[..., 0, 0]
+        self.scale_inv, self.df = matrix.scale_inv, matrix.df
+        self.batch_shape, self.dim = matrix.batch_shape, matrix.dim
 
     # ----- natural parameterisation -------------------------------------------------
 
@@ -115,8 +115,14 @@ class NormalWishart:
                 f"NormalWishart natural parameter κ must be positive, got {natural.kappa}; "
                 "natural parameters should only move by convex combinations"
             )
-        matrix = MatrixNormalWishart.from_natural(_as_matrix_natural(natural), validate_args)
-        return cls(matrix.loc[..., 0], matrix.col_precision[..., 0, 0], matrix.scale_inv, matrix.df, validate_args)
+        return cls._from_matrix(MatrixNormalWishart.from_natural(_as_matrix_natural(natural), validate_args))
+
+    @classmethod
+    def _from_matrix(cls, matrix: MatrixNormalWishart) -> "NormalWishart":
+        """Wraps a single-column Matrix-Normal-Wishart without validating or factorising again."""
+        new = cls.__new__(cls)
+        new._wrap(matrix)
+        return new
 
     @staticmethod
     def log_normalizer_natural(natural: NormalWishartNatural) -> torch.Tensor:
