@@ -13,7 +13,6 @@ posterior comes out of exact message passing.
 """
 
 import torch
-from torch.distributions import constraints
 
 import pyro
 import pyro.poutine as poutine

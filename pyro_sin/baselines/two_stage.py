@@ -7,10 +7,10 @@ smooths the VAE encoder's per-frame potentials with the fitted LDS.
 
 import torch
 
-from ..distributions import RegressionStats, regression_conjugate_update, MatrixNormalWishart
+from ..distributions import MatrixNormalWishart, RegressionStats, regression_conjugate_update
 from ..metrics import importance_log_likelihood
 from ..models import frame_likelihood, rollout
-from ..pgm.lds import ChainFactor, ChainPosterior, LDSParams, regression_factor, point_expectations
+from ..pgm.lds import ChainPosterior, LDSParams
 
 
 class TwoStageLDS:
@@ -41,10 +41,7 @@ class TwoStageLDS:
 
     def posterior(self, y, mask=None) -> ChainPosterior:
         """Kalman smoothing of the encoder's potentials under the fitted dynamics."""
-        factor = ChainFactor(
-            self.pgm.init_factor(),
-            regression_factor(point_expectations(self.dynamics.transition, self.dynamics.noise_precision)),
-        )
+        factor = self.pgm.dynamics_factor(self.dynamics)
         return ChainPosterior(self.vae.encoder(y, mask), factor, self.pgm.parallel)
 
     @torch.no_grad()

@@ -439,12 +439,15 @@ class LinearDynamicalSystem(StructuredPrior):
             "noise_precision_tril": (torch.linalg.cholesky(E.precision), constraints.lower_cholesky),
         }
 
+    def dynamics_factor(self, params: LDSParams) -> ChainFactor:
+        """The chain ``log p(x_{1:T} | θ)`` for point dynamics, as an unnormalised Gaussian chain."""
+        return ChainFactor(
+            self.init_factor(), regression_factor(point_expectations(params.transition, params.noise_precision))
+        )
+
     def free_factor(self, params) -> ChainFactor:
         tril = params["noise_precision_tril"]
-        return ChainFactor(
-            self.init_factor(),
-            regression_factor(point_expectations(params["transition"], tril @ tril.transpose(-1, -2))),
-        )
+        return self.dynamics_factor(LDSParams(params["transition"], tril @ tril.transpose(-1, -2)))
 
     def posterior(self, potential: GaussianPotential, factor: ChainFactor) -> ChainPosterior:
         if potential.info_vec.dim() < 2 or potential.info_vec.shape[-1] != self.latent_dim:

@@ -9,7 +9,7 @@ import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO
 
 import pyro_sin
-from pyro_sin.distributions import GaussianChain, MatrixNormalWishart
+from pyro_sin.distributions import GaussianChain
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import ChainPosterior

@@ -8,7 +8,6 @@ import pyro
 import pyro.distributions as dist
 from pyro.ops.indexing import Vindex
 from pyro_sin.pgm import GaussianMixture
-from pyro_sin.pgm.base import SINRecord
 from pyro_sin.potential import GaussianPotential
 
 
@@ -198,7 +197,7 @@ def test_svae_natural_target_uses_the_mean_field_statistics():
     q = gmm.global_posterior(gmm.init_natural())
     post = gmm.mean_field_posterior(random_potential(5, 2), q, 30)
     target = gmm.global_posterior(gmm.natural_target(post, scale=2.0))
-    r, mean, cov = post.probs, post.loc[:, 0], post.covariance[:, 0]
+    r, mean = post.probs, post.loc[:, 0]
     Nk = 2.0 * r.sum(0)
     s1 = 2.0 * r.T @ mean
     prior = gmm.prior()
