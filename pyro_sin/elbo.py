@@ -28,6 +28,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape, get_rng_state, set_rng_state, warn_if_nan
 
+from .optim import set_natural_gradient
+
 _ESTIMATORS = ("sample", "enumerate")
 
 
@@ -46,40 +48,60 @@ class _IntegratedParams:
         )
 
 
+class _Scales:
+    """The scales (``poutine.scale``, minibatch ``N/|B|``) and data plates around one PGM's statements."""
+
+    def __init__(self):
+        self.model_global = self.guide_global = self.model_local = None
+        self.model_frames = ()
+
+
 class _IntegrateOutPGM(Messenger):
     """
     Skips the PGM's own sample statements: SINELBO evaluates their terms in closed
     form, so it neither samples ``θ`` in the guide nor builds ``p(x | θ)`` in the
-    model; the model's local latent takes the guide's sample.
+    model; the model's local latent takes the guide's sample. Records the scales
+    that plates and ``poutine.scale`` put on those statements, per PGM.
 
     :param guide_trace: the guide's trace, when running the model.
+    :param dict scales: PGM name -> :class:`_Scales`, filled in.
     """
 
-    def __init__(self, guide_trace=None):
+    def __init__(self, scales, guide_trace=None):
         super().__init__()
+        self.scales = scales
         self.guide_trace = guide_trace
 
+    def _record(self, msg):
+        return self.scales.setdefault(msg["args"][0].name, _Scales())
+
     def _pyro_sin_prior_params(self, msg):
+        self._record(msg).model_global = msg["scale"]
         msg["value"] = _IntegratedParams()
         msg["done"] = True
 
     def _pyro_sin_posterior_params(self, msg):
+        self._record(msg).guide_global = msg["scale"]
         msg["value"] = _IntegratedParams()
         msg["done"] = True
 
     def _pyro_sin_prior_latent(self, msg):
         pgm = msg["args"][0]
+        record = self._record(msg)
+        record.model_local = msg["scale"]
+        record.model_frames = msg["cond_indep_stack"]
         msg["value"] = self.guide_trace.nodes[pgm.name]["value"]
         msg["done"] = True
 
 
-def _plate_ratio(site) -> float:
-    """``N / |B|`` of the data plates around a site (not other scales such as annealing)."""
-    ratio = 1.0
-    for frame in site["cond_indep_stack"]:
-        if frame.full_size is not None:
-            ratio *= frame.full_size / frame.size
-    return ratio
+def _scalar(scale, what):
+    if torch.is_tensor(scale):
+        if scale.numel() != 1:
+            raise NotImplementedError(
+                f"SINELBO supports only a scalar scale on the PGM's {what}, got one of shape {tuple(scale.shape)}"
+            )
+        return scale.reshape(())
+    return scale
 
 
 class SINELBO(ELBO):
@@ -127,16 +149,19 @@ class SINELBO(ELBO):
     # ----- traces ---------------------------------------------------------------------
 
     def _get_trace(self, model, guide, args, kwargs):
-        guide = _IntegrateOutPGM()(guide)
+        scales = {}
+        guide = _IntegrateOutPGM(scales)(guide)
         if self.decoder_estimator == "enumerate":
             guide = poutine.enum(
                 config_enumerate(guide, "parallel"),
                 first_available_dim=-1 - self.max_plate_nesting,
             )
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model = poutine.replay(_IntegrateOutPGM(guide_trace)(model), trace=guide_trace)
+        model = poutine.replay(_IntegrateOutPGM(scales, guide_trace)(model), trace=guide_trace)
         model_trace = poutine.trace(model).get_trace(*args, **kwargs)
-        return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        guide_trace.sin_scales = scales
+        return model_trace, guide_trace
 
     def _get_traces(self, model, guide, args, kwargs):
         if self.max_plate_nesting == float("inf"):
@@ -149,32 +174,69 @@ class SINELBO(ELBO):
 
     # ----- the bound ------------------------------------------------------------------
 
+    @staticmethod
+    def _check_data_plates(pgm, model_frames, guide_frames):
+        """The model and the guide must subsample the same data set in the same way."""
+        model_plates = {f.name: f for f in model_frames}
+        for frame in guide_frames:
+            if frame.full_size is None or frame.name not in model_plates and frame.full_size == frame.size:
+                continue
+            other = model_plates.get(frame.name)
+            if other is None or (other.full_size, other.size) != (frame.full_size, frame.size):
+                found = "no such plate" if other is None else f"{other.size} of {other.full_size}"
+                raise ValueError(
+                    f"SINELBO: the guide's plate '{frame.name}' around '{pgm.name}' holds {frame.size} of "
+                    f"{frame.full_size} data points but the model's holds {found}: the minibatch scale "
+                    "N/|B| would be wrong. Build the guide from this model (e.g. model.make_guide) or "
+                    "give SINGuide a create_plates that matches the model's plate"
+                )
+
+    def _closed_form_terms(self, guide_trace):
+        """
+        The PGM's closed-form part of the bound, and per SIN site the record with the
+        ratios of scales the natural target needs.
+        """
+        closed_form, records = 0.0, []
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or "sin" not in site["infer"]:
+                continue
+            record = site["infer"]["sin"]
+            pgm = record.pgm
+            scales = guide_trace.sin_scales.get(pgm.name, _Scales())
+            self._check_data_plates(pgm, scales.model_frames, site["cond_indep_stack"])
+            guide_local = _scalar(site["scale"], "local site in the guide")
+            model_local = _scalar(
+                guide_local if scales.model_local is None else scales.model_local, "local site in the model"
+            )
+            guide_global = _scalar(1.0 if scales.guide_global is None else scales.guide_global, "global sites")
+            model_global = _scalar(1.0 if scales.model_global is None else scales.model_global, "global sites")
+            q, post = record.global_posterior, record.posterior
+            closed_form = (
+                closed_form
+                + model_local * pgm.expected_log_prior(q, post).sum()
+                + guide_local * pgm.local_entropy(post).sum()
+                - guide_global * pgm.kl(q)
+            )
+            if model_global != guide_global:  # annealing of p(θ) alone
+                closed_form = closed_form - (model_global - guide_global) * pgm.cross_entropy(q)
+            records.append((record, model_local / guide_global, model_global / guide_global))
+        if not records:
+            raise ValueError("SINELBO needs a guide with a SIN site, e.g. pyro_sin.SINGuide")
+        return closed_form, records
+
     def _particle_terms(self, model_trace, guide_trace):
         """
         Returns ``(elbo, surrogate, records)`` for one (possibly vectorised) trace,
         each term already divided by the number of particles it holds.
         """
-        records = [
-            (name, site["infer"]["sin"])
-            for name, site in guide_trace.nodes.items()
-            if site["type"] == "sample" and "sin" in site["infer"]
-        ]
-        if not records:
-            raise ValueError("SINELBO needs a guide with a SIN site, e.g. pyro_sin.SINGuide")
+        closed_form, records = self._closed_form_terms(guide_trace)
         pgm_sites = set()
-        for _, record in records:
+        for record, _, _ in records:
             pgm_sites.update(record.pgm.global_sites + record.pgm.local_sites)
         vectorized = self.vectorize_particles and self.num_particles > 1
 
         # Closed-form terms are exact: counted once per vectorised trace, or
         # averaged over sequential ones.
-        closed_form = 0.0
-        for name, record in records:
-            pgm = record.pgm
-            local_scale = guide_trace.nodes[name]["scale"]
-            global_scale = local_scale / _plate_ratio(guide_trace.nodes[name])  # e.g. KL annealing
-            local = pgm.local_elbo(record.global_posterior, record.posterior).sum()
-            closed_form = closed_form + local_scale * local - global_scale * pgm.kl(record.global_posterior)
         elbo = closed_form if vectorized else closed_form / self.num_particles
 
         # Discrete PGM latents: either enumerated (weights) or sampled (score function).
@@ -249,22 +311,36 @@ class SINELBO(ELBO):
         return surrogate + (loss - surrogate).detach()
 
     def natural_targets(self, records):
-        """``λ*`` per natural parameter, averaged over traces."""
+        r"""
+        ``λ*`` per natural parameter (keyed by the unconstrained tensor), averaged over
+        traces, as ``(domain, packed λ*)``. With the model's local and global PGM sites
+        scaled by ``s_l, s_g`` relative to the guide's global sites (``N/|B|`` and any
+        ``poutine.scale``), the target maximises the scaled bound in ``λ``:
+
+        .. math:: \lambda^* = \lambda_0 + s_l \textstyle\sum_n E[t(x_n)]
+                  + (s_g - 1)(\lambda_0 - o)
+
+        (``o`` the offset of stored from base-measure natural coordinates).
+        """
         targets = {}
         with torch.no_grad():
             for guide_trace, trace_records in records:
-                for name, record in trace_records:
-                    scale = _plate_ratio(guide_trace.nodes[name])
-                    target = record.pgm.natural_target(record.posterior, scale)
-                    for key, value in record.natural.items():
-                        param = _unconstrained(value)
-                        targets.setdefault(param, []).append(target[key])
-        return {p: torch.stack(ts).mean(0) for p, ts in targets.items()}
+                for record, local_ratio, global_ratio in trace_records:
+                    domain, pgm = record.natural_domain, record.pgm
+                    target = domain.pack(pgm.natural_target(record.posterior, local_ratio))
+                    if global_ratio != 1:
+                        prior = domain.pack(pgm.prior_natural())
+                        target = target + (global_ratio - 1) * (prior - domain.base_offset(prior))
+                    param = _unconstrained(record.natural_param)
+                    targets.setdefault(param, (domain, []))[1].append(target)
+        return {p: (domain, torch.stack(ts).mean(0)) for p, (domain, ts) in targets.items()}
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """
-        :returns: an estimate of the negative ELBO (a float). Back-propagates it, then
-            sets ``grad = λ - λ*`` on every natural parameter.
+        :returns: an estimate of the negative ELBO (a float). Back-propagates it into every
+            other parameter; on each natural parameter's unconstrained tensor ``u`` it sets
+            ``grad = u - T⁻¹(λ*)`` and attaches ``λ*`` for
+            :class:`~pyro_sin.optim.NaturalAdam`, which steps in natural coordinates.
         """
         loss, surrogate, records = self._loss_surrogate_records(model, guide, args, kwargs)
         if surrogate.requires_grad:
@@ -272,22 +348,30 @@ class SINELBO(ELBO):
         targets = self.natural_targets(records)
         if is_validation_enabled():
             self._check_previous_natural_step(targets)
-        for param, target in targets.items():
-            param.grad = (param.detach() - target).to(param.dtype)
+        for param, (domain, target) in targets.items():
+            if not torch.isfinite(target).all():
+                raise FloatingPointError(
+                    "SINELBO: the conjugate target of the natural parameters is not finite (the "
+                    "encoder's potentials or the data contain NaN/inf, or training diverged)"
+                )
+            set_natural_gradient(param, domain, target)
         return torch_item(loss)
 
     def _check_previous_natural_step(self, targets):
         """Warns if the last update of ``λ`` was not a convex combination with ``λ*``."""
-        previous = [(p, b, t) for p, (b, t) in self._last_natural_step.items() if p in targets]
-        if previous:
-            before = torch.cat([b.flatten() for _, b, _ in previous])
-            moved = torch.cat([p.detach().flatten() for p, _, _ in previous]) - before
-            wanted = torch.cat([t.flatten() for _, _, t in previous]) - before
+        for param, (domain, before, target) in self._last_natural_step.items():
+            if param not in targets:
+                continue
+            after = domain.from_unconstrained(param.detach())
+            # normalised, so that sums of squares cannot overflow
+            unit = torch.stack([before.abs().max(), target.abs().max(), after.abs().max()]).max()
+            unit = unit.clamp(min=torch.finfo(before.dtype).tiny)
+            moved, wanted = (after - before) / unit, (target - before) / unit
             wanted_sq = wanted.pow(2).sum()
             if wanted_sq > 0:
                 residual = moved - (moved @ wanted) / wanted_sq * wanted
-                # rounding of λ itself bounds what a faithful step can achieve
-                tol = 1e-3 * moved.norm() + 64 * torch.finfo(before.dtype).eps * before.norm()
+                # the round trip through the unconstrained coordinates bounds what a faithful step achieves
+                tol = 1e-2 * moved.norm() + 1e4 * torch.finfo(before.dtype).eps * (before / unit).norm()
                 if residual.norm() > tol:
                     warnings.warn(
                         "natural parameters moved off the natural-gradient direction since the "
@@ -295,4 +379,7 @@ class SINELBO(ELBO):
                         "optimiser treats λ - λ* as an ordinary gradient)",
                         RuntimeWarning,
                     )
-        self._last_natural_step = {p: (p.detach().clone(), t) for p, t in targets.items()}
+                    break
+        self._last_natural_step = {
+            p: (domain, domain.from_unconstrained(p.detach()), t) for p, (domain, t) in targets.items()
+        }

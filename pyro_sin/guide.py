@@ -12,14 +12,22 @@ Hubacher & Khan (ICLR 2018), whose PGM factor keeps the prior's graph so the
 posterior comes out of exact message passing.
 """
 
+import contextlib
+from typing import Optional
+
 import torch
 
 import pyro
 import pyro.poutine as poutine
+from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_mean
 from pyro.infer.util import is_validation_enabled
-from pyro.nn import PyroModule, PyroParam
+from pyro.nn import PyroParam
+from pyro.poutine.plate_messenger import PlateMessenger
+from pyro.poutine.runtime import _DIM_ALLOCATOR, _PYRO_STACK
+from pyro.util import get_rng_state, set_rng_state
 
-from .optim import natural_parameter
+from .naming import NameOwner
 from .pgm.base import SINRecord, StructuredPrior
 from .potential import GaussianPotential
 
@@ -33,7 +41,50 @@ def _first_argument(*args, **kwargs):
     return args[0]
 
 
-class SINGuide(PyroModule):
+def _active_plate(name):
+    """The innermost active ``pyro.plate`` called ``name``, or None."""
+    for handler in reversed(_PYRO_STACK):
+        if isinstance(handler, PlateMessenger) and handler.name == name:
+            return handler
+    return None
+
+
+@contextlib.contextmanager
+def _isolated():
+    """
+    Runs a block as if at top level: without the handlers and plates that are active
+    (a hand-written guide may call SINGuide inside its data plate) and with the random
+    stream restored afterwards.
+    """
+    rng_state, handlers, plates = get_rng_state(), _PYRO_STACK[:], _DIM_ALLOCATOR._stack[:]
+    del _PYRO_STACK[:], _DIM_ALLOCATOR._stack[:]
+    try:
+        yield
+    finally:
+        _PYRO_STACK[:] = handlers
+        _DIM_ALLOCATOR._stack[:] = plates
+        set_rng_state(rng_state)
+
+
+@contextlib.contextmanager
+def _outside(plate):
+    """Hides an active plate from the statements in the block."""
+    position = _PYRO_STACK.index(plate)
+    _PYRO_STACK.pop(position)
+    try:
+        yield
+    finally:
+        _PYRO_STACK.insert(position, plate)
+
+
+def _rows(data):
+    """Number of rows of the encoder input (a tensor or a tuple of tensors)."""
+    if isinstance(data, (tuple, list)):
+        return _rows(data[0]) if data else None
+    return data.shape[0] if torch.is_tensor(data) and data.dim() else None
+
+
+class SINGuide(AutoGuide, NameOwner):
     r"""
     A guide that supplies the conjugate posterior ``q(θ | λ)`` for a PGM's
     global sites and the closed-form SIN posterior for its local sites.
@@ -41,10 +92,19 @@ class SINGuide(PyroModule):
     Works with :class:`~pyro_sin.SINELBO` and :class:`~pyro_sin.optim.NaturalAdam`
     (natural-gradient steps on ``λ``), and unchanged with Pyro's stock
     ``Trace_ELBO`` / ``TraceEnum_ELBO`` (wrap it in
-    :func:`~pyro.infer.config_enumerate` for the latter) and optimisers.
+    :func:`~pyro.infer.config_enumerate` for the latter) and optimisers: ``λ``
+    is stored through a bijection onto its domain
+    (:class:`~pyro_sin.distributions.natural.NaturalDomain`), so no optimiser
+    can move it out of it.
 
-    :param callable model: the Pyro model; it must call ``pgm.sample_params()``
-        and, inside a ``pyro.plate`` over data points, ``pgm.sample_latent(...)``.
+    It is an :class:`~pyro.infer.autoguide.AutoGuide`, so it composes with
+    others in an :class:`~pyro.infer.autoguide.AutoGuideList` (it then shares the
+    list's plates); called inside an active ``pyro.plate`` of the data plate's
+    name (a hand-written guide that also guides per-point latents), it uses that
+    plate instead of opening its own.
+
+    :param callable model: the Pyro model; it must call ``pgm.sample_params()`` and,
+        inside a ``pyro.plate`` over data points, ``pgm.sample_latent(...)``.
     :param StructuredPrior pgm: the structured prior used in the model.
     :param torch.nn.Module encoder: maps a minibatch of data ``(B, ...)`` to a
         :class:`~pyro_sin.potential.GaussianPotential` (or a pair ``(h, J)``).
@@ -60,6 +120,10 @@ class SINGuide(PyroModule):
         full data set, which is then indexed by the plate's subsample indices.
     :param dict init_natural: initial natural parameters (defaults to
         ``pgm.init_natural()``).
+    :param str name: the prefix of the guide's parameters in Pyro's param store;
+        by default ``"<model name>.guide"`` (or ``"SINGuide"``), made unique among the
+        live guides (:mod:`pyro_sin.naming`). Give one explicitly to checkpoint through
+        the param store.
     """
 
     def __init__(
@@ -72,49 +136,55 @@ class SINGuide(PyroModule):
         create_plates=None,
         encoder_input=None,
         init_natural=None,
-        name: str = "SINGuide",
+        name: Optional[str] = None,
     ):
-        super().__init__(name=name)
         if not isinstance(pgm, StructuredPrior):
             raise TypeError(f"pgm must be a pyro_sin StructuredPrior, got {type(pgm).__name__}")
         if factor not in pgm.factor_modes:
             raise ValueError(
                 f"factor must be one of {pgm.factor_modes} for a {type(pgm).__name__}, got {factor!r}"
             )
-        self._model = (model,)  # a tuple, so a PyroModule model is not adopted as a child
+        super().__init__(model, create_plates=create_plates)
+        default = f"{model.param_prefix}.guide" if isinstance(model, NameOwner) else type(self).__name__
+        self._claim_name(name, default)
+        self._pyro_name = self.param_prefix  # before any child is attached, so children take the prefix
         self.pgm = pgm
         self.encoder = encoder
         self.factor_mode = factor
-        self.create_plates = create_plates
         self.encoder_input = encoder_input or _first_argument
-        self._prototype_frames = None
+        self._data_frame = None
 
+        self._natural_domain = pgm.natural_domain()
         init = pgm.init_natural() if init_natural is None else dict(init_natural)
-        self._natural_names = tuple(init)
-        self.natural = PyroModule()
-        for key, value in init.items():
-            setattr(self.natural, key, PyroParam(value.detach().clone(), natural_parameter))
+        self.natural = PyroParam(self._natural_domain.pack(init).detach().clone(), self._natural_domain)
         self._free_names = ()
         if factor == "free":
-            self.free = PyroModule()
+            self.free = pyro.nn.PyroModule()
             free_init = pgm.init_free_factor({k: v.detach() for k, v in init.items()})
             self._free_names = tuple(free_init)
             for key, (value, constraint) in free_init.items():
                 setattr(self.free, key, PyroParam(value.detach().clone(), constraint))
 
-    @property
-    def model(self):
-        return self._model[0]
-
     # ----- structure discovered from the model ------------------------------------
 
     def _setup_prototype(self, *args, **kwargs):
-        trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
-        sites = {
-            name: site
-            for name, site in trace.nodes.items()
-            if site["type"] == "sample" and type(site["fn"]).__name__ != "_Subsample"
+        # The model's structure is discovered in isolation: outside any plate of a
+        # hand-written guide that calls this one, and without consuming random
+        # numbers, so that a resumed run repeats an uninterrupted one.
+        with _isolated():
+            model = poutine.block(InitMessenger(init_to_mean)(self.model), self._prototype_hide_fn)
+            # at the prior means: sampled parameters (e.g. unstable dynamics over a long
+            # sequence) could overflow, and the structure is all this trace is for
+            self.prototype_trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        if self.master is not None:
+            self.master()._check_prototype(self.prototype_trace)
+        self._prototype_frames = {
+            frame.name: frame
+            for _, site in self.prototype_trace.iter_stochastic_nodes()
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
         }
+        sites = dict(self.prototype_trace.iter_stochastic_nodes())
         pgm_sites = self.pgm.global_sites + self.pgm.local_sites
         missing = [name for name in pgm_sites if name not in sites]
         if missing:
@@ -123,15 +193,13 @@ class SINGuide(PyroModule):
                 f"{type(self.pgm).__name__} '{self.pgm.name}'; call pgm.sample_params() and, "
                 "inside the data plate, pgm.sample_latent(params) in the model"
             )
-        unmatched = [
-            name
-            for name, site in sites.items()
-            if not site["is_observed"] and name not in pgm_sites
-        ]
+        unmatched = [name for name in sites if name not in pgm_sites]
         if unmatched:
             raise ValueError(
                 f"SINGuide covers only the sites of its PGM; the model's latent site(s) "
-                f"{unmatched} have no guide (observe them, or combine guides)"
+                f"{unmatched} have no guide (observe them, or combine guides: block them out of "
+                "SINGuide's model with poutine.block and guide them with another guide, e.g. in an "
+                "AutoGuideList)"
             )
         for name in self.pgm.global_sites:
             if sites[name]["cond_indep_stack"]:
@@ -144,20 +212,33 @@ class SINGuide(PyroModule):
                 f"SINGuide: the latent site '{self.pgm.name}' must be sampled inside exactly one "
                 f"pyro.plate over data points, found {[f.name for f in frames]}"
             )
-        self._prototype_frames = frames
+        self._data_frame = frames[0]
 
-    def _create_plate(self, *args, **kwargs):
-        """The data plate, from ``create_plates`` or else re-created as the model declares it."""
-        (frame,) = self._prototype_frames
+    def _create_plates(self, *args, **kwargs):
+        """
+        Plates as an AutoGuide makes them, except that a data plate this guide
+        re-creates itself follows the size of the data it is given, so that the
+        guide serves held-out data as well as the training minibatches.
+        """
+        if self.master is not None:
+            return super()._create_plates(*args, **kwargs)
+        frame = self._data_frame
+        plates = {}
         if self.create_plates is not None:
-            plates = self.create_plates(*args, **kwargs)
-            plates = [plates] if isinstance(plates, pyro.plate) else list(plates)
-            for plate in plates:
-                if plate.name == frame.name:
-                    return plate
-        return pyro.plate(
-            frame.name, frame.full_size or frame.size, dim=frame.dim, subsample_size=frame.size
-        )
+            given = self.create_plates(*args, **kwargs)
+            given = [given] if isinstance(given, pyro.plate) else list(given)
+            plates = {p.name: p for p in given}
+        if frame.name not in plates:
+            full_size = frame.full_size or frame.size
+            rows = _rows(self.encoder_input(*args, **kwargs))
+            if rows is None or frame.size == full_size:  # the model does not subsample
+                plates[frame.name] = pyro.plate(frame.name, rows or full_size, dim=frame.dim)
+            elif rows == full_size:  # the full data set: subsample as the model does
+                plates[frame.name] = pyro.plate(frame.name, full_size, dim=frame.dim, subsample_size=frame.size)
+            else:  # a minibatch of a data set of size full_size
+                plates[frame.name] = pyro.plate(frame.name, full_size, dim=frame.dim, subsample_size=rows)
+        self.plates = plates
+        return plates
 
     def _minibatch(self, data, plate, indices):
         """Rows of ``data`` (a tensor or a tuple of tensors) for the plate's current subsample."""
@@ -177,13 +258,31 @@ class SINGuide(PyroModule):
             )
         if is_validation_enabled() and not torch.isfinite(batch).all():
             raise ValueError("SINGuide: the data contain NaN or inf")
+        reference = next(self.encoder.parameters(), None)
+        if reference is not None and batch.is_floating_point():
+            if batch.dtype != reference.dtype or batch.device != reference.device:
+                raise ValueError(
+                    f"SINGuide: dtype or device mismatch: the data are {batch.dtype} on {batch.device} but the encoder's parameters "
+                    f"are {reference.dtype} on {reference.device}: convert one to match the other "
+                    "(e.g. y.to(torch.float32), or encoder/decoder .double() / .to(device))"
+                )
         return batch
 
     # ----- the guide ------------------------------------------------------------------
 
+    @property
+    def encoder(self) -> torch.nn.Module:
+        # Read directly: PyroModule would register a plain nn.Module through
+        # pyro.module without update_module_params, so after a param-store load
+        # the encoder would keep stale weights while Adam trained the loaded ones.
+        return self._modules["encoder"]
+
+    def _register_encoder(self):
+        pyro.module(f"{self._pyro_name}.encoder", self.encoder, update_module_params=True)
+
     def natural_params(self):
         """The natural parameters ``λ`` of ``q(θ | λ)`` as a dict of tensors."""
-        return {key: getattr(self.natural, key) for key in self._natural_names}
+        return self._natural_domain.unpack(self.natural)
 
     def global_posterior(self):
         """``q(θ | λ)`` at the current ``λ``, without gradient to ``λ``."""
@@ -213,18 +312,31 @@ class SINGuide(PyroModule):
         return self.posterior(self.encode(data), self.global_posterior())
 
     def forward(self, *args, **kwargs):
-        if self._prototype_frames is None:
+        if self.prototype_trace is None:
             self._setup_prototype(*args, **kwargs)
-        natural = self.natural_params()
-        self.pgm.sample_global_posterior(natural)  # skipped by SINELBO, which integrates θ
+        self._mark_registered()
+        self._register_encoder()
+        name = self._data_frame.name
+        active = _active_plate(name)
+        with contextlib.ExitStack() as stack:
+            if active is not None:  # θ is global even when called inside the data plate
+                stack.enter_context(_outside(active))
+            natural_param = self.natural
+            natural = self._natural_domain.unpack(natural_param)
+            self.pgm.sample_global_posterior(natural)  # skipped by SINELBO, which integrates θ
         global_posterior = self.pgm.global_posterior({k: v.detach() for k, v in natural.items()})
-        plate = self._create_plate(*args, **kwargs)
+        if active is None:
+            plate = self._create_plates(*args, **kwargs)[name]
+        else:
+            plate, self.plates = active, {name: active}
         data = self.encoder_input(*args, **kwargs)
-        with plate as indices:
+        with contextlib.ExitStack() as stack:
+            indices = plate.indices if active is not None else stack.enter_context(plate)
             batch = self._minibatch(data, plate, indices)
             posterior = self.posterior(self.encode(batch), global_posterior)
-            record = SINRecord(self.pgm, natural, global_posterior, posterior)
-            return self.pgm.sample_local_posterior(record)
+            record = SINRecord(self.pgm, self._natural_domain, natural_param, global_posterior, posterior)
+            value = self.pgm.sample_local_posterior(record)
+        return {self.pgm.name: value}
 
 
 class SVAEGuide(SINGuide):

@@ -16,6 +16,7 @@ import pyro
 import pyro.distributions as dist
 
 from .guide import SINGuide
+from .naming import NameOwner
 from .metrics import importance_log_likelihood, weighted_mse
 from .pgm.lds import LDSParams
 from .pgm.mixture import GaussianMixture, select_component
@@ -26,12 +27,24 @@ def data_plate(num_data: int, y: torch.Tensor, indices=None) -> pyro.plate:
     The plate over data points: ``y`` is the minibatch, ``indices`` its rows in
     the full data set (random ones when omitted; only the scale ``N/|B|`` matters then).
     """
+    size = len(y) if indices is None else len(indices)
+    if size == 0:
+        raise ValueError("the minibatch is empty: pass at least one data point")
     if indices is not None:
         return pyro.plate("data", num_data, subsample=indices)
     return pyro.plate("data", num_data, subsample_size=len(y))
 
 
-class DeepLatentMixture:
+def register_decoder(model):
+    """
+    Registers ``model.decoder`` under ``"<model name>.decoder"``, adopting values already in
+    the param store (a loaded checkpoint), so that the tensors Adam trains are the decoder's.
+    """
+    model._mark_registered()
+    pyro.module(f"{model.param_prefix}.decoder", model.decoder, update_module_params=True)
+
+
+class DeepLatentMixture(NameOwner):
     r"""
     A neural decoder on top of a latent mixture prior.
 
@@ -40,15 +53,18 @@ class DeepLatentMixture:
         returning a Pyro distribution with event dimension 1 (e.g.
         :class:`~pyro_sin.nn.GaussianDecoder`).
     :param int num_data: size ``N`` of the training set (for the minibatch scale).
+    :param str name: prefix of the decoder's parameters in Pyro's param store (default
+        ``"DeepLatentMixture"``, made unique among live models; see :mod:`pyro_sin.naming`).
     """
 
-    def __init__(self, pgm: GaussianMixture, decoder: torch.nn.Module, num_data: int):
+    def __init__(self, pgm: GaussianMixture, decoder: torch.nn.Module, num_data: int, name=None):
         self.pgm = pgm
         self.decoder = decoder
         self.num_data = num_data
+        self._claim_name(name, type(self).__name__)
 
     def __call__(self, y, indices=None):
-        pyro.module("decoder", self.decoder)
+        register_decoder(self)
         params = self.pgm.sample_params()
         with data_plate(self.num_data, y, indices):
             x = self.pgm.sample_latent(params)
@@ -136,7 +152,7 @@ def frame_likelihood(decoder, x, mask=None):
     return frames.to_event(1)
 
 
-class DeepLatentLDS:
+class DeepLatentLDS(NameOwner):
     r"""
     A neural decoder applied frame by frame to a latent linear dynamical system,
 
@@ -149,15 +165,18 @@ class DeepLatentLDS:
     :param LinearDynamicalSystem pgm: the latent structured prior.
     :param torch.nn.Module decoder: ``x_t ↦ (loc, scale)`` of ``p(y_t | x_t)``.
     :param int num_data: number ``N`` of training sequences.
+    :param str name: prefix of the decoder's parameters in Pyro's param store (default
+        ``"DeepLatentLDS"``, made unique among live models).
     """
 
-    def __init__(self, pgm, decoder: torch.nn.Module, num_data: int):
+    def __init__(self, pgm, decoder: torch.nn.Module, num_data: int, name=None):
         self.pgm = pgm
         self.decoder = decoder
         self.num_data = num_data
+        self._claim_name(name, type(self).__name__)
 
     def __call__(self, y, mask=None, indices=None):
-        pyro.module("decoder", self.decoder)
+        register_decoder(self)
         params = self.pgm.sample_params()
         with data_plate(self.num_data, y, indices):
             x = self.pgm.sample_latent(params, y.shape[-2])

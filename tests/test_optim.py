@@ -61,7 +61,8 @@ def test_partial_natural_step_is_a_convex_combination_and_adam_moves_the_rest():
     target = SINELBO().natural_targets(
         SINELBO(num_particles=3)._loss_surrogate_records(model, guide, (y[idx], idx), {})[2]
     )
-    target = {k: target[v.unconstrained()] for k, v in guide.natural_params().items()}
+    ((domain, packed),) = target.values()
+    target = domain.unpack(packed)
     nn_before = {n: p.detach().clone() for n, p in guide.encoder.named_parameters()}
     svi.step(y[idx], idx)
     for key, value in natural_of(guide).items():

@@ -1,6 +1,6 @@
 """Conjugate exponential families used by the PGM factors."""
 
-from .dirichlet import dirichlet_expected_log, dirichlet_kl
+from .dirichlet import dirichlet_cross_entropy, dirichlet_expected_log, dirichlet_kl
 from .gaussian_chain import GaussianChain
 from .matrix_normal import MatrixNormal
 from .matrix_normal_wishart import (
@@ -10,6 +10,7 @@ from .matrix_normal_wishart import (
     RegressionStats,
     expected_regression_log_likelihood,
     regression_conjugate_update,
+    spd_matrix,
 )
 from .normal_wishart import (
     GaussianStats,
@@ -19,6 +20,7 @@ from .normal_wishart import (
     conjugate_update,
     expected_gaussian_log_likelihood,
 )
+from .natural import DirichletBlock, MatrixNormalWishartBlock, NaturalDomain, NormalWishartBlock
 from .wishart import Wishart
 
 __all__ = [
@@ -31,11 +33,17 @@ __all__ = [
     "RegressionStats",
     "expected_regression_log_likelihood",
     "regression_conjugate_update",
+    "spd_matrix",
     "NormalWishart",
     "NormalWishartExpectations",
     "NormalWishartNatural",
     "Wishart",
+    "DirichletBlock",
+    "MatrixNormalWishartBlock",
+    "NaturalDomain",
+    "NormalWishartBlock",
     "conjugate_update",
+    "dirichlet_cross_entropy",
     "dirichlet_expected_log",
     "dirichlet_kl",
     "expected_gaussian_log_likelihood",

@@ -29,3 +29,10 @@ def dirichlet_kl(concentration_q: torch.Tensor, concentration_p: torch.Tensor) -
         dist.Dirichlet(concentration_q, validate_args=False),
         dist.Dirichlet(concentration_p, validate_args=False),
     )
+
+
+def dirichlet_cross_entropy(concentration_q: torch.Tensor, concentration_p: torch.Tensor) -> torch.Tensor:
+    """``-E_{Dir(α_q)}[log Dir(π; α_p)]`` in closed form, shape ``(...)``."""
+    return dirichlet_kl(concentration_q, concentration_p) + dist.Dirichlet(
+        concentration_q, validate_args=False
+    ).entropy()

@@ -71,6 +71,29 @@ def checked_cholesky(matrix: torch.Tensor, what: str) -> torch.Tensor:
     return chol
 
 
+def spd_matrix(value, dim: int, batch_shape=(), what: str = "matrix", dtype=None) -> torch.Tensor:
+    """
+    A batch of symmetric positive definite ``dim × dim`` matrices from a user's value:
+    a scalar ``c`` means ``c I``; anything else must end in ``(dim, dim)``. Raises a
+    ``ValueError`` naming ``what`` unless symmetric and well inside the PD cone.
+    """
+    dtype = dtype or torch.get_default_dtype()
+    value = torch.as_tensor(value, dtype=dtype)
+    eye = torch.eye(dim, dtype=dtype, device=value.device)
+    if value.dim() == 0:
+        value = value * eye
+    if value.shape[-2:] != (dim, dim):
+        raise ValueError(f"{what} must be a scalar or have shape (..., {dim}, {dim}), got {tuple(value.shape)}")
+    value = value.expand(tuple(batch_shape) + (dim, dim)).clone()
+    if not torch.isfinite(value).all() or not torch.allclose(value, value.transpose(-1, -2)):
+        raise ValueError(f"{what} must be finite and symmetric, got {value}")
+    eigenvalues = torch.linalg.eigvalsh(value)
+    floor = dim * torch.finfo(dtype).eps * eigenvalues.abs().amax(-1, keepdim=True)
+    if not (eigenvalues > floor).all():
+        raise ValueError(f"{what} must be symmetric positive definite, got {value}")
+    return value
+
+
 def _half_log_det(tril: torch.Tensor) -> torch.Tensor:
     return tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
@@ -193,6 +216,29 @@ class MatrixNormalWishart:
         """``E_q(B,Λ)[Σ w log N(x; B u, Λ⁻¹)]`` for weighted regression statistics."""
         return expected_regression_log_likelihood(self.expectations(), stats)
 
+    def _expected_inner(self, natural: MatrixNormalWishartNatural) -> torch.Tensor:
+        """``<η, E_self[T]>`` for natural parameters ``η`` of the same family."""
+        E = self.expectations()
+        return (
+            (natural.cross * E.precision_loc).sum((-1, -2))
+            - 0.5 * (natural.col_precision * E.loc_precision_loc).sum((-1, -2))
+            - 0.5 * (natural.scale * E.precision).sum((-1, -2))
+            + 0.5 * natural.df * E.log_det_precision
+        )
+
+    def cross_entropy(self, other: "MatrixNormalWishart") -> torch.Tensor:
+        r"""
+        ``-E_self[log other]`` in closed form (the base measure is Lebesgue's, so
+        ``log p = <η, T> - A(η)``):
+
+        .. math:: A(\eta_p) - \langle \eta_p, E_q[T]\rangle
+        """
+        return other.log_normalizer() - self._expected_inner(other.natural_params)
+
+    def entropy(self) -> torch.Tensor:
+        """``-E[log self]``."""
+        return self.cross_entropy(self)
+
     def kl_divergence(self, other: "MatrixNormalWishart") -> torch.Tensor:
         r"""
         ``KL(self ‖ other)`` in closed form for exponential families,
@@ -200,14 +246,8 @@ class MatrixNormalWishart:
         .. math:: A(\eta_p) - A(\eta_q) - \langle \eta_p - \eta_q, E_q[T]\rangle
         """
         eta_q, eta_p = self.natural_params, other.natural_params
-        E = self.expectations()
-        inner = (
-            ((eta_p.cross - eta_q.cross) * E.precision_loc).sum((-1, -2))
-            - 0.5 * ((eta_p.col_precision - eta_q.col_precision) * E.loc_precision_loc).sum((-1, -2))
-            - 0.5 * ((eta_p.scale - eta_q.scale) * E.precision).sum((-1, -2))
-            + 0.5 * (eta_p.df - eta_q.df) * E.log_det_precision
-        )
-        return other.log_normalizer() - self.log_normalizer() - inner
+        difference = MatrixNormalWishartNatural(*(p - q for p, q in zip(eta_p, eta_q)))
+        return other.log_normalizer() - self.log_normalizer() - self._expected_inner(difference)
 
     # ----- sampling and density -------------------------------------------------
 

@@ -155,6 +155,10 @@ class NormalWishart:
         """``KL(self ‖ other)`` in closed form."""
         return self._matrix.kl_divergence(other._matrix)
 
+    def cross_entropy(self, other: "NormalWishart") -> torch.Tensor:
+        """``-E_self[log other]`` in closed form."""
+        return self._matrix.cross_entropy(other._matrix)
+
     # ----- sampling and density -------------------------------------------------
 
     def precision_dist(self):

@@ -25,14 +25,22 @@ from torch.distributions import constraints
 from pyro.nn import PyroModule
 from pyro.poutine.runtime import effectful
 
+from ..distributions.natural import NaturalDomain
+
 
 class SINRecord(NamedTuple):
     """What a guide leaves on its local latent site for :class:`~pyro_sin.SINELBO`."""
 
     pgm: "StructuredPrior"
-    natural: Dict[str, torch.Tensor]  # λ as the guide holds them
+    natural_domain: NaturalDomain  # how λ is packed into natural_param
+    natural_param: torch.Tensor  # λ packed, as the param store hands it (with .unconstrained)
     global_posterior: Any  # q(θ | λ), without gradient to λ
     posterior: Any  # the SIN posterior of the minibatch
+
+    @property
+    def natural(self) -> Dict[str, torch.Tensor]:
+        """``λ`` as a dict of tensors (views of :attr:`natural_param`)."""
+        return self.natural_domain.unpack(self.natural_param)
 
 
 # The PGM's own sample statements run as effects, so that SINELBO, which
@@ -107,6 +115,10 @@ class StructuredPrior(PyroModule):
         """Initial natural parameters ``λ`` of ``q(θ | λ)``."""
         raise NotImplementedError
 
+    def natural_domain(self) -> NaturalDomain:
+        """The domain of ``λ``, one block per conjugate family, with its bijection from ``ℝⁿ``."""
+        raise NotImplementedError
+
     def global_posterior(self, natural: Dict[str, torch.Tensor]):
         """``q(θ | λ)`` as an object the methods below take (computed once per step)."""
         raise NotImplementedError
@@ -120,6 +132,11 @@ class StructuredPrior(PyroModule):
 
     def kl(self, global_posterior) -> torch.Tensor:
         """``KL(q(θ | λ) ‖ p(θ))`` in closed form (a scalar)."""
+        raise NotImplementedError
+
+    def cross_entropy(self, global_posterior) -> torch.Tensor:
+        """``-E_q(θ|λ)[log p(θ)]`` in closed form (a scalar); needed only when the model's
+        global sites are scaled differently from the guide's."""
         raise NotImplementedError
 
     # ----- the structured inference network ------------------------------------
@@ -144,12 +161,20 @@ class StructuredPrior(PyroModule):
         """Emits the local sites from the SIN posterior in ``record``."""
         raise NotImplementedError
 
+    def expected_log_prior(self, global_posterior, posterior) -> torch.Tensor:
+        """``E_q(θ) E_q(x) [log p(x | θ)]`` per data point, batch shape of the data plate."""
+        raise NotImplementedError
+
+    def local_entropy(self, posterior) -> torch.Tensor:
+        """``H[q(x)]`` per data point, batch shape of the data plate."""
+        return posterior.entropy()
+
     def local_elbo(self, global_posterior, posterior) -> torch.Tensor:
         """
         Per-data-point closed-form part of the bound,
         ``E_q(θ) E_q(x) [log p(x | θ)] + H[q(x)]``, batch shape of the data plate.
         """
-        raise NotImplementedError
+        return self.expected_log_prior(global_posterior, posterior) + self.local_entropy(posterior)
 
     def natural_target(self, posterior, scale: float) -> Dict[str, torch.Tensor]:
         """

@@ -41,10 +41,13 @@ from ..distributions import (
     GaussianChain,
     MatrixNormalWishart,
     MatrixNormalWishartExpectations,
+    MatrixNormalWishartBlock,
     MatrixNormalWishartNatural,
+    NaturalDomain,
     RegressionStats,
     expected_regression_log_likelihood,
     regression_conjugate_update,
+    spd_matrix,
 )
 from ..potential import GaussianPotential
 from .base import SINRecord, StructuredPrior
@@ -332,17 +335,20 @@ class LinearDynamicalSystem(StructuredPrior):
         if transition_loc is None:
             transition_loc = torch.cat([eye, torch.zeros(D, 1, dtype=dtype)], -1)
         self.register_buffer("init_loc", as_tensor(init_loc, (D,)))
-        self.register_buffer("init_precision", as_tensor(eye if init_precision is None else init_precision, (D, D)))
+        self.register_buffer(
+            "init_precision", spd_matrix(1.0 if init_precision is None else init_precision, D, (), "init_precision")
+        )
         self.register_buffer("prior_transition_loc", as_tensor(transition_loc, (D, D + 1)))
         self.register_buffer(
-            "prior_col_precision", as_tensor(torch.eye(D + 1, dtype=dtype) if col_precision is None else col_precision, (D + 1, D + 1))
+            "prior_col_precision",
+            spd_matrix(1.0 if col_precision is None else col_precision, D + 1, (), "col_precision"),
         )
         self.register_buffer(
-            "prior_scale_inv", as_tensor(0.1 * (D + 2) * eye if scale_inv is None else scale_inv, (D, D))
+            "prior_scale_inv",
+            spd_matrix(0.1 * (D + 2) if scale_inv is None else scale_inv, D, (), "LinearDynamicalSystem scale_inv"),
         )
         self.register_buffer("prior_df", as_tensor(D + 2.0 if df is None else df, ()))
         self.prior(validate_args=True)
-        torch.linalg.cholesky(self.init_precision)  # raises unless positive definite
 
     # ----- site names -----------------------------------------------------------
 
@@ -415,6 +421,13 @@ class LinearDynamicalSystem(StructuredPrior):
     def kl(self, q: LDSGlobalPosterior):
         return q.matrix_normal_wishart.kl_divergence(self.prior())
 
+    def cross_entropy(self, q: LDSGlobalPosterior):
+        return q.matrix_normal_wishart.cross_entropy(self.prior())
+
+    def natural_domain(self) -> NaturalDomain:
+        D = self.latent_dim
+        return NaturalDomain([MatrixNormalWishartBlock((), D, D + 1)])
+
     def point_estimate(self, q: LDSGlobalPosterior) -> LDSParams:
         """Posterior means ``E[B] = M`` and ``E[Λ] = ν W``."""
         return LDSParams(q.matrix_normal_wishart.loc, q.expectations.precision)
@@ -464,14 +477,14 @@ class LinearDynamicalSystem(StructuredPrior):
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
 
-    def local_elbo(self, q: LDSGlobalPosterior, posterior: ChainPosterior) -> torch.Tensor:
+    def expected_log_prior(self, q: LDSGlobalPosterior, posterior: ChainPosterior) -> torch.Tensor:
         m = posterior.moments
         expected_log_prior = gaussian_expectation(self.init_factor(), m.init_mean, m.init_second)
         if posterior.num_steps > 1:
             expected_log_prior = expected_log_prior + expected_regression_log_likelihood(
                 q.expectations, posterior.regression_stats()
             )
-        return expected_log_prior + posterior.entropy()
+        return expected_log_prior
 
     def natural_target(self, posterior: ChainPosterior, scale: float):
         stats = posterior.regression_stats()

@@ -30,13 +30,18 @@ from pyro.ops.indexing import Vindex
 from pyro.ops.tensor_utils import precision_to_scale_tril
 
 from ..distributions import (
+    DirichletBlock,
     GaussianStats,
+    NaturalDomain,
+    NormalWishartBlock,
     NormalWishart,
     NormalWishartNatural,
     conjugate_update,
+    dirichlet_cross_entropy,
     dirichlet_expected_log,
     dirichlet_kl,
     expected_gaussian_log_likelihood,
+    spd_matrix,
 )
 from ..potential import GaussianPotential
 from .base import SINRecord, StructuredPrior
@@ -334,7 +339,7 @@ class GaussianMixture(MixturePrior):
             num_components, latent_dim, name, concentration=concentration, init_loc_range=init_loc_range
         )
         K, D = num_components, latent_dim
-        scale_inv = (D + 0.5) * torch.eye(D) if scale_inv is None else scale_inv
+        scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, (K,), "GaussianMixture scale_inv")
         df = 2 * D + 0.5 if df is None else df
         self.register_buffer("prior_loc", self._as_tensor(loc, (K, D)))
         self.register_buffer("prior_kappa", self._as_tensor(kappa, (K,)))
@@ -419,6 +424,15 @@ class GaussianMixture(MixturePrior):
             self.prior()
         ).sum(-1)
 
+    def cross_entropy(self, q: MixtureGlobalPosterior):
+        return dirichlet_cross_entropy(
+            q.concentration, self.prior_concentration
+        ) + q.normal_wishart.cross_entropy(self.prior()).sum(-1)
+
+    def natural_domain(self) -> NaturalDomain:
+        K, D = self.num_components, self.latent_dim
+        return NaturalDomain([DirichletBlock(K), NormalWishartBlock((K,), D)])
+
     # ----- SIN factor ------------------------------------------------------------------
 
     def tied_factor(self, q: MixtureGlobalPosterior) -> MixtureFactor:
@@ -479,13 +493,12 @@ class GaussianMixture(MixturePrior):
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
 
-    def local_elbo(self, q: MixtureGlobalPosterior, posterior: MixturePosterior) -> torch.Tensor:
+    def expected_log_prior(self, q: MixtureGlobalPosterior, posterior: MixturePosterior) -> torch.Tensor:
         stats = posterior.weighted_stats  # batch (..., K)
-        expected_log_prior = (
+        return (
             posterior.probs * q.expected_log_weights
             + expected_gaussian_log_likelihood(q.expectations, stats)
         ).sum(-1)
-        return expected_log_prior + posterior.entropy()
 
     def natural_target(self, posterior: MixturePosterior, scale: float):
         stats = posterior.weighted_stats

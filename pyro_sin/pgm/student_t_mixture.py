@@ -21,7 +21,13 @@ import pyro
 import pyro.distributions as dist
 from pyro.nn import PyroParam
 
-from ..distributions import dirichlet_expected_log, dirichlet_kl
+from ..distributions import (
+    DirichletBlock,
+    NaturalDomain,
+    dirichlet_cross_entropy,
+    dirichlet_expected_log,
+    dirichlet_kl,
+)
 from .mixture import MixturePosterior, MixturePrior
 
 
@@ -76,6 +82,14 @@ class StudentTMixture(MixturePrior):
             num_components, latent_dim, name, concentration=concentration, init_loc_range=init_loc_range
         )
         K, D = num_components, latent_dim
+        if not df > 0:
+            raise ValueError(f"StudentTMixture df must be positive, got {df}")
+        if learn_df and not df > 2:
+            raise ValueError(f"StudentTMixture learns df above 2: the initial df must exceed 2, got {df}")
+        if not init_scale > 0:
+            raise ValueError(f"StudentTMixture init_scale must be positive, got {init_scale}")
+        if num_samples < 1:
+            raise ValueError(f"StudentTMixture num_samples must be at least 1, got {num_samples}")
         self.num_samples = num_samples
         self.locs = PyroParam(self._random_locs())
         self.scale_tril = PyroParam(
@@ -121,6 +135,12 @@ class StudentTMixture(MixturePrior):
     def kl(self, q: StudentTMixtureGlobalPosterior):
         return dirichlet_kl(q.concentration, self.prior_concentration)
 
+    def cross_entropy(self, q: StudentTMixtureGlobalPosterior):
+        return dirichlet_cross_entropy(q.concentration, self.prior_concentration)
+
+    def natural_domain(self) -> NaturalDomain:
+        return NaturalDomain([DirichletBlock(self.num_components)])
+
     def point_estimate(self, q: StudentTMixtureGlobalPosterior) -> StudentTMixtureParams:
         return q.params._replace(weights=q.concentration / q.concentration.sum(-1, keepdim=True))
 
@@ -151,11 +171,10 @@ class StudentTMixture(MixturePrior):
         x = posterior.rsample_components((num_samples or self.num_samples,))  # (S, ..., K, D)
         return self.components(q.params).log_prob(x).mean(0)
 
-    def local_elbo(self, q: StudentTMixtureGlobalPosterior, posterior: MixturePosterior) -> torch.Tensor:
-        expected_log_prior = (
+    def expected_log_prior(self, q: StudentTMixtureGlobalPosterior, posterior: MixturePosterior) -> torch.Tensor:
+        return (
             posterior.probs * (q.expected_log_weights + self.expected_log_components(q, posterior))
         ).sum(-1)
-        return expected_log_prior + posterior.entropy()
 
     def natural_target(self, posterior: MixturePosterior, scale: float):
         return {"concentration": self._weights_target(posterior, scale)}

@@ -1,0 +1,59 @@
+"""
+Collision-free default names in Pyro's global param store.
+
+Pyro looks parameters up by name, so two guides (or two models' decoders)
+built under the same default name in one process would share parameters: the
+second silently starts from the first's values, or fails with a shape error.
+Objects that own parameter names register here; a *default* name is made
+unique against the live owners that hold, or are about to hold, parameters
+under it. A name given explicitly is used as is (the way to make names stable
+for param-store checkpoints across processes).
+
+A live owner counts as holding its name until it has run once and the param
+store then no longer holds anything under it (``pyro.clear_param_store()``),
+so a model rebuilt after clearing the store gets its old name back and picks
+up a checkpoint loaded into the store.
+"""
+
+import weakref
+
+import pyro
+from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
+
+_OWNERS = weakref.WeakSet()
+
+
+class NameOwner:
+    """Mixin for objects that own a prefix of parameter names (``param_prefix``)."""
+
+    _registered_params = False
+
+    def _claim_name(self, name, default):
+        """Sets ``param_prefix`` to ``name``, or else to a unique variant of ``default``."""
+        self.param_prefix = name if name is not None else unique_name(default)
+        _OWNERS.add(self)
+
+    def _mark_registered(self):
+        self._registered_params = True
+
+
+def _holds_parameters(prefix: str) -> bool:
+    store = pyro.get_param_store()
+    return any(
+        key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + _MODULE_NAMESPACE_DIVIDER)
+        for key in store.keys()
+    )
+
+
+def unique_name(base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``, ... if a live owner holds that name."""
+    taken = {
+        owner.param_prefix
+        for owner in list(_OWNERS)
+        if not owner._registered_params or _holds_parameters(owner.param_prefix)
+    }
+    name, count = base, 1
+    while name in taken:
+        count += 1
+        name = f"{base}_{count}"
+    return name
