@@ -16,6 +16,7 @@ import torch
 
 import pyro
 import pyro.poutine as poutine
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_mean
 from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, PyroParam
 
@@ -109,7 +110,11 @@ class SINGuide(PyroModule):
     # ----- structure discovered from the model ------------------------------------
 
     def _setup_prototype(self, *args, **kwargs):
-        trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
+        # Only the model's structure is read. Its latent sites take their prior means,
+        # not prior draws, which can diverge (an unstable sampled dynamics over a long
+        # sequence overflows) and would stop the guide before its first step.
+        model = InitMessenger(init_to_mean)(self.model)
+        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
         sites = {
             name: site
             for name, site in trace.nodes.items()

@@ -72,6 +72,14 @@ class GaussianChain(dist.TorchDistribution):
     def _mean_of_next(self, x_prev):
         return (self.transition_matrix @ x_prev[..., None])[..., 0] + self.transition_bias
 
+    @property
+    def mean(self):
+        """``E[x_t]``: ``μ₀``, then ``E[x_t] = A E[x_{t-1}] + b``; shape ``(..., T, D)``."""
+        steps = [self.init_loc]
+        for _ in range(1, self.num_steps):
+            steps.append(self._mean_of_next(steps[-1]))
+        return torch.stack(steps, -2)
+
     def rsample(self, sample_shape=torch.Size()):
         init = dist.MultivariateNormal(self.init_loc, precision_matrix=self.init_precision)
         noise = dist.MultivariateNormal(

@@ -154,6 +154,7 @@ def test_gaussian_chain_density_and_samples():
     joint = dist.MultivariateNormal(A_inv @ shift, covariance_matrix=A_inv @ noise_cov @ A_inv.T)
     assert_close(chain.log_prob(x[:5]), joint.log_prob(x[:5].reshape(5, -1)))
     assert_close(x.reshape(len(x), -1).mean(0), joint.mean, atol=0.03, rtol=0)
+    assert_close(chain.mean.reshape(-1), joint.mean)
 
 
 def tiny_lds_model(N=8, T=6, Dy=3, D=2):
@@ -244,3 +245,17 @@ def test_sin_with_a_bidirectional_rnn_encoder_and_missing_frames():
     assert (potential.precision[:, 2:4] == 0).all() and (potential.precision[:, 4:] > 0).all()
     loss = pyro_sin.SINELBO(num_particles=3).loss(model, guide, y, mask)
     assert math.isfinite(loss)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_guide_sets_up_on_long_sequences_whose_prior_draws_diverge(seed):
+    """T = 10,000: about half of the prior's dynamics draws overflow float64 over the sequence."""
+    from pyro_sin.models import DeepLatentLDS
+
+    T = 10_000
+    y = torch.randn(2, T, 3)
+    lds = LinearDynamicalSystem(2)
+    model = DeepLatentLDS(lds, GaussianDecoder(2, 3, (4,)), 2)
+    guide = model.make_guide(GaussianEncoder(3, 2, (4,)))
+    pyro.set_rng_seed(seed)
+    assert math.isfinite(pyro_sin.SINELBO(max_plate_nesting=1).loss(model, guide, y))
