@@ -360,3 +360,17 @@ def test_predict_continues_each_padded_sequence_from_its_own_end():
         assert_close(padded[i], alone, rtol=0, atol=0.06)
     # from the end of the padding instead, the prediction is far off
     assert (padded[1] - model.predict(guide, y[1:2], 2, S)[0]).abs().max() > 0.5
+
+
+def test_sinelbo_agrees_with_trace_elbo_on_padded_sequences():
+    """Pyro's own estimator sees the padded model and guide densities: the same bound."""
+    from pyro_sin.models import DeepLatentLDS
+
+    y, mask, L = ragged_batch([6, 2, 4], 8, 3)
+    model = DeepLatentLDS(random_lds(), GaussianDecoder(2, 3, (8,)), 3)
+    guide = model.make_guide(GaussianEncoder(3, 2, (8,)))
+    ours = torch.tensor([pyro_sin.SINELBO(num_particles=1000).loss(model, guide, y, mask, L) for _ in range(5)])
+    elbo = Trace_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
+    theirs = torch.tensor([elbo.loss(model, guide, y, mask, L) for _ in range(5)])
+    se = (ours.var() / 5 + theirs.var() / 5).sqrt()
+    assert abs(ours.mean() - theirs.mean()) < 4 * se + 1e-3 * abs(theirs.mean())
