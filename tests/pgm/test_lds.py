@@ -374,3 +374,18 @@ def test_sinelbo_agrees_with_trace_elbo_on_padded_sequences():
     theirs = torch.tensor([elbo.loss(model, guide, y, mask, L) for _ in range(5)])
     se = (ours.var() / 5 + theirs.var() / 5).sqrt()
     assert abs(ours.mean() - theirs.mean()) < 4 * se + 1e-3 * abs(theirs.mean())
+
+
+@pytest.mark.parametrize(
+    "lengths, match",
+    [
+        (torch.tensor([3, 0]), r"lie in \[1, 4\]"),
+        (torch.tensor([5, 2]), r"lie in \[1, 4\]"),
+        (torch.tensor([3.0, 2.0]), "integers"),
+        (torch.tensor([3]), "shape"),
+    ],
+)
+def test_bad_lengths_raise(lengths, match):
+    pot = random_potential(2, 4, 2)
+    with pytest.raises(ValueError, match=match):
+        GaussianPotential(pot.info_vec, pot.precision, lengths).validate()
