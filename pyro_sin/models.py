@@ -152,6 +152,24 @@ def frame_likelihood(decoder, x, mask=None):
     return frames.to_event(1)
 
 
+def observed_frames(y, mask=None, lengths=None):
+    """
+    ``(B, T)``: True at the frames whose likelihood counts, those observed (``mask``)
+    and before their sequence's end (``lengths``); None when every frame counts.
+    """
+    if lengths is None:
+        return None if mask is None else mask.bool()
+    steps = torch.arange(y.shape[-2], device=lengths.device) < lengths[..., None]
+    return steps if mask is None else steps & mask.bool()
+
+
+def last_step(x, lengths=None):
+    """``x_T`` of each sequence, ``x`` of shape ``(..., B, T, D)``; the step ``lengths - 1`` of padded ones."""
+    if lengths is None:
+        return x[..., -1, :]
+    return x[..., torch.arange(len(lengths), device=lengths.device), lengths - 1, :]
+
+
 class DeepLatentLDS(NameOwner):
     r"""
     A neural decoder applied frame by frame to a latent linear dynamical system,
@@ -159,8 +177,12 @@ class DeepLatentLDS(NameOwner):
     .. math:: p(y, x, \theta) = \prod_n \prod_t p_{\theta_{NN}}(y_{nt} \mid x_{nt})\,
               p(x_{n,1:T} \mid \theta)\; p(\theta).
 
-    Call it as ``model(y, mask=None, indices=None)`` with sequences ``y`` of shape
-    ``(B, T, P)``; ``mask`` (``(B, T)``, 1 = observed) marks missing frames.
+    Call it as ``model(y, mask=None, lengths=None, indices=None)`` with sequences ``y``
+    of shape ``(B, T, P)``; ``mask`` (``(B, T)``, 1 = observed) marks missing frames,
+    which remain latent steps without evidence; ``lengths`` (``(B,)``, integers) ends
+    sequences padded to ``T`` frames, whose padding then changes nothing: the steps
+    after a sequence's end do not exist. For :func:`~pyro_sin.training.fit`, pass
+    ``data=(y, mask, lengths)`` (a mask of ones when no frame is missing).
 
     :param LinearDynamicalSystem pgm: the latent structured prior.
     :param torch.nn.Module decoder: ``x_t ↦ (loc, scale)`` of ``p(y_t | x_t)``.
@@ -175,22 +197,29 @@ class DeepLatentLDS(NameOwner):
         self.num_data = num_data
         self._claim_name(name, type(self).__name__)
 
-    def __call__(self, y, mask=None, indices=None):
+    def __call__(self, y, mask=None, lengths=None, indices=None):
         register_decoder(self)
         params = self.pgm.sample_params()
         with data_plate(self.num_data, y, indices):
-            x = self.pgm.sample_latent(params, y.shape[-2])
-            pyro.sample("y", frame_likelihood(self.decoder, x, mask), obs=y)
+            x = self.pgm.sample_latent(params, y.shape[-2], lengths)
+            pyro.sample("y", frame_likelihood(self.decoder, x, observed_frames(y, mask, lengths)), obs=y)
 
-    def create_plates(self, y, mask=None, indices=None):
+    def create_plates(self, y, mask=None, lengths=None, indices=None):
         return data_plate(self.num_data, y, indices)
 
     @staticmethod
-    def encoder_input(y, mask=None, indices=None):
-        return y if mask is None else (y, mask)
+    def encoder_input(y, mask=None, lengths=None, indices=None):
+        if lengths is None:
+            return y if mask is None else (y, mask)
+        return (y, y.new_ones(y.shape[:-1]) if mask is None else mask, lengths)
 
     def make_guide(self, encoder, **kwargs) -> SINGuide:
-        """A :class:`~pyro_sin.SINGuide` whose encoder receives ``(y, mask)``."""
+        """
+        A :class:`~pyro_sin.SINGuide` whose encoder receives ``y``, ``(y, mask)`` or
+        ``(y, mask, lengths)``; with lengths it must return them in its
+        :class:`~pyro_sin.potential.GaussianPotential` (as the encoders of
+        :mod:`pyro_sin.nn` do).
+        """
         return SINGuide(
             self, self.pgm, encoder, create_plates=self.create_plates, encoder_input=self.encoder_input, **kwargs
         )
@@ -198,25 +227,27 @@ class DeepLatentLDS(NameOwner):
     # ----- evaluation -------------------------------------------------------------
 
     @torch.no_grad()
-    def posterior(self, guide: SINGuide, y, mask=None):
-        return guide.local_posterior(self.encoder_input(y, mask))
+    def posterior(self, guide: SINGuide, y, mask=None, lengths=None):
+        return guide.local_posterior(self.encoder_input(y, mask, lengths))
 
     @torch.no_grad()
-    def decode_posterior(self, guide: SINGuide, y, mask=None, num_samples: int = 50):
-        """Mean decoded frames under the SIN posterior, shape ``(B, T, P)``."""
-        x = self.posterior(guide, y, mask).rsample((num_samples,))
+    def decode_posterior(self, guide: SINGuide, y, mask=None, num_samples: int = 50, lengths=None):
+        """Mean decoded frames under the SIN posterior, shape ``(B, T, P)`` (meaningless after a sequence's end)."""
+        x = self.posterior(guide, y, mask, lengths).rsample((num_samples,))
         return self.decoder(x)[0].mean(0)
 
     @torch.no_grad()
-    def predict(self, guide: SINGuide, y_observed, horizon: int, num_samples: int = 50):
+    def predict(self, guide: SINGuide, y_observed, horizon: int, num_samples: int = 50, mask=None, lengths=None):
         """
-        Mean decoded frames ``T+1 .. T+horizon`` after the observed ones: ``x_T`` from
-        the SIN posterior, then the model's dynamics rolled forward with
-        ``θ ~ q(θ)`` and process noise, decoded and averaged over samples.
+        Mean decoded frames ``T+1 .. T+horizon`` after the observed ones (after each
+        sequence's own end when ``lengths`` are given): ``x_T`` from the SIN posterior,
+        then the model's dynamics rolled forward with ``θ ~ q(θ)`` and process noise,
+        decoded and averaged over samples.
 
         :returns: shape ``(B, horizon, P)``.
         """
-        x_last = self.posterior(guide, y_observed).rsample((num_samples,))[..., -1, :]  # (S, B, D)
+        x = self.posterior(guide, y_observed, mask, lengths).rsample((num_samples,))
+        x_last = last_step(x, lengths)  # (S, B, D)
         q = guide.global_posterior().matrix_normal_wishart
         transition, noise_precision = q.rsample((num_samples,))  # (S, D, D+1), (S, D, D)
         params = LDSParams(transition[:, None], noise_precision[:, None])
@@ -224,13 +255,14 @@ class DeepLatentLDS(NameOwner):
         return self.decoder(future)[0].mean(0)
 
     @torch.no_grad()
-    def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100) -> float:
+    def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100, mask=None, lengths=None) -> float:
         r"""
-        Mean over sequences of ``log p(y_{1:T})`` under the posterior-mean dynamics,
-        by importance sampling with the SIN posterior as proposal.
+        Mean over sequences of ``log p(y_{1:T})`` (of the observed frames) under the
+        posterior-mean dynamics, by importance sampling with the SIN posterior as proposal.
         """
-        post = self.posterior(guide, y)
+        post = self.posterior(guide, y, mask, lengths)
         x = post.rsample((num_samples,))
         params = self.pgm.point_estimate(guide.global_posterior())
-        log_joint = frame_likelihood(self.decoder, x).log_prob(y) + self.pgm.chain(params, y.shape[-2]).log_prob(x)
+        frames = frame_likelihood(self.decoder, x, observed_frames(y, mask, lengths))
+        log_joint = frames.log_prob(y) + self.pgm.chain(params, y.shape[-2], lengths).log_prob(x)
         return float(importance_log_likelihood(log_joint, post.log_prob(x)).mean())

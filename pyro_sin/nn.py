@@ -118,21 +118,23 @@ class GaussianEncoder(TwoHeadedMLP):
         )
         self.init_precision, self.init_scale = init_precision, init_scale
 
-    def forward(self, y, mask=None) -> GaussianPotential:
+    def forward(self, y, mask=None, lengths=None) -> GaussianPotential:
         """
         :param y: data, shape ``(..., data_dim)``.
         :param mask: optional, shape ``y.shape[:-1]``; where zero (a missing
             frame) the potential carries no evidence.
+        :param lengths: optional, for sequences ``y`` of shape ``(..., T, data_dim)``
+            padded to ``T`` steps: the number of steps of each, passed on in the potential.
         """
         info_vec, precision = super().forward(y)
-        return _masked(GaussianPotential(info_vec, precision), mask)
+        return _masked(GaussianPotential(info_vec, precision), mask, lengths)
 
 
-def _masked(potential: GaussianPotential, mask) -> GaussianPotential:
+def _masked(potential: GaussianPotential, mask, lengths=None) -> GaussianPotential:
     if mask is None:
-        return potential
+        return potential._replace(lengths=lengths)
     mask = mask.to(potential.info_vec.dtype)[..., None]
-    return GaussianPotential(potential.info_vec * mask, potential.precision * mask)
+    return GaussianPotential(potential.info_vec * mask, potential.precision * mask, lengths)
 
 
 class SequenceEncoder(nn.Module):
@@ -160,15 +162,24 @@ class SequenceEncoder(nn.Module):
         )
         self.data_dim = data_dim
 
-    def forward(self, y, mask=None) -> GaussianPotential:
-        """:param y: sequences, shape ``(B, T, data_dim)``; :param mask: ``(B, T)``."""
+    def forward(self, y, mask=None, lengths=None) -> GaussianPotential:
+        """
+        :param y: sequences, shape ``(B, T, data_dim)``.
+        :param mask: ``(B, T)``, zero at missing frames.
+        :param lengths: ``(B,)``, the number of steps of each sequence when they are
+            padded to ``T``: the GRU then runs over each sequence's own steps only.
+        """
         if y.dim() != 3 or y.shape[-1] != self.data_dim:
             raise ValueError(f"SequenceEncoder expects (B, T, {self.data_dim}) inputs, got {tuple(y.shape)}")
         if mask is not None:
             y = y * mask.to(y.dtype)[..., None]
-        states, _ = self.rnn(y)
+        if lengths is None:
+            states, _ = self.rnn(y)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(y, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            states, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=y.shape[1])
         info_vec, precision = self.head(torch.cat([y, states], -1))
-        return _masked(GaussianPotential(info_vec, precision), mask)
+        return _masked(GaussianPotential(info_vec, precision), mask, lengths)
 
 
 class GaussianDecoder(TwoHeadedMLP):

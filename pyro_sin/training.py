@@ -2,7 +2,7 @@
 
 import math
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -29,7 +29,7 @@ def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator
 
 def fit(
     svi,
-    data: torch.Tensor,
+    data: Union[torch.Tensor, Sequence[torch.Tensor]],
     *,
     iterations: int,
     batch_size: int,
@@ -43,13 +43,23 @@ def fit(
     """
     Runs ``svi.step(data[idx], indices=idx)`` on random minibatches.
 
+    :param data: a tensor, or a tuple of tensors with one row per data point
+        (e.g. sequences, their missing-frame mask and their lengths); each is
+        indexed by the same minibatch and passed positionally,
+        ``svi.step(*(d[idx] for d in data), indices=idx)``.
     :param evaluate: called at step 0, every ``eval_every`` steps and at the end;
         returns named metrics shown in the progress bar and kept in the history.
     :param max_seconds: stop early once training (evaluations excluded) has taken this long.
     :raises FloatingPointError: when the loss becomes NaN or infinite.
     """
+    parts = (data,) if torch.is_tensor(data) else tuple(data)
+    if not parts or not all(torch.is_tensor(part) and part.dim() > 0 for part in parts):
+        raise TypeError("fit: data must be a tensor or a tuple of tensors with one row per data point")
+    num_data = len(parts[0])
+    if any(len(part) != num_data for part in parts):
+        raise ValueError(f"fit: the tensors in data must share their first dimension, got {[len(p) for p in parts]}")
     generator = generator or torch.Generator().manual_seed(0)
-    batches = minibatch_indices(len(data), batch_size, generator)
+    batches = minibatch_indices(num_data, batch_size, generator)
     history = History([], [], [], [])
     training_seconds = 0.0
 
@@ -64,8 +74,9 @@ def fit(
     running = None
     for step in bar:
         start = time.perf_counter()
-        idx = next(batches).to(data.device)
-        loss = svi.step(data[idx], indices=idx) / len(data)  # the bound is scaled to the full data set
+        idx = next(batches).to(parts[0].device)
+        batch = (part[idx] for part in parts)
+        loss = svi.step(*batch, indices=idx) / num_data  # the bound is scaled to the full data set
         training_seconds += time.perf_counter() - start
         if not math.isfinite(loss):
             raise FloatingPointError(f"{desc}: the loss became {loss} at step {step}")

@@ -39,19 +39,22 @@ class UnstructuredLDSGuide(PyroModule):
     def model(self):
         return self._model[0]
 
-    def posterior(self, y, mask=None) -> dist.Normal:
-        """``q(x_{1:T} | y)``; the RNN sees missing frames as zeros."""
+    def posterior(self, y, mask=None, lengths=None) -> dist.Normal:
+        """``q(x_{1:T} | y)``; the RNN sees missing frames as zeros, and no step after a sequence's end."""
         if mask is not None:
             y = y * mask.to(y.dtype)[..., None]
-        potential = self.encoder(y)
-        return dist.Normal(potential.mean, potential.precision.rsqrt()).to_event(2)
+        potential = self.encoder(y, None, lengths)
+        steps = dist.Normal(potential.mean, potential.precision.rsqrt()).to_event(1)
+        if lengths is not None:
+            steps = steps.mask(torch.arange(y.shape[-2], device=y.device) < lengths[..., None])
+        return steps.to_event(1)
 
-    def forward(self, y, mask=None, indices=None):
+    def forward(self, y, mask=None, lengths=None, indices=None):
         pgm = self.model.pgm
         pyro.sample(pgm.noise_precision_site, dist.Delta(self.noise_precision, event_dim=2))
         pyro.sample(pgm.transition_site, dist.Delta(self.transition, event_dim=2))
         with data_plate(self.model.num_data, y, indices):
-            pyro.sample(pgm.name, self.posterior(y, mask))
+            pyro.sample(pgm.name, self.posterior(y, mask, lengths))
 
     def dynamics(self) -> LDSParams:
         """The point estimates of ``B = [A b]`` and ``Λ``."""

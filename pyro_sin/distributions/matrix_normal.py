@@ -49,6 +49,10 @@ class MatrixNormal(dist.TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
+    @property
+    def mean(self):
+        return self.loc
+
     def rsample(self, sample_shape=torch.Size()):
         # X = M + L_R⁻ᵀ E L_C⁻¹ has row covariance R⁻¹ and column covariance C⁻¹
         shape = self._extended_shape(sample_shape)

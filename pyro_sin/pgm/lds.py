@@ -136,6 +136,18 @@ def chain_log_normalizer(init: Gaussian, trans: Gaussian, parallel: bool = True)
     return message.event_logsumexp()
 
 
+def _standard_normal_after_end(trans: Gaussian, exists: torch.Tensor) -> Gaussian:
+    """Pair factors where the step exists (``exists``, shape ``(..., T-1)``), else ``log N(x_t; 0, I)`` alone."""
+    D = trans.dim() // 2
+    placeholder = torch.zeros(2 * D, 2 * D, dtype=trans.precision.dtype, device=trans.precision.device)
+    placeholder[D:, D:] = torch.eye(D, dtype=placeholder.dtype, device=placeholder.device)
+    return Gaussian(
+        torch.where(exists, trans.log_normalizer, -0.5 * D * _LOG_2PI),
+        torch.where(exists[..., None], trans.info_vec, 0.0),
+        torch.where(exists[..., None, None], trans.precision, placeholder),
+    )
+
+
 def _symmetric_second_moment(grad_precision):
     # ∂ log Z / ∂P = -½ E[v vᵀ]; autograd may split the symmetric part unevenly
     return -(grad_precision + grad_precision.transpose(-1, -2))
@@ -145,16 +157,26 @@ class ChainPosterior:
     r"""
     The closed-form SIN posterior of a batch of sequences.
 
+    Sequences padded to one length carry their lengths in the potential. A step
+    after a sequence's end does not exist: its pair factor becomes ``N(x_t; 0, I)``,
+    which integrates to one and leaves the chain before it unchanged, and it is left
+    out of the entropy, the density and the transition statistics. Samples, means and
+    covariances hold zeros there.
+
     :param GaussianPotential potential: per-step potentials, shape ``(..., T, D)``;
-        a zero precision marks a step without evidence (a missing frame).
+        a zero precision marks a step without evidence (a missing frame, still a
+        latent step), and ``potential.lengths`` the end of each padded sequence.
     :param ChainFactor factor: the SIN's LDS factor.
     :param bool parallel: use the parallel scan (else a sequential filter).
     """
 
     def __init__(self, potential: GaussianPotential, factor: ChainFactor, parallel: bool = True):
-        h, J = potential
+        h, J = potential.info_vec, potential.precision
         D = h.shape[-1]
         self.num_steps, self.dim, self.parallel = h.shape[-2], D, parallel
+        self.step_mask = None  # (..., T), True where a step exists; None: every step
+        if potential.lengths is not None:
+            self.step_mask = torch.arange(self.num_steps, device=h.device) < potential.lengths[..., None]
         self.init = factor.init + Gaussian(h.new_zeros(h.shape[:-2]), h[..., 0, :], torch.diag_embed(J[..., 0, :]))
         if self.num_steps > 1:
             # the potential of x_t joins the factor on (x_{t-1}, x_t)
@@ -163,8 +185,23 @@ class ChainPosterior:
                 pad(h[..., 1:, :], (D, 0)),
                 torch.diag_embed(pad(J[..., 1:, :], (D, 0))),
             )
+            if self.step_mask is not None:
+                self.trans = _standard_normal_after_end(self.trans, self.step_mask[..., 1:])
         else:
             self.trans = None
+
+    @property
+    def transition_mask(self):
+        """``(..., T-1)``: 1 where the transition into step ``t`` exists, or None when all do."""
+        if self.step_mask is None:
+            return None
+        return self.step_mask[..., 1:].to(self.init.info_vec.dtype)
+
+    def _after_end_to_zero(self, value: torch.Tensor, event_dims: int) -> torch.Tensor:
+        if self.step_mask is None:
+            return value
+        mask = self.step_mask.reshape(self.step_mask.shape + (1,) * event_dims)
+        return torch.where(mask, value, value.new_zeros(()))
 
     @functools.cached_property
     def _log_normalizer_and_moments(self):
@@ -206,43 +243,56 @@ class ChainPosterior:
     def marginal_means(self) -> torch.Tensor:
         """``E[x_t]``, shape ``(..., T, D)``."""
         m = self.moments
-        return torch.cat([m.init_mean[..., None, :], m.pair_mean[..., self.dim :]], -2)
+        mean = torch.cat([m.init_mean[..., None, :], m.pair_mean[..., self.dim :]], -2)
+        return self._after_end_to_zero(mean, 1)
 
     def marginal_covariances(self) -> torch.Tensor:
         """``Cov[x_t]``, shape ``(..., T, D, D)``."""
         m, D = self.moments, self.dim
         second = torch.cat([m.init_second[..., None, :, :], m.pair_second[..., D:, D:]], -3)
         mean = self.marginal_means()
-        return second - mean[..., :, None] * mean[..., None, :]
+        return self._after_end_to_zero(second - mean[..., :, None] * mean[..., None, :], 2)
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Reparameterised joint samples by parallel-scan forward filtering, backward sampling."""
         if self.trans is None:
             return self.init.rsample(torch.Size(sample_shape))[..., None, :]
-        return sequential_gaussian_filter_sample(self.init, self.trans, torch.Size(sample_shape))
+        x = sequential_gaussian_filter_sample(self.init, self.trans, torch.Size(sample_shape))
+        return self._after_end_to_zero(x, 1)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """``log q(x_{1:T})`` for ``x`` of shape ``(..., T, D)``."""
+        """``log q(x_{1:T})`` for ``x`` of shape ``(..., T, D)`` (of the steps up to each sequence's end)."""
         result = self.init.log_density(x[..., 0, :])
         if self.trans is not None:
             pairs = torch.cat([x[..., :-1, :], x[..., 1:, :]], -1)
-            result = result + self.trans.log_density(pairs).sum(-1)
+            result = result + self._sum_steps(self.trans.log_density(pairs))
         return result - self.log_normalizer
+
+    def _sum_steps(self, per_step: torch.Tensor) -> torch.Tensor:
+        """Sum over the transitions that exist, ``(..., T-1) -> (...)``."""
+        if self.step_mask is not None:
+            per_step = torch.where(self.step_mask[..., 1:], per_step, per_step.new_zeros(()))
+        return per_step.sum(-1)
 
     def entropy(self) -> torch.Tensor:
         """``H[q] = log Z - E[log ψ f]``, shape ``(...)``."""
         m = self.moments
         expected = gaussian_expectation(self.init, m.init_mean, m.init_second)
         if self.trans is not None:
-            expected = expected + gaussian_expectation(self.trans, m.pair_mean, m.pair_second).sum(-1)
+            expected = expected + self._sum_steps(gaussian_expectation(self.trans, m.pair_mean, m.pair_second))
         return self.log_normalizer - expected
 
     def regression_stats(self) -> RegressionStats:
         """Per-sequence transition statistics ``Σ_t E[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``."""
         m, D = self.moments, self.dim
-        mean_sum = m.pair_mean.sum(-2)  # (..., 2D)
-        second_sum = m.pair_second.sum(-3)  # (..., 2D, 2D)
-        count = mean_sum.new_full(mean_sum.shape[:-1], float(self.num_steps - 1))
+        pair_mean, pair_second, weight = m.pair_mean, m.pair_second, self.transition_mask
+        if weight is None:
+            count = pair_mean.new_full(pair_mean.shape[:-2], float(self.num_steps - 1))
+        else:
+            pair_mean, pair_second = pair_mean * weight[..., None], pair_second * weight[..., None, None]
+            count = weight.sum(-1)
+        mean_sum = pair_mean.sum(-2)  # (..., 2D)
+        second_sum = pair_second.sum(-3)  # (..., 2D, 2D)
         prev_mean, next_mean = mean_sum[..., :D], mean_sum[..., D:]
         cross = torch.cat([second_sum[..., D:, :D], next_mean[..., None]], -1)
         input_outer = torch.cat(
@@ -296,6 +346,12 @@ class LinearDynamicalSystem(StructuredPrior):
         params = lds.sample_params()            # sites x_noise_precision, x_transition
         with pyro.plate("sequences", N, subsample=idx):
             x = lds.sample_latent(params, T)    # site x, event shape (T, D)
+
+    Sequences padded to ``T`` steps pass their lengths,
+    ``lds.sample_latent(params, T, lengths)``, and the encoder returns them in its
+    :class:`~pyro_sin.potential.GaussianPotential`: the steps after a sequence's end
+    then do not exist in the prior, the SIN posterior, the bound or the natural
+    step, so padding changes nothing.
 
     :param int latent_dim: ``D``.
     :param str name: the latent site's name.
@@ -385,8 +441,8 @@ class LinearDynamicalSystem(StructuredPrior):
         transition = pyro.sample(self.transition_site, prior.loc_dist(noise_precision))
         return LDSParams(transition, noise_precision)
 
-    def chain(self, params: LDSParams, num_steps: int) -> GaussianChain:
-        """``p(x_{1:T} | θ)`` as a distribution."""
+    def chain(self, params: LDSParams, num_steps: int, lengths=None) -> GaussianChain:
+        """``p(x_{1:T} | θ)`` as a distribution; ``lengths`` ends padded sequences."""
         D = self.latent_dim
         return GaussianChain(
             self.init_loc,
@@ -395,10 +451,11 @@ class LinearDynamicalSystem(StructuredPrior):
             params.transition[..., D],
             params.noise_precision,
             num_steps,
+            lengths,
         )
 
-    def _sample_latent(self, params: LDSParams, num_steps: int) -> torch.Tensor:
-        return pyro.sample(self.name, self.chain(params, num_steps))
+    def _sample_latent(self, params: LDSParams, num_steps: int, lengths=None) -> torch.Tensor:
+        return pyro.sample(self.name, self.chain(params, num_steps, lengths))
 
     # ----- conjugate posterior over θ -----------------------------------------------
 
@@ -467,6 +524,11 @@ class LinearDynamicalSystem(StructuredPrior):
             raise ValueError(
                 f"LinearDynamicalSystem '{self.name}' needs per-step potentials of shape "
                 f"(..., T, {self.latent_dim}), got {tuple(potential.info_vec.shape)}"
+            )
+        if potential.lengths is not None and potential.lengths.shape != potential.info_vec.shape[:-2]:
+            raise ValueError(
+                f"LinearDynamicalSystem '{self.name}' needs one length per sequence, shape "
+                f"{tuple(potential.info_vec.shape[:-2])}, got {tuple(potential.lengths.shape)}"
             )
         return ChainPosterior(potential, factor, self.parallel)
 

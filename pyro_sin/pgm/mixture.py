@@ -468,7 +468,7 @@ class GaussianMixture(MixturePrior):
         the encoder. Starts from uniform ``r`` and ends with the ``q(x)`` update.
         """
         factor = self.tied_factor(q)
-        h, J = potential
+        h, J = potential.info_vec, potential.precision
         log_r = torch.log_softmax(torch.zeros(h.shape[:-1] + factor.log_weight.shape, dtype=h.dtype, device=h.device), -1)
 
         def update_x(log_r):

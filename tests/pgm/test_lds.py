@@ -154,6 +154,7 @@ def test_gaussian_chain_density_and_samples():
     joint = dist.MultivariateNormal(A_inv @ shift, covariance_matrix=A_inv @ noise_cov @ A_inv.T)
     assert_close(chain.log_prob(x[:5]), joint.log_prob(x[:5].reshape(5, -1)))
     assert_close(x.reshape(len(x), -1).mean(0), joint.mean, atol=0.03, rtol=0)
+    assert_close(chain.mean.reshape(-1), joint.mean)
 
 
 def tiny_lds_model(N=8, T=6, Dy=3, D=2):
@@ -244,3 +245,147 @@ def test_sin_with_a_bidirectional_rnn_encoder_and_missing_frames():
     assert (potential.precision[:, 2:4] == 0).all() and (potential.precision[:, 4:] > 0).all()
     loss = pyro_sin.SINELBO(num_particles=3).loss(model, guide, y, mask)
     assert math.isfinite(loss)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_guide_sets_up_on_long_sequences_whose_prior_draws_diverge(seed):
+    """T = 10,000: about half of the prior's dynamics draws overflow float64 over the sequence."""
+    from pyro_sin.models import DeepLatentLDS
+
+    T = 10_000
+    y = torch.randn(2, T, 3)
+    lds = LinearDynamicalSystem(2)
+    model = DeepLatentLDS(lds, GaussianDecoder(2, 3, (4,)), 2)
+    guide = model.make_guide(GaussianEncoder(3, 2, (4,)))
+    pyro.set_rng_seed(seed)
+    assert math.isfinite(pyro_sin.SINELBO(max_plate_nesting=1).loss(model, guide, y))
+
+
+class ConstantDecoder(torch.nn.Module):
+    """``p(y_t | x_t)`` that ignores ``x_t``: the bound's Monte Carlo term becomes exact."""
+
+    def __init__(self, P):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.randn(P))
+        self.log_scale = torch.nn.Parameter(torch.randn(P) * 0.1)
+
+    def forward(self, x):
+        shape = x.shape[:-1] + self.loc.shape
+        return self.loc.expand(shape), self.log_scale.exp().expand(shape)
+
+
+def ragged_batch(lengths, T, P):
+    """Sequences padded to T with arbitrary values, missing frames inside two of them."""
+    y = torch.randn(len(lengths), T, P) * 3
+    mask = torch.ones(len(lengths), T)
+    mask[0, 5:8] = 0  # inside the first sequence
+    mask[-1, lengths[-1] - 1] = 0  # the last frame of the last sequence: still a step
+    return y, mask, torch.tensor(lengths)
+
+
+@pytest.mark.parametrize("encoder", ["frames", "rnn"])
+@pytest.mark.parametrize("factor", ["tied", "free"])
+def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor, encoder):
+    """A padded batch against each sequence run unpadded: same numbers to 1e-6 (float64)."""
+    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.nn import SequenceEncoder
+
+    lengths, T, P, D = [20, 7, 1, 13], 60, 3, 2
+    y, mask, L = ragged_batch(lengths, T, P)
+    lds = random_lds(D)
+    model = DeepLatentLDS(lds, ConstantDecoder(P), len(lengths))
+    enc = GaussianEncoder(P, D, (8,)) if encoder == "frames" else SequenceEncoder(P, D, (8,), rnn_dim=4)
+    guide = model.make_guide(enc, factor=factor)
+    elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
+    padded_loss = elbo.loss(model, guide, y, mask, L)
+    q = guide.global_posterior()
+    post = model.posterior(guide, y, mask, L)
+    target = lds.natural_target(post, 1.0)
+    prior = lds.prior_natural()
+    exact = dict(rtol=0, atol=1e-6)
+
+    unpadded_loss, target_sum = 0.0, {k: v.clone() for k, v in prior.items()}
+    for i, n in enumerate(lengths):
+        y_i, mask_i = y[i : i + 1, :n], mask[i : i + 1, :n]
+        post_i = model.posterior(guide, y_i, mask_i)
+        assert_close(post.marginal_means()[i, :n], post_i.marginal_means()[0], **exact)
+        assert_close(post.marginal_covariances()[i, :n], post_i.marginal_covariances()[0], **exact)
+        assert_close(post.log_normalizer[i], post_i.log_normalizer[0], **exact)
+        assert_close(lds.local_elbo(q, post)[i], lds.local_elbo(q, post_i)[0], **exact)
+        x = torch.randn(n, D)
+        x_padded = torch.cat([x, torch.randn(T - n, D)])  # the padding's values do not matter
+        assert_close(post.log_prob(x_padded)[i], post_i.log_prob(x)[0], **exact)
+        unpadded_loss += elbo.loss(model, guide, y_i, mask_i) / len(lengths)  # each scaled by N / 1
+        for key, value in lds.natural_target(post_i, 1.0).items():
+            target_sum[key] += value - prior[key]
+    assert_close(torch.tensor(padded_loss), torch.tensor(unpadded_loss), **exact)
+    for key in prior:
+        assert_close(target[key], target_sum[key], **exact)
+    # degrees of freedom grow by the number of transitions, missing frames included, padding not
+    assert_close(target["df"] - prior["df"], torch.tensor(float(sum(n - 1 for n in lengths))))
+    # nothing exists after a sequence's end
+    after_end = torch.arange(T) >= L[:, None]
+    assert (post.rsample((3,))[:, after_end] == 0).all()
+
+
+def test_padded_gaussian_chain_is_the_chain_of_each_sequence():
+    lds = random_lds()
+    params = pyro_sin.pgm.lds.LDSParams(lds.prior_transition_loc, 4 * torch.eye(2))
+    L = torch.tensor([5, 1, 3])
+    chain = lds.chain(params, 6, L)
+    x = chain.rsample((4,))
+    assert (x[:, torch.arange(6) >= L[:, None]] == 0).all()
+    assert (chain.mean[torch.arange(6) >= L[:, None]] == 0).all()
+    x = torch.randn(4, 3, 6, 2)
+    for i, n in enumerate(L.tolist()):
+        assert_close(chain.log_prob(x)[:, i], lds.chain(params, n).log_prob(x[:, i, :n]))
+    with pytest.raises(ValueError, match="lengths"):
+        lds.chain(params, 6, torch.tensor([7])).log_prob(x)
+
+
+def test_predict_continues_each_padded_sequence_from_its_own_end():
+    from pyro_sin.models import DeepLatentLDS
+
+    lengths, T, P, D = [9, 4], 12, 3, 2
+    y, _, L = ragged_batch(lengths, T, P)
+    y = y + 10 * torch.arange(T)[:, None] / T  # frames drift away from zero, so ends differ
+    lds = random_lds(D)
+    model = DeepLatentLDS(lds, GaussianDecoder(D, P, (8,)), len(lengths))
+    concentrated = {k: 1000 * v for k, v in lds.prior_natural().items()}  # q(θ) near a point
+    guide = model.make_guide(GaussianEncoder(P, D, (8,)), init_natural=concentrated)
+    S = 4000
+    padded = model.predict(guide, y, 2, S, lengths=L)
+    for i, n in enumerate(lengths):
+        alone = model.predict(guide, y[i : i + 1, :n], 2, S)[0]
+        assert_close(padded[i], alone, rtol=0, atol=0.06)
+    # from the end of the padding instead, the prediction is far off
+    assert (padded[1] - model.predict(guide, y[1:2], 2, S)[0]).abs().max() > 0.5
+
+
+def test_sinelbo_agrees_with_trace_elbo_on_padded_sequences():
+    """Pyro's own estimator sees the padded model and guide densities: the same bound."""
+    from pyro_sin.models import DeepLatentLDS
+
+    y, mask, L = ragged_batch([6, 2, 4], 8, 3)
+    model = DeepLatentLDS(random_lds(), GaussianDecoder(2, 3, (8,)), 3)
+    guide = model.make_guide(GaussianEncoder(3, 2, (8,)))
+    ours = torch.tensor([pyro_sin.SINELBO(num_particles=1000).loss(model, guide, y, mask, L) for _ in range(5)])
+    elbo = Trace_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
+    theirs = torch.tensor([elbo.loss(model, guide, y, mask, L) for _ in range(5)])
+    se = (ours.var() / 5 + theirs.var() / 5).sqrt()
+    assert abs(ours.mean() - theirs.mean()) < 4 * se + 1e-3 * abs(theirs.mean())
+
+
+@pytest.mark.parametrize(
+    "lengths, match",
+    [
+        (torch.tensor([3, 0]), r"lie in \[1, 4\]"),
+        (torch.tensor([5, 2]), r"lie in \[1, 4\]"),
+        (torch.tensor([3.0, 2.0]), "integers"),
+        (torch.tensor([3]), "shape"),
+    ],
+)
+def test_bad_lengths_raise(lengths, match):
+    pot = random_potential(2, 4, 2)
+    with pytest.raises(ValueError, match=match):
+        GaussianPotential(pot.info_vec, pot.precision, lengths).validate()

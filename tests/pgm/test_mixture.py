@@ -35,7 +35,7 @@ def grid(D=2, lim=12.0, n=601):
 
 def brute_force(potential, factor, pts, cell):
     """Dense quadrature of ψ(x) f_k(x) on a grid: log Z, r_nk, means, covariances."""
-    h, J = potential
+    h, J = potential.info_vec, potential.precision
     log_psi = pts @ h.T - 0.5 * (pts.pow(2) @ J.T)  # (G, B)
     log_f = (
         factor.log_weight
