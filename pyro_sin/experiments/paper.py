@@ -343,7 +343,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("results/paper"))
     parser.add_argument("--iterations", type=int, help="override the data set's iterations")
     parser.add_argument("--seeds", type=int, help="override the number of seeds")
-    parser.add_argument("--auto-data", help="path of UCI's auto-mpg.data (default: vega_datasets' copy)")
+    parser.add_argument("--auto-data", help="a file in the format of UCI's auto-mpg.data (default: the copy shipped with pyro_sin)")
     parser.add_argument("--quick", action="store_true", help="short runs (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
