@@ -31,7 +31,7 @@ def _inverse_softplus(value: float) -> float:
 def _orthonormal_(weight: torch.Tensor) -> torch.Tensor:
     """Fills ``weight`` (out, in) with a random matrix with orthonormal rows or columns."""
     rows, cols = weight.shape
-    q, r = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), dtype=weight.dtype))
+    q, r = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), dtype=weight.dtype, device=weight.device))
     q = q * torch.sign(torch.diagonal(r))  # uniform (Haar) orientation
     with torch.no_grad():
         weight.copy_(q if rows >= cols else q.T)
