@@ -8,7 +8,7 @@ import torch
 
 def weighted_mse(y: torch.Tensor, probs: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     r"""
-    The SAN paper's test error (DESIGN.md §6),
+    The SAN paper's test error (docs/mathematics.rst, *Evaluation and the paper's settings*),
 
     .. math:: \frac1N\sum_n \sum_k r_{nk}\,\frac1S\sum_s \lVert y_n - \hat y_{nks}\rVert^2,
 

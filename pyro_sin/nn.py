@@ -9,7 +9,7 @@ not depend on the input. :func:`mirrored_autoencoder` goes one step further
 and starts the decoder's shortcut as the inverse of the encoder's, at a latent
 scale matched to the PGM prior: training then starts from a near-identity
 autoencoder, which makes SAN converge faster and more reliably than
-independent shortcuts (DESIGN.md §6; measured in ``benchmarks/``).
+independent shortcuts (measured in ``benchmarks/``).
 """
 
 import math

@@ -1,5 +1,5 @@
 """
-The SAN paper's figures, one command each, with the settings of DESIGN.md §6::
+The SAN paper's figures, one command each, with the settings listed in docs/mathematics.rst::
 
     python -m pyro_sin.experiments.paper fig2a   # pinwheel: test MSE vs iterations, GMM / SVAE / SAN
     python -m pyro_sin.experiments.paper fig2b   # Auto MPG: test MSE vs iterations, GMM / VAE / SAN
@@ -42,7 +42,7 @@ from .pinwheel import markdown_table
 
 @dataclass
 class Setting:
-    """One data set's settings (DESIGN.md §6)."""
+    """One data set's settings (docs/mathematics.rst, *Evaluation and the paper's settings*)."""
 
     num_components: int = 10
     latent_dim: int = 2
