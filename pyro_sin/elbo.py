@@ -16,6 +16,7 @@ other site the user adds) are estimated by sampling; the PGM's sites are
 replaced by the closed forms its module provides.
 """
 
+import logging
 import warnings
 
 import torch
@@ -29,6 +30,9 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape, get_rng_state, set_rng_state, warn_if_nan
 
 from .optim import set_natural_gradient
+
+_pyro_logger = logging.getLogger("pyro.infer.elbo")
+_logger = logging.getLogger(__name__)
 
 _ESTIMATORS = ("sample", "enumerate")
 
@@ -171,6 +175,23 @@ class SINELBO(ELBO):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
             set_rng_state(rng_state)
         return super()._get_traces(model, guide, args, kwargs)
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        # Pyro logs its guess, which counts the plate of vectorised particles and so
+        # reads as one more than the model's plates; say what it means instead.
+        level = _pyro_logger.level
+        _pyro_logger.setLevel(logging.WARNING)
+        try:
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+        finally:
+            _pyro_logger.setLevel(level)
+        particles = int(self.vectorize_particles and self.num_particles > 1)
+        _logger.debug(
+            "SINELBO: max_plate_nesting = %d (%d plate(s) of the model%s)",
+            self.max_plate_nesting,
+            self.max_plate_nesting - particles,
+            " + 1 for vectorised particles" if particles else "",
+        )
 
     # ----- the bound ------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import torch
 
 def weighted_mse(y: torch.Tensor, probs: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     r"""
-    The SAN paper's test error (DESIGN.md §6),
+    The SAN paper's test error (docs/mathematics.rst, *Evaluation and the paper's settings*),
 
     .. math:: \frac1N\sum_n \sum_k r_{nk}\,\frac1S\sum_s \lVert y_n - \hat y_{nks}\rVert^2,
 
@@ -44,8 +44,8 @@ def importance_log_likelihood(log_joint: torch.Tensor, log_proposal: torch.Tenso
 def _contingency(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     pred = torch.unique(pred, return_inverse=True)[1]
     true = torch.unique(true, return_inverse=True)[1]
-    table = torch.zeros(int(pred.max()) + 1, int(true.max()) + 1, dtype=torch.float64)
-    table.index_put_((pred, true), torch.ones(len(pred), dtype=torch.float64), accumulate=True)
+    table = torch.zeros(int(pred.max()) + 1, int(true.max()) + 1, dtype=torch.float64, device=pred.device)
+    table.index_put_((pred, true.to(pred.device)), torch.ones_like(pred, dtype=torch.float64), accumulate=True)
     return table
 
 

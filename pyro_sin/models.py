@@ -14,6 +14,8 @@ import torch
 
 import pyro
 import pyro.distributions as dist
+import pyro.poutine as poutine
+from pyro.infer import Predictive
 
 from .guide import SINGuide
 from .naming import NameOwner
@@ -32,6 +34,8 @@ def data_plate(num_data: int, y: torch.Tensor, indices=None) -> pyro.plate:
         raise ValueError("the minibatch is empty: pass at least one data point")
     if indices is not None:
         return pyro.plate("data", num_data, subsample=indices)
+    if len(y) >= num_data:  # a data set of its own (e.g. held-out data larger than N)
+        return pyro.plate("data", len(y))
     return pyro.plate("data", num_data, subsample_size=len(y))
 
 
@@ -77,6 +81,21 @@ class DeepLatentMixture(NameOwner):
     def make_guide(self, encoder, **kwargs) -> SINGuide:
         """A :class:`~pyro_sin.SINGuide` for this model."""
         return SINGuide(self, self.pgm, encoder, create_plates=self.create_plates, **kwargs)
+
+    def posterior_predictive(self, guide: SINGuide, y, num_samples: int = 100, return_sites=("y",)):
+        r"""
+        Replicated data for posterior predictive checks on ``y`` (training or new data, any
+        number of rows): draws of ``y_rep ~ p(y_rep | x) q(x | y) q(θ)`` from Pyro's
+        :class:`~pyro.infer.Predictive` on the *unconditioned* model (the conditioned one
+        would return ``y`` itself).
+
+        :returns: a dict of samples, e.g. ``["y"]`` of shape ``(num_samples,) + y.shape``.
+        """
+        predictive = Predictive(
+            poutine.uncondition(self), guide=guide, num_samples=num_samples, return_sites=list(return_sites)
+        )
+        with torch.no_grad():
+            return predictive(y)
 
     # ----- evaluation -------------------------------------------------------------
 

@@ -9,7 +9,7 @@ not depend on the input. :func:`mirrored_autoencoder` goes one step further
 and starts the decoder's shortcut as the inverse of the encoder's, at a latent
 scale matched to the PGM prior: training then starts from a near-identity
 autoencoder, which makes SAN converge faster and more reliably than
-independent shortcuts (DESIGN.md §6; measured in ``benchmarks/``).
+independent shortcuts (measured in ``benchmarks/``).
 """
 
 import math
@@ -31,7 +31,7 @@ def _inverse_softplus(value: float) -> float:
 def _orthonormal_(weight: torch.Tensor) -> torch.Tensor:
     """Fills ``weight`` (out, in) with a random matrix with orthonormal rows or columns."""
     rows, cols = weight.shape
-    q, r = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), dtype=weight.dtype))
+    q, r = torch.linalg.qr(torch.randn(max(rows, cols), min(rows, cols), dtype=weight.dtype, device=weight.device))
     q = q * torch.sign(torch.diagonal(r))  # uniform (Haar) orientation
     with torch.no_grad():
         weight.copy_(q if rows >= cols else q.T)

@@ -1,6 +1,7 @@
 """Figures of the paper, drawn with matplotlib's object API (no pyplot, no display needed)."""
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
@@ -8,6 +9,13 @@ from matplotlib.figure import Figure
 def component_colours(num_components: int):
     cmap = colormaps["tab10" if num_components <= 10 else "tab20"]
     return [cmap(k % cmap.N) for k in range(num_components)]
+
+
+def _as_array(values) -> np.ndarray:
+    """A NumPy array of ``values``, which may be a tensor on any device."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+    return np.asarray(values)
 
 
 def plot_generative_samples(ax, data, samples, components, weights, title=""):
@@ -20,8 +28,7 @@ def plot_generative_samples(ax, data, samples, components, weights, title=""):
     :param components: ``(S,)`` component of each generated point.
     :param weights: ``(K,)`` mixture weights.
     """
-    data, samples = np.asarray(data), np.asarray(samples)
-    components, weights = np.asarray(components), np.asarray(weights)
+    data, samples, components, weights = map(_as_array, (data, samples, components, weights))
     colours = np.array(component_colours(len(weights)))
     alpha = 0.15 + 0.85 * weights / weights.max()
     rgba = colours[components].copy()

@@ -18,11 +18,15 @@ class History(NamedTuple):
 
 
 def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator):
-    """Endless minibatches of indices, reshuffled every epoch."""
+    """
+    Endless minibatches of indices, reshuffled every epoch.
+
+    :param torch.Generator generator: the indices are drawn, and returned, on its device.
+    """
     if not 0 < batch_size <= num_data:
         raise ValueError(f"batch_size must lie in [1, {num_data}], got {batch_size}")
     while True:
-        order = torch.randperm(num_data, generator=generator)
+        order = torch.randperm(num_data, generator=generator, device=generator.device)
         for start in range(0, num_data - batch_size + 1, batch_size):
             yield order[start : start + batch_size]
 
@@ -58,7 +62,7 @@ def fit(
     num_data = len(parts[0])
     if any(len(part) != num_data for part in parts):
         raise ValueError(f"fit: the tensors in data must share their first dimension, got {[len(p) for p in parts]}")
-    generator = generator or torch.Generator().manual_seed(0)
+    generator = generator or torch.Generator().manual_seed(0)  # the same minibatches on every device
     batches = minibatch_indices(num_data, batch_size, generator)
     history = History([], [], [], [])
     training_seconds = 0.0

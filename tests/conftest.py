@@ -8,6 +8,9 @@ import pyro
 
 def pytest_configure(config):
     os.environ.setdefault("CI", "1")  # tutorials and experiments run in their short mode
+    # The tests run many tiny tensor operations, for which intra-op threads cost more
+    # in synchronisation than they save (8x slower per step on a busy 2-core machine).
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,16 @@ import torch
 
 from pathlib import Path
 
-from pyro_sin.datasets import auto_mpg, load_auto_mpg, make_pinwheel, noisy_pinwheel, pinwheel
+from pyro_sin import datasets
+from pyro_sin.datasets import (
+    auto_mpg,
+    bouncing_dot,
+    load_auto_mpg,
+    make_pinwheel,
+    noisy_pinwheel,
+    pinwheel,
+    shipped_auto_mpg_path,
+)
 
 
 def test_pinwheel_is_seeded_balanced_and_scaled():
@@ -35,26 +44,39 @@ def test_split_is_seventy_thirty_and_disjoint():
     assert not any(tuple(r.tolist()) in rows for r in split.test)
 
 
-SHARED_AUTO = Path(__file__).parents[2] / "shared" / "data" / "auto-mpg.data"
-
-
-def test_auto_mpg_from_uci_file_and_from_vega_agree():
-    uci, uci_labels = load_auto_mpg(str(SHARED_AUTO))
-    vega, vega_labels = load_auto_mpg()
-    assert uci.shape == (392, 6) and vega.shape == (392, 6)
-    assert torch.equal(uci_labels, vega_labels)
-    assert torch.allclose(uci[:, :5], vega[:, :5])
-    # vega's copy dates 28 cars one model year later than UCI's file
-    year_diff = vega[:, 5] - uci[:, 5]
-    assert set(year_diff.tolist()) <= {0.0, 1.0} and (year_diff != 0).sum() == 28
-    assert sorted(set(uci_labels.tolist())) == [3, 4, 5, 6, 8]
+def test_auto_mpg_is_the_shipped_uci_file_without_incomplete_records():
+    path = Path(shipped_auto_mpg_path())
+    assert path.parent.parent == Path(datasets.__file__).parent  # inside the installed package
+    lines = path.read_text().splitlines()
+    assert len(lines) == 398 and sum("?" in line for line in lines) == 6  # as UCI's auto-mpg.names says
+    data, labels = load_auto_mpg()
+    assert data.shape == (392, 6) and labels.shape == (392,) and data.dtype == torch.get_default_dtype()
+    assert sorted(set(labels.tolist())) == [3, 4, 5, 6, 8]
+    # first line: 18.0 8 307.0 130.0 3504. 12.0 70 1 "chevrolet chevelle malibu"
+    assert data[0].tolist() == [18.0, 307.0, 130.0, 3504.0, 12.0, 70.0] and labels[0] == 8
+    assert torch.equal(load_auto_mpg(path)[0], data)
 
 
 def test_auto_split_is_standardised_on_the_training_part_and_scaled():
-    parts = auto_mpg(str(SHARED_AUTO), seed=0)
+    parts = auto_mpg(seed=0)
     assert len(parts.train) == 274 and len(parts.test) == 118
     assert torch.allclose(parts.train.mean(0), torch.zeros(6), atol=1e-5)
     assert torch.allclose(parts.train.std(0), torch.full((6,), 5.0), atol=1e-5)
+
+
+def test_data_sets_are_built_on_the_cpu_whatever_the_default_device():
+    """A CPU generator meets no tensor of another device (on CUDA that is an error), and a seed
+    gives the same numbers everywhere; the meta device stands in for CUDA here."""
+    builders = [lambda: pinwheel(seed=1), lambda: noisy_pinwheel(0.3, seed=1), lambda: bouncing_dot(3, 5, seed=1), auto_mpg]
+    expected = [builder() for builder in builders]
+    torch.set_default_device("meta")
+    try:
+        got = [builder() for builder in builders]
+    finally:
+        torch.set_default_device("cpu")
+    for want, have in zip(expected, got):
+        for a, b in zip(want, have):
+            assert b.device.type == "cpu" and torch.equal(a, b)
 
 
 def test_noisy_pinwheel_replaces_training_points_only():

@@ -1,4 +1,5 @@
 import io
+import math
 
 import pytest
 import torch
@@ -11,16 +12,18 @@ from pyro.infer import SVI, Predictive, TraceEnum_ELBO, config_enumerate
 from pyro_sin import NaturalAdam, SINELBO, SINGuide
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import GaussianMixture
+from pyro_sin.baselines import BayesianGMM
+from pyro_sin.training import fit, minibatch_indices
 from tests.helpers import tiny_mixture_model
 
 
 def train(model, guide, y, steps, optim=None, elbo=None, seed=None):
     optim = optim or NaturalAdam({"lr": 0.01}, natural_lr=0.2)
     svi = SVI(model, guide, optim, elbo or SINELBO(num_particles=4))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # on the CPU: the same minibatches on every device
     losses = []
     for _ in range(steps):
-        idx = torch.randperm(len(y), generator=gen)[:5]
+        idx = torch.randperm(len(y), generator=gen, device=gen.device)[:5].to(y.device)
         losses.append(svi.step(y[idx], idx))
     return losses, optim
 
@@ -169,8 +172,28 @@ def test_runs_on_cuda():
     torch.set_default_device("cuda")
     try:
         model, guide, y = tiny_mixture_model()
+        assert y.is_cuda
         losses, _ = train(model, guide, y, 3)
         assert all(torch.isfinite(torch.tensor(losses)))
         assert guide.natural_params()["kappa"].is_cuda
+        # the package's own loop with its default CPU generator
+        svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=0.2), SINELBO(num_particles=4))
+        history = fit(svi, y, iterations=3, batch_size=5, progress=False)
+        assert len(history.losses) == 3 and all(map(math.isfinite, history.losses))
     finally:
         torch.set_default_device("cpu")
+
+
+def test_minibatches_and_initial_draws_follow_the_generator_not_the_default_device():
+    """With ``torch.set_default_device("cuda")`` a CPU generator must not meet a CUDA draw;
+    the meta device stands in for CUDA on machines without one."""
+    data = torch.randn(30, 2)
+    gmm = BayesianGMM(3, 2)
+    torch.set_default_device("meta")
+    try:
+        idx = next(minibatch_indices(30, 5, torch.Generator().manual_seed(0)))
+        gmm.initialize(data, torch.Generator().manual_seed(0))
+    finally:
+        torch.set_default_device("cpu")
+    assert idx.device.type == "cpu" and len(idx.unique()) == 5
+    assert gmm.natural["loc"].device.type == "cpu"

@@ -12,7 +12,7 @@ from tests.helpers import tiny_mixture_model
 
 
 def expected_conjugate_update(guide, y):
-    """Standard-coordinate conjugate posterior (DESIGN.md §2) from the guide's exact statistics."""
+    """Standard-coordinate conjugate posterior (docs/mathematics.rst) from the guide's exact statistics."""
     with torch.no_grad():
         post = guide.local_posterior(y)
     gmm = guide.pgm

@@ -320,3 +320,65 @@ def test_bad_input_gets_clear_errors():
         StudentTMixture(3, 2, df=0.0)
     with pytest.raises(ValueError, match="init_scale"):
         StudentTMixture(3, 2, init_scale=-1.0)
+
+
+# ----- posterior predictive --------------------------------------------------------------------
+
+
+def test_posterior_predictive_on_new_data_of_any_size_replicates_it():
+    model, guide, y = tiny_mixture_model(num_data=20)
+    run(new_svi(model, guide)[0], y, minibatches(len(y), 5, 3))
+    for rows in (7, 30):  # fewer and more rows than the training set
+        y_new = 3 * torch.randn(rows, 2)
+        replicates = model.posterior_predictive(guide, y_new, num_samples=200)["y"]
+        assert replicates.shape == (200, rows, 2)
+        assert not torch.equal(replicates[0], y_new)  # replicates, not the observations
+        # their mean is the decoder's mean under the SIN posterior of each new point
+        post = guide.local_posterior(y_new)
+        x = post.rsample_components((400,))  # (S, rows, K, D)
+        expected = (post.probs[..., None] * model.decoder.distribution(x).mean).sum(-2).mean(0)
+        spread = replicates.std(0) / 200**0.5 + x.new_tensor(0.05)
+        assert ((replicates.mean(0) - expected).abs() < 5 * spread).all()
+
+
+def test_the_stock_optimiser_warning_is_scale_free():
+    """A faithful natural step never warns, even where sums of squares overflow (float32, λ ~ 1e30)."""
+    import warnings
+
+    gmm = GaussianMixture(2, 2).float()
+    domain = gmm.natural_domain()
+
+    def natural(scale):
+        return domain.pack(
+            {
+                "concentration": torch.full((2,), scale),
+                "loc": torch.zeros(2, 2),
+                "kappa": torch.ones(2),
+                "scale": scale * torch.eye(2).expand(2, 2, 2),
+                "df": torch.full((2,), 10.0),
+            }
+        ).float()
+
+    before, target = natural(1e30), natural(3e30)
+    param = domain.to_unconstrained(before).requires_grad_()
+    elbo = SINELBO()
+    elbo._last_natural_step = {param: (domain, domain.from_unconstrained(param.detach()), target)}
+    with torch.no_grad():
+        param.copy_(domain.to_unconstrained(torch.lerp(before, target, 0.3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elbo._check_previous_natural_step({param: (domain, target)})
+    with torch.no_grad():  # a step of Adam's kind: every coordinate moved by the same amount
+        param.add_(0.05)
+    with pytest.warns(RuntimeWarning, match="NaturalAdam"):
+        elbo._check_previous_natural_step({param: (domain, target)})
+
+
+def test_no_info_log_about_a_guessed_plate_nesting(caplog):
+    import logging
+
+    model, guide, y = tiny_mixture_model()
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            SINELBO(num_particles=3).loss(model, guide, y[:5], torch.arange(5))
+    assert not [r for r in caplog.records if "max_plate_nesting" in r.getMessage() and r.levelno >= logging.INFO]

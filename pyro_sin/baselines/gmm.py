@@ -37,8 +37,9 @@ class BayesianGMM:
         """``q(θ)`` centred on ``K`` random data points (or the given ``locs``) with the prior's spread."""
         pgm = self.pgm
         if locs is None:
-            idx = torch.randperm(len(data), generator=generator)[: pgm.num_components]
-            locs = data[idx]
+            device = data.device if generator is None else generator.device
+            idx = torch.randperm(len(data), generator=generator, device=device)[: pgm.num_components]
+            locs = data[idx.to(data.device)]
         natural = pgm.prior_natural()
         natural["loc"] = natural["kappa"][:, None] * locs
         natural["scale"] = pgm.prior_scale_inv + natural["kappa"][:, None, None] * locs[:, :, None] * locs[:, None, :]

@@ -1,7 +1,12 @@
-"""Data sets of the SAN paper and the structured-VAE literature."""
+"""
+Data sets of the SAN paper and the structured-VAE literature.
+
+Every builder works on the CPU, whatever the default device, so a seed gives the
+same numbers on every machine; move the tensors with ``.to(device)``.
+"""
 
 from .auto_mpg import FEATURES as AUTO_MPG_FEATURES
-from .auto_mpg import auto_mpg, load_auto_mpg
+from .auto_mpg import auto_mpg, load_auto_mpg, shipped_auto_mpg_path
 from .pinwheel import LabelledSplit, make_pinwheel, noisy_pinwheel, pinwheel, split
 from .sequences import SequenceData, bouncing_dot
 
@@ -15,5 +20,6 @@ __all__ = [
     "make_pinwheel",
     "noisy_pinwheel",
     "pinwheel",
+    "shipped_auto_mpg_path",
     "split",
 ]

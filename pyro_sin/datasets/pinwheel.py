@@ -5,6 +5,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._device import built_on_cpu
+
 
 class LabelledSplit(NamedTuple):
     """A seeded train / test split of labelled data."""
@@ -15,6 +17,7 @@ class LabelledSplit(NamedTuple):
     test_labels: torch.Tensor  # (N_test,)
 
 
+@built_on_cpu
 def make_pinwheel(
     num_classes: int = 5,
     num_per_class: int = 200,
@@ -48,6 +51,7 @@ def make_pinwheel(
     return data[order], labels[order]
 
 
+@built_on_cpu
 def split(data, labels, test_fraction: float = 0.3, seed: int = 0) -> LabelledSplit:
     """A seeded random split with ``round(test_fraction · N)`` test points."""
     if not 0 < test_fraction < 1:
@@ -59,12 +63,14 @@ def split(data, labels, test_fraction: float = 0.3, seed: int = 0) -> LabelledSp
     return LabelledSplit(data[train], labels[train], data[test], labels[test])
 
 
+@built_on_cpu
 def pinwheel(seed: int = 0, test_fraction: float = 0.3, **kwargs) -> LabelledSplit:
     """The paper's pinwheel: 5 spokes × 200 points, scaled by 10, split 70 / 30."""
     data, labels = make_pinwheel(seed=seed, **kwargs)
     return split(data, labels, test_fraction, seed)
 
 
+@built_on_cpu
 def noisy_pinwheel(outlier_ratio: float, seed: int = 0, noise_std: float = 10.0, **kwargs) -> LabelledSplit:
     """
     The pinwheel split with a fraction of the *training* points replaced by

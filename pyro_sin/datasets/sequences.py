@@ -4,6 +4,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._device import built_on_cpu
+
 
 class SequenceData(NamedTuple):
     """Noisy frames, their noise-free renders, and the latent positions."""
@@ -13,6 +15,7 @@ class SequenceData(NamedTuple):
     positions: torch.Tensor  # (N, T)
 
 
+@built_on_cpu
 def bouncing_dot(
     num_sequences: int,
     num_steps: int,

@@ -1,5 +1,5 @@
 """
-The SAN paper's figures, one command each, with the settings of DESIGN.md §6::
+The SAN paper's figures, one command each, with the settings listed in docs/mathematics.rst::
 
     python -m pyro_sin.experiments.paper fig2a   # pinwheel: test MSE vs iterations, GMM / SVAE / SAN
     python -m pyro_sin.experiments.paper fig2b   # Auto MPG: test MSE vs iterations, GMM / VAE / SAN
@@ -42,7 +42,7 @@ from .pinwheel import markdown_table
 
 @dataclass
 class Setting:
-    """One data set's settings (DESIGN.md §6)."""
+    """One data set's settings (docs/mathematics.rst, *Evaluation and the paper's settings*)."""
 
     num_components: int = 10
     latent_dim: int = 2
@@ -343,7 +343,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, default=Path("results/paper"))
     parser.add_argument("--iterations", type=int, help="override the data set's iterations")
     parser.add_argument("--seeds", type=int, help="override the number of seeds")
-    parser.add_argument("--auto-data", help="path of UCI's auto-mpg.data (default: vega_datasets' copy)")
+    parser.add_argument("--auto-data", help="a file in the format of UCI's auto-mpg.data (default: the copy shipped with pyro_sin)")
     parser.add_argument("--quick", action="store_true", help="short runs (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ from ..training import fit
 
 @dataclass
 class Config:
-    """The paper's pinwheel settings (DESIGN.md §6)."""
+    """The paper's pinwheel settings (docs/mathematics.rst, *Evaluation and the paper's settings*)."""
 
     iterations: int = 2000
     num_components: int = 10

@@ -1,9 +1,6 @@
 import json
-from pathlib import Path
 
 from pyro_sin.experiments import paper
-
-AUTO = str(Path(__file__).parents[3] / "shared" / "data" / "auto-mpg.data")
 
 
 def run(tmp_path, *args):
@@ -19,8 +16,8 @@ def test_fig2a_quick(tmp_path):
     assert set(finals["SAN"]) >= {"test_log_likelihood", "imputation_mse", "purity", "nmi"}
 
 
-def test_fig2b_quick_on_the_uci_file(tmp_path):
-    curves, finals, _ = run(tmp_path, "fig2b", "--auto-data", AUTO)
+def test_fig2b_quick_on_the_shipped_uci_file(tmp_path):
+    curves, finals, _ = run(tmp_path, "fig2b")
     assert json.loads((tmp_path / "fig2b.json").read_text())["config"]["latent_dim"] == 6
     assert finals["SAN"]["test_mse"] < finals["GMM"]["test_mse"]
 
@@ -33,5 +30,5 @@ def test_fig2c_quick_student_t_beats_gaussian_mixture_on_every_seed(tmp_path):
 
 
 def test_fig3_quick(tmp_path):
-    run(tmp_path, "fig3", "--auto-data", AUTO)
+    run(tmp_path, "fig3")
     assert (tmp_path / "fig3.png").stat().st_size > 0

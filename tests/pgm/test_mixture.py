@@ -124,7 +124,7 @@ def test_natural_target_is_the_conjugate_posterior_of_expected_statistics():
     s1 = 3.0 * torch.einsum("nk,nkd->kd", r, post.loc)
     s2 = 3.0 * torch.einsum("nk,nkij->kij", r, post.covariance + post.loc[..., :, None] * post.loc[..., None, :])
     prior = gmm.prior()
-    # DESIGN.md §2, written in standard coordinates
+    # the Normal-Wishart update in standard coordinates (docs/mathematics.rst)
     kappa = prior.kappa + Nk
     m = (prior.kappa[:, None] * prior.loc + s1) / kappa[:, None]
     W_inv = (
