@@ -334,7 +334,7 @@ class SINELBO(ELBO):
     def natural_targets(self, records):
         r"""
         ``λ*`` per natural parameter (keyed by the unconstrained tensor), averaged over
-        traces, as ``(domain, packed λ*)``. With the model's local and global PGM sites
+        traces, as ``(domain, packed λ, packed λ*)``. With the model's local and global PGM sites
         scaled by ``s_l, s_g`` relative to the guide's global sites (``N/|B|`` and any
         ``poutine.scale``), the target maximises the scaled bound in ``λ``:
 
@@ -353,15 +353,16 @@ class SINELBO(ELBO):
                         prior = domain.pack(pgm.prior_natural())
                         target = target + (global_ratio - 1) * (prior - domain.base_offset(prior))
                     param = _unconstrained(record.natural_param)
-                    targets.setdefault(param, (domain, []))[1].append(target)
-        return {p: (domain, torch.stack(ts).mean(0)) for p, (domain, ts) in targets.items()}
+                    natural = record.natural_param.detach()
+                    targets.setdefault(param, (domain, natural, []))[2].append(target)
+        return {p: (domain, natural, torch.stack(ts).mean(0)) for p, (domain, natural, ts) in targets.items()}
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """
         :returns: an estimate of the negative ELBO (a float). Back-propagates it into every
-            other parameter; on each natural parameter's unconstrained tensor ``u`` it sets
-            ``grad = u - T⁻¹(λ*)`` and attaches ``λ*`` for
-            :class:`~pyro_sin.optim.NaturalAdam`, which steps in natural coordinates.
+            other parameter; on each natural parameter's unconstrained tensor it sets the
+            negative natural gradient ``λ - λ*`` for :class:`~pyro_sin.optim.NaturalAdam`,
+            which steps in natural coordinates.
         """
         loss, surrogate, records = self._loss_surrogate_records(model, guide, args, kwargs)
         if surrogate.requires_grad:
@@ -369,21 +370,21 @@ class SINELBO(ELBO):
         targets = self.natural_targets(records)
         if is_validation_enabled():
             self._check_previous_natural_step(targets)
-        for param, (domain, target) in targets.items():
+        for param, (domain, natural, target) in targets.items():
             if not torch.isfinite(target).all():
                 raise FloatingPointError(
                     "SINELBO: the conjugate target of the natural parameters is not finite (the "
                     "encoder's potentials or the data contain NaN/inf, or training diverged)"
                 )
-            set_natural_gradient(param, domain, target)
+            set_natural_gradient(param, natural, target)
         return torch_item(loss)
 
     def _check_previous_natural_step(self, targets):
         """Warns if the last update of ``λ`` was not a convex combination with ``λ*``."""
-        for param, (domain, before, target) in self._last_natural_step.items():
+        for param, (before, target) in self._last_natural_step.items():
             if param not in targets:
                 continue
-            after = domain.from_unconstrained(param.detach())
+            after = targets[param][1]
             # normalised, so that sums of squares cannot overflow
             unit = torch.stack([before.abs().max(), target.abs().max(), after.abs().max()]).max()
             unit = unit.clamp(min=torch.finfo(before.dtype).tiny)
@@ -401,6 +402,4 @@ class SINELBO(ELBO):
                         RuntimeWarning,
                     )
                     break
-        self._last_natural_step = {
-            p: (domain, domain.from_unconstrained(p.detach()), t) for p, (domain, t) in targets.items()
-        }
+        self._last_natural_step = {p: (natural, t) for p, (_, natural, t) in targets.items()}

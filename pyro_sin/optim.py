@@ -5,9 +5,9 @@ An optimiser that pairs natural-gradient (VMP) steps with Adam inside one
 The natural parameters ``λ`` of a conjugate posterior live in the param store
 as an unconstrained tensor ``u`` with ``λ = T(u)``
 (:class:`~pyro_sin.distributions.natural.NaturalDomain`). For each of them
-:class:`~pyro_sin.SINELBO` computes the conjugate target ``λ*`` (the
-natural gradient of the bound is ``λ* - λ``) and hands it over with the
-gradient (:func:`set_natural_gradient`). :class:`NaturalAdam` gives each such
+:class:`~pyro_sin.SINELBO` computes the conjugate target ``λ*`` and writes
+the negative natural gradient ``λ - λ*`` into the gradient of ``u``
+(:func:`set_natural_gradient`). :class:`NaturalAdam` gives each such
 tensor a :class:`NaturalStep` — no momentum, no clipping, no weight decay —
 
 .. math:: \lambda \leftarrow (1 - \beta_t)\,\lambda + \beta_t\,\lambda^*,
@@ -45,21 +45,22 @@ def is_natural_parameter(param: torch.Tensor) -> bool:
     return natural_domain_of(param) is not None
 
 
-def set_natural_gradient(param: torch.Tensor, domain: NaturalDomain, target: torch.Tensor) -> None:
+def set_natural_gradient(param: torch.Tensor, natural: torch.Tensor, target: torch.Tensor) -> None:
     r"""
     What :class:`~pyro_sin.SINELBO` hands :class:`NaturalStep` for the unconstrained
-    tensor ``u`` of natural parameters ``λ = T(u)``: ``grad = u - T⁻¹(λ*)`` (so that a
-    stock optimiser at least moves ``u`` towards the target) with the target ``λ*``
-    itself attached to that gradient.
+    tensor ``u`` of natural parameters ``λ = T(u)`` (same shape): the negative natural
+    gradient ``grad = λ - λ*`` in natural coordinates, marked as such together with the
+    current ``λ``. Being linear in the minibatch's statistics, such gradients average
+    across processes into the global batch's.
     """
-    grad = param.detach() - domain.to_unconstrained(target).to(param.dtype)
-    grad.natural_target = (target, grad._version)
+    grad = (natural - target).to(param.dtype)
+    grad.natural_gradient = (natural, grad._version)
     param.grad = grad
 
 
-def _natural_target(param: torch.Tensor):
-    """The ``λ*`` SINELBO attached to ``param.grad``, or None if the gradient came from elsewhere."""
-    attached = getattr(param.grad, "natural_target", None)
+def _current_natural(param: torch.Tensor):
+    """The ``λ`` SINELBO marked ``param.grad`` with, or None if the gradient came from elsewhere."""
+    attached = getattr(param.grad, "natural_gradient", None)
     if attached is None or attached[1] != param.grad._version:
         return None
     return attached[0]
@@ -79,8 +80,8 @@ class NaturalStep(torch.optim.Optimizer):
 
     .. math:: \lambda \leftarrow (1 - \beta_t)\,\lambda + \beta_t\,\lambda^*,
 
-    with ``λ = T(u)`` read from the unconstrained parameter ``u`` and mapped back by
-    ``T⁻¹``; ``λ*`` is the target :class:`~pyro_sin.SINELBO` attached to the gradient.
+    from the gradient ``λ - λ*`` that :class:`~pyro_sin.SINELBO` writes, and mapped back
+    to the unconstrained parameter ``u`` by ``T⁻¹``.
     The step counter ``t`` lives in the optimiser state, so that a saved and restored
     run continues the same schedule.
 
@@ -105,8 +106,8 @@ class NaturalStep(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                target = _natural_target(p)
-                if target is None:
+                natural = _current_natural(p)
+                if natural is None:
                     raise ValueError(
                         "NaturalAdam received an ordinary gradient for natural parameters "
                         f"{_name_of(p)}: their natural-gradient step needs the conjugate targets that "
@@ -118,8 +119,7 @@ class NaturalStep(torch.optim.Optimizer):
                 beta = self.schedule(t)
                 if not 0 <= beta <= 1:
                     raise ValueError(f"natural step size β_{t} = {beta} is outside [0, 1]")
-                natural = self.domain.from_unconstrained(p)
-                p.copy_(self.domain.to_unconstrained(torch.lerp(natural, target.to(p.dtype), beta)))
+                p.copy_(self.domain.to_unconstrained(natural - beta * p.grad))
                 state["step"] = t + 1
 
 
@@ -143,6 +143,11 @@ class NaturalAdam(PyroOptim):
     A :class:`~pyro.optim.PyroOptim` that applies :class:`NaturalStep` to natural
     parameters and ``optim_constructor`` (Adam by default) to all others.
 
+    The other parameters share one torch optimiser (one parameter group per distinct
+    set of arguments), fused where torch offers it: one kernel for every tensor
+    instead of a Python loop over per-parameter optimisers. Its state is saved and
+    loaded per parameter name, as for any :class:`~pyro.optim.PyroOptim`.
+
     :param dict optim_args: arguments of ``optim_constructor``, or a callable of the
         parameter name returning them, as for any :class:`~pyro.optim.PyroOptim`.
     :param natural_lr: ``β``: a constant in ``(0, 1]`` or a callable ``t ↦ β_t``
@@ -162,6 +167,19 @@ class NaturalAdam(PyroOptim):
             raise ValueError(f"natural_lr must lie in (0, 1], got {natural_lr}")
         self.natural_lr = natural_lr
         super().__init__(optim_constructor, optim_args, clip_args)
+        self._shared = None  # the torch optimiser of every non-natural parameter
+        self._shared_params = []
+        self._is_natural = {}
+
+    def __call__(self, params, *args, **kwargs):
+        natural, others = [], []
+        for p in params:
+            if p not in self._is_natural:
+                self._is_natural[p] = natural_domain_of(p) is not None
+            (natural if self._is_natural[p] else others).append(p)
+        super().__call__(natural, *args, **kwargs)
+        if others:
+            self._step_shared(others)
 
     def _get_optim(self, param):
         domain = natural_domain_of(param)
@@ -173,3 +191,62 @@ class NaturalAdam(PyroOptim):
         if is_natural_parameter(param):
             return None
         return super()._get_grad_clip(param)
+
+    # ----- the shared optimiser of the other parameters ------------------------------------
+
+    def _join(self, param):
+        """Adds a parameter to the shared optimiser, restoring any loaded state for it."""
+        group = {"params": [param], **self._get_optim_args(param)}
+        if self._shared is None:
+            self._shared = _construct_fused(self.pt_optim_constructor, group)
+        else:
+            same = [g for g in self._shared.param_groups if _group_args(g) == _group_args(group)]
+            if same:
+                same[0]["params"].append(param)
+            else:
+                self._shared.add_param_group(group)
+        self._shared_params.append(param)
+        self.grad_clip[param] = self._get_grad_clip(param)
+        waiting = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(param), None)
+        if waiting is not None:
+            # our own format, or a per-parameter torch optimiser's state dict (pyro.optim)
+            state = waiting["shared"] if "shared" in waiting else next(iter(waiting["state"].values()), {})
+            self._shared.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+
+    def _step_shared(self, params):
+        for p in params:
+            if p not in self.grad_clip:
+                self._join(p)
+            if self.grad_clip[p] is not None:
+                self.grad_clip[p](p)
+        # parameters this step did not touch keep their values, as with per-parameter optimisers
+        current = set(params)
+        idle = {p: p.grad for p in self._shared_params if p not in current and p.grad is not None}
+        for p in idle:
+            p.grad = None
+        try:
+            self._shared.step()
+        finally:
+            for p, grad in idle.items():
+                p.grad = grad
+
+    def get_state(self):
+        state = super().get_state()
+        store = pyro.get_param_store()
+        for p in self._shared_params:
+            state[store.param_name(p)] = {"shared": dict(self._shared.state[p])}
+        return state
+
+
+def _group_args(group):
+    return {k: v for k, v in group.items() if k != "params"}
+
+
+def _construct_fused(constructor, group):
+    """The torch optimiser, fused where it takes ``fused=True`` for these tensors."""
+    if "fused" not in group and "foreach" not in group:
+        try:
+            return constructor([group], fused=True)
+        except (TypeError, RuntimeError, ValueError):
+            pass  # not offered by this optimiser, device or dtype
+    return constructor([group])

@@ -61,7 +61,7 @@ def test_partial_natural_step_is_a_convex_combination_and_adam_moves_the_rest():
     target = SINELBO().natural_targets(
         SINELBO(num_particles=3)._loss_surrogate_records(model, guide, (y[idx], idx), {})[2]
     )
-    ((domain, packed),) = target.values()
+    ((domain, _, packed),) = target.values()
     target = domain.unpack(packed)
     nn_before = {n: p.detach().clone() for n, p in guide.encoder.named_parameters()}
     svi.step(y[idx], idx)
@@ -72,8 +72,11 @@ def test_partial_natural_step_is_a_convex_combination_and_adam_moves_the_rest():
         moved = (p.detach() - nn_before[name]).abs()
         assert_close(moved.max(), torch.tensor(0.01), rtol=1e-3, atol=0)
     kinds = {type(o) for p, o in optim.optim_objs.items() if is_natural_parameter(p)}
-    others = {type(o) for p, o in optim.optim_objs.items() if not is_natural_parameter(p)}
-    assert kinds == {NaturalStep} and others == {torch.optim.Adam}
+    assert kinds == {NaturalStep} and set(optim.optim_objs) == {p for p in optim.optim_objs if is_natural_parameter(p)}
+    assert type(optim._shared) is torch.optim.Adam
+    assert {id(p) for p in optim._shared_params} == {id(p) for p in guide.encoder.parameters()} | {
+        id(p) for p in model.decoder.parameters()
+    }
 
 
 def test_natural_parameters_are_not_clipped():
@@ -118,3 +121,29 @@ def test_stock_optimiser_on_natural_parameters_is_reported():
     svi.step(y[idx], idx)
     with pytest.warns(RuntimeWarning, match="NaturalAdam"):
         svi.step(y[idx], idx)
+
+
+def test_shared_adam_matches_per_parameter_adam_and_round_trips_its_state(tmp_path):
+    """NaturalAdam's one (fused) Adam takes the steps of pyro.optim.Adam's per-parameter ones."""
+
+    def steps(optim, n, seed=0):
+        pyro.clear_param_store()
+        model, guide, y = tiny_mixture_model(seed=seed)
+        model.param_prefix = "model"
+        svi = SVI(model, guide, optim, SINELBO(num_particles=2, max_plate_nesting=1))
+        pyro.set_rng_seed(5)
+        for i in range(n):
+            idx = torch.arange(i % 4 * 5, i % 4 * 5 + 5)
+            svi.step(y[idx], idx)
+        return {n: p.detach().clone() for n, p in model.decoder.named_parameters()}, optim
+
+    per_parameter = NaturalAdam({"lr": 0.01}, natural_lr=0.2)
+    per_parameter._step_shared = lambda params: pyro.optim.PyroOptim.__call__(per_parameter, params)
+    ours, optim = steps(NaturalAdam({"lr": 0.01}, natural_lr=0.2), 4)
+    theirs, _ = steps(per_parameter, 4)
+    for name in ours:
+        assert_close(ours[name], theirs[name])
+    optim.save(tmp_path / "optim.pt")
+    restored = NaturalAdam({"lr": 0.01}, natural_lr=0.2)
+    restored.load(tmp_path / "optim.pt")
+    assert set(restored._state_waiting_to_be_consumed) == set(optim.get_state())

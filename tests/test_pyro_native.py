@@ -234,7 +234,7 @@ def test_natural_target_of_a_scaled_model_is_the_optimum_of_the_scaled_bound():
     guide(y[idx], idx)
     elbo = SINELBO(num_particles=2, max_plate_nesting=1)
     scaled = poutine.scale(model, 0.3)  # scales p(θ) as well: the prior's share is scaled too
-    ((domain, target),) = elbo.natural_targets(elbo._loss_surrogate_records(scaled, guide, (y[idx], idx), {})[2]).values()
+    ((domain, _, target),) = elbo.natural_targets(elbo._loss_surrogate_records(scaled, guide, (y[idx], idx), {})[2]).values()
     post = guide.local_posterior(y[idx])
     pgm = guide.pgm
     prior = domain.pack(pgm.prior_natural())
@@ -360,18 +360,17 @@ def test_the_stock_optimiser_warning_is_scale_free():
         ).float()
 
     before, target = natural(1e30), natural(3e30)
-    param = domain.to_unconstrained(before).requires_grad_()
     elbo = SINELBO()
-    elbo._last_natural_step = {param: (domain, domain.from_unconstrained(param.detach()), target)}
-    with torch.no_grad():
-        param.copy_(domain.to_unconstrained(torch.lerp(before, target, 0.3)))
+    param = torch.zeros(1)  # stands for the tensor the targets are keyed by
+    elbo._last_natural_step = {param: (before, target)}
+    after = domain.from_unconstrained(domain.to_unconstrained(torch.lerp(before, target, 0.3)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        elbo._check_previous_natural_step({param: (domain, target)})
-    with torch.no_grad():  # a step of Adam's kind: every coordinate moved by the same amount
-        param.add_(0.05)
+        elbo._check_previous_natural_step({param: (domain, after, target)})
+    # a step of Adam's kind: every unconstrained coordinate moved by the same amount
+    adam_like = domain.from_unconstrained(domain.to_unconstrained(after) + 0.05)
     with pytest.warns(RuntimeWarning, match="NaturalAdam"):
-        elbo._check_previous_natural_step({param: (domain, target)})
+        elbo._check_previous_natural_step({param: (domain, adam_like, target)})
 
 
 def test_no_info_log_about_a_guessed_plate_nesting():

@@ -14,7 +14,9 @@ where ``T`` maps every real vector into the domain:
 (``chol♭`` is the lower Cholesky factor with its diagonal on the log scale).
 So *any* optimiser keeps ``λ`` valid, while
 :class:`~pyro_sin.optim.NaturalStep` still steps in natural coordinates,
-``λ ← (1 - β)λ + βλ*``, and maps back with ``T⁻¹``.
+``λ ← (1 - β)λ + βλ*``, and maps back with ``T⁻¹``. Each unconstrained
+coordinate has the shape of the natural one it stands for, so ``u`` and ``λ``
+have the same length and the gradient slot of ``u`` can hold ``λ - λ*``.
 
 The constraint is not a subclass of ``constraints._Real``: Pyro's
 ``ParamStoreDict.set_state`` replaces such constraints by ``constraints.real``,
@@ -123,7 +125,11 @@ class MatrixNormalWishartBlock(NaturalBlock):
         from .matrix_normal_wishart import MatrixNormalWishart, MatrixNormalWishartNatural
 
         D, P = self.dim, self.input_dim
-        q = MatrixNormalWishart.from_natural(MatrixNormalWishartNatural(**{k: natural[k] for k in self.keys}))
+        natural = MatrixNormalWishartNatural(**{k: natural[k] for k in self.keys})
+        if not (natural.df > P - 2).all():  # ν > D - 1
+            raise ValueError(f"Matrix-Normal-Wishart natural df must exceed P - 2 = {P - 2}, got {natural.df}")
+        # the Cholesky factorisations refuse non-positive-definite matrices
+        q = MatrixNormalWishart.from_natural(natural, validate_args=False)
         return {
             "cross": q.loc,
             "col_precision": _lower_cholesky.inv(q._col_precision_tril),

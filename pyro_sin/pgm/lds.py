@@ -461,7 +461,7 @@ class LinearDynamicalSystem(StructuredPrior):
 
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> LDSGlobalPosterior:
         return LDSGlobalPosterior(
-            MatrixNormalWishart.from_natural(MatrixNormalWishartNatural(**natural))
+            MatrixNormalWishart.from_natural(MatrixNormalWishartNatural(**natural), validate_args=False)
         )
 
     def prior_natural(self):

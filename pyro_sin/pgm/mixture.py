@@ -384,8 +384,11 @@ class GaussianMixture(MixturePrior):
     # ----- conjugate posterior over θ -----------------------------------------------
 
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> MixtureGlobalPosterior:
+        # λ held by a guide is in the domain by construction (NaturalDomain); the
+        # Cholesky factorisations still refuse anything outside it
         nw = NormalWishart.from_natural(
-            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
+            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"]),
+            validate_args=False,
         )
         return MixtureGlobalPosterior(self._check_concentration(natural["concentration"]), nw)
 
