@@ -7,11 +7,11 @@ initial weights (std 0.01) and a linear shortcut into the first head
 (initialised to a scaled random orthonormal map), while the second head (a
 precision or a variance, through a softplus) starts as a constant that does
 not depend on the input; the Bernoulli and Poisson decoders have one
-parameter per feature and drop the second head. :func:`mirrored_autoencoder` goes one step further
-and starts the decoder's shortcut as the inverse of the encoder's, at a latent
-scale matched to the PGM prior: training then starts from a near-identity
-autoencoder, which makes SAN converge faster and more reliably than
-independent shortcuts (DESIGN.md §6; measured in ``benchmarks/``).
+parameter per feature and drop the second head. :func:`mirrored_autoencoder`
+goes one step further and starts the decoder's shortcut as the inverse of the
+encoder's, at a latent scale matched to the PGM prior: training then starts
+from a near-identity autoencoder, which makes SAN converge faster and more
+reliably than independent shortcuts (DESIGN.md §6; measured in ``benchmarks/``).
 """
 
 import math

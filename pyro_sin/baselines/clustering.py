@@ -70,6 +70,7 @@ def fit_bayesian_gmm(
         raise ValueError(f"need at least two points to fit a mixture, got {N}")
     centred = data - data.mean(0)
     cov = centred.T @ centred / (N - 1)
+    cov = 0.5 * (cov + cov.T)  # exactly symmetric in any precision
     cov = cov + 1e-6 * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(D, dtype=data.dtype, device=data.device)
     gmm = BayesianGMM(
         num_components, D, concentration=1.0 / num_components, loc=data.mean(0), kappa=1.0, scale_inv=cov, df=float(D)
