@@ -157,8 +157,10 @@ class PCAGMM(ClusteringBaseline):
     .. math:: \log p(y) = \log p_{\rm GMM}(u) - \tfrac{P-D}2 \log(2\pi\sigma^2) - \frac{\lVert r\rVert^2}{2\sigma^2},
 
     ``σ²`` the mean training variance of the discarded directions (exact for the
-    fitted parameters: the change of coordinates is orthonormal). Its
-    reconstruction of a point is the PCA projection ``ȳ + V u``.
+    fitted parameters: the change of coordinates is orthonormal). Being a
+    density, it is not comparable with the log-probabilities of a discrete
+    (Bernoulli, Poisson) model. Its reconstruction of a point is the PCA
+    projection ``ȳ + V u``.
 
     :param int num_components: ``K``.
     :param int latent_dim: ``D``, the number of principal components.
