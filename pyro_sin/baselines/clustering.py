@@ -238,7 +238,7 @@ class VAEGMM(ClusteringBaseline):
         num_components: int,
         iterations: int = 2000,
         batch_size: int = 100,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         num_particles: int = 1,
         seed: int = 0,
         init: str = "kmeans",
