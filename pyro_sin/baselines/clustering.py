@@ -107,7 +107,12 @@ class ClusteringBaseline:
 
     @torch.no_grad()
     def evaluate(self, y: torch.Tensor, labels: torch.Tensor, num_samples: int = 100) -> dict:
-        """Clustering scores against ``labels``, and the test log-likelihood and reconstruction error where defined."""
+        """
+        Clustering scores against ``labels``, the number of clusters used, and
+        the test log-likelihood and reconstruction error where defined: their
+        means over points, standard errors over points (``_stderr``) and mean
+        per-point Monte Carlo standard errors (``_mc_stderr``).
+        """
         clusters = self.cluster(y)
         result = {**clustering_scores(clusters, labels), "clusters_used": int(clusters.unique().numel())}
         for name, estimate in (
@@ -116,6 +121,7 @@ class ClusteringBaseline:
         ):
             if estimate is not None:
                 result[name], result[f"{name}_stderr"] = estimate.mean, estimate.stderr
+                result[f"{name}_mc_stderr"] = float(estimate.mc_stderr.mean())  # typical Monte Carlo error per point
         return result
 
 
