@@ -1,5 +1,6 @@
 """Evaluation metrics: weighted reconstruction error, importance-sampled
-log-likelihood, and clustering agreement with true labels."""
+log-likelihood, and clustering agreement with true labels (NMI, adjusted Rand
+index, accuracy under the best matching of clusters to classes, purity)."""
 
 import math
 
@@ -71,3 +72,59 @@ def normalized_mutual_info(pred: torch.Tensor, true: torch.Tensor) -> float:
     if h_pred + h_true == 0:
         return 1.0
     return float(mutual / (0.5 * (h_pred + h_true)))
+
+
+def _check_labels(pred: torch.Tensor, true: torch.Tensor):
+    if pred.shape != true.shape or pred.dim() != 1:
+        raise ValueError(f"pred and true must be label vectors of one shape, got {tuple(pred.shape)} and {tuple(true.shape)}")
+    if len(pred) == 0:
+        raise ValueError("cannot score an empty labelling")
+
+
+def adjusted_rand_index(pred: torch.Tensor, true: torch.Tensor) -> float:
+    r"""
+    The Rand index corrected for chance (Hubert & Arabie, 1985): with ``n_ij``
+    the contingency table, ``a_i``, ``b_j`` its margins and ``C(m) = m(m-1)/2``,
+
+    .. math:: \mathrm{ARI} = \frac{\sum_{ij} C(n_{ij}) - E}{\tfrac12\big(\sum_i C(a_i) + \sum_j C(b_j)\big) - E},
+              \qquad E = \frac{\sum_i C(a_i)\,\sum_j C(b_j)}{C(n)}.
+
+    1 for identical partitions (up to relabelling), about 0 for independent ones.
+    """
+    _check_labels(pred, true)
+    table = _contingency(pred, true)
+    pairs = lambda m: (m * (m - 1) / 2).sum()  # noqa: E731
+    together = pairs(table)
+    pred_pairs, true_pairs = pairs(table.sum(1)), pairs(table.sum(0))
+    expected = pred_pairs * true_pairs / pairs(table.sum())
+    maximum = 0.5 * (pred_pairs + true_pairs)
+    if maximum == expected:  # both partitions trivial (one cluster, or all singletons)
+        return 1.0
+    return float((together - expected) / (maximum - expected))
+
+
+def clustering_accuracy(pred: torch.Tensor, true: torch.Tensor) -> float:
+    r"""
+    The fraction of points labelled correctly under the best one-to-one matching
+    of clusters to classes (the Hungarian algorithm on the contingency table);
+    with more clusters than classes the unmatched clusters count as errors.
+    """
+    _check_labels(pred, true)
+    # scipy's assignment solver: exact, O(K³), and well tested
+    from scipy.optimize import linear_sum_assignment
+
+    table = _contingency(pred, true)
+    table = table.cpu()
+    rows, cols = linear_sum_assignment(table.numpy(), maximize=True)
+    return float(table[torch.as_tensor(rows), torch.as_tensor(cols)].sum() / table.sum())
+
+
+def clustering_scores(pred: torch.Tensor, true: torch.Tensor) -> dict:
+    """NMI, adjusted Rand index, clustering accuracy and purity of ``pred`` against ``true``."""
+    pred, true = pred.cpu(), true.cpu()
+    return {
+        "nmi": normalized_mutual_info(pred, true),
+        "ari": adjusted_rand_index(pred, true),
+        "accuracy": clustering_accuracy(pred, true),
+        "purity": cluster_purity(pred, true),
+    }

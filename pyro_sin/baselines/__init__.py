@@ -1,8 +1,19 @@
 """Baselines in the same harness as SAN."""
 
+from .clustering import PCAGMM, VAEGMM, ClusteringBaseline, KMeansBaseline, fit_bayesian_gmm
 from .gmm import BayesianGMM
 from .two_stage import TwoStageLDS
 from .unstructured_lds import UnstructuredLDSGuide
 from .vae import VAE
 
-__all__ = ["BayesianGMM", "TwoStageLDS", "UnstructuredLDSGuide", "VAE"]
+__all__ = [
+    "PCAGMM",
+    "VAE",
+    "VAEGMM",
+    "BayesianGMM",
+    "ClusteringBaseline",
+    "KMeansBaseline",
+    "TwoStageLDS",
+    "UnstructuredLDSGuide",
+    "fit_bayesian_gmm",
+]

@@ -96,10 +96,15 @@ class BayesianGMM:
         return float(weighted_mse(y, self.log_responsibilities(y).exp(), samples))
 
     @torch.no_grad()
-    def test_log_likelihood(self, y) -> float:
-        """Mean ``log Σ_k E[π_k] N(y_n; m_k, E[Λ_k]⁻¹)`` (exact, no sampling)."""
+    def log_density(self, y) -> torch.Tensor:
+        """``log Σ_k E[π_k] N(y; m_k, E[Λ_k]⁻¹)`` for ``y`` of shape ``(..., D)`` (exact, no sampling)."""
         weights, components = self._components()
-        return float(torch.logsumexp(weights.log() + components.log_prob(y[:, None, :]), -1).mean())
+        return torch.logsumexp(weights.log() + components.log_prob(y[..., None, :]), -1)
+
+    @torch.no_grad()
+    def test_log_likelihood(self, y) -> float:
+        """The mean over points of :meth:`log_density`."""
+        return float(self.log_density(y).mean())
 
     @torch.no_grad()
     def cluster(self, y) -> torch.Tensor:

@@ -8,6 +8,7 @@ smooths the VAE encoder's per-frame potentials with the fitted LDS.
 import torch
 
 from ..distributions import MatrixNormalWishart, RegressionStats, regression_conjugate_update
+from ..evaluation import decoded_mean
 from ..metrics import importance_log_likelihood
 from ..models import frame_likelihood, rollout
 from ..pgm.lds import ChainPosterior, LDSParams
@@ -47,12 +48,12 @@ class TwoStageLDS:
     @torch.no_grad()
     def decode_posterior(self, y, mask=None, num_samples: int = 50):
         x = self.posterior(y, mask).rsample((num_samples,))
-        return self.vae.decoder(x)[0].mean(0)
+        return decoded_mean(self.vae.decoder, x).mean(0)
 
     @torch.no_grad()
     def predict(self, y_observed, horizon: int, num_samples: int = 50):
         x_last = self.posterior(y_observed).rsample((num_samples,))[..., -1, :]
-        return self.vae.decoder(rollout(self.dynamics, x_last, horizon))[0].mean(0)
+        return decoded_mean(self.vae.decoder, rollout(self.dynamics, x_last, horizon)).mean(0)
 
     @torch.no_grad()
     def test_log_likelihood(self, y, num_samples: int = 100) -> float:

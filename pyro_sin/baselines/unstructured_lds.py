@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 from pyro.nn import PyroModule, PyroParam
 
+from ..evaluation import decoded_mean
 from ..metrics import importance_log_likelihood
 from ..models import DeepLatentLDS, data_plate, frame_likelihood, rollout
 from ..pgm.lds import LDSParams
@@ -65,13 +66,13 @@ class UnstructuredLDSGuide(PyroModule):
     @torch.no_grad()
     def decode_posterior(self, y, mask=None, num_samples: int = 50):
         x = self.posterior(y, mask).sample((num_samples,))
-        return self.model.decoder(x)[0].mean(0)
+        return decoded_mean(self.model.decoder, x).mean(0)
 
     @torch.no_grad()
     def predict(self, y_observed, horizon: int, num_samples: int = 50):
         x_last = self.posterior(y_observed).sample((num_samples,))[..., -1, :]
         future = rollout(self.dynamics(), x_last, horizon)
-        return self.model.decoder(future)[0].mean(0)
+        return decoded_mean(self.model.decoder, future).mean(0)
 
     @torch.no_grad()
     def test_log_likelihood(self, y, num_samples: int = 100) -> float:

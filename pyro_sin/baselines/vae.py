@@ -8,14 +8,14 @@ import torch
 import pyro
 import pyro.distributions as dist
 
-from ..metrics import importance_log_likelihood, weighted_mse
+from .. import evaluation
 from ..models import data_plate
 
 
 class VAE:
     """
     :param encoder: a :class:`~pyro_sin.nn.GaussianEncoder`.
-    :param decoder: a :class:`~pyro_sin.nn.GaussianDecoder`.
+    :param decoder: a module with ``distribution(x)`` (e.g. :class:`~pyro_sin.nn.GaussianDecoder`).
     :param int num_data: size of the training set.
     """
 
@@ -43,16 +43,23 @@ class VAE:
             pyro.sample("x", self.posterior(y))
 
     @torch.no_grad()
+    def reconstruction_error(self, y, num_samples: int = 100) -> evaluation.Estimate:
+        """``E_q(x|y_n) ‖y_n - E[y | x]‖²`` of every point (one component, ``r = 1``)."""
+        return evaluation.reconstruction_error(self.decoder, y, self.posterior(y), num_samples=num_samples)
+
+    @torch.no_grad()
     def test_mse(self, y, num_samples: int = 100) -> float:
-        """The weighted test MSE with a single component (``r = 1``)."""
-        x = self.posterior(y).sample((num_samples,))
-        loc, _ = self.decoder(x)
-        return float(weighted_mse(y, y.new_ones(len(y), 1), loc[:, :, None, :]))
+        """The weighted test MSE with a single component: the mean of :meth:`reconstruction_error`."""
+        return self.reconstruction_error(y, num_samples).mean
+
+    @torch.no_grad()
+    def log_likelihood(self, y, num_samples: int = 100) -> evaluation.Estimate:
+        """``log p(y_n)`` of every point by importance sampling with ``q(x | y)`` as proposal."""
+        return evaluation.log_likelihood(
+            y, self.decoder.distribution, self.prior(y).log_prob, self.posterior(y), num_samples
+        )
 
     @torch.no_grad()
     def test_log_likelihood(self, y, num_samples: int = 100) -> float:
-        """Mean ``log p(y_n)`` by importance sampling with ``q(x | y)`` as proposal."""
-        q = self.posterior(y)
-        x = q.sample((num_samples,))
-        log_joint = self.decoder.distribution(x).log_prob(y) + self.prior(y).log_prob(x)
-        return float(importance_log_likelihood(log_joint, q.log_prob(x)).mean())
+        """The mean over points of :meth:`log_likelihood`."""
+        return self.log_likelihood(y, num_samples).mean

@@ -7,6 +7,7 @@ same numbers on every machine; move the tensors with ``.to(device)``.
 
 from .auto_mpg import FEATURES as AUTO_MPG_FEATURES
 from .auto_mpg import auto_mpg, load_auto_mpg, shipped_auto_mpg_path
+from .digits import digits, load_digits, load_mnist5k, mnist5k
 from .pinwheel import LabelledSplit, make_pinwheel, noisy_pinwheel, pinwheel, split
 from .sequences import SequenceData, bouncing_dot
 
@@ -16,8 +17,12 @@ __all__ = [
     "SequenceData",
     "auto_mpg",
     "bouncing_dot",
+    "digits",
     "load_auto_mpg",
+    "load_digits",
+    "load_mnist5k",
     "make_pinwheel",
+    "mnist5k",
     "noisy_pinwheel",
     "pinwheel",
     "shipped_auto_mpg_path",

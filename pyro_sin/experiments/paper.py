@@ -29,6 +29,7 @@ from pyro.infer import SVI, Trace_ELBO
 from ..baselines import VAE, BayesianGMM
 from ..datasets import auto_mpg, noisy_pinwheel, pinwheel
 from ..elbo import SINELBO
+from ..evaluation import decoded_mean
 from ..guide import SVAEGuide
 from ..metrics import cluster_purity, normalized_mutual_info
 from ..models import DeepLatentMixture
@@ -137,7 +138,7 @@ class SANMethod(_Autoencoding):
     def reconstruct_mean(self, y):
         post = self.guide.local_posterior(y)
         x = (post.probs[..., None] * post.loc).sum(-2)
-        return self.model.decoder(x)[0]
+        return decoded_mean(self.model.decoder, x)
 
 
 class VAEMethod(_Autoencoding):
@@ -164,11 +165,11 @@ class VAEMethod(_Autoencoding):
     @torch.no_grad()
     def generate(self, num_samples):
         x = self.vae.prior(torch.zeros(1)).sample((num_samples,))
-        return self.vae.decoder(x)[0], torch.zeros(num_samples, dtype=torch.long), torch.ones(1)
+        return decoded_mean(self.vae.decoder, x), torch.zeros(num_samples, dtype=torch.long), torch.ones(1)
 
     @torch.no_grad()
     def reconstruct_mean(self, y):
-        return self.vae.decoder(self.vae.encoder(y).mean)[0]
+        return decoded_mean(self.vae.decoder, self.vae.encoder(y).mean)
 
 
 class GMMMethod:

@@ -269,9 +269,9 @@ class ConstantDecoder(torch.nn.Module):
         self.loc = torch.nn.Parameter(torch.randn(P))
         self.log_scale = torch.nn.Parameter(torch.randn(P) * 0.1)
 
-    def forward(self, x):
+    def distribution(self, x):
         shape = x.shape[:-1] + self.loc.shape
-        return self.loc.expand(shape), self.log_scale.exp().expand(shape)
+        return dist.Normal(self.loc.expand(shape), self.log_scale.exp().expand(shape)).to_event(1)
 
 
 def ragged_batch(lengths, T, P):

@@ -1,0 +1,186 @@
+r"""
+Evaluation of a trained latent-variable model, for any likelihood.
+
+Everything here needs only a decoder whose ``distribution(x)`` is a Pyro
+distribution over ``y`` with event dimension 1 and batch shape ``x.shape[:-1]``
+(a :class:`~pyro_sin.nn.GaussianDecoder`, :class:`~pyro_sin.nn.BernoulliDecoder`,
+:class:`~pyro_sin.nn.PoissonDecoder`, or a user's own module): reconstructions
+are its ``.mean``, likelihoods its ``.log_prob``, generated data its ``.sample()``.
+Latent posteriors and priors enter as distributions (or a log-density callable),
+so the same functions serve the latent mixture, the LDS and the baselines.
+
+Estimates over a data set come back as an :class:`Estimate`: the mean over
+data points, its standard error over data points, and each point's value with
+its Monte Carlo standard error.
+"""
+
+import math
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+import pyro.distributions as dist
+
+from .metrics import log_mean_exp
+
+#: elements of decoded output held at once; larger evaluations run in chunks of samples
+MAX_ELEMENTS = 2**24
+
+
+class Estimate(NamedTuple):
+    """A Monte Carlo estimate of a per-point quantity, summarised over data points."""
+
+    mean: float  # mean over data points
+    stderr: float  # standard error of that mean over data points (std / √N)
+    per_point: torch.Tensor  # (N,) each point's estimate
+    mc_stderr: torch.Tensor  # (N,) Monte Carlo standard error of each point's estimate
+
+
+class Samples(NamedTuple):
+    """Draws from a learned mixture model ``z ~ Cat(π)``, ``x ~ p_z(x)``, ``y ~ p(y | x)``."""
+
+    mean: torch.Tensor  # (S, P) decoder means E[y | x]
+    draw: torch.Tensor  # (S, P) draws y ~ p(y | x)
+    components: torch.Tensor  # (S,) component ids z
+    latent: torch.Tensor  # (S, D) latent draws x
+
+
+def _summarise(per_point: torch.Tensor, mc_stderr: torch.Tensor) -> Estimate:
+    n = per_point.numel()
+    stderr = float(per_point.std() / math.sqrt(n)) if n > 1 else math.nan
+    return Estimate(float(per_point.mean()), stderr, per_point, mc_stderr)
+
+
+def _sample_chunks(num_samples: int, elements_per_sample: int):
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be positive, got {num_samples}")
+    chunk = max(1, MAX_ELEMENTS // max(1, elements_per_sample))
+    for start in range(0, num_samples, chunk):
+        yield min(chunk, num_samples - start)
+
+
+def decoded_mean(decoder, x: torch.Tensor) -> torch.Tensor:
+    """``E[y | x]`` under the decoder's likelihood, shape ``x.shape[:-1] + (P,)``."""
+    return decoder.distribution(x).mean
+
+
+def cluster(log_probs: torch.Tensor) -> torch.Tensor:
+    """Hard assignments ``argmax_k r_nk`` from (log) assignment probabilities ``(..., K)``."""
+    return log_probs.argmax(-1)
+
+
+@torch.no_grad()
+def reconstruction_error(
+    decoder, y: torch.Tensor, latent, weights: Optional[torch.Tensor] = None, num_samples: int = 100
+) -> Estimate:
+    r"""
+    The weighted reconstruction error (the SAN paper's weighted MSE, for any likelihood),
+
+    .. math:: e_n = \sum_k r_{nk}\; \mathbb E_{q(x \mid y_n, z_n = k)}
+              \big\lVert y_n - \mathbb E[y \mid x] \big\rVert^2 ,
+
+    estimated with ``num_samples`` draws from each component's posterior.
+
+    :param decoder: a module with ``distribution(x)``.
+    :param torch.Tensor y: data, shape ``(N,) + E`` (``E`` the data's event shape,
+        e.g. ``(P,)`` for vectors or ``(T, P)`` for sequences).
+    :param latent: the posterior of ``x``, a distribution with batch shape
+        ``(N,)``, or ``(N, K)`` with one posterior per component.
+    :param torch.Tensor weights: ``r_nk``, shape ``(N, K)``, when ``latent`` has a
+        component dimension.
+    :returns: an :class:`Estimate` of ``e_n`` (squared errors summed over ``E``).
+    """
+    batch = latent.batch_shape
+    if batch[:1] != y.shape[:1]:
+        raise ValueError(f"latent batch shape {tuple(batch)} must start with N = {len(y)}")
+    extra = len(batch) - 1
+    if (weights is None) != (extra == 0):
+        raise ValueError(
+            f"weights are needed exactly when the latent posterior has a component dimension; "
+            f"got latent batch shape {tuple(batch)} and weights {None if weights is None else tuple(weights.shape)}"
+        )
+    if weights is not None and weights.shape != batch:
+        raise ValueError(f"weights must have shape {tuple(batch)}, got {tuple(weights.shape)}")
+    target = y.reshape(y.shape[:1] + (1,) * extra + y.shape[1:])  # aligned with (N, K...)
+    errors = []
+    for size in _sample_chunks(num_samples, batch[1:].numel() * y.numel()):
+        mean = decoded_mean(decoder, latent.sample((size,)))  # (s, N, K..., E)
+        error = (mean - target).pow(2).flatten(2 + extra).sum(-1)  # (s, N, K...)
+        if weights is not None:
+            error = (weights * error).flatten(2).sum(-1)  # (s, N)
+        errors.append(error)
+    errors = torch.cat(errors)  # (S, N)
+    mc_stderr = errors.std(0) / math.sqrt(num_samples) if num_samples > 1 else torch.full_like(errors[0], math.nan)
+    return _summarise(errors.mean(0), mc_stderr)
+
+
+@torch.no_grad()
+def log_likelihood(
+    y: torch.Tensor,
+    likelihood: Callable,
+    prior_log_prob: Callable,
+    proposal,
+    num_samples: int = 100,
+) -> Estimate:
+    r"""
+    An importance-sampled estimate of each point's log marginal likelihood,
+
+    .. math:: \log \hat p(y_n) = \log \frac1S \sum_s \frac{p(y_n \mid x_s)\, p(x_s)}{q(x_s \mid y_n)},
+              \qquad x_s \sim q(x \mid y_n).
+
+    Its expectation is a lower bound on ``log p(y_n)`` that tightens as ``S`` grows.
+    The Monte Carlo standard error of each point's estimate is the delta method's
+    ``√((S Σ_s w̃_s² − 1) / (S − 1))`` with ``w̃`` the normalised weights
+    (``S / ESS − 1`` over ``S − 1``); heavy-tailed weights make it optimistic.
+
+    :param torch.Tensor y: data, shape ``(N,) + E``.
+    :param likelihood: ``x ↦ p(y | x)``, a distribution whose ``log_prob(y)`` has
+        shape ``x``'s sample shape ``+ (N,)`` (e.g. ``decoder.distribution``).
+    :param prior_log_prob: ``x ↦ log p(x)``, same shape.
+    :param proposal: ``q(x | y)``, a distribution with batch shape ``(N,)``.
+    :returns: an :class:`Estimate` of ``log p(y_n)``.
+    """
+    if proposal.batch_shape != y.shape[:1]:
+        raise ValueError(f"the proposal's batch shape must be (N,) = {tuple(y.shape[:1])}, got {tuple(proposal.batch_shape)}")
+    log_weights = []
+    for size in _sample_chunks(num_samples, y.numel()):
+        x = proposal.sample((size,))
+        log_weights.append(likelihood(x).log_prob(y) + prior_log_prob(x) - proposal.log_prob(x))
+    log_weights = torch.cat(log_weights)  # (S, N)
+    per_point = log_mean_exp(log_weights, 0)
+    if num_samples > 1:
+        sum_sq = torch.softmax(log_weights, 0).pow(2).sum(0)
+        mc_stderr = ((num_samples * sum_sq - 1).clamp(min=0) / (num_samples - 1)).sqrt()
+    else:
+        mc_stderr = torch.full_like(per_point, math.nan)
+    return _summarise(per_point, mc_stderr)
+
+
+@torch.no_grad()
+def generate(
+    decoder,
+    weights: torch.Tensor,
+    components,
+    num_samples: Optional[int] = None,
+    component_ids: Optional[torch.Tensor] = None,
+) -> Samples:
+    """
+    Samples of a learned mixture model: ``z ~ Cat(π)`` (or the given ids),
+    ``x ~ p_z(x)``, then the decoder's mean and a draw of ``y``.
+
+    :param torch.Tensor weights: ``π``, shape ``(K,)``.
+    :param components: the component distributions ``p_k(x)``, batch shape ``(K,)``.
+    :param int num_samples: ``S``, when ``z`` is drawn.
+    :param torch.Tensor component_ids: components to sample from, shape ``(S,)``,
+        instead of drawing ``z``.
+    """
+    if (num_samples is None) == (component_ids is None):
+        raise ValueError("give exactly one of num_samples and component_ids")
+    if component_ids is None:
+        component_ids = dist.Categorical(weights).sample((num_samples,))
+    elif component_ids.dim() != 1 or not ((component_ids >= 0) & (component_ids < len(weights))).all():
+        raise ValueError(f"component_ids must be a vector of ids in [0, {len(weights)}), got {component_ids}")
+    every = components.sample(component_ids.shape)  # (S, K, D)
+    x = every[torch.arange(len(component_ids), device=every.device), component_ids]
+    likelihood = decoder.distribution(x)
+    return Samples(likelihood.mean, likelihood.sample(), component_ids, x)
