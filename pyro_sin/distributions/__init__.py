@@ -1,5 +1,6 @@
 """Conjugate exponential families used by the PGM factors."""
 
+from .categorical import Categorical
 from .dirichlet import dirichlet_cross_entropy, dirichlet_expected_log, dirichlet_kl
 from .gaussian_chain import GaussianChain
 from .matrix_normal import MatrixNormal
@@ -24,6 +25,7 @@ from .natural import DirichletBlock, MatrixNormalWishartBlock, NaturalDomain, No
 from .wishart import Wishart
 
 __all__ = [
+    "Categorical",
     "GaussianChain",
     "GaussianStats",
     "MatrixNormal",

@@ -23,6 +23,7 @@ the natural parameters are ``(M K, K, Ψ + M K Mᵀ, ν - D - 1 + P)`` with
 and ``log N(x; B u, Λ⁻¹) = <t, T(B, Λ)> - (D/2) log 2π``.
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -144,7 +145,10 @@ class MatrixNormalWishart:
 
     # ----- natural parameterisation -------------------------------------------------
 
-    @property
+    # An instance is immutable, so its derived quantities are computed once: a step
+    # reads them several times (bound, KL, tied factor).
+
+    @functools.cached_property
     def natural_params(self) -> MatrixNormalWishartNatural:
         cross = self.loc @ self.col_precision
         scale = self.scale_inv + cross @ self.loc.transpose(-1, -2)
@@ -188,7 +192,17 @@ class MatrixNormalWishart:
         )
 
     def log_normalizer(self) -> torch.Tensor:
-        return self.log_normalizer_natural(self.natural_params)
+        """:meth:`log_normalizer_natural` at this instance's parameters, from its Cholesky factors."""
+        if "_log_normalizer" not in self.__dict__:
+            D, P = self.dim, self.input_dim
+            self.__dict__["_log_normalizer"] = (
+                0.5 * D * P * math.log(2 * math.pi)
+                - D * _half_log_det(self._col_precision_tril)
+                + 0.5 * self.df * D * math.log(2.0)
+                - self.df * _half_log_det(self._scale_inv_tril)
+                + torch.mvlgamma(0.5 * self.df, D)
+            )
+        return self.__dict__["_log_normalizer"]
 
     # ----- expectations ----------------------------------------------------------
 
@@ -199,6 +213,8 @@ class MatrixNormalWishart:
             E[B^\top\Lambda B] = D K^{-1} + \nu M^\top W M,\quad
             E[\log|\Lambda|] = \textstyle\sum_i \psi\big(\tfrac{\nu+1-i}2\big) + D\log 2 - \log|\Psi|
         """
+        if "_expectations" in self.__dict__:
+            return self.__dict__["_expectations"]
         D = self.dim
         W = torch.cholesky_inverse(self._scale_inv_tril)
         E_prec = self.df[..., None, None] * W
@@ -210,7 +226,8 @@ class MatrixNormalWishart:
             + D * math.log(2.0)
             - 2 * _half_log_det(self._scale_inv_tril)
         )
-        return MatrixNormalWishartExpectations(E_prec, E_prec_loc, E_quad, E_logdet)
+        self.__dict__["_expectations"] = MatrixNormalWishartExpectations(E_prec, E_prec_loc, E_quad, E_logdet)
+        return self.__dict__["_expectations"]
 
     def expected_log_likelihood(self, stats: RegressionStats) -> torch.Tensor:
         """``E_q(B,Λ)[Σ w log N(x; B u, Λ⁻¹)]`` for weighted regression statistics."""

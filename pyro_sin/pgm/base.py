@@ -79,6 +79,17 @@ class StructuredPrior(PyroModule):
         super().__init__()
         self.name = name
 
+    def _memoized(self, key: str, tensors, build):
+        """
+        ``build()``, computed again only when one of ``tensors`` (e.g. the prior's
+        buffers) is replaced (``.to()``, ``.double()``) or modified in place.
+        """
+        stamp = tuple((id(t), t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        memo = self.__dict__.setdefault("_memo", {})
+        if key not in memo or memo[key][0] != stamp:
+            memo[key] = (stamp, build())
+        return memo[key][1]
+
     # ----- model side ---------------------------------------------------------
 
     @property

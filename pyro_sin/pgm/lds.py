@@ -427,13 +427,9 @@ class LinearDynamicalSystem(StructuredPrior):
     # ----- model side -------------------------------------------------------------
 
     def prior(self, validate_args=False) -> MatrixNormalWishart:
-        return MatrixNormalWishart(
-            self.prior_transition_loc,
-            self.prior_col_precision,
-            self.prior_scale_inv,
-            self.prior_df,
-            validate_args=validate_args,
-        )
+        buffers = (self.prior_transition_loc, self.prior_col_precision, self.prior_scale_inv, self.prior_df)
+        build = lambda: MatrixNormalWishart(*buffers, validate_args=validate_args)  # noqa: E731
+        return build() if validate_args else self._memoized("prior", buffers, build)
 
     def _sample_params(self) -> LDSParams:
         prior = self.prior()

@@ -30,6 +30,7 @@ from pyro.ops.indexing import Vindex
 from pyro.ops.tensor_utils import precision_to_scale_tril
 
 from ..distributions import (
+    Categorical,
     DirichletBlock,
     GaussianStats,
     NaturalDomain,
@@ -271,16 +272,26 @@ class MixturePrior(StructuredPrior):
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
         post = record.posterior
-        z = pyro.sample(
-            self.assignment_site, dist.Categorical(logits=post.log_probs, validate_args=False)
-        )
-        loc = Vindex(post.loc)[..., z, :]
-        scale_tril = Vindex(post.scale_tril)[..., z, :, :]
+        z = pyro.sample(self.assignment_site, Categorical(logits=post.log_probs, validate_args=False))
+        loc = take_component(post.loc, z, 1)
+        scale_tril = take_component(post.scale_tril, z, 2)
         return pyro.sample(
             self.name,
             dist.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False),
             infer={"sin": record},
         )
+
+
+def take_component(values: torch.Tensor, z: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """
+    ``values[..., z, *event]``: the component ``z`` of per-component ``values`` of shape
+    ``batch + (K,) + event`` (``event_dim`` dimensions), broadcasting ``z`` against ``batch``.
+    """
+    batch = torch.broadcast_shapes(z.shape, values.shape[: values.dim() - 1 - event_dim])
+    event = values.shape[values.dim() - event_dim :]
+    values = values.expand(batch + values.shape[values.dim() - 1 - event_dim :])
+    index = z.expand(batch).reshape(batch + (1,) * (1 + event_dim)).expand(batch + (1,) + event)
+    return values.gather(len(batch), index).squeeze(len(batch))
 
 
 def select_component(components, z):
@@ -363,13 +374,13 @@ class GaussianMixture(MixturePrior):
 
     def prior(self, validate_args=False) -> NormalWishart:
         """``p(μ, Λ)``; its hyperparameters are validated once, at construction."""
-        return NormalWishart(
-            self.prior_loc,
-            self.prior_kappa,
-            self.prior_scale_inv,
-            self.prior_df,
-            validate_args=validate_args,
+        build = lambda: NormalWishart(  # noqa: E731
+            self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df, validate_args=validate_args
         )
+        if validate_args:
+            return build()
+        buffers = (self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df)
+        return self._memoized("prior", buffers, build)
 
     def _sample_params(self) -> MixtureParams:
         weights = pyro.sample(self.weights_site, dist.Dirichlet(self.prior_concentration))
