@@ -19,13 +19,14 @@ recognised by their constraint, which survives Pyro's param-store
 """
 
 import math
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
 import pyro
 from pyro.optim import PyroOptim
 
+from .distributed import average_gradients, world
 from .distributions.natural import NaturalDomain, is_natural_domain
 
 
@@ -154,6 +155,9 @@ class NaturalAdam(PyroOptim):
         (see :func:`decaying_schedule`).
     :param optim_constructor: the torch optimiser for non-natural parameters.
     :param dict clip_args: gradient clipping for non-natural parameters only.
+    :param bool distributed: average every gradient across the processes of the
+        initialised :mod:`torch.distributed` group before stepping (see
+        :mod:`pyro_sin.distributed`); by default whenever such a group exists.
     """
 
     def __init__(
@@ -162,16 +166,20 @@ class NaturalAdam(PyroOptim):
         natural_lr: Union[float, Callable[[int], float]] = 0.1,
         optim_constructor=torch.optim.Adam,
         clip_args=None,
+        distributed: Optional[bool] = None,
     ):
         if not callable(natural_lr) and not 0 < float(natural_lr) <= 1:
             raise ValueError(f"natural_lr must lie in (0, 1], got {natural_lr}")
         self.natural_lr = natural_lr
         super().__init__(optim_constructor, optim_args, clip_args)
+        self.distributed = distributed
         self._shared = None  # the torch optimiser of every non-natural parameter
         self._shared_params = []
         self._is_natural = {}
 
     def __call__(self, params, *args, **kwargs):
+        if self.distributed or self.distributed is None and world()[1] > 1:
+            average_gradients(params)
         natural, others = [], []
         for p in params:
             if p not in self._is_natural:

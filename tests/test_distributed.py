@@ -1,0 +1,108 @@
+"""
+Two gloo processes with a minibatch each take the step of one process with both
+minibatches: the natural-parameter update and the averaged gradients agree.
+
+The decoders below ignore the latent, so that the bound has no Monte Carlo
+noise (the draws of x differ between layouts); every closed-form term still
+depends on the encoder, the PGM and the natural parameters.
+"""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.testing import assert_close
+
+import pyro
+import pyro.distributions as dist_
+from pyro.infer import SVI
+
+from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin.distributed import broadcast_parameters, world
+from pyro_sin.models import DeepLatentLDS, DeepLatentMixture
+from pyro_sin.nn import GaussianEncoder
+from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem
+
+NUM_DATA, BATCH = 40, 6  # each of the 2 processes holds BATCH points
+
+
+class LatentFreeDecoder(torch.nn.Module):
+    """``p(y | x)`` that ignores ``x``: the likelihood term is deterministic."""
+
+    def __init__(self, P):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.randn(P))
+        self.log_scale = torch.nn.Parameter(0.1 * torch.randn(P))
+
+    def distribution(self, x):
+        shape = x.shape[:-1] + self.loc.shape
+        return dist_.Normal(self.loc.expand(shape), self.log_scale.exp().expand(shape)).to_event(1)
+
+
+def build(structure, seed):
+    """The same model, guide and data on every process (seeded)."""
+    pyro.clear_param_store()
+    data = torch.Generator().manual_seed(123)  # the same data everywhere; the seed sets the parameters
+    pyro.set_rng_seed(seed)
+    if structure == "mixture":
+        y = 3 * torch.randn(NUM_DATA, 2, generator=data)
+        model = DeepLatentMixture(GaussianMixture(3, 2, concentration=1.0), LatentFreeDecoder(2), NUM_DATA, name="m")
+        guide = model.make_guide(GaussianEncoder(2, 2, (8,)), name="g")
+        elbo = SINELBO(num_particles=2, decoder_estimator="enumerate", max_plate_nesting=1)
+    else:
+        y = torch.randn(NUM_DATA, 5, 2, generator=data)
+        model = DeepLatentLDS(LinearDynamicalSystem(2), LatentFreeDecoder(2), NUM_DATA, name="m")
+        guide = model.make_guide(GaussianEncoder(2, 2, (8,)), name="g")
+        elbo = SINELBO(num_particles=2, max_plate_nesting=1)
+    return y, model, guide, elbo
+
+
+def one_step(structure, indices, seed=0):
+    """Gradients (by name) after averaging, and the natural parameters after one step."""
+    y, model, guide, elbo = build(structure, seed)
+    optim = NaturalAdam({"lr": 0.01}, natural_lr=0.5)
+    svi = SVI(model, guide, optim, elbo)
+    svi.evaluate_loss(y[indices], indices=indices)  # registers every parameter
+    broadcast_parameters()
+    store = pyro.get_param_store()
+    grads = {}
+    original = optim._step_shared
+
+    def record(params):  # the gradients NaturalAdam steps with, after averaging
+        for p in params:
+            grads[store.param_name(p)] = p.grad.detach().clone()
+        return original(params)
+
+    optim._step_shared = record
+    svi.step(y[indices], indices=indices)
+    return grads, guide.natural_params(), None
+
+
+def _worker(rank, structure, store_path, out_path):
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    try:
+        assert world() == (rank, 2)
+        batch = torch.arange(2 * BATCH)[rank * BATCH : (rank + 1) * BATCH]
+        # another seed on rank 1: broadcast_parameters must make the parameters equal
+        grads, natural, _ = one_step(structure, batch, seed=rank)
+        torch.save({"grads": grads, "natural": {k: v.detach() for k, v in natural.items()}}, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("structure", ["mixture", "lds"])
+def test_two_processes_take_the_step_of_one_process_with_both_minibatches(structure, tmp_path):
+    mp.spawn(_worker, args=(structure, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2, join=True)
+    results = [torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=False) for rank in range(2)]
+    grads, natural, _ = one_step(structure, torch.arange(2 * BATCH), seed=0)
+    assert set(results[0]["grads"]) == set(grads) and grads
+    for result in results:
+        for name, grad in grads.items():
+            assert_close(result["grads"][name], grad, rtol=1e-6, atol=1e-8)
+        for key, value in natural.items():
+            assert_close(result["natural"][key], value.detach(), rtol=1e-6, atol=1e-8)
+    # and the step did move λ away from where both layouts started
+    before = build(structure, 0)[2].natural_params()
+    assert any(not torch.allclose(before[k], natural[k].detach()) for k in natural)
