@@ -108,9 +108,11 @@ class MatrixNormalWishart:
     :param torch.Tensor scale_inv: ``Ψ = W⁻¹``, positive definite, shape ``(..., D, D)``.
     :param torch.Tensor df: ``ν > D - 1``, shape ``(...)``.
     :param bool validate_args: check finiteness, symmetry and the domain.
+    :param torch.Tensor col_precision_tril: the Cholesky factor of ``K`` when the
+        caller already has it (it is not factorised again).
     """
 
-    def __init__(self, loc, col_precision, scale_inv, df, validate_args=True):
+    def __init__(self, loc, col_precision, scale_inv, df, validate_args=True, col_precision_tril=None):
         D, P = loc.shape[-2:]
         batch_shape = torch.broadcast_shapes(
             loc.shape[:-2], col_precision.shape[:-2], scale_inv.shape[:-2], df.shape
@@ -125,7 +127,9 @@ class MatrixNormalWishart:
             self._validate()
         name = type(self).__name__
         self._scale_inv_tril = checked_cholesky(self.scale_inv, f"{name} scale_inv (Ψ = W⁻¹)")
-        self._col_precision_tril = checked_cholesky(self.col_precision, f"{name} column precision")
+        if col_precision_tril is None:
+            col_precision_tril = checked_cholesky(self.col_precision, f"{name} column precision")
+        self._col_precision_tril = col_precision_tril.expand(batch_shape + (P, P))
 
     def _validate(self):
         name = type(self).__name__
@@ -164,7 +168,9 @@ class MatrixNormalWishart:
         col_tril = checked_cholesky(col_precision, f"{cls.__name__} natural column precision")
         loc = torch.cholesky_solve(cross.transpose(-1, -2), col_tril).transpose(-1, -2)
         scale_inv = symmetrize(scale - cross @ loc.transpose(-1, -2))
-        return cls(loc, col_precision, scale_inv, df_nat + D + 1 - P, validate_args=validate_args)
+        return cls(
+            loc, col_precision, scale_inv, df_nat + D + 1 - P, validate_args=validate_args, col_precision_tril=col_tril
+        )
 
     @staticmethod
     def log_normalizer_natural(natural: MatrixNormalWishartNatural) -> torch.Tensor:
