@@ -15,9 +15,22 @@ class Categorical(dist.Categorical):
     than torch's sampler (one ``multinomial`` row per draw).
     """
 
+    def expand(self, batch_shape, _instance=None):
+        cdf = self._cdf_of_unexpanded()
+        new = super().expand(batch_shape, _instance)
+        new._cdf = cdf.expand(new.batch_shape + cdf.shape[-1:])
+        return new
+
     def sample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
-        cdf = self.probs.cumsum(-1)
+        cdf = self._cdf_of_unexpanded()
         cdf = cdf.expand(shape + cdf.shape[-1:]).contiguous()
         u = torch.rand(shape + (1,), dtype=cdf.dtype, device=cdf.device) * cdf[..., -1:]
         return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+
+    def _cdf_of_unexpanded(self):
+        # computed before Pyro broadcasts the distribution over particles, so that the
+        # softmax and the cumulative sum run once per point, not once per draw
+        if "_cdf" not in self.__dict__:
+            self._cdf = self.probs.cumsum(-1)
+        return self._cdf
