@@ -2,6 +2,7 @@
 
 from .dirichlet import dirichlet_cross_entropy, dirichlet_expected_log, dirichlet_kl
 from .gaussian_chain import GaussianChain
+from .markov_chain import MarkovChain
 from .matrix_normal import MatrixNormal
 from .matrix_normal_wishart import (
     MatrixNormalWishart,
@@ -25,6 +26,7 @@ from .wishart import Wishart
 
 __all__ = [
     "GaussianChain",
+    "MarkovChain",
     "GaussianStats",
     "MatrixNormal",
     "MatrixNormalWishart",
