@@ -20,7 +20,7 @@ import torch
 import pyro
 import pyro.poutine as poutine
 from pyro.infer.autoguide import AutoGuide
-from pyro.infer.autoguide.initialization import InitMessenger, init_to_mean
+from pyro.infer.autoguide.initialization import InitMessenger, init_to_mean, init_to_sample
 from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroParam
 from pyro.poutine.plate_messenger import PlateMessenger
@@ -75,6 +75,17 @@ def _outside(plate):
         yield
     finally:
         _PYRO_STACK.insert(position, plate)
+
+
+def _init_prototype_site(site):
+    """
+    The prior mean where it exists; a draw for a discrete site whose value is a whole
+    path (a Markov chain's states), which has no mean, no median and no feasible point.
+    """
+    fn = site["fn"]
+    if fn.support.is_discrete and fn.event_dim > 0:
+        return init_to_sample(site)
+    return init_to_mean(site)
 
 
 def _rows(data):
@@ -172,7 +183,7 @@ class SINGuide(AutoGuide, NameOwner):
         # hand-written guide that calls this one, and without consuming random
         # numbers, so that a resumed run repeats an uninterrupted one.
         with _isolated():
-            model = poutine.block(InitMessenger(init_to_mean)(self.model), self._prototype_hide_fn)
+            model = poutine.block(InitMessenger(_init_prototype_site)(self.model), self._prototype_hide_fn)
             # at the prior means: sampled parameters (e.g. unstable dynamics over a long
             # sequence) could overflow, and the structure is all this trace is for
             self.prototype_trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)

@@ -10,6 +10,15 @@ from .auto_mpg import auto_mpg, load_auto_mpg, shipped_auto_mpg_path
 from .digits import digits, load_digits, load_mnist5k, mnist5k
 from .pinwheel import LabelledSplit, make_pinwheel, noisy_pinwheel, pinwheel, split
 from .sequences import SequenceData, bouncing_dot
+from .switching import RegimeSequences, bouncing_ball, four_regime_dynamics, four_regime_system, random_observation_map
+from .lds_benchmark import (
+    LDS_BENCHMARK_GRID,
+    LinearGaussianSequences,
+    LinearGaussianSystem,
+    lds_benchmark_settings,
+    linear_gaussian_benchmark,
+    random_rotation,
+)
 
 __all__ = [
     "AUTO_MPG_FEATURES",
@@ -27,4 +36,16 @@ __all__ = [
     "pinwheel",
     "shipped_auto_mpg_path",
     "split",
+    # switching and linear-Gaussian sequence benchmarks
+    "LDS_BENCHMARK_GRID",
+    "LinearGaussianSequences",
+    "LinearGaussianSystem",
+    "RegimeSequences",
+    "bouncing_ball",
+    "four_regime_dynamics",
+    "four_regime_system",
+    "lds_benchmark_settings",
+    "linear_gaussian_benchmark",
+    "random_observation_map",
+    "random_rotation",
 ]

@@ -3,6 +3,7 @@
 from .categorical import Categorical
 from .dirichlet import dirichlet_cross_entropy, dirichlet_expected_log, dirichlet_kl
 from .gaussian_chain import GaussianChain
+from .markov_chain import MarkovChain
 from .matrix_normal import MatrixNormal
 from .matrix_normal_wishart import (
     MatrixNormalWishart,
@@ -27,6 +28,7 @@ from .wishart import Wishart
 __all__ = [
     "Categorical",
     "GaussianChain",
+    "MarkovChain",
     "GaussianStats",
     "MatrixNormal",
     "MatrixNormalWishart",

@@ -67,23 +67,29 @@ class NaturalBlock:
 
 class DirichletBlock(NaturalBlock):
     r"""
-    The concentration ``α > 0`` of a Dirichlet, stored as ``log α``. The stored
-    coordinate is ``α = η + 1`` (``η`` pairs with ``log π``), hence the offset 1.
+    The concentrations ``α > 0`` of a batch of Dirichlets, stored as ``log α``. The
+    stored coordinate is ``α = η + 1`` (``η`` pairs with ``log π``), hence the offset 1.
+
+    :param int num_components: ``K``, the size of each Dirichlet.
+    :param batch_shape: the batch of Dirichlets (default: one), e.g. ``(K,)`` for the
+        rows of a transition matrix.
+    :param str key: the name of the natural parameter (distinct per block of a domain).
     """
 
-    keys = ("concentration",)
-
-    def __init__(self, num_components: int):
-        super().__init__({"concentration": (num_components,)})
+    def __init__(self, num_components: int, batch_shape: Sequence[int] = (), key: str = "concentration"):
+        self.keys = (key,)
+        super().__init__({key: tuple(batch_shape) + (num_components,)})
 
     def from_unconstrained(self, raw):
-        return {"concentration": raw["concentration"].exp()}
+        (key,) = self.keys
+        return {key: raw[key].exp()}
 
     def to_unconstrained(self, natural):
-        concentration = natural["concentration"]
+        (key,) = self.keys
+        concentration = natural[key]
         if not (concentration > 0).all():
-            raise ValueError(f"Dirichlet natural parameter must stay positive, got {concentration}")
-        return {"concentration": concentration.log()}
+            raise ValueError(f"Dirichlet natural parameter {key!r} must stay positive, got {concentration}")
+        return {key: concentration.log()}
 
     def base_offset(self, key):
         return 1.0

@@ -1,12 +1,17 @@
 """Structured priors: one module per graph, each with its SIN factor."""
 
 from .base import SINRecord, StructuredPrior
+from .hmm import HMMFactor, HMMParams, HMMPosterior, LatentHMM
 from .lds import LinearDynamicalSystem
 from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior
 from .student_t_mixture import StudentTMixture
 
 __all__ = [
     "GaussianMixture",
+    "HMMFactor",
+    "HMMParams",
+    "HMMPosterior",
+    "LatentHMM",
     "LinearDynamicalSystem",
     "MixtureFactor",
     "MixtureParams",

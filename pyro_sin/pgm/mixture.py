@@ -36,6 +36,7 @@ from ..distributions import (
     NaturalDomain,
     NormalWishartBlock,
     NormalWishart,
+    NormalWishartExpectations,
     NormalWishartNatural,
     conjugate_update,
     dirichlet_cross_entropy,
@@ -76,6 +77,33 @@ class MixtureFactor(NamedTuple):
     info_loc: torch.Tensor  # (K, D)       η_k
 
 
+def expected_gaussian_factor(E: NormalWishartExpectations, log_weight=0.0) -> MixtureFactor:
+    r"""
+    The mean-field message ``exp E_q(μ,Λ)[log N(x; μ_k, Λ_k⁻¹)]`` of each component,
+    plus ``log_weight``:
+
+    .. math:: c_k = w_k + \tfrac12\big(E[\log|\Lambda_k|] - E[\mu_k^\top\Lambda_k\mu_k] - D\log 2\pi\big),\quad
+              P_k = E[\Lambda_k],\quad \eta_k = E[\Lambda_k\mu_k].
+    """
+    D = E.precision.shape[-1]
+    return MixtureFactor(
+        log_weight + 0.5 * (E.log_det_precision - E.loc_precision_loc - D * _LOG_2PI), E.precision, E.precision_loc
+    )
+
+
+def gaussian_factor(loc: torch.Tensor, precision_tril: torch.Tensor, log_weight=0.0) -> MixtureFactor:
+    """Components ``w_k + log N(x; loc_k, (L_k L_kᵀ)⁻¹)`` for means ``(K, D)`` and Cholesky factors ``(K, D, D)``."""
+    precision = precision_tril @ precision_tril.transpose(-1, -2)
+    info_loc = (precision @ loc[..., None])[..., 0]
+    log_weight = (
+        log_weight
+        + precision_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        - 0.5 * (loc * info_loc).sum(-1)
+        - 0.5 * loc.shape[-1] * _LOG_2PI
+    )
+    return MixtureFactor(log_weight, precision, info_loc)
+
+
 class MixturePosterior:
     r"""
     The closed-form SIN posterior ``q(x_n, z_n | y_n)`` of a batch of points.
@@ -101,6 +129,7 @@ class MixturePosterior:
             + 0.5 * D * _LOG_2PI
             + self.half_log_det_cov
         )  # (..., K)
+        self.log_evidence = log_z  # (..., K) log ∫ f_k(x) ψ(x) dx
         self.log_normalizer = torch.logsumexp(log_z, -1)  # (...)
         self.log_probs = log_z - self.log_normalizer[..., None]  # (..., K) log r_nk
         self.dim = D
@@ -250,17 +279,7 @@ class MixturePrior(StructuredPrior):
     # ----- SIN factor and posterior ---------------------------------------------------
 
     def free_factor(self, params) -> MixtureFactor:
-        tril = params["precision_tril"]
-        precision = tril @ tril.transpose(-1, -2)
-        loc = params["loc"]
-        info_loc = (precision @ loc[..., None])[..., 0]
-        log_weight = (
-            torch.log_softmax(params["logits"], -1)
-            + tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-            - 0.5 * (loc * info_loc).sum(-1)
-            - 0.5 * self.latent_dim * _LOG_2PI
-        )
-        return MixtureFactor(log_weight, precision, info_loc)
+        return gaussian_factor(params["loc"], params["precision_tril"], torch.log_softmax(params["logits"], -1))
 
     def posterior(self, potential: GaussianPotential, factor: MixtureFactor) -> MixturePosterior:
         if potential.info_vec.shape[-1] != self.latent_dim:
@@ -450,11 +469,7 @@ class GaussianMixture(MixturePrior):
     # ----- SIN factor ------------------------------------------------------------------
 
     def tied_factor(self, q: MixtureGlobalPosterior) -> MixtureFactor:
-        E = q.expectations
-        log_weight = q.expected_log_weights + 0.5 * (
-            E.log_det_precision - E.loc_precision_loc - self.latent_dim * _LOG_2PI
-        )
-        return MixtureFactor(log_weight, E.precision, E.precision_loc)
+        return expected_gaussian_factor(q.expectations, q.expected_log_weights)
 
     def init_free_factor(self, natural):
         q = self.global_posterior(natural)

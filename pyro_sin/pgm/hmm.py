@@ -1,0 +1,526 @@
+r"""
+The latent hidden Markov model and its structured inference network.
+
+Model (``K`` states, latent dimension ``D``, sequences of ``T`` steps)::
+
+    π ~ Dir(α₀),  P_j ~ Dir(β₀_j)  (row j of the transition matrix)
+    Λ_k ~ W(W₀, ν₀),  μ_k | Λ_k ~ N(m₀, (κ₀Λ_k)⁻¹)
+    z_1 ~ Cat(π),  z_t | z_{t-1} ~ Cat(P_{z_{t-1}}),  x_t | z_t ~ N(μ_{z_t}, Λ_{z_t}⁻¹)
+
+the Gaussian mixture's components over time. The SIN of one sequence with
+per-step encoder potentials ``ψ_t`` and an HMM factor (initial weights ``a``,
+transition weights ``A``, Gaussian components ``f_k(x) = exp(c_k + η_kᵀx - ½xᵀP_k x)``;
+tied: the mean-field message ``exp E_q(θ)[log p(z, x | θ)]``, free: its own
+parameters) is
+
+.. math::
+
+    q(z, x) \propto e^{a_{z_1} + \sum_{t\ge2} A_{z_{t-1} z_t}} \prod_t f_{z_t}(x_t)\,\psi_t(x_t)
+    = q(z_{1:T}) \prod_t q(x_t \mid z_t),\qquad
+    q(x_t \mid z_t = k) = \mathcal N_{\rm info}(h_t + \eta_k,\ J_t + P_k),
+
+where ``q(z_{1:T})`` is a Markov chain with per-step log evidence
+``e_{tk} = log ∫ f_k(x) ψ_t(x) dx`` (the mixture's per-component evidence,
+:class:`~pyro_sin.pgm.mixture.MixturePosterior`), solved exactly by
+forward-backward (:mod:`pyro_sin.ops.markov`).
+"""
+
+import math
+from typing import Dict, NamedTuple
+
+import torch
+from torch.distributions import constraints
+
+import pyro
+import pyro.distributions as dist
+from pyro.ops.indexing import Vindex
+from pyro.ops.tensor_utils import precision_to_scale_tril
+
+from ..distributions import (
+    DirichletBlock,
+    GaussianStats,
+    MarkovChain,
+    NaturalDomain,
+    NormalWishart,
+    NormalWishartBlock,
+    NormalWishartNatural,
+    conjugate_update,
+    dirichlet_cross_entropy,
+    dirichlet_expected_log,
+    dirichlet_kl,
+    expected_gaussian_log_likelihood,
+    spd_matrix,
+)
+from ..ops.markov import markov_log_normalizer
+from ..potential import GaussianPotential
+from .base import SINRecord, StructuredPrior
+from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class HMMParams(NamedTuple):
+    """Sampled global parameters of a latent HMM."""
+
+    init_probs: torch.Tensor  # (..., K)           π
+    transition_probs: torch.Tensor  # (..., K, K)  P, rows indexed by the previous state
+    locs: torch.Tensor  # (..., K, D)
+    precisions: torch.Tensor  # (..., K, D, D)
+
+
+class HMMFactor(NamedTuple):
+    """An HMM factor: log weights of the chain and unnormalised Gaussian components."""
+
+    init_logits: torch.Tensor  # (K,)             a
+    transition_logits: torch.Tensor  # (K, K)     A
+    emission: MixtureFactor  # K components f_k
+
+
+class HMMGlobalPosterior:
+    """``q(π) Π_j q(P_j) Π_k q(μ_k, Λ_k)``: Dirichlets and Normal-Wisharts, with their expectations."""
+
+    def __init__(self, init_concentration, transition_concentration, normal_wishart: NormalWishart):
+        self.init_concentration = init_concentration  # (K,)
+        self.transition_concentration = transition_concentration  # (K, K)
+        self.normal_wishart = normal_wishart  # batch (K,)
+        self.expected_log_init = dirichlet_expected_log(init_concentration)  # (K,)
+        self.expected_log_transition = dirichlet_expected_log(transition_concentration)  # (K, K)
+        self.expectations = normal_wishart.expectations()
+
+
+def _after_end_to_zero(value, step_mask, event_dims):
+    if step_mask is None:
+        return value
+    mask = step_mask.reshape(step_mask.shape + (1,) * event_dims)
+    return torch.where(mask, value, value.new_zeros(()))
+
+
+class StepGaussians(dist.TorchDistribution):
+    """
+    Independent Gaussians ``x_t ~ N(loc_t, L_t L_tᵀ)`` over the steps of a sequence, as
+    one distribution with event shape ``(T, D)``: ``x | z`` of an HMM once the states
+    have chosen each step's Gaussian. Steps after a sequence's end hold zeros and do
+    not count in :meth:`log_prob`.
+
+    :param torch.Tensor loc: shape ``(..., T, D)``.
+    :param torch.Tensor scale_tril: shape ``(..., T, D, D)``.
+    :param torch.Tensor lengths: optional, shape ``(...)``.
+    """
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, loc, scale_tril, lengths=None, validate_args=None):
+        self.loc, self.scale_tril, self.lengths = loc, scale_tril, lengths
+        batch_shape = torch.broadcast_shapes(loc.shape[:-2], scale_tril.shape[:-3])
+        if lengths is not None:
+            batch_shape = torch.broadcast_shapes(batch_shape, lengths.shape)
+        super().__init__(batch_shape, loc.shape[-2:], validate_args=validate_args)
+
+    @property
+    def step_mask(self):
+        if self.lengths is None:
+            return None
+        return torch.arange(self.event_shape[0], device=self.loc.device) < self.lengths[..., None]
+
+    def expand(self, batch_shape, _instance=None):
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
+        noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        x = self.loc + (self.scale_tril @ noise[..., None])[..., 0]
+        return _after_end_to_zero(x, self.step_mask, 1)
+
+    def log_prob(self, value):
+        per_step = dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril, validate_args=False).log_prob(value)
+        return _after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
+
+
+class HMMPosterior:
+    r"""
+    The closed-form SIN posterior ``q(z_{1:T}) Π_t q(x_t | z_t)`` of a batch of sequences.
+
+    :param GaussianPotential potential: per-step potentials, shape ``(..., T, D)``; a
+        zero precision marks a step without evidence (a missing frame, still a step),
+        ``potential.lengths`` the end of each padded sequence (steps after it do not exist).
+    :param HMMFactor factor: the SIN's HMM factor.
+    :param bool parallel: forward-backward by a parallel scan (else sequentially).
+    """
+
+    def __init__(self, potential: GaussianPotential, factor: HMMFactor, parallel: bool = True):
+        self.num_steps, self.dim = potential.info_vec.shape[-2:]
+        self.lengths = potential.lengths
+        #: ``q(x_t | z_t = k)`` and the evidence ``e_tk``, batch ``(..., T, K)``
+        self.emission = MixturePosterior(potential, factor.emission)
+        self.factor, self.parallel = factor, parallel
+        #: ``q(z_{1:T})``, a :class:`~pyro_sin.distributions.MarkovChain` with event shape ``(T,)``
+        self.states = self._chain(self.emission.log_evidence)
+
+    def _chain(self, log_evidence) -> MarkovChain:
+        f = self.factor
+        return MarkovChain(
+            f.init_logits, f.transition_logits[..., None, :, :], self.num_steps, log_evidence, self.lengths, self.parallel
+        )
+
+    @property
+    def step_mask(self):
+        """``(..., T)``: True where a step exists, or None when all do."""
+        return self.states.step_mask
+
+    @property
+    def state_probs(self) -> torch.Tensor:
+        """``q(z_t = k)``, shape ``(..., T, K)`` (zeros after a sequence's end)."""
+        return self.states.marginals.marginals
+
+    @property
+    def transition_counts(self) -> torch.Tensor:
+        """Expected transition counts ``Σ_t q(z_{t-1} = j, z_t = k)``, shape ``(..., K, K)``."""
+        return self.states.marginals.transition_counts
+
+    @property
+    def log_normalizer(self) -> torch.Tensor:
+        """``log Z`` of the SIN per sequence (the chain's, with the factor's constants)."""
+        return self.states.marginals.log_normalizer
+
+    def entropy(self) -> torch.Tensor:
+        r"""``H[q(z, x)] = H[q(z)] + Σ_t Σ_k q(z_t = k) H[q(x_t | z_t = k)]``, shape ``(...)``."""
+        gaussian = 0.5 * self.dim * (1 + _LOG_2PI) + self.emission.half_log_det_cov  # (..., T, K)
+        return self.states.entropy() + (self.state_probs * gaussian).sum((-1, -2))
+
+    def gaussian_stats(self) -> GaussianStats:
+        """Per-sequence, per-state ``Σ_t q(z_t = k) (1, E[x_t | k], E[x_t x_tᵀ | k])``, batch ``(..., K)``."""
+        r = self.state_probs  # (..., T, K)
+        return GaussianStats(
+            r.sum(-2),
+            (r[..., None] * self.emission.loc).sum(-3),
+            (r[..., None, None] * self.emission.second_moment()).sum(-4),
+        )
+
+    def emission_given(self, states: torch.Tensor) -> StepGaussians:
+        """``q(x_{1:T} | z_{1:T})`` for paths ``states`` of shape ``(..., T)``."""
+        loc = Vindex(self.emission.loc)[..., states, :]
+        scale_tril = Vindex(self.emission.scale_tril)[..., states, :, :]
+        return StepGaussians(loc, scale_tril, self.lengths, validate_args=False)
+
+    def sample_states(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Exact joint draws of the state paths, shape ``sample_shape + (..., T)``."""
+        return self.states.sample(sample_shape)
+
+    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        """Draws of ``x_{1:T}``: a state path, then ``x | z`` reparameterised; shape ``sample_shape + (..., T, D)``."""
+        return self.emission_given(self.sample_states(sample_shape)).rsample()
+
+    def log_prob(self, states: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``log q(z_{1:T}, x_{1:T})`` of the steps up to each sequence's end."""
+        return self.states.log_prob(states) + self.emission_given(states).log_prob(x)
+
+    def marginal_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        r"""``log q(x_{1:T}) = log Σ_z q(z) q(x | z)``: the chain's normaliser with ``q(x_t | z_t)`` as evidence."""
+        comps = dist.MultivariateNormal(self.emission.loc, scale_tril=self.emission.scale_tril, validate_args=False)
+        log_px = comps.log_prob(x[..., None, :])  # (..., T, K)
+        f = self.factor
+        log_evidence = self.emission.log_evidence + log_px
+        joint = markov_log_normalizer(
+            f.init_logits, f.transition_logits[..., None, :, :], log_evidence, self.lengths, self.parallel
+        )
+        return joint - self.log_normalizer
+
+
+class LatentHMM(StructuredPrior):
+    r"""
+    A hidden Markov model prior on latent sequences: ``K`` states following a Markov
+    chain with Dirichlet priors on the initial distribution and on each row of the
+    transition matrix, each emitting a Gaussian latent with a Normal-Wishart prior.
+
+    Model-side use inside a Pyro program (or through
+    :class:`~pyro_sin.models.DeepLatentLDS`, which calls the same methods)::
+
+        params = hmm.sample_params()          # sites x_init_probs, x_transition_probs,
+                                              #       x_precisions, x_locs
+        with pyro.plate("sequences", N, subsample=idx):
+            x = hmm.sample_latent(params, T)  # sites x_states (event (T,)), x (event (T, D))
+
+    The states of a sequence are one site whose value is the whole path (a
+    :class:`~pyro_sin.distributions.MarkovChain`), so the model and the SIN emit the
+    same sites as any Pyro program, and Pyro's ``Trace_ELBO`` estimates the same bound as
+    :class:`~pyro_sin.SINELBO`; ``TraceEnum_ELBO`` can enumerate the ``K^T`` paths of
+    small problems only. Sequences padded to ``T`` steps pass their lengths,
+    ``hmm.sample_latent(params, T, lengths)``, and the encoder returns them in its
+    :class:`~pyro_sin.potential.GaussianPotential`: padding then changes nothing.
+
+    :param int num_states: ``K``.
+    :param int latent_dim: ``D``.
+    :param str name: name of the latent site ``x``.
+    :param init_concentration: ``α₀``, a scalar or shape ``(K,)`` (default 1).
+    :param transition_concentration: ``β₀``, a scalar or shape ``(K, K)``, row ``j`` the
+        prior of the transitions out of state ``j`` (default 1; a larger diagonal makes
+        the chain sticky).
+    :param loc: prior mean ``m₀`` (default 0).
+    :param float kappa: ``κ₀`` (default 0.5).
+    :param torch.Tensor scale_inv: ``W₀⁻¹`` (default ``(D + 0.5) I``).
+    :param float df: ``ν₀`` (default ``2D + 0.5``).
+    :param float init_loc_range: initial posterior means ``m ~ U(-r, r)^D``.
+    :param bool parallel: forward-backward by a parallel scan over time (else sequentially).
+    """
+
+    def __init__(
+        self,
+        num_states: int,
+        latent_dim: int,
+        name: str = "x",
+        *,
+        init_concentration=1.0,
+        transition_concentration=1.0,
+        loc=0.0,
+        kappa=0.5,
+        scale_inv=None,
+        df=None,
+        init_loc_range: float = 5.0,
+        parallel: bool = True,
+    ):
+        super().__init__(name)
+        K, D = num_states, latent_dim
+        if K < 1 or D < 1:
+            raise ValueError(f"need num_states >= 1 and latent_dim >= 1, got {K}, {D}")
+        self.num_states, self.latent_dim = K, D
+        self.init_loc_range, self.parallel = init_loc_range, parallel
+
+        def as_tensor(value, shape):
+            return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
+
+        self.register_buffer("prior_init_concentration", as_tensor(init_concentration, (K,)))
+        self.register_buffer("prior_transition_concentration", as_tensor(transition_concentration, (K, K)))
+        if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
+            raise ValueError("the Dirichlet concentrations of a LatentHMM must be positive")
+        scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, (K,), "LatentHMM scale_inv")
+        self.register_buffer("prior_loc", as_tensor(loc, (K, D)))
+        self.register_buffer("prior_kappa", as_tensor(kappa, (K,)))
+        self.register_buffer("prior_scale_inv", as_tensor(scale_inv, (K, D, D)))
+        self.register_buffer("prior_df", as_tensor(2 * D + 0.5 if df is None else df, (K,)))
+        self.prior(validate_args=True)
+
+    # ----- site names -----------------------------------------------------------
+
+    @property
+    def init_probs_site(self):
+        return f"{self.name}_init_probs"
+
+    @property
+    def transition_probs_site(self):
+        return f"{self.name}_transition_probs"
+
+    @property
+    def precisions_site(self):
+        return f"{self.name}_precisions"
+
+    @property
+    def locs_site(self):
+        return f"{self.name}_locs"
+
+    @property
+    def states_site(self):
+        return f"{self.name}_states"
+
+    @property
+    def global_sites(self):
+        return (self.init_probs_site, self.transition_probs_site, self.precisions_site, self.locs_site)
+
+    @property
+    def local_sites(self):
+        return (self.states_site, self.name)
+
+    # ----- model side -------------------------------------------------------------
+
+    def prior(self, validate_args=False) -> NormalWishart:
+        """``p(μ, Λ)`` of the states' Gaussians; validated once, at construction."""
+        return NormalWishart(
+            self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df, validate_args=validate_args
+        )
+
+    def _sample_params(self) -> HMMParams:
+        init_probs = pyro.sample(self.init_probs_site, dist.Dirichlet(self.prior_init_concentration))
+        transition_probs = pyro.sample(
+            self.transition_probs_site, dist.Dirichlet(self.prior_transition_concentration).to_event(1)
+        )
+        prior = self.prior()
+        precisions = pyro.sample(self.precisions_site, prior.precision_dist().to_event(1))
+        locs = pyro.sample(self.locs_site, prior.loc_dist(precisions).to_event(1))
+        return HMMParams(init_probs, transition_probs, locs, precisions)
+
+    def states_prior(self, params: HMMParams, num_steps: int, lengths=None) -> MarkovChain:
+        """``p(z_{1:T} | π, P)`` as a distribution over paths."""
+        return MarkovChain(
+            params.init_probs.log(),
+            params.transition_probs.log()[..., None, :, :],
+            num_steps,
+            lengths=lengths,
+            parallel=self.parallel,
+        )
+
+    def emission(self, params: HMMParams, states: torch.Tensor, lengths=None) -> StepGaussians:
+        """``p(x_{1:T} | z_{1:T}, μ, Λ)`` for paths ``states`` of shape ``(..., T)``."""
+        # a time dimension, so that the parameters' batch dimensions align with the paths'
+        loc = params.locs[..., None, :, :]
+        scale_tril = precision_to_scale_tril(params.precisions)[..., None, :, :, :]
+        return StepGaussians(Vindex(loc)[..., states, :], Vindex(scale_tril)[..., states, :, :], lengths)
+
+    def _sample_latent(self, params: HMMParams, num_steps: int, lengths=None) -> torch.Tensor:
+        states = pyro.sample(self.states_site, self.states_prior(params, num_steps, lengths))
+        return pyro.sample(self.name, self.emission(params, states, lengths))
+
+    def latent_log_prob(self, params: HMMParams, x: torch.Tensor, lengths=None) -> torch.Tensor:
+        """``log p(x_{1:T} | θ) = log Σ_z p(z | θ) p(x | z, θ)`` by the forward algorithm, shape ``(...)``."""
+        comps = dist.MultivariateNormal(params.locs, precision_matrix=params.precisions, validate_args=False)
+        log_px = comps.log_prob(x[..., None, :])  # (..., T, K)
+        return markov_log_normalizer(
+            params.init_probs.log(), params.transition_probs.log()[..., None, :, :], log_px, lengths, self.parallel
+        )
+
+    # ----- conjugate posterior over θ -----------------------------------------------
+
+    def _check_concentration(self, concentration, what):
+        if not (concentration > 0).all():
+            raise ValueError(
+                f"the Dirichlet natural parameter of the {what} must stay positive, got {concentration}; "
+                "natural parameters should only move by convex combinations (NaturalAdam)"
+            )
+        return concentration
+
+    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> HMMGlobalPosterior:
+        nw = NormalWishart.from_natural(
+            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
+        )
+        return HMMGlobalPosterior(
+            self._check_concentration(natural["init_concentration"], "initial distribution"),
+            self._check_concentration(natural["transition_concentration"], "transition rows"),
+            nw,
+        )
+
+    @staticmethod
+    def _pack(init_concentration, transition_concentration, nw_natural: NormalWishartNatural):
+        return {
+            "init_concentration": init_concentration,
+            "transition_concentration": transition_concentration,
+            **nw_natural._asdict(),
+        }
+
+    def prior_natural(self):
+        return self._pack(
+            self.prior_init_concentration, self.prior_transition_concentration, self.prior().natural_params
+        )
+
+    def init_natural(self):
+        K, D = self.num_states, self.latent_dim
+        like = self.prior_loc
+        locs = (2 * torch.rand(K, D, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
+        init = NormalWishart(
+            locs,
+            torch.ones(K, dtype=like.dtype, device=like.device),
+            2 * D * torch.eye(D, dtype=like.dtype, device=like.device).expand(K, D, D),
+            torch.full((K,), 2.0 * D + 1, dtype=like.dtype, device=like.device),
+        )
+        return self._pack(self.prior_init_concentration, self.prior_transition_concentration, init.natural_params)
+
+    def natural_domain(self) -> NaturalDomain:
+        K, D = self.num_states, self.latent_dim
+        return NaturalDomain(
+            [
+                DirichletBlock(K, key="init_concentration"),
+                DirichletBlock(K, (K,), key="transition_concentration"),
+                NormalWishartBlock((K,), D),
+            ]
+        )
+
+    def point_estimate(self, q: HMMGlobalPosterior) -> HMMParams:
+        """Posterior means ``E[π]``, ``E[P]``, ``E[μ_k] = m_k`` and ``E[Λ_k] = ν_k W_k``."""
+        init = q.init_concentration / q.init_concentration.sum(-1, keepdim=True)
+        trans = q.transition_concentration / q.transition_concentration.sum(-1, keepdim=True)
+        return HMMParams(init, trans, q.normal_wishart.loc, q.expectations.precision)
+
+    def _sample_global_posterior(self, natural):
+        q = self.global_posterior(natural)
+        nw = q.normal_wishart
+        pyro.sample(self.init_probs_site, dist.Dirichlet(q.init_concentration))
+        pyro.sample(self.transition_probs_site, dist.Dirichlet(q.transition_concentration).to_event(1))
+        precisions = pyro.sample(self.precisions_site, nw.precision_dist().to_event(1))
+        pyro.sample(self.locs_site, nw.loc_dist(precisions).to_event(1))
+
+    def kl(self, q: HMMGlobalPosterior):
+        return (
+            dirichlet_kl(q.init_concentration, self.prior_init_concentration)
+            + dirichlet_kl(q.transition_concentration, self.prior_transition_concentration).sum(-1)
+            + q.normal_wishart.kl_divergence(self.prior()).sum(-1)
+        )
+
+    def cross_entropy(self, q: HMMGlobalPosterior):
+        return (
+            dirichlet_cross_entropy(q.init_concentration, self.prior_init_concentration)
+            + dirichlet_cross_entropy(q.transition_concentration, self.prior_transition_concentration).sum(-1)
+            + q.normal_wishart.cross_entropy(self.prior()).sum(-1)
+        )
+
+    # ----- SIN factor and posterior ---------------------------------------------------
+
+    def tied_factor(self, q: HMMGlobalPosterior) -> HMMFactor:
+        return HMMFactor(q.expected_log_init, q.expected_log_transition, expected_gaussian_factor(q.expectations))
+
+    def init_free_factor(self, natural):
+        q = self.global_posterior(natural)
+        return {
+            "init_logits": (q.expected_log_init, constraints.real),
+            "transition_logits": (q.expected_log_transition, constraints.real),
+            "loc": (q.normal_wishart.loc, constraints.real_vector),
+            "precision_tril": (torch.linalg.cholesky(q.expectations.precision), constraints.lower_cholesky),
+        }
+
+    def free_factor(self, params) -> HMMFactor:
+        return HMMFactor(
+            torch.log_softmax(params["init_logits"], -1),
+            torch.log_softmax(params["transition_logits"], -1),
+            gaussian_factor(params["loc"], params["precision_tril"]),
+        )
+
+    def posterior(self, potential: GaussianPotential, factor: HMMFactor) -> HMMPosterior:
+        if potential.info_vec.dim() < 2 or potential.info_vec.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"LatentHMM '{self.name}' needs per-step potentials of shape (..., T, {self.latent_dim}), "
+                f"got {tuple(potential.info_vec.shape)}"
+            )
+        if potential.lengths is not None and potential.lengths.shape != potential.info_vec.shape[:-2]:
+            raise ValueError(
+                f"LatentHMM '{self.name}' needs one length per sequence, shape "
+                f"{tuple(potential.info_vec.shape[:-2])}, got {tuple(potential.lengths.shape)}"
+            )
+        return HMMPosterior(potential, factor, self.parallel)
+
+    def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
+        post = record.posterior
+        states = pyro.sample(self.states_site, post.states)
+        return pyro.sample(self.name, post.emission_given(states), infer={"sin": record})
+
+    # ----- closed-form bound and natural-gradient target ---------------------------------
+
+    def expected_log_prior(self, q: HMMGlobalPosterior, posterior: HMMPosterior) -> torch.Tensor:
+        r"""
+        .. math:: \sum_k q(z_1{=}k) E[\log\pi_k] + \sum_{jk} \bar n_{jk} E[\log P_{jk}]
+                  + \sum_t\sum_k q(z_t{=}k)\, E[\log N(x_t; \mu_k, \Lambda_k^{-1})]
+        """
+        return (
+            (posterior.state_probs[..., 0, :] * q.expected_log_init).sum(-1)
+            + (posterior.transition_counts * q.expected_log_transition).sum((-1, -2))
+            + expected_gaussian_log_likelihood(q.expectations, posterior.gaussian_stats()).sum(-1)
+        )
+
+    def natural_target(self, posterior: HMMPosterior, scale: float):
+        stats = posterior.gaussian_stats()  # batch (..., K)
+        batch_dims = tuple(range(stats.count.dim() - 1))
+        total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))
+        first = posterior.state_probs[..., 0, :]
+        counts = posterior.transition_counts
+        return self._pack(
+            self.prior_init_concentration + scale * first.reshape(-1, self.num_states).sum(0),
+            self.prior_transition_concentration + scale * counts.reshape((-1,) + counts.shape[-2:]).sum(0),
+            conjugate_update(self.prior().natural_params, total),
+        )

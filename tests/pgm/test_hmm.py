@@ -1,0 +1,382 @@
+import itertools
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import pyro
+import pyro.distributions as dist
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
+
+import pyro_sin
+from pyro_sin.models import DeepLatentLDS
+from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
+from pyro_sin.pgm import LatentHMM
+from pyro_sin.pgm.hmm import HMMParams, HMMPosterior
+from pyro_sin.potential import GaussianPotential
+from pyro_sin.training import fit
+from tests.helpers import random_spd
+
+
+def random_hmm(K=2, D=2):
+    return LatentHMM(
+        K,
+        D,
+        init_concentration=torch.rand(K) + 0.5,
+        transition_concentration=torch.rand(K, K) + 0.5 + 3 * torch.eye(K),
+        loc=torch.randn(K, D),
+        kappa=torch.rand(K) + 0.5,
+        scale_inv=random_spd((K,), D),
+        df=D + 1.5,
+        init_loc_range=2.0,
+    )
+
+
+def random_potential(B, T, D, lengths=None):
+    return GaussianPotential(torch.randn(B, T, D), torch.rand(B, T, D) + 0.3, lengths)
+
+
+def free_factor(hmm):
+    params = {k: v for k, (v, _) in hmm.init_free_factor(hmm.init_natural()).items()}
+    params["init_logits"] = torch.randn(hmm.num_states)
+    params["transition_logits"] = torch.randn(hmm.num_states, hmm.num_states)
+    return hmm.free_factor(params)
+
+
+def factor_of(hmm, mode):
+    return hmm.tied_factor(hmm.global_posterior(hmm.init_natural())) if mode == "tied" else free_factor(hmm)
+
+
+def brute_force(potential, factor, lengths=None):
+    """
+    Every state path of every sequence: the joint Gaussian of x_{1:L} given the path assembled
+    densely over L·D dimensions. Returns log Z, q(z_t), q(z_{t-1}, z_t), the entropy and
+    E[x_t], E[x_t x_tᵀ] per state weighted by q(z_t = k).
+    """
+    h, J = potential.info_vec, potential.precision
+    B, T, D = h.shape
+    K = factor.init_logits.shape[-1]
+    em = factor.emission
+    out = dict(
+        log_z=torch.empty(B), marg=torch.zeros(B, T, K), pair=torch.zeros(B, T - 1, K, K), entropy=torch.empty(B),
+        count=torch.zeros(B, K), sum=torch.zeros(B, K, D), outer=torch.zeros(B, K, D, D),
+    )
+    for b in range(B):
+        L = T if lengths is None else int(lengths[b])
+        weights, entropies, moments = [], [], []
+        for z in itertools.product(range(K), repeat=L):
+            P = torch.block_diag(*[torch.diag(J[b, t]) + em.precision[z[t]] for t in range(L)])
+            eta = torch.cat([h[b, t] + em.info_loc[z[t]] for t in range(L)])
+            const = factor.init_logits[z[0]] + sum(factor.transition_logits[z[t - 1], z[t]] for t in range(1, L))
+            const = const + sum(em.log_weight[z[t]] for t in range(L))
+            cov = torch.linalg.inv(P)
+            mean = cov @ eta
+            n = L * D
+            weights.append(const + 0.5 * eta @ mean + 0.5 * n * math.log(2 * math.pi) - 0.5 * torch.logdet(P))
+            entropies.append(0.5 * torch.logdet(2 * math.pi * math.e * cov))
+            moments.append((z, mean.reshape(L, D), cov))
+        weights = torch.stack(weights)
+        log_z = torch.logsumexp(weights, 0)
+        probs = (weights - log_z).exp()
+        out["log_z"][b] = log_z
+        out["entropy"][b] = -(probs * (weights - log_z)).sum() + (probs * torch.stack(entropies)).sum()
+        for p, (z, mean, cov) in zip(probs, moments):
+            for t in range(L):
+                out["marg"][b, t, z[t]] += p
+                block = cov[t * D : (t + 1) * D, t * D : (t + 1) * D]
+                out["count"][b, z[t]] += p
+                out["sum"][b, z[t]] += p * mean[t]
+                out["outer"][b, z[t]] += p * (block + torch.outer(mean[t], mean[t]))
+            for t in range(1, L):
+                out["pair"][b, t - 1, z[t - 1], z[t]] += p
+    return out
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("parallel", [True, False])
+@pytest.mark.parametrize("mode", ["tied", "free"])
+def test_posterior_matches_brute_force_over_all_paths(mode, parallel, padded):
+    hmm = random_hmm(K=2, D=2)
+    hmm.parallel = parallel
+    factor = factor_of(hmm, mode)
+    lengths = torch.tensor([4, 2, 1]) if padded else None
+    potential = random_potential(3, 4, 2, lengths)
+    post = hmm.posterior(potential, factor)
+    exact = brute_force(potential, factor, lengths)
+    assert_close(post.log_normalizer, exact["log_z"])
+    assert_close(post.state_probs, exact["marg"])
+    assert_close(post.states.marginals.pair_marginals, exact["pair"])
+    assert_close(post.transition_counts, exact["pair"].sum(1))
+    assert_close(post.entropy(), exact["entropy"])
+    stats = post.gaussian_stats()
+    assert_close(stats.count, exact["count"])
+    assert_close(stats.sum, exact["sum"])
+    assert_close(stats.sum_outer, exact["outer"])
+
+
+def test_samples_and_densities_match_the_closed_forms():
+    hmm = random_hmm(K=3, D=2)
+    post = hmm.posterior(random_potential(2, 3, 2), factor_of(hmm, "tied"))
+    S = 50000
+    z = post.sample_states((S,))
+    x = post.emission_given(z).rsample()
+    assert x.shape == (S, 2, 3, 2)
+    log_q = post.log_prob(z, x)
+    se = log_q.std(0) / S**0.5
+    assert (((-log_q.mean(0)) - post.entropy()).abs() < 4 * se).all()
+    # state frequencies per step and the mean of x
+    freq = torch.nn.functional.one_hot(z, 3).double().mean(0)
+    assert_close(freq, post.state_probs, atol=0.01, rtol=0)
+    mean = (post.state_probs[..., None] * post.emission.loc).sum(-2)
+    assert_close(x.mean(0), mean, atol=0.03, rtol=0)
+    # q(x) marginalises the paths: log q(x) = log Σ_z q(z, x)
+    paths = torch.tensor(list(itertools.product(range(3), repeat=3)))  # (27, 3)
+    x0 = x[:5]
+    joint = post.log_prob(paths[:, None, None, :], x0[None])  # (27, 5, 2)
+    assert_close(post.marginal_log_prob(x0), torch.logsumexp(joint, 0))
+
+
+def test_tied_factor_is_the_expected_log_prior_along_a_path():
+    """a_{z_1} + Σ A_{z_{t-1} z_t} + Σ log f_{z_t}(x_t) = E_q(θ)[log p(z, x | θ)], by Monte Carlo over θ."""
+    hmm = random_hmm(K=2, D=2)
+    q = hmm.global_posterior(hmm.init_natural())
+    factor = hmm.tied_factor(q)
+    z = torch.tensor([0, 1, 1])
+    x = torch.randn(3, 2)
+    em = factor.emission
+    closed = factor.init_logits[z[0]] + factor.transition_logits[z[:-1], z[1:]].sum()
+    closed = closed + (em.log_weight[z] + (em.info_loc[z] * x).sum(-1) - 0.5 * torch.einsum("ti,tij,tj->t", x, em.precision[z], x)).sum()
+    S = 200000
+    pi = dist.Dirichlet(q.init_concentration).sample((S,))
+    P = dist.Dirichlet(q.transition_concentration).sample((S,))
+    locs, precisions = q.normal_wishart.rsample((S,))
+    params = HMMParams(pi, P, locs, precisions)
+    log_p = hmm.states_prior(params, 3).log_prob(z) + hmm.emission(params, z.expand(S, 3)).log_prob(x)
+    assert_close(log_p.mean(), closed, atol=4 * (log_p.std() / S**0.5).item(), rtol=0)
+
+
+def test_local_elbo_matches_monte_carlo():
+    hmm = random_hmm(K=2, D=2)
+    q = hmm.global_posterior(hmm.init_natural())
+    post = hmm.posterior(random_potential(2, 4, 2, torch.tensor([4, 3])), factor_of(hmm, "free"))
+    S = 100000
+    z = post.sample_states((S,))
+    x = post.emission_given(z).rsample()
+    pi = dist.Dirichlet(q.init_concentration).sample((S,))[:, None]
+    P = dist.Dirichlet(q.transition_concentration).sample((S,))[:, None]
+    locs, precisions = q.normal_wishart.rsample((S,))
+    params = HMMParams(pi, P, locs[:, None], precisions[:, None])
+    lengths = post.lengths
+    log_p = hmm.states_prior(params, 4, lengths).log_prob(z) + hmm.emission(params, z, lengths).log_prob(x)
+    mc = log_p - post.log_prob(z, x)
+    assert_close(hmm.local_elbo(q, post), mc.mean(0), atol=4 * (mc.std(0) / S**0.5).max().item(), rtol=0)
+
+
+def test_model_marginal_density_is_the_sum_over_paths():
+    hmm = random_hmm(K=2, D=2)
+    q = hmm.global_posterior(hmm.init_natural())
+    params = hmm.point_estimate(q)
+    x = torch.randn(3, 2)
+    paths = torch.tensor(list(itertools.product(range(2), repeat=3)))
+    joint = hmm.states_prior(params, 3).log_prob(paths) + hmm.emission(params, paths).log_prob(x)
+    assert_close(hmm.latent_log_prob(params, x), torch.logsumexp(joint, 0))
+
+
+def test_closed_form_bound_passes_gradcheck():
+    """The bound's closed form, differentiated twice through forward-backward, against finite differences."""
+    hmm = random_hmm(K=2, D=2)
+    q = hmm.global_posterior(hmm.init_natural())
+    factor = factor_of(hmm, "tied")
+
+    def local(h, log_j):
+        return hmm.local_elbo(q, hmm.posterior(GaussianPotential(h, log_j.exp(), torch.tensor([3, 2])), factor))
+
+    h = torch.randn(2, 3, 2, requires_grad=True)
+    log_j = torch.randn(2, 3, 2, requires_grad=True)
+    assert torch.autograd.gradcheck(local, (h, log_j))
+
+
+def tiny_hmm_model(N=5, T=3, P=2, lengths=None):
+    pyro.set_rng_seed(0)
+    y = torch.randn(N, T, P)
+    model = DeepLatentLDS(random_hmm(K=2, D=2), GaussianDecoder(2, P, (8,)), N)
+    guide = model.make_guide(GaussianEncoder(P, 2, (8,)))
+    return model, guide, y
+
+
+def repeated(fn, n=5):
+    values = torch.tensor([fn() for _ in range(n)])
+    return values.mean(), values.std() / n**0.5
+
+
+def test_sinelbo_agrees_with_pyro_estimators():
+    """Trace_ELBO samples the paths; TraceEnum_ELBO enumerates all K^T of them in the guide."""
+    model, guide, y = tiny_hmm_model()
+    estimates = [
+        repeated(lambda: pyro_sin.SINELBO(num_particles=2000).loss(model, guide, y)),
+        repeated(lambda: pyro_sin.SINELBO(num_particles=500, decoder_estimator="enumerate").loss(model, guide, y)),
+        repeated(lambda: Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, y)),
+        repeated(
+            lambda: TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(
+                model, config_enumerate(guide), y
+            )
+        ),
+    ]
+    ours, ours_se = estimates[0]
+    for other, other_se in estimates[1:]:
+        assert abs(ours - other) < 4 * (ours_se**2 + other_se**2) ** 0.5 + 1e-3 * abs(other)
+
+
+def test_sinelbo_agrees_with_trace_elbo_on_padded_sequences():
+    model, guide, y = tiny_hmm_model(N=3, T=6)
+    mask, L = torch.ones(3, 6), torch.tensor([6, 2, 4])
+    mask[0, 2] = 0
+    ours = repeated(lambda: pyro_sin.SINELBO(num_particles=1000).loss(model, guide, y, mask, L))
+    elbo = Trace_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
+    theirs = repeated(lambda: elbo.loss(model, guide, y, mask, L))
+    assert abs(ours[0] - theirs[0]) < 4 * (ours[1] ** 2 + theirs[1] ** 2) ** 0.5 + 1e-3 * abs(theirs[0])
+
+
+class ConstantDecoder(torch.nn.Module):
+    """``p(y_t | x_t)`` that ignores ``x_t``: the bound's Monte Carlo term becomes exact."""
+
+    def __init__(self, P):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.randn(P))
+
+    def distribution(self, x):
+        shape = x.shape[:-1] + self.loc.shape
+        return dist.Normal(self.loc.expand(shape), torch.ones(shape)).to_event(1)
+
+
+@pytest.mark.parametrize("factor", ["tied", "free"])
+def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor):
+    lengths, T, P, D = [9, 3, 1, 6], 12, 3, 2
+    y = torch.randn(len(lengths), T, P) * 3
+    mask = torch.ones(len(lengths), T)
+    mask[0, 2:4] = 0
+    L = torch.tensor(lengths)
+    hmm = random_hmm(K=3, D=D)
+    model = DeepLatentLDS(hmm, ConstantDecoder(P), len(lengths))
+    guide = model.make_guide(GaussianEncoder(P, D, (8,)), factor=factor)
+    elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
+    padded_loss = elbo.loss(model, guide, y, mask, L)
+    q = guide.global_posterior()
+    post = model.posterior(guide, y, mask, L)
+    target = hmm.natural_target(post, 1.0)
+    prior = hmm.prior_natural()
+    exact = dict(rtol=0, atol=1e-6)
+    unpadded_loss, target_sum = 0.0, {k: v.clone() for k, v in prior.items()}
+    for i, n in enumerate(lengths):
+        post_i = model.posterior(guide, y[i : i + 1, :n], mask[i : i + 1, :n])
+        assert_close(post.state_probs[i, :n], post_i.state_probs[0], **exact)
+        assert_close(post.transition_counts[i], post_i.transition_counts[0], **exact)
+        assert_close(hmm.local_elbo(q, post)[i], hmm.local_elbo(q, post_i)[0], **exact)
+        unpadded_loss += elbo.loss(model, guide, y[i : i + 1, :n], mask[i : i + 1, :n]) / len(lengths)
+        for key, value in hmm.natural_target(post_i, 1.0).items():
+            target_sum[key] += value - prior[key]
+    assert_close(torch.tensor(padded_loss), torch.tensor(unpadded_loss), **exact)
+    for key in prior:
+        assert_close(target[key], target_sum[key], **exact)
+    # transitions counted: L - 1 per sequence, padding not
+    assert_close(target["transition_concentration"].sum() - prior["transition_concentration"].sum(), torch.tensor(float(sum(lengths) - len(lengths))))
+    z = post.sample_states((3,))
+    x = post.rsample((3,))
+    after_end = torch.arange(T) >= L[:, None]
+    assert (z[:, after_end] == 0).all() and (x[:, after_end] == 0).all()
+
+
+def test_full_natural_step_is_the_conjugate_update():
+    """β = 1 lands on the conjugate posterior of the exact expected statistics, computed by enumeration."""
+    model, guide, y = tiny_hmm_model(N=6, T=3)
+    idx = torch.arange(3)
+    guide(y[idx], indices=idx)
+    with torch.no_grad():
+        potential = guide.encode(y[idx])
+        exact = brute_force(potential, guide.factor())
+    hmm, scale = guide.pgm, 6 / 3
+    # Dirichlets: prior plus expected counts
+    alpha = hmm.prior_init_concentration + scale * exact["marg"][:, 0].sum(0)
+    beta = hmm.prior_transition_concentration + scale * exact["pair"].sum((0, 1))
+    # Normal-Wishart per state, by the textbook update from weighted moments
+    n = scale * exact["count"].sum(0)
+    s1 = scale * exact["sum"].sum(0)
+    s2 = scale * exact["outer"].sum(0)
+    prior = hmm.prior()
+    kappa = prior.kappa + n
+    loc = (prior.kappa[:, None] * prior.loc + s1) / kappa[:, None]
+    outer = lambda v: v[..., :, None] * v[..., None, :]  # noqa: E731
+    scale_inv = prior.scale_inv + s2 + prior.kappa[:, None, None] * outer(prior.loc) - kappa[:, None, None] * outer(loc)
+    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.0}, natural_lr=1.0), pyro_sin.SINELBO(num_particles=2))
+    svi.step(y[idx], indices=idx)
+    q = guide.global_posterior()
+    assert_close(q.init_concentration, alpha)
+    assert_close(q.transition_concentration, beta)
+    assert_close(q.normal_wishart.kappa, kappa)
+    assert_close(q.normal_wishart.loc, loc)
+    assert_close(q.normal_wishart.scale_inv, scale_inv)
+    assert_close(q.normal_wishart.df, prior.df + n)
+
+
+def synthetic_hmm(N, T, K=2, P=5, stay=0.9, radius=3.0, noise=0.3, generator=None):
+    """Sticky states with Gaussian latents around a circle, seen through a random tanh layer."""
+    g = generator
+    angles = 2 * math.pi * torch.arange(K) / K
+    means = radius * torch.stack([angles.cos(), angles.sin()], -1)
+    trans = torch.full((K, K), (1 - stay) / (K - 1))
+    trans.fill_diagonal_(stay)
+    z = torch.empty(N, T, dtype=torch.long)
+    z[:, 0] = torch.randint(K, (N,), generator=g)
+    for t in range(1, T):
+        z[:, t] = torch.multinomial(trans[z[:, t - 1]], 1, generator=g)[:, 0]
+    x = means[z] + noise * torch.randn(N, T, 2, generator=g)
+    W1, b1 = 0.5 * torch.randn(2, 8, generator=g), 0.5 * torch.randn(8, generator=g)
+    y = torch.tanh(x @ W1 + b1) @ torch.randn(8, P, generator=g) + 0.1 * torch.randn(N, T, P, generator=g)
+    return (y - y.mean((0, 1))) / y.std((0, 1)), z
+
+
+@pytest.mark.parametrize("factor", ["tied", "free"])
+def test_learning_segments_a_synthetic_hmm_beyond_any_per_frame_classifier(factor):
+    """
+    Two sticky states whose latent clouds overlap: no rule that reads one frame at a time
+    beats the Bayes accuracy Φ(radius / noise) ≈ 0.933; the learned chain must use time.
+    """
+    radius, noise, stay = 1.5, 1.0, 0.95
+    y, z = synthetic_hmm(60, 30, stay=stay, radius=radius, noise=noise, generator=torch.Generator().manual_seed(0))
+    per_frame_bayes = 0.5 * (1 + math.erf(radius / noise / math.sqrt(2)))
+    P = y.shape[-1]
+    hmm = LatentHMM(2, 2, init_loc_range=3.0)
+    scale = latent_scale(y.reshape(-1, P))
+    mirrored, decoder = mirrored_autoencoder(P, 2, (20,), scale=scale)
+    # confident potentials from the start (J = 4), mapping y as the mirrored encoder does
+    encoder = GaussianEncoder(P, 2, (20,), init_precision=4.0, init_scale=scale)
+    with torch.no_grad():
+        encoder.shortcut.weight.copy_(mirrored.shortcut.weight * 4.0 / scale**2)
+    model = DeepLatentLDS(hmm, decoder, len(y))
+    guide = model.make_guide(encoder, factor=factor)
+
+    def accuracy():
+        pred = model.posterior(guide, y).state_probs.argmax(-1)
+        return max((pred == k).eq(z == 0).double().mean().item() for k in range(2))
+
+    before = accuracy()
+    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.03}, natural_lr=0.1), pyro_sin.SINELBO(num_particles=4))
+    fit(svi, y, iterations=150, batch_size=20, progress=False)
+    assert before < per_frame_bayes < 0.96 < accuracy()
+    # the learned chain is about as sticky as the true one
+    transitions = hmm.point_estimate(guide.global_posterior()).transition_probs
+    assert (transitions.diagonal() - stay).abs().max() < 0.06
+
+
+def test_bad_inputs_raise():
+    hmm = random_hmm()
+    factor = factor_of(hmm, "tied")
+    with pytest.raises(ValueError, match="per-step potentials"):
+        hmm.posterior(GaussianPotential(torch.zeros(3, 3), torch.ones(3, 3)), factor)
+    with pytest.raises(ValueError, match="positive"):
+        LatentHMM(2, 2, transition_concentration=torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+    natural = hmm.init_natural()
+    natural["transition_concentration"] = -natural["transition_concentration"]
+    with pytest.raises(ValueError, match="transition rows"):
+        hmm.global_posterior(natural)
