@@ -1,11 +1,13 @@
 """
-Recognition networks that emit Gaussian potentials, and a Gaussian decoder.
+Recognition networks that emit Gaussian potentials, and decoders for Gaussian,
+Bernoulli and Poisson likelihoods.
 
-Both are two-headed MLPs in the style of the SVAE / SAN experiment code: small
+All are two-headed MLPs in the style of the SVAE / SAN experiment code: small
 initial weights (std 0.01) and a linear shortcut into the first head
 (initialised to a scaled random orthonormal map), while the second head (a
 precision or a variance, through a softplus) starts as a constant that does
-not depend on the input. :func:`mirrored_autoencoder` goes one step further
+not depend on the input; the Bernoulli and Poisson decoders have one
+parameter per feature and drop the second head. :func:`mirrored_autoencoder` goes one step further
 and starts the decoder's shortcut as the inverse of the encoder's, at a latent
 scale matched to the PGM prior: training then starts from a near-identity
 autoencoder, which makes SAN converge faster and more reliably than
@@ -50,6 +52,8 @@ class TwoHeadedMLP(nn.Module):
     :param float init_std: std of the initial weights and biases of the MLP.
     :param float shortcut_gain: the shortcut starts as ``gain`` times a random
         orthonormal map.
+    :param bool second_head: ``False`` drops the second head (for one-parameter
+        likelihoods); ``forward`` then returns ``first`` alone.
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class TwoHeadedMLP(nn.Module):
         init_std: float = 0.01,
         shortcut_gain: float = 1.0,
         activation=nn.Tanh,
+        second_head: bool = True,
     ):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
@@ -70,7 +75,7 @@ class TwoHeadedMLP(nn.Module):
             width = size
         self.body = nn.Sequential(*layers)
         self.first = nn.Linear(width, out_dim)
-        self.second = nn.Linear(width, out_dim)
+        self.second = nn.Linear(width, out_dim) if second_head else None
         self.shortcut = nn.Linear(in_dim, out_dim, bias=False)
         for module in self.modules():
             if isinstance(module, nn.Linear) and module is not self.shortcut:
@@ -79,7 +84,8 @@ class TwoHeadedMLP(nn.Module):
         _orthonormal_(self.shortcut.weight)
         with torch.no_grad():
             self.shortcut.weight.mul_(shortcut_gain)
-            self.second.bias.add_(_inverse_softplus(init_second))
+            if second_head:
+                self.second.bias.add_(_inverse_softplus(init_second))
 
     def forward(self, x):
         if x.shape[-1] != self.in_dim:
@@ -88,7 +94,10 @@ class TwoHeadedMLP(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         hidden = self.body(x)
-        return self.first(hidden) + self.shortcut(x), softplus(self.second(hidden))
+        first = self.first(hidden) + self.shortcut(x)
+        if self.second is None:
+            return first
+        return first, softplus(self.second(hidden))
 
 
 class GaussianEncoder(TwoHeadedMLP):
@@ -171,35 +180,128 @@ class SequenceEncoder(nn.Module):
         return _masked(GaussianPotential(info_vec, precision), mask)
 
 
+def _floor_buffer(value, size: int, name: str) -> torch.Tensor:
+    """A non-negative, finite floor (a float or a per-feature tensor) as a ``(size,)`` tensor."""
+    floor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if floor.dim() > 1 or floor.numel() not in (1, size):
+        raise ValueError(f"{name} must be a float or a tensor of shape ({size},), got shape {tuple(floor.shape)}")
+    if not (torch.isfinite(floor).all() and (floor >= 0).all()):
+        raise ValueError(f"{name} must be finite and non-negative, got {floor}")
+    return floor.expand(size).clone()
+
+
 class GaussianDecoder(TwoHeadedMLP):
     r"""
-    Decoder ``x ↦ N(y; μ(x), diag σ²(x))``.
+    Decoder ``x ↦ N(y; μ(x), diag σ²(x))`` with a floor on the standard deviation,
 
-    At initialisation ``σ² ≈ init_variance`` and ``μ(x) ≈ init_scale · Q x``.
+    .. math:: \sigma_d^2(x) = \mathrm{softplus}(\mathrm{head}_2(x))_d + \sigma_{\min,d}^2 .
+
+    Without a floor a decoder can shrink ``σ_d`` without bound on a feature it
+    reproduces (almost) exactly, e.g. a constant pixel, and the likelihood
+    then diverges; the floor keeps ``σ_d ≥ σ_min,d`` smoothly.
+
+    At initialisation ``σ² ≈ init_variance + min_scale²`` and ``μ(x) ≈ init_scale · Q x``.
 
     :param int latent_dim: size of ``x``.
     :param int data_dim: size of ``y``.
     :param hidden: hidden layer sizes (tanh).
-    :param float init_variance: the initial, input-independent ``σ²``.
+    :param float init_variance: the initial, input-independent learned part of ``σ²``.
     :param float init_scale: data units per latent unit at initialisation.
+    :param min_scale: ``σ_min`` in data units, a float or a tensor of shape
+        ``(data_dim,)`` (default 0: no floor).
     """
 
     def __init__(
-        self, latent_dim, data_dim, hidden=(50, 50), init_variance=1.0, init_scale=1.0, **kwargs
+        self, latent_dim, data_dim, hidden=(50, 50), init_variance=1.0, init_scale=1.0, min_scale=0.0, **kwargs
     ):
         super().__init__(
             latent_dim, data_dim, hidden, init_second=init_variance, shortcut_gain=init_scale, **kwargs
         )
+        self.register_buffer("min_scale", _floor_buffer(min_scale, data_dim, "min_scale"))
 
     def forward(self, x):
         """:returns: ``(loc, scale)`` of the likelihood."""
         loc, variance = super().forward(x)
-        return loc, variance.sqrt()
+        return loc, (variance + self.min_scale.pow(2)).sqrt()
 
     def distribution(self, x) -> dist.Normal:
         """``p(y | x)`` as a Pyro distribution with event dimension 1."""
         loc, scale = self(x)
         return dist.Normal(loc, scale).to_event(1)
+
+
+class BernoulliDecoder(TwoHeadedMLP):
+    r"""
+    Decoder ``x ↦ Π_d Bernoulli(y_d; σ(ℓ_d(x)))`` for binary data (e.g. binarised
+    pixels), with logits ``ℓ(x)`` from the first head; there is no second head.
+
+    At initialisation ``ℓ(x) ≈ init_scale · Q x``.
+
+    :param int latent_dim: size of ``x``.
+    :param int data_dim: size of ``y``.
+    :param hidden: hidden layer sizes (tanh).
+    :param float init_scale: logit units per latent unit at initialisation.
+    """
+
+    def __init__(self, latent_dim, data_dim, hidden=(50, 50), init_scale=1.0, **kwargs):
+        super().__init__(latent_dim, data_dim, hidden, shortcut_gain=init_scale, second_head=False, **kwargs)
+
+    def forward(self, x):
+        """:returns: the logits ``ℓ(x)``."""
+        return super().forward(x)
+
+    def distribution(self, x) -> dist.Bernoulli:
+        """``p(y | x)`` as a Pyro distribution with event dimension 1."""
+        return dist.Bernoulli(logits=self(x)).to_event(1)
+
+
+class PoissonDecoder(TwoHeadedMLP):
+    r"""
+    Decoder ``x ↦ Π_d Poisson(y_d; λ_d(x))`` for counts, with rates
+
+    .. math:: \lambda_d(x) = \mathrm{softplus}(\mathrm{head}_1(x))_d + \lambda_{\min}.
+
+    The softplus grows linearly, not exponentially, so a large pre-activation
+    cannot overflow, and for large counts the rate is close to the first head
+    itself, which lets :func:`mirrored_autoencoder` start it near the data;
+    ``λ_min > 0`` keeps ``log λ`` finite where the head is very negative.
+    There is no second head.
+
+    :param int latent_dim: size of ``x``.
+    :param int data_dim: size of ``y``.
+    :param hidden: hidden layer sizes (tanh).
+    :param float init_scale: data units per latent unit at initialisation.
+    :param float min_rate: ``λ_min`` (default ``1e-6``).
+    """
+
+    def __init__(self, latent_dim, data_dim, hidden=(50, 50), init_scale=1.0, min_rate=1e-6, **kwargs):
+        super().__init__(latent_dim, data_dim, hidden, shortcut_gain=init_scale, second_head=False, **kwargs)
+        if not min_rate > 0:
+            raise ValueError(f"min_rate must be positive, got {min_rate}")
+        self.min_rate = float(min_rate)
+
+    def forward(self, x):
+        """:returns: the rates ``λ(x)``."""
+        return softplus(super().forward(x)) + self.min_rate
+
+    def distribution(self, x) -> dist.Poisson:
+        """``p(y | x)`` as a Pyro distribution with event dimension 1."""
+        return dist.Poisson(self(x)).to_event(1)
+
+
+DECODERS = {"gaussian": GaussianDecoder, "bernoulli": BernoulliDecoder, "poisson": PoissonDecoder}
+
+
+def make_decoder(likelihood: str, latent_dim: int, data_dim: int, hidden=(50, 50), **kwargs) -> TwoHeadedMLP:
+    """
+    The decoder for a likelihood by name.
+
+    :param str likelihood: ``"gaussian"``, ``"bernoulli"`` or ``"poisson"``.
+    :param kwargs: passed to the decoder's constructor.
+    """
+    if likelihood not in DECODERS:
+        raise ValueError(f"unknown likelihood {likelihood!r}; choose one of {sorted(DECODERS)}")
+    return DECODERS[likelihood](latent_dim, data_dim, hidden, **kwargs)
 
 
 def mirrored_autoencoder(
@@ -208,22 +310,31 @@ def mirrored_autoencoder(
     hidden: Sequence[int] = (50, 50),
     scale: float = 1.0,
     init_variance: float = 1.0,
+    likelihood: str = "gaussian",
+    **decoder_kwargs,
 ):
     r"""
     An encoder and a decoder whose shortcuts start as inverse maps,
     ``x ≈ Q y / s`` and ``y ≈ s Qᵀ x`` (``Q`` a random partial isometry), with
     encoder precision ``J = s²`` so that the posterior spread starts at about one
-    data unit.
+    data unit. For a Bernoulli decoder the shortcut ``s Qᵀ x`` starts the
+    logits; for a Poisson decoder, the (softplus) rates.
 
     :param float scale: ``s``, data units per latent unit; choose it so the data
         span a few units of the latent space, where the PGM prior's
         hyperparameters live (e.g. ``s = std(y) / 2``; see :func:`latent_scale`).
-    :returns: ``(GaussianEncoder, GaussianDecoder)``.
+    :param float init_variance: the Gaussian decoder's initial variance.
+    :param str likelihood: the decoder's likelihood, ``"gaussian"`` (default),
+        ``"bernoulli"`` or ``"poisson"`` (see :func:`make_decoder`).
+    :param decoder_kwargs: further arguments of the decoder (e.g. ``min_scale``).
+    :returns: ``(GaussianEncoder, decoder)``.
     """
     encoder = GaussianEncoder(
         data_dim, latent_dim, hidden, init_precision=scale**2, init_scale=scale
     )
-    decoder = GaussianDecoder(latent_dim, data_dim, hidden, init_variance=init_variance)
+    if likelihood == "gaussian":
+        decoder_kwargs = {"init_variance": init_variance, **decoder_kwargs}
+    decoder = make_decoder(likelihood, latent_dim, data_dim, hidden, **decoder_kwargs)
     with torch.no_grad():
         orthonormal = encoder.shortcut.weight / (encoder.init_precision / scale)
         decoder.shortcut.weight.copy_(scale * orthonormal.T)
