@@ -342,5 +342,11 @@ def mirrored_autoencoder(
 
 
 def latent_scale(data: torch.Tensor, latent_std: float = 2.0) -> float:
-    """Data units per latent unit that give the data a latent standard deviation of ``latent_std``."""
-    return float(data.std(0).mean()) / latent_std
+    """
+    Data units per latent unit that give the data a latent standard deviation of
+    ``latent_std``; data without spread (constant) count as spanning ``max(|y|, 1)``.
+    """
+    spread = float(data.std(0, unbiased=False).mean())
+    if not spread > 0:
+        spread = max(float(data.abs().max()), 1.0)
+    return spread / latent_std
