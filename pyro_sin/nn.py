@@ -311,26 +311,28 @@ def mirrored_autoencoder(
     scale: float = 1.0,
     init_variance: float = 1.0,
     likelihood: str = "gaussian",
+    posterior_scale: float = 1.0,
     **decoder_kwargs,
 ):
     r"""
     An encoder and a decoder whose shortcuts start as inverse maps,
     ``x ≈ Q y / s`` and ``y ≈ s Qᵀ x`` (``Q`` a random partial isometry), with
-    encoder precision ``J = s²`` so that the posterior spread starts at about one
-    data unit. For a Bernoulli decoder the shortcut ``s Qᵀ x`` starts the
+    encoder precision ``J = (s / posterior_scale)²`` so that the posterior spread
+    starts at about ``posterior_scale`` data units (one by default). For a Bernoulli decoder the shortcut ``s Qᵀ x`` starts the
     logits; for a Poisson decoder, the (softplus) rates.
 
     :param float scale: ``s``, data units per latent unit; choose it so the data
         span a few units of the latent space, where the PGM prior's
         hyperparameters live (e.g. ``s = std(y) / 2``; see :func:`latent_scale`).
     :param float init_variance: the Gaussian decoder's initial variance.
+    :param float posterior_scale: the encoder's initial posterior standard deviation, in data units.
     :param str likelihood: the decoder's likelihood, ``"gaussian"`` (default),
         ``"bernoulli"`` or ``"poisson"`` (see :func:`make_decoder`).
     :param decoder_kwargs: further arguments of the decoder (e.g. ``min_scale``).
     :returns: ``(GaussianEncoder, decoder)``.
     """
     encoder = GaussianEncoder(
-        data_dim, latent_dim, hidden, init_precision=scale**2, init_scale=scale
+        data_dim, latent_dim, hidden, init_precision=(scale / posterior_scale) ** 2, init_scale=scale
     )
     if likelihood == "gaussian":
         decoder_kwargs = {"init_variance": init_variance, **decoder_kwargs}

@@ -45,7 +45,7 @@ class Standardization(nn.Module):
         self.register_buffer("scale", scale.clone())
 
     @classmethod
-    def fit(cls, data: torch.Tensor, per_feature: bool = False, min_relative_scale: float = 0.1):
+    def fit(cls, data: torch.Tensor, per_feature: bool = False, min_relative_scale: float = 0.1, spread: float = 1.0):
         r"""
         Fits ``m`` = the mean of every feature and ``s`` from the spread of the data.
 
@@ -55,7 +55,8 @@ class Standardization(nn.Module):
         point); with ``per_feature=True`` each feature gets its own standard
         deviation, floored at ``min_relative_scale`` times that root-mean-square
         so that a (nearly) constant feature is not blown up into outliers.
-        Data with no spread at all get ``s = max(|m|, 1)``.
+        Data with no spread at all get ``s = max(|m|, 1)``. The standardised data
+        then have a root-mean-square spread of ``spread``.
 
         :param torch.Tensor data: shape ``(..., D)``; every leading dimension counts as data points.
         """
@@ -74,7 +75,7 @@ class Standardization(nn.Module):
             scale = variance.sqrt().clamp(min=float(min_relative_scale) * rms)
         else:
             scale = rms.expand(loc.shape)
-        return cls(loc, scale)
+        return cls(loc, scale / spread)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``(y - m) / s``."""
@@ -140,36 +141,53 @@ def standardized_autoencoder(
     hidden: Sequence[int] = (50, 50),
     *,
     likelihood: str = "gaussian",
+    spread: float = 1.0,
     latent_std: float = 2.0,
     min_scale: float = 0.05,
-    init_variance: float = 1.0,
+    init_noise: float = 0.15,
     per_feature: bool = False,
     **decoder_kwargs,
 ):
     r"""
     :func:`~pyro_sin.nn.mirrored_autoencoder` for data in any units: the
     networks work on the standardised data ``u = (y - m) / s``
-    (:meth:`Standardization.fit`), which span about ``latent_std`` units of the
-    latent space at initialisation, and a Gaussian decoder answers in data units
-    with its standard deviation floored at ``min_scale · s``. A Bernoulli or
-    Poisson decoder reads the latent space as before and models the data as given.
+    (:meth:`Standardization.fit`, root-mean-square spread ``spread``), which
+    span about ``latent_std`` units of the latent space at initialisation, and a
+    Gaussian decoder answers in data units with its standard deviation floored at
+    ``min_scale`` times the data's spread. A Bernoulli or Poisson decoder reads the
+    latent space as before and models the data as given.
 
     :param torch.Tensor data: the training data, shape ``(N, D)``.
     :param str likelihood: ``"gaussian"``, ``"bernoulli"`` or ``"poisson"``.
+    :param float spread: the spread of the networks' inputs and outputs; with the
+        networks' initial weights and a learning rate fixed, it sets how fast the
+        encoder learns relative to the decoder.
     :param float latent_std: latent standard deviation of the data at initialisation.
-    :param float min_scale: floor on the Gaussian decoder's standard deviation, relative to ``s``.
-    :param float init_variance: the Gaussian decoder's initial variance, relative to ``s²``.
+    :param float min_scale: floor on the Gaussian decoder's standard deviation, relative
+        to the data's spread.
+    :param float init_noise: the initial spread of the encoder's posterior and of the
+        Gaussian decoder's noise, relative to the data's spread.
     :param bool per_feature: standardise each feature by its own spread (see
         :meth:`Standardization.fit`).
     :returns: ``(StandardizedEncoder, decoder)``.
     """
     from .nn import mirrored_autoencoder
 
-    standardization = Standardization.fit(data, per_feature=per_feature).to(data.device)
+    standardization = Standardization.fit(data, per_feature=per_feature, spread=spread).to(data.device)
     if likelihood == "gaussian":
-        decoder_kwargs = {"min_scale": min_scale, "init_variance": init_variance, **decoder_kwargs}
+        decoder_kwargs = {
+            "min_scale": min_scale * spread,
+            "init_variance": (init_noise * spread) ** 2,
+            **decoder_kwargs,
+        }
     encoder, decoder = mirrored_autoencoder(
-        data.shape[-1], latent_dim, hidden, scale=1.0 / latent_std, likelihood=likelihood, **decoder_kwargs
+        data.shape[-1],
+        latent_dim,
+        hidden,
+        scale=spread / latent_std,
+        likelihood=likelihood,
+        posterior_scale=init_noise * spread,
+        **decoder_kwargs,
     )
     encoder = StandardizedEncoder(encoder, standardization)
     if likelihood == "gaussian":
