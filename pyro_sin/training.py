@@ -124,8 +124,8 @@ def _warn_collapse(desc: str, num_components: int):
         f"{desc}: the posterior collapsed onto one of {num_components} mixture components: every "
         "point is assigned to the same cluster. If the data hold several clusters, standardise them "
         "(pyro_sin.standardize.standardized_autoencoder), let the networks learn before the natural "
-        "step moves the components (a warm-up, pyro_sin.training.warmup_schedule) and start the "
-        "components from the encoded data (pyro_sin.training.init_components), or lower the learning rate.",
+        "step moves the components (a warm-up, pyro_sin.initialization.warmup_schedule) and start the "
+        "components from the encoded data (pyro_sin.initialization.encoded_components), or lower the learning rate.",
         RuntimeWarning,
         stacklevel=3,
     )

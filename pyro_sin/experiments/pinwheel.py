@@ -50,8 +50,10 @@ class Config:
     factor: str = "tied"
     decoder_estimator: str = "sample"
     init: str = "standardized"  # "mirrored" (raw data units) or "independent": the paper code's random shortcuts
-    min_scale: float = 0.05  # the Gaussian decoder's floor, relative to the data's scale ("standardized")
-    init_noise: float = 0.15  # initial posterior and decoder spread, relative to the data's ("standardized")
+    # "standardized" networks (measured in issue 7; all relative to the data's spread):
+    spread: float = 5.0  # spread of the networks' inputs and outputs
+    min_scale: float = 0.01  # the Gaussian decoder's floor
+    init_noise: float = 0.135  # initial posterior and decoder spread (one unit of the paper's pinwheel)
     warmup: int = 200  # steps before the natural step moves the mixture components
     component_init: str = "kmeans"  # components on the encoded data, or "random"
     seed: int = 0
@@ -67,7 +69,12 @@ def build_networks(config: Config, train: torch.Tensor):
     data_dim, hidden = train.shape[-1], (config.hidden,) * 2
     if config.init == "standardized":
         encoder, decoder = standardized_autoencoder(
-            train, config.latent_dim, hidden, min_scale=config.min_scale, init_noise=config.init_noise
+            train,
+            config.latent_dim,
+            hidden,
+            spread=config.spread,
+            min_scale=config.min_scale,
+            init_noise=config.init_noise,
         )
     elif config.init == "mirrored":
         encoder, decoder = mirrored_autoencoder(
