@@ -201,6 +201,16 @@ def _floor_buffer(value, size: int, name: str) -> torch.Tensor:
     return floor.expand(size).clone()
 
 
+def _floor_buffer(value, size: int, name: str) -> torch.Tensor:
+    """A non-negative, finite floor (a float or a per-feature tensor) as a ``(size,)`` tensor."""
+    floor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    if floor.dim() > 1 or floor.numel() not in (1, size):
+        raise ValueError(f"{name} must be a float or a tensor of shape ({size},), got shape {tuple(floor.shape)}")
+    if not (torch.isfinite(floor).all() and (floor >= 0).all()):
+        raise ValueError(f"{name} must be finite and non-negative, got {floor}")
+    return floor.expand(size).clone()
+
+
 class GaussianDecoder(TwoHeadedMLP):
     r"""
     Decoder ``x ↦ N(y; μ(x), diag σ²(x))`` with a floor on the standard deviation,
@@ -322,26 +332,28 @@ def mirrored_autoencoder(
     scale: float = 1.0,
     init_variance: float = 1.0,
     likelihood: str = "gaussian",
+    posterior_scale: float = 1.0,
     **decoder_kwargs,
 ):
     r"""
     An encoder and a decoder whose shortcuts start as inverse maps,
     ``x ≈ Q y / s`` and ``y ≈ s Qᵀ x`` (``Q`` a random partial isometry), with
-    encoder precision ``J = s²`` so that the posterior spread starts at about one
-    data unit. For a Bernoulli decoder the shortcut ``s Qᵀ x`` starts the
+    encoder precision ``J = (s / posterior_scale)²`` so that the posterior spread
+    starts at about ``posterior_scale`` data units (one by default). For a Bernoulli decoder the shortcut ``s Qᵀ x`` starts the
     logits; for a Poisson decoder, the (softplus) rates.
 
     :param float scale: ``s``, data units per latent unit; choose it so the data
         span a few units of the latent space, where the PGM prior's
         hyperparameters live (e.g. ``s = std(y) / 2``; see :func:`latent_scale`).
     :param float init_variance: the Gaussian decoder's initial variance.
+    :param float posterior_scale: the encoder's initial posterior standard deviation, in data units.
     :param str likelihood: the decoder's likelihood, ``"gaussian"`` (default),
         ``"bernoulli"`` or ``"poisson"`` (see :func:`make_decoder`).
     :param decoder_kwargs: further arguments of the decoder (e.g. ``min_scale``).
     :returns: ``(GaussianEncoder, decoder)``.
     """
     encoder = GaussianEncoder(
-        data_dim, latent_dim, hidden, init_precision=scale**2, init_scale=scale
+        data_dim, latent_dim, hidden, init_precision=(scale / posterior_scale) ** 2, init_scale=scale
     )
     if likelihood == "gaussian":
         decoder_kwargs = {"init_variance": init_variance, **decoder_kwargs}
@@ -353,5 +365,11 @@ def mirrored_autoencoder(
 
 
 def latent_scale(data: torch.Tensor, latent_std: float = 2.0) -> float:
-    """Data units per latent unit that give the data a latent standard deviation of ``latent_std``."""
-    return float(data.std(0).mean()) / latent_std
+    """
+    Data units per latent unit that give the data a latent standard deviation of
+    ``latent_std``; data without spread (constant) count as spanning ``max(|y|, 1)``.
+    """
+    spread = float(data.std(0, unbiased=False).mean())
+    if not spread > 0:
+        spread = max(float(data.abs().max()), 1.0)
+    return spread / latent_std

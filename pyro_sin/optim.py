@@ -120,7 +120,8 @@ class NaturalStep(torch.optim.Optimizer):
                 beta = self.schedule(t)
                 if not 0 <= beta <= 1:
                     raise ValueError(f"natural step size β_{t} = {beta} is outside [0, 1]")
-                p.copy_(self.domain.to_unconstrained(natural - beta * p.grad))
+                if beta > 0:  # (a warm-up holds λ exactly)
+                    p.copy_(self.domain.to_unconstrained(natural - beta * p.grad))
                 state["step"] = t + 1
 
 

@@ -1,7 +1,90 @@
+import math
+
 import pytest
 import torch
 
-from pyro_sin.training import fit
+import pyro
+from pyro.infer import SVI
+
+from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin.datasets import pinwheel
+from pyro_sin.models import DeepLatentMixture
+from pyro_sin.pgm import GaussianMixture
+from pyro_sin.standardize import standardized_autoencoder
+from pyro_sin.training import DivergenceError, DivergenceGuard, fit
+
+
+class _ScriptedSVI:
+    """An SVI stand-in whose losses and gradients follow a script; counts the updates applied."""
+
+    def __init__(self, losses, bad_grad_at=None):
+        self.losses, self.bad_grad_at = list(losses), bad_grad_at
+        self.calls, self.updates = 0, 0
+        self.model = self.guide = None
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        weight = pyro.param("weight", torch.zeros(2))
+        self.calls += 1
+        grad = torch.full((2,), math.nan) if self.calls == self.bad_grad_at else torch.ones(2)
+        weight.unconstrained().grad = grad
+        return self.losses[self.calls - 1]
+
+    def optim(self, params):
+        self.updates += 1
+
+
+def test_guard_refuses_a_non_finite_gradient_before_the_update():
+    svi = _ScriptedSVI([5.0] * 10, bad_grad_at=4)
+    with pytest.raises(DivergenceError, match=r"non-finite gradient at step 4.*weight.*learning rate"):
+        fit(svi, torch.zeros(10, 1), iterations=10, batch_size=10, progress=False)
+    assert svi.updates == 3
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 1e6])
+def test_guard_refuses_a_non_finite_or_exploding_loss_before_the_update(bad):
+    svi = _ScriptedSVI([10.0, 8.0, 6.0, bad * 10, 5.0])  # fit divides by the 10 data points
+    with pytest.raises(DivergenceError, match="step 4.*not applied.*unscaled data"):
+        fit(svi, torch.zeros(10, 1), iterations=5, batch_size=10, progress=False)
+    assert svi.updates == 3
+
+
+def test_guard_leaves_healthy_noise_alone():
+    guard = DivergenceGuard()
+    torch.manual_seed(0)
+    for step, loss in enumerate(10 - torch.linspace(0, 5, 200) + torch.randn(200), 1):
+        guard.check(step, float(loss), [])
+    with pytest.raises(ValueError):
+        DivergenceGuard(max_rise=0)
+
+
+def _san(train, num_components=10, lr=0.01, natural_lr=0.1):
+    encoder, decoder = standardized_autoencoder(train, 2, (20, 20))
+    model = DeepLatentMixture(GaussianMixture(num_components, 2), decoder, len(train))
+    guide = model.make_guide(encoder)
+    return SVI(model, guide, NaturalAdam({"lr": lr}, natural_lr=natural_lr), SINELBO(num_particles=2))
+
+
+def test_too_high_a_learning_rate_is_caught_before_the_parameters_break():
+    # Adam with lr 1.0 used to return normally with a loss of 1e18 (or break the weights)
+    train = pinwheel().train
+    svi = _san(train, lr=1.0)
+    with pytest.raises(DivergenceError, match="learning rate"):
+        fit(svi, train, iterations=200, batch_size=100, progress=False)
+    assert all(torch.isfinite(value).all() for value in pyro.get_param_store().values())
+
+
+def test_history_counts_components_and_collapse_is_reported():
+    train = pinwheel().train
+    history = fit(_san(train), train, iterations=20, batch_size=100, progress=False)
+    assert len(history.components) == 20 and all(1 <= k <= 10 for k in history.components)
+    assert history.components[0] == 10  # every component starts with an equal share
+
+    # one point repeated: the components compete for identical points until one holds them all
+    pyro.clear_param_store()
+    repeated = torch.tensor([[1.0, -2.0]]).expand(60, 2)
+    with pytest.warns(RuntimeWarning, match="collapsed onto one of 3 mixture components"):
+        history = fit(_san(repeated, 3, natural_lr=0.5), repeated, iterations=60, batch_size=20, progress=False)
+    assert history.components[-1] == 1
 
 
 class RecordingSVI:

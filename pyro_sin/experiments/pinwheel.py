@@ -23,10 +23,12 @@ from ..datasets import pinwheel
 from ..elbo import SINELBO
 from ..metrics import cluster_purity, normalized_mutual_info
 from ..models import DeepLatentMixture
+from ..initialization import encoded_components, warmup_schedule
 from ..nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from ..optim import NaturalAdam
 from ..pgm import GaussianMixture
 from ..plotting import new_figure, plot_curves, plot_generative_samples
+from ..standardize import standardized_autoencoder
 from ..training import fit
 
 
@@ -47,19 +49,34 @@ class Config:
     eval_every: int = 50
     factor: str = "tied"
     decoder_estimator: str = "sample"
-    init: str = "mirrored"  # or "independent": the paper code's random shortcuts
+    init: str = "standardized"  # "mirrored" (raw data units) or "independent": the paper code's random shortcuts
+    # "standardized" networks (measured in issue 7; all relative to the data's spread):
+    spread: float = 5.0  # spread of the networks' inputs and outputs
+    min_scale: float = 0.01  # the Gaussian decoder's floor
+    init_noise: float = 0.135  # initial posterior and decoder spread (one unit of the paper's pinwheel)
+    warmup: int = 200  # steps before the natural step moves the mixture components
+    component_init: str = "kmeans"  # components on the encoded data, or "random"
     seed: int = 0
     data_seed: int = 0
 
     @classmethod
     def quick(cls, **kwargs):
-        return cls(**{"iterations": 200, "eval_every": 50, "test_samples": 20, **kwargs})
+        return cls(**{"iterations": 200, "eval_every": 50, "test_samples": 20, "warmup": 50, **kwargs})
 
 
 def build_networks(config: Config, train: torch.Tensor):
     """The encoder and decoder, the same for SAN and the VAE."""
     data_dim, hidden = train.shape[-1], (config.hidden,) * 2
-    if config.init == "mirrored":
+    if config.init == "standardized":
+        encoder, decoder = standardized_autoencoder(
+            train,
+            config.latent_dim,
+            hidden,
+            spread=config.spread,
+            min_scale=config.min_scale,
+            init_noise=config.init_noise,
+        )
+    elif config.init == "mirrored":
         encoder, decoder = mirrored_autoencoder(
             data_dim, config.latent_dim, hidden, scale=latent_scale(train)
         )
@@ -72,15 +89,22 @@ def build_networks(config: Config, train: torch.Tensor):
 
 
 def build_san(config: Config, train: torch.Tensor):
-    """The deep latent GMM, its SIN guide and the SVI object."""
+    """The deep latent GMM, its SIN guide (components on the encoded data) and the SVI object."""
     gmm = GaussianMixture(config.num_components, config.latent_dim).to(train.device)
     encoder, decoder = build_networks(config, train)
     model = DeepLatentMixture(gmm, decoder, len(train))
-    guide = model.make_guide(encoder, factor=config.factor)
+    if config.component_init == "kmeans":
+        init_natural = encoded_components(gmm, encoder, train, torch.Generator().manual_seed(config.seed))
+    elif config.component_init == "random":
+        init_natural = None
+    else:
+        raise ValueError(f"unknown component_init {config.component_init!r}")
+    guide = model.make_guide(encoder, factor=config.factor, init_natural=init_natural)
+    natural_lr = warmup_schedule(config.natural_lr, config.warmup) if config.warmup else config.natural_lr
     svi = SVI(
         model,
         guide,
-        NaturalAdam({"lr": config.lr}, natural_lr=config.natural_lr),
+        NaturalAdam({"lr": config.lr}, natural_lr=natural_lr),
         SINELBO(
             num_particles=config.num_particles,
             decoder_estimator=config.decoder_estimator,
@@ -185,7 +209,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--factor", choices=["tied", "free"], default="tied")
     parser.add_argument("--decoder-estimator", choices=["sample", "enumerate"], default="sample")
-    parser.add_argument("--init", choices=["mirrored", "independent"], default="mirrored")
+    parser.add_argument("--init", choices=["standardized", "mirrored", "independent"], default="standardized")
     parser.add_argument("--out", type=Path, default=Path("results/pinwheel"))
     parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")

@@ -1,0 +1,112 @@
+r"""
+Data-driven starting points for SAN training: mixture components placed on
+the encoded data by k-means, and a warm-up of the natural-gradient step.
+
+Started from components scattered at random, the natural step of a latent
+mixture can grab the data before the networks have learned anything, and
+every point ends in one or two components. Placing the components on the
+clusters of the encoded data, and holding them still for the first steps
+while the networks adapt to them, avoids that.
+"""
+
+from typing import Callable, Dict, Optional
+
+import torch
+
+from .distributions import NormalWishart
+from .potential import GaussianPotential
+
+
+def kmeans(points: torch.Tensor, num_clusters: int, generator: Optional[torch.Generator] = None, iterations: int = 50):
+    r"""
+    Lloyd's k-means from a k-means++ start (each new centre drawn with
+    probability proportional to the squared distance to the nearest centre so far).
+
+    :param torch.Tensor points: shape ``(N, D)``.
+    :returns: ``(centres, assignment)``, shapes ``(K, D)`` and ``(N,)``.
+    """
+    N = len(points)
+    if not 1 <= num_clusters <= N:
+        raise ValueError(f"need 1 <= num_clusters <= {N} points, got {num_clusters}")
+    generator = generator or torch.Generator().manual_seed(0)
+    first = torch.randint(N, (1,), generator=generator).to(points.device)
+    centres = points[first]
+    for _ in range(1, num_clusters):
+        sq_dist = torch.cdist(points, centres).min(1).values.pow(2)
+        if sq_dist.sum() > 0:
+            pick = torch.multinomial((sq_dist / sq_dist.sum()).cpu(), 1, generator=generator)
+        else:  # fewer distinct points than clusters
+            pick = torch.randint(N, (1,), generator=generator)
+        centres = torch.cat([centres, points[pick.to(points.device)]])
+    assignment = torch.cdist(points, centres).argmin(1)
+    for _ in range(iterations):
+        one_hot = torch.nn.functional.one_hot(assignment, num_clusters).to(points.dtype)  # (N, K)
+        counts = one_hot.sum(0)
+        sums = one_hot.T @ points
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
+        new = torch.cdist(points, centres).argmin(1)
+        if torch.equal(new, assignment):
+            break
+        assignment = new
+    return centres, assignment
+
+
+def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    r"""
+    Initial natural parameters of a :class:`~pyro_sin.pgm.GaussianMixture`'s
+    ``q(θ)`` with one component on each k-means cluster of ``points``:
+    ``E[μ_k]`` is the cluster's centre and ``E[Λ_k]`` the inverse of its
+    covariance (regularised towards the pooled within-cluster covariance), with the
+    weak confidence of :meth:`~pyro_sin.pgm.GaussianMixture.init_natural`
+    (``κ = 1``, ``ν = 2D + 1``, equal weights), so the natural step soon
+    replaces them by what the data say.
+
+    :param points: latent points, shape ``(N, D)``, e.g. the encoder's means.
+    :returns: a dict for ``SINGuide(..., init_natural=...)``.
+    """
+    K, D = pgm.num_components, pgm.latent_dim
+    points = points.detach().reshape(-1, D)
+    centres, assignment = kmeans(points, K, generator)
+    one_hot = torch.nn.functional.one_hot(assignment, K).to(points.dtype)  # (N, K)
+    counts = one_hot.sum(0)  # (K,)
+    deviation = points[:, None, :] - centres  # (N, K, D)
+    scatter = torch.einsum("nk,nki,nkj->kij", one_hot, deviation, deviation)  # (K, D, D)
+    # pooled within-cluster covariance, kept positive definite
+    pooled = scatter.sum(0) / len(points)
+    pooled = pooled + 1e-6 * (pooled.diagonal().mean() + 1e-12) * torch.eye(D, dtype=points.dtype, device=points.device)
+    # a cluster of few points borrows its shape from the pooled one (D + 1 pseudo-points)
+    covariance = (scatter + (D + 1) * pooled) / (counts + D + 1)[:, None, None]
+    df = torch.full((K,), 2.0 * D + 1, dtype=points.dtype, device=points.device)
+    init = NormalWishart(centres, torch.ones_like(df), df[:, None, None] * covariance, df)
+    return pgm._pack(torch.ones_like(df), init.natural_params)
+
+
+@torch.no_grad()
+def encoded_components(pgm, encoder, data, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    """
+    :func:`mixture_natural_from_points` on the means of the encoder's potentials
+    for ``data`` (a tensor, or a tuple of encoder inputs).
+    """
+    potential = encoder(*data) if isinstance(data, tuple) else encoder(data)
+    if not isinstance(potential, GaussianPotential):
+        potential = GaussianPotential(*potential)
+    return mixture_natural_from_points(pgm, potential.mean, generator)
+
+
+def warmup_schedule(natural_lr: float, warmup_steps: int) -> Callable[[int], float]:
+    r"""
+    ``β_t = 0`` for the first ``warmup_steps`` steps, then ``natural_lr``: for
+    :class:`~pyro_sin.optim.NaturalAdam`'s ``natural_lr``, so that the networks
+    learn before the natural step moves the mixture components.
+    """
+    if not 0 < natural_lr <= 1 or warmup_steps < 0:
+        raise ValueError("need 0 < natural_lr <= 1 and warmup_steps >= 0")
+    return _Warmup(float(natural_lr), int(warmup_steps))
+
+
+class _Warmup:
+    def __init__(self, natural_lr, warmup_steps):
+        self.natural_lr, self.warmup_steps = natural_lr, warmup_steps
+
+    def __call__(self, step):
+        return 0.0 if step < self.warmup_steps else self.natural_lr

@@ -1,0 +1,195 @@
+r"""
+An affine standardisation fitted from the training data and carried by the
+networks, so that the package, not the user, copes with the data's units.
+
+.. math:: u = (y - m) / s,\qquad y = m + s\,u
+
+The encoder sees ``u``; a Gaussian decoder predicts ``u`` and reports its
+distribution in data units, ``N(m + s μ(x), diag(s σ(x))²)``. Every network
+then works at the scale its initialisation assumes, whatever the units of the
+data: multiplying the data by ``c`` multiplies ``m`` and ``s`` by ``c`` and
+leaves every network input, latent variable and gradient unchanged (exactly
+so when ``c`` is a power of two), while the likelihood gains the constant
+``-D log c``.
+"""
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+import pyro.distributions as dist
+
+from .potential import GaussianPotential
+
+
+class Standardization(nn.Module):
+    r"""
+    ``u = (y - loc) / scale`` feature by feature, with ``loc`` and ``scale`` buffers
+    (they move with ``.to(device)`` and are saved in the state dict, but are not trained).
+
+    :param torch.Tensor loc: ``m``, shape ``(D,)``.
+    :param torch.Tensor scale: ``s > 0``, shape ``(D,)``.
+    """
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        loc, scale = torch.as_tensor(loc), torch.as_tensor(scale)
+        if loc.dim() != 1 or scale.shape != loc.shape:
+            raise ValueError(
+                f"loc and scale must be vectors of one shape, got {tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
+        if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("loc must be finite and scale finite and positive")
+        self.register_buffer("loc", loc.clone())
+        self.register_buffer("scale", scale.clone())
+
+    @classmethod
+    def fit(cls, data: torch.Tensor, per_feature: bool = False, min_relative_scale: float = 0.1, spread: float = 1.0):
+        r"""
+        Fits ``m`` = the mean of every feature and ``s`` from the spread of the data.
+
+        With ``per_feature=False`` (the default) ``s`` is one number for all
+        features, the root-mean-square of their standard deviations, which keeps
+        the relative sizes of the features (pixels of an image, coordinates of a
+        point); with ``per_feature=True`` each feature gets its own standard
+        deviation, floored at ``min_relative_scale`` times that root-mean-square
+        so that a (nearly) constant feature is not blown up into outliers.
+        Data with no spread at all get ``s = max(|m|, 1)``. The standardised data
+        then have a root-mean-square spread of ``spread``.
+
+        :param torch.Tensor data: shape ``(..., D)``; every leading dimension counts as data points.
+        """
+        data = torch.as_tensor(data)
+        if data.dim() < 1 or data.shape[-1] == 0:
+            raise ValueError(f"need data of shape (..., D), got {tuple(data.shape)}")
+        rows = data.reshape(-1, data.shape[-1])
+        if not torch.isfinite(rows).all():
+            raise ValueError("cannot standardise data that contain NaN or inf")
+        loc = rows.mean(0)
+        variance = (rows - loc).pow(2).mean(0)  # (D,)
+        rms = variance.mean().sqrt()
+        if rms == 0:  # constant data: any positive unit will do; keep it in the data's units
+            rms = loc.abs().max().clamp(min=1.0)
+        if per_feature:
+            scale = variance.sqrt().clamp(min=float(min_relative_scale) * rms)
+        else:
+            scale = rms.expand(loc.shape)
+        return cls(loc, scale / spread)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``(y - m) / s``."""
+        return (y - self.loc) / self.scale
+
+    def inverse(self, u: torch.Tensor) -> torch.Tensor:
+        """``m + s u``."""
+        return self.loc + self.scale * u
+
+
+class StandardizedEncoder(nn.Module):
+    """
+    An encoder that reads standardised data: ``encoder((y - m) / s, *rest)``.
+
+    :param torch.nn.Module encoder: emits potentials for standardised data.
+    :param Standardization standardization: ``(m, s)`` of the data.
+    """
+
+    def __init__(self, encoder: nn.Module, standardization: Standardization):
+        super().__init__()
+        self.encoder = encoder
+        self.standardization = standardization
+
+    @property
+    def out_dim(self):
+        return self.encoder.out_dim
+
+    def forward(self, y, *args, **kwargs) -> GaussianPotential:
+        return self.encoder(self.standardization(y), *args, **kwargs)
+
+
+class StandardizedDecoder(nn.Module):
+    r"""
+    A location-scale decoder trained in standardised units and reporting its
+    distribution in data units: ``y | x ~ N(m + s μ(x), diag(s σ(x))²)``.
+
+    A floor on ``σ`` (:class:`~pyro_sin.nn.GaussianDecoder`'s ``min_scale``) thus
+    becomes a floor relative to the data's scale.
+
+    :param torch.nn.Module decoder: ``x ↦ (μ, σ)`` in standardised units.
+    :param Standardization standardization: ``(m, s)`` of the data.
+    """
+
+    def __init__(self, decoder: nn.Module, standardization: Standardization):
+        super().__init__()
+        self.decoder = decoder
+        self.standardization = standardization
+
+    def forward(self, x):
+        """:returns: ``(loc, scale)`` of the likelihood in data units."""
+        loc, scale = self.decoder(x)
+        return self.standardization.inverse(loc), self.standardization.scale * scale
+
+    def distribution(self, x) -> dist.Normal:
+        """``p(y | x)`` in data units, with event dimension 1."""
+        loc, scale = self(x)
+        return dist.Normal(loc, scale).to_event(1)
+
+
+def standardized_autoencoder(
+    data: torch.Tensor,
+    latent_dim: int,
+    hidden: Sequence[int] = (50, 50),
+    *,
+    likelihood: str = "gaussian",
+    spread: float = 1.0,
+    latent_std: float = 2.0,
+    min_scale: float = 0.05,
+    init_noise: float = 0.15,
+    per_feature: bool = False,
+    **decoder_kwargs,
+):
+    r"""
+    :func:`~pyro_sin.nn.mirrored_autoencoder` for data in any units: the
+    networks work on the standardised data ``u = (y - m) / s``
+    (:meth:`Standardization.fit`, root-mean-square spread ``spread``), which
+    span about ``latent_std`` units of the latent space at initialisation, and a
+    Gaussian decoder answers in data units with its standard deviation floored at
+    ``min_scale`` times the data's spread. A Bernoulli or Poisson decoder reads the
+    latent space as before and models the data as given.
+
+    :param torch.Tensor data: the training data, shape ``(N, D)``.
+    :param str likelihood: ``"gaussian"``, ``"bernoulli"`` or ``"poisson"``.
+    :param float spread: the spread of the networks' inputs and outputs; with the
+        networks' initial weights and a learning rate fixed, it sets how fast the
+        encoder learns relative to the decoder.
+    :param float latent_std: latent standard deviation of the data at initialisation.
+    :param float min_scale: floor on the Gaussian decoder's standard deviation, relative
+        to the data's spread.
+    :param float init_noise: the initial spread of the encoder's posterior and of the
+        Gaussian decoder's noise, relative to the data's spread.
+    :param bool per_feature: standardise each feature by its own spread (see
+        :meth:`Standardization.fit`).
+    :returns: ``(StandardizedEncoder, decoder)``.
+    """
+    from .nn import mirrored_autoencoder
+
+    standardization = Standardization.fit(data, per_feature=per_feature, spread=spread).to(data.device)
+    if likelihood == "gaussian":
+        decoder_kwargs = {
+            "min_scale": min_scale * spread,
+            "init_variance": (init_noise * spread) ** 2,
+            **decoder_kwargs,
+        }
+    encoder, decoder = mirrored_autoencoder(
+        data.shape[-1],
+        latent_dim,
+        hidden,
+        scale=spread / latent_std,
+        likelihood=likelihood,
+        posterior_scale=init_noise * spread,
+        **decoder_kwargs,
+    )
+    encoder = StandardizedEncoder(encoder, standardization)
+    if likelihood == "gaussian":
+        decoder = StandardizedDecoder(decoder, standardization)
+    return encoder.to(data.device), decoder.to(data.device)

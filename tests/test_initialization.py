@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+import pyro
+from pyro.infer import SVI
+
+from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin.initialization import encoded_components, kmeans, mixture_natural_from_points, warmup_schedule
+from pyro_sin.models import DeepLatentMixture
+from pyro_sin.pgm import GaussianMixture
+from pyro_sin.standardize import standardized_autoencoder
+from pyro_sin.training import fit
+
+
+def _blobs(num_per_blob=50):
+    centres = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
+    spreads = torch.tensor([0.5, 1.0, 0.25])
+    points = centres.repeat_interleave(num_per_blob, 0) + torch.randn(3 * num_per_blob, 2) * spreads.repeat_interleave(
+        num_per_blob
+    )[:, None]
+    return points, torch.arange(3).repeat_interleave(num_per_blob), centres, spreads
+
+
+def test_kmeans_finds_separated_clusters():
+    points, labels, centres, _ = _blobs()
+    found, assignment = kmeans(points, 3, torch.Generator().manual_seed(0))
+    # the same partition up to relabelling, with centres at the cluster means
+    for k in range(3):
+        assert len(torch.unique(assignment[labels == k])) == 1
+        assert torch.allclose(found[assignment[labels == k][0]], points[labels == k].mean(0))
+    with pytest.raises(ValueError):
+        kmeans(points, 0)
+
+
+def test_kmeans_with_fewer_distinct_points_than_clusters():
+    centres, assignment = kmeans(torch.ones(10, 2), 3)
+    assert torch.equal(centres, torch.ones(3, 2)) and assignment.shape == (10,)
+
+
+def test_components_start_on_the_clusters_with_their_spread():
+    points, labels, _, spreads = _blobs(200)
+    gmm = GaussianMixture(3, 2)
+    natural = mixture_natural_from_points(gmm, points, torch.Generator().manual_seed(1))
+    q = gmm.global_posterior(natural)
+    params = gmm.point_estimate(q)
+    assert torch.allclose(params.weights, torch.full((3,), 1 / 3))
+    for k in range(3):
+        near = torch.cdist(params.locs, points[labels == k].mean(0, keepdim=True))[:, 0].argmin()
+        assert torch.allclose(params.locs[near], points[labels == k].mean(0))
+        # E[Λ] is about the inverse of the cluster's covariance (a little regularised)
+        variance = 1 / params.precisions[near].diagonal()
+        assert torch.allclose(variance, torch.full((2,), float(spreads[k]) ** 2), rtol=0.35)
+
+
+def test_warmup_holds_the_components_while_the_networks_learn():
+    schedule = warmup_schedule(0.1, 5)
+    assert [schedule(t) for t in range(7)] == [0, 0, 0, 0, 0, 0.1, 0.1]
+    with pytest.raises(ValueError):
+        warmup_schedule(0.0, 5)
+
+    points, _, _, _ = _blobs(20)
+    encoder, decoder = standardized_autoencoder(points, 2, (8,))
+    gmm = GaussianMixture(3, 2)
+    model = DeepLatentMixture(gmm, decoder, len(points))
+    init = encoded_components(gmm, encoder, points)
+    guide = model.make_guide(encoder, init_natural=init)
+    svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=schedule), SINELBO(num_particles=2))
+    start = {k: v.detach().clone() for k, v in guide.natural_params().items()}
+    for key, value in start.items():  # λ is stored through a bijection: equal up to rounding
+        torch.testing.assert_close(value, init[key])
+    fit(svi, points, iterations=5, batch_size=20, progress=False)
+    for key, value in guide.natural_params().items():
+        assert torch.equal(value, start[key]), key
+    fit(svi, points, iterations=1, batch_size=20, progress=False)
+    assert not torch.equal(guide.natural_params()["loc"], init["loc"])

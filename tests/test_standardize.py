@@ -1,0 +1,102 @@
+import math
+
+import pytest
+import torch
+
+import pyro
+from pyro.infer import SVI
+
+from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin.models import DeepLatentMixture
+from pyro_sin.nn import latent_scale, mirrored_autoencoder
+from pyro_sin.pgm import GaussianMixture
+from pyro_sin.standardize import Standardization, standardized_autoencoder
+from pyro_sin.training import fit
+
+
+def test_standardization_round_trip_and_statistics():
+    y = torch.randn(500, 3) * torch.tensor([1.0, 10.0, 0.1]) + torch.tensor([5.0, -2.0, 0.0])
+    for per_feature in (False, True):
+        st = Standardization.fit(y, per_feature=per_feature)
+        u = st(y)
+        assert torch.allclose(st.inverse(u), y)
+        assert torch.allclose(u.mean(0), torch.zeros(3), atol=1e-12)
+    # one scale keeps the features' relative sizes: the root-mean-square spread is 1
+    assert torch.allclose(Standardization.fit(y)(y).var(0, unbiased=False).mean(), torch.tensor(1.0))
+    # one scale per feature floors the smallest at a tenth of the root-mean-square spread
+    st = Standardization.fit(y, per_feature=True)
+    rms = y.var(0, unbiased=False).mean().sqrt()
+    assert torch.allclose(st.scale[:2], y.std(0, unbiased=False)[:2])
+    assert torch.allclose(st.scale[2], 0.1 * rms)
+
+
+def test_standardization_of_constant_features_and_data():
+    y = torch.randn(100, 3)
+    y[:, 1] = 7.0
+    for per_feature in (False, True):
+        st = Standardization.fit(y, per_feature=per_feature)
+        assert (st.scale > 0).all() and torch.isfinite(st(y)).all()
+        assert torch.equal(st(y)[:, 1], torch.zeros(100))
+    constant = torch.full((50, 4), -3.0)
+    st = Standardization.fit(constant)
+    assert torch.equal(st.scale, torch.full((4,), 3.0)) and torch.equal(st(constant), torch.zeros(50, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        Standardization.fit(torch.tensor([[0.0], [math.nan]]))
+
+
+def test_constant_data_build_networks_that_train():
+    # used to raise ZeroDivisionError: latent_scale was 0 and the encoder divided by it
+    constant = torch.full((60, 3), 2.5)
+    assert latent_scale(constant) > 0
+    encoder, decoder = mirrored_autoencoder(3, 2, (8,), scale=latent_scale(constant))
+    assert all(torch.isfinite(p).all() for p in [*encoder.parameters(), *decoder.parameters()])
+
+    encoder, decoder = standardized_autoencoder(constant, 2, (8,), min_scale=0.1)
+    gmm = GaussianMixture(3, 2)
+    model = DeepLatentMixture(gmm, decoder, len(constant))
+    svi = SVI(model, model.make_guide(encoder), NaturalAdam({"lr": 0.01}), SINELBO(num_particles=2))
+    with pytest.warns(RuntimeWarning, match="collapsed"):  # one point, one cluster: a collapse
+        history = fit(svi, constant, iterations=30, batch_size=20, progress=False)
+    assert all(math.isfinite(loss) for loss in history.losses)
+    _, scale = decoder(torch.zeros(1, 2))
+    assert (scale >= 0.1 * 2.5 * (1 - 1e-12)).all()  # the floor, relative to the data's scale
+
+
+def test_decoder_answers_in_data_units():
+    y = torch.randn(40, 3)
+    pyro.set_rng_seed(1)
+    _, decoder = standardized_autoencoder(y, 2, (8,))
+    pyro.set_rng_seed(1)
+    _, scaled = standardized_autoencoder(1e3 * y + 5.0, 2, (8,))
+    x = torch.randn(10, 2)
+    loc, scale = decoder(x)
+    loc_c, scale_c = scaled(x)
+    assert torch.allclose(loc_c, 1e3 * loc + 5.0) and torch.allclose(scale_c, 1e3 * scale)
+    lp, lp_c = decoder.distribution(x).log_prob(y[:10]), scaled.distribution(x).log_prob(1e3 * y[:10] + 5.0)
+    assert torch.allclose(lp_c, lp - 3 * math.log(1e3))
+
+
+def _train(data, steps=25, seed=0):
+    """A few SAN steps on ``data``; returns the parameter store as a dict."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    encoder, decoder = standardized_autoencoder(data, 2, (8, 8), min_scale=0.01)
+    gmm = GaussianMixture(4, 2)
+    model = DeepLatentMixture(gmm, decoder, len(data))
+    svi = SVI(model, model.make_guide(encoder), NaturalAdam({"lr": 0.01}), SINELBO(num_particles=3))
+    history = fit(svi, data, iterations=steps, batch_size=25, progress=False)
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}, history.losses
+
+
+@pytest.mark.parametrize("factor", [1e3, 1e-6])
+def test_training_is_the_same_in_any_units(factor):
+    # pinwheel x 1e3 used to train to nothing and x 1e-6 to fail with a non-PD Wishart scale
+    y = torch.randn(100, 2) * torch.tensor([3.0, 1.0]) + 4.0
+    params, losses = _train(y)
+    scaled_params, scaled_losses = _train(factor * y)
+    assert params.keys() == scaled_params.keys()
+    for name, value in params.items():  # the same run, up to rounding
+        assert torch.allclose(value, scaled_params[name], rtol=1e-9, atol=1e-12), name
+    # the bound per point differs by the Jacobian of the change of units, D log c
+    shift = torch.tensor(scaled_losses) - torch.tensor(losses)
+    assert torch.allclose(shift, torch.full_like(shift, 2 * math.log(factor)), rtol=1e-9, atol=1e-9)
