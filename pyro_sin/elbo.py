@@ -370,25 +370,30 @@ class SINELBO(ELBO):
         targets = self.natural_targets(records)
         if is_validation_enabled():
             self._check_previous_natural_step(targets)
+        steps = {}
         for param, (domain, natural, target) in targets.items():
             if not torch.isfinite(target).all():
                 raise FloatingPointError(
                     "SINELBO: the conjugate target of the natural parameters is not finite (the "
                     "encoder's potentials or the data contain NaN/inf, or training diverged)"
                 )
-            set_natural_gradient(param, natural, target)
+            steps[param] = (natural, set_natural_gradient(param, natural, target))
+        # the gradient tensors themselves: averaged across processes in place, they hold
+        # the step actually asked for
+        self._last_natural_step = steps
         return torch_item(loss)
 
     def _check_previous_natural_step(self, targets):
-        """Warns if the last update of ``λ`` was not a convex combination with ``λ*``."""
-        for param, (before, target) in self._last_natural_step.items():
+        """Warns if the last update of ``λ`` was not along its natural gradient (a convex step)."""
+        for param, (before, grad) in self._last_natural_step.items():
             if param not in targets:
                 continue
             after = targets[param][1]
+            wanted = -grad.to(before.dtype)
             # normalised, so that sums of squares cannot overflow
-            unit = torch.stack([before.abs().max(), target.abs().max(), after.abs().max()]).max()
+            unit = torch.stack([before.abs().max(), wanted.abs().max(), after.abs().max()]).max()
             unit = unit.clamp(min=torch.finfo(before.dtype).tiny)
-            moved, wanted = (after - before) / unit, (target - before) / unit
+            moved, wanted = (after - before) / unit, wanted / unit
             wanted_sq = wanted.pow(2).sum()
             if wanted_sq > 0:
                 residual = moved - (moved @ wanted) / wanted_sq * wanted
@@ -402,4 +407,3 @@ class SINELBO(ELBO):
                         RuntimeWarning,
                     )
                     break
-        self._last_natural_step = {p: (natural, t) for p, (_, natural, t) in targets.items()}

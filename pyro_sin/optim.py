@@ -46,7 +46,7 @@ def is_natural_parameter(param: torch.Tensor) -> bool:
     return natural_domain_of(param) is not None
 
 
-def set_natural_gradient(param: torch.Tensor, natural: torch.Tensor, target: torch.Tensor) -> None:
+def set_natural_gradient(param: torch.Tensor, natural: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     r"""
     What :class:`~pyro_sin.SINELBO` hands :class:`NaturalStep` for the unconstrained
     tensor ``u`` of natural parameters ``λ = T(u)`` (same shape): the negative natural
@@ -57,6 +57,7 @@ def set_natural_gradient(param: torch.Tensor, natural: torch.Tensor, target: tor
     grad = (natural - target).to(param.dtype)
     grad.natural_gradient = (natural, grad._version)
     param.grad = grad
+    return grad
 
 
 def _current_natural(param: torch.Tensor):

@@ -3,6 +3,7 @@ A minibatch training loop around :class:`pyro.infer.SVI` with a progress bar, a
 guard against divergence, and a count of the mixture components in use.
 """
 
+import itertools
 import math
 import time
 import warnings
@@ -15,6 +16,7 @@ import pyro
 import pyro.poutine as poutine
 from pyro.infer.util import torch_item
 
+from .distributed import broadcast_parameters, world
 from .pgm.mixture import MixturePrior
 
 
@@ -131,18 +133,46 @@ def _warn_collapse(desc: str, num_components: int):
     )
 
 
-def minibatch_indices(num_data: int, batch_size: int, generator: torch.Generator):
+def minibatch_indices(
+    num_data: int, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1
+):
     """
     Endless minibatches of indices, reshuffled every epoch.
 
+    With ``world_size`` processes, each epoch's shuffle is shared (the same
+    ``generator`` seed on every rank) and cut into global batches of
+    ``world_size * batch_size``; rank ``r`` gets the ``r``-th slice of each, as
+    :class:`~torch.utils.data.distributed.DistributedSampler` would hand it out.
+
     :param torch.Generator generator: the indices are drawn, and returned, on its device.
     """
-    if not 0 < batch_size <= num_data:
-        raise ValueError(f"batch_size must lie in [1, {num_data}], got {batch_size}")
+    global_size = batch_size * world_size
+    if not 0 < global_size <= num_data:
+        raise ValueError(f"batch_size x processes must lie in [1, {num_data}], got {batch_size} x {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must lie in [0, {world_size}), got {rank}")
     while True:
         order = torch.randperm(num_data, generator=generator, device=generator.device)
-        for start in range(0, num_data - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
+        for start in range(0, num_data - global_size + 1, global_size):
+            yield order[start + rank * batch_size : start + (rank + 1) * batch_size]
+
+
+def _collective_check(guard, step, loss, params, desc):
+    """The guard's check, refused on every process if it fails on any (else they would deadlock)."""
+    _, size = world()
+    if size == 1:
+        return guard.check(step, loss, params, desc)
+    error = None
+    try:
+        guard.check(step, loss, params, desc)
+    except DivergenceError as e:
+        error = e
+    failed = torch.tensor(float(error is not None))
+    torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+    if error is not None:
+        raise error
+    if failed:
+        raise DivergenceError(f"{desc}: another process diverged at step {step}; the update was not applied.")
 
 
 def _guarded_step(svi, guard: Optional[DivergenceGuard], num_data: int, step: int, desc: str, *args, **kwargs):
@@ -153,7 +183,7 @@ def _guarded_step(svi, guard: Optional[DivergenceGuard], num_data: int, step: in
         loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
     params = set(site["value"].unconstrained() for site in capture.trace.nodes.values())
     loss = torch_item(loss) / num_data  # the bound is scaled to the full data set
-    guard.check(step, loss, params, desc)
+    _collective_check(guard, step, loss, params, desc)
     svi.optim(params)
     pyro.infer.util.zero_grads(params)
     return loss
@@ -193,6 +223,11 @@ def fit(
     :param max_seconds: stop early once training (evaluations excluded) has taken this long.
     :param guard: ``True`` (a default :class:`DivergenceGuard`), ``False`` (none:
         plain ``svi.step``), or a guard of your own.
+
+    In a :mod:`torch.distributed` process group each process trains on its share of
+    every global batch of ``batch_size x processes`` (see :func:`minibatch_indices`),
+    starting from rank 0's parameters; :class:`~pyro_sin.optim.NaturalAdam` averages
+    the gradients, and only rank 0 shows progress and evaluates.
     :raises DivergenceError: when the loss or a gradient becomes NaN or infinite,
         or the loss explodes; the offending update is not applied.
     """
@@ -204,7 +239,15 @@ def fit(
         raise ValueError(f"fit: the tensors in data must share their first dimension, got {[len(p) for p in parts]}")
     guard = DivergenceGuard() if guard is True else (guard or None)
     generator = generator or torch.Generator().manual_seed(0)  # the same minibatches on every device
-    batches = minibatch_indices(num_data, batch_size, generator)
+    rank, size = world()
+    batches = minibatch_indices(num_data, batch_size, generator, rank, size)
+    if size > 1:  # start every process from rank 0's parameters
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        if hasattr(svi, "evaluate_loss"):
+            svi.evaluate_loss(*(part[first.to(parts[0].device)] for part in parts), indices=first.to(parts[0].device))
+        broadcast_parameters()
+        progress, evaluate = progress and rank == 0, evaluate if rank == 0 else None
     history = History([], [], [], [], [])
     training_seconds = 0.0
     guide = getattr(svi, "guide", None)

@@ -362,11 +362,12 @@ def test_the_stock_optimiser_warning_is_scale_free():
     before, target = natural(1e30), natural(3e30)
     elbo = SINELBO()
     param = torch.zeros(1)  # stands for the tensor the targets are keyed by
-    elbo._last_natural_step = {param: (before, target)}
+    elbo._last_natural_step = {param: (before, before - target)}
     after = domain.from_unconstrained(domain.to_unconstrained(torch.lerp(before, target, 0.3)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         elbo._check_previous_natural_step({param: (domain, after, target)})
+    elbo._last_natural_step = {param: (after, after - target)}
     # a step of Adam's kind: every unconstrained coordinate moved by the same amount
     adam_like = domain.from_unconstrained(domain.to_unconstrained(after) + 0.05)
     with pytest.warns(RuntimeWarning, match="NaturalAdam"):

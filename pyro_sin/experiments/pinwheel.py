@@ -2,7 +2,8 @@
 Train SAN-GMM on the pinwheel data with the paper's settings, beside a plain VAE
 with the same networks; print the metrics and write the figures::
 
-    python -m pyro_sin.experiments.pinwheel --out results/pinwheel
+    python -m pyro_sin.experiments.pinwheel --out results/pinwheel [--device cuda]
+    python -m pyro_sin.experiments.pinwheel --nproc 2     # SAN in 2 processes (or under torchrun)
 
 ``--quick`` (or the environment variable ``CI``) shrinks the run.
 """
@@ -10,10 +11,13 @@ with the same networks; print the metrics and write the figures::
 import argparse
 import json
 import os
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import pyro
 from pyro.infer import SVI, Trace_ELBO
@@ -133,7 +137,8 @@ def _train(config: Config, split, svi, test_mse, desc, progress):
         progress=progress,
         desc=f"{desc} seed {config.seed}",
     )
-    return history, history.eval_seconds[-1] / config.iterations
+    seconds = history.eval_seconds[-1] / config.iterations if history.eval_seconds else float("nan")  # rank > 0
+    return history, seconds
 
 
 def _fresh(config: Config):
@@ -184,7 +189,7 @@ def markdown_table(rows, columns):
     return "\n".join(lines)
 
 
-def write_figures(out: Path, split, model, guide, san_history, vae_history, num_samples=3000):
+def write_figures(out: Path, split, model, guide, san_history, vae_history=None, num_samples=3000):
     samples, components, weights = model.generate(guide, num_samples)
     fig = new_figure()
     plot_generative_samples(
@@ -192,15 +197,59 @@ def write_figures(out: Path, split, model, guide, san_history, vae_history, num_
     )
     fig.savefig(out / "generative_samples.png", dpi=150)
     fig = new_figure()
-    plot_curves(
-        fig.axes[0],
-        {
-            "SAN-GMM": (san_history.eval_steps, [e["test_mse"] for e in san_history.evals]),
-            "VAE": (vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals]),
-        },
-    )
+    curves = {"SAN-GMM": (san_history.eval_steps, [e["test_mse"] for e in san_history.evals])}
+    if vae_history is not None:
+        curves["VAE"] = (vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals])
+    plot_curves(fig.axes[0], curves)
     fig.axes[0].set_title("Pinwheel: test MSE")
     fig.savefig(out / "test_mse.png", dpi=150)
+
+
+def _on(split, device):
+    return split._replace(**{k: v.to(device) for k, v in split._asdict().items()})
+
+
+def run(config: Config, out: Path, device="cpu", progress=True, rank=0, world_size=1):
+    """
+    Trains, evaluates and writes the outputs. In a process group of ``world_size``
+    (``--nproc`` or ``torchrun``) every process trains SAN on its share of each
+    minibatch of ``config.batch_size`` and rank 0 evaluates and writes; the VAE
+    baseline is trained by a single process only.
+    """
+    split = _on(pinwheel(seed=config.data_seed), device)
+    per_process = replace(config, batch_size=config.batch_size // world_size)
+    model, guide, san_history, san_step = train_san(per_process, split, progress and rank == 0)
+    if rank != 0:
+        return None
+    rows = {"SAN-GMM": {**evaluate_san(model, guide, split, config.test_samples), "ms_per_step": 1e3 * san_step}}
+    curves = {"SAN-GMM": [san_history.eval_steps, [e["test_mse"] for e in san_history.evals]]}
+    vae_history = None
+    if world_size == 1:
+        vae, vae_history, vae_step = train_vae(config, split, progress)
+        rows["VAE"] = {**evaluate_vae(vae, split, config.test_samples), "ms_per_step": 1e3 * vae_step}
+        curves["VAE"] = [vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals]]
+    columns = ["test_mse", "test_log_likelihood", "purity", "nmi", "ms_per_step"]
+    table = markdown_table(rows, columns)
+    where = f"{world_size} processes" if world_size > 1 else device
+    print(f"\nPinwheel after {config.iterations} iterations (seed {config.seed}, {where}):\n{table}")
+    write_figures(out, split, model, guide, san_history, vae_history)
+    (out / "metrics.md").write_text(table + "\n")
+    settings = {**asdict(config), "device": str(device), "processes": world_size}
+    (out / "metrics.json").write_text(json.dumps({"config": settings, "metrics": rows, "curves": curves}, indent=2))
+    print(f"figures and metrics written to {out}/")
+    return rows
+
+
+def _process(rank, world_size, init_file, config, out, device, progress):
+    """One process of a ``--nproc`` run."""
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    if backend == "nccl":
+        device = f"cuda:{rank % torch.cuda.device_count()}"
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        run(config, out, device, progress, rank, world_size)
+    finally:
+        dist.destroy_process_group()
 
 
 def main(argv=None):
@@ -210,6 +259,10 @@ def main(argv=None):
     parser.add_argument("--factor", choices=["tied", "free"], default="tied")
     parser.add_argument("--decoder-estimator", choices=["sample", "enumerate"], default="sample")
     parser.add_argument("--init", choices=["standardized", "mirrored", "independent"], default="standardized")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="train SAN in N processes (torch.distributed: gloo on CPU, nccl on CUDA)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/pinwheel"))
     parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
@@ -226,34 +279,27 @@ def main(argv=None):
     config = Config.quick(**overrides) if quick else Config(**overrides)
     progress = not args.no_progress
     args.out.mkdir(parents=True, exist_ok=True)
-
-    split = pinwheel(seed=config.data_seed)
-    model, guide, san_history, san_step = train_san(config, split, progress)
-    vae, vae_history, vae_step = train_vae(config, split, progress)
-    rows = {
-        "SAN-GMM": {**evaluate_san(model, guide, split, config.test_samples), "ms_per_step": 1e3 * san_step},
-        "VAE": {**evaluate_vae(vae, split, config.test_samples), "ms_per_step": 1e3 * vae_step},
-    }
-    columns = ["test_mse", "test_log_likelihood", "purity", "nmi", "ms_per_step"]
-    table = markdown_table(rows, columns)
-    print(f"\nPinwheel after {config.iterations} iterations (seed {config.seed}):\n{table}")
-    write_figures(args.out, split, model, guide, san_history, vae_history)
-    (args.out / "metrics.md").write_text(table + "\n")
-    (args.out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "config": asdict(config),
-                "metrics": rows,
-                "curves": {
-                    "SAN-GMM": [san_history.eval_steps, [e["test_mse"] for e in san_history.evals]],
-                    "VAE": [vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals]],
-                },
-            },
-            indent=2,
-        )
-    )
-    print(f"figures and metrics written to {args.out}/")
-    return rows
+    if args.nproc > 1:
+        if config.batch_size % args.nproc:
+            parser.error(f"--nproc must divide the minibatch of {config.batch_size}")
+        with tempfile.TemporaryDirectory() as tmp:
+            mp.spawn(
+                _process,
+                args=(args.nproc, f"{tmp}/init", config, args.out, args.device, progress),
+                nprocs=args.nproc,
+                join=True,
+            )
+        return json.loads((args.out / "metrics.json").read_text())["metrics"]
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # launched by torchrun
+        backend = "nccl" if torch.device(args.device).type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if backend == "nccl" else args.device
+        try:
+            return run(config, args.out, device, progress, rank, world_size)
+        finally:
+            dist.destroy_process_group()
+    return run(config, args.out, args.device, progress)
 
 
 if __name__ == "__main__":
