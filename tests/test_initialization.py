@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import pyro
 from pyro.infer import SVI
 
 from pyro_sin import NaturalAdam, SINELBO

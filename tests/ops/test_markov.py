@@ -9,7 +9,6 @@ from pyro_sin.ops.markov import (
     forward_backward,
     log_matmul_exp,
     markov_log_normalizer,
-    sample_chain,
     sequential_log_matmul_exp,
 )
 

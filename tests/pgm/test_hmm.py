@@ -13,7 +13,7 @@ import pyro_sin
 from pyro_sin.models import DeepLatentLDS
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import LatentHMM
-from pyro_sin.pgm.hmm import HMMParams, HMMPosterior
+from pyro_sin.pgm.hmm import HMMParams
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
 from tests.helpers import random_spd
