@@ -165,8 +165,13 @@ class MatrixNormalWishart:
         """Inverse of :attr:`natural_params`; raises if they leave the valid domain."""
         cross, col_precision, scale, df_nat = natural
         D, P = cross.shape[-2:]
-        col_tril = checked_cholesky(col_precision, f"{cls.__name__} natural column precision")
-        loc = torch.cholesky_solve(cross.transpose(-1, -2), col_tril).transpose(-1, -2)
+        if P == 1:  # a scalar column precision (the Normal-Wishart): no factorisation needed
+            if not (col_precision > 0).all():
+                raise ValueError(f"{cls.__name__} natural column precision must be positive, got {col_precision}")
+            col_tril, loc = col_precision.sqrt(), cross / col_precision
+        else:
+            col_tril = checked_cholesky(col_precision, f"{cls.__name__} natural column precision")
+            loc = torch.cholesky_solve(cross.transpose(-1, -2), col_tril).transpose(-1, -2)
         scale_inv = symmetrize(scale - cross @ loc.transpose(-1, -2))
         return cls(
             loc, col_precision, scale_inv, df_nat + D + 1 - P, validate_args=validate_args, col_precision_tril=col_tril
