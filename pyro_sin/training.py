@@ -214,6 +214,11 @@ def fit(
     :class:`RuntimeWarning` with advice is given when training ends with every
     point in one component.
 
+    In a :mod:`torch.distributed` process group each process trains on its share of
+    every global batch of ``batch_size x processes`` (see :func:`minibatch_indices`),
+    starting from rank 0's parameters; :class:`~pyro_sin.optim.NaturalAdam` averages
+    the gradients, and only rank 0 shows progress and evaluates.
+
     :param data: a tensor, or a tuple of tensors with one row per data point
         (e.g. sequences, their missing-frame mask and their lengths); each is
         indexed by the same minibatch and passed positionally,
@@ -223,11 +228,6 @@ def fit(
     :param max_seconds: stop early once training (evaluations excluded) has taken this long.
     :param guard: ``True`` (a default :class:`DivergenceGuard`), ``False`` (none:
         plain ``svi.step``), or a guard of your own.
-
-    In a :mod:`torch.distributed` process group each process trains on its share of
-    every global batch of ``batch_size x processes`` (see :func:`minibatch_indices`),
-    starting from rank 0's parameters; :class:`~pyro_sin.optim.NaturalAdam` averages
-    the gradients, and only rank 0 shows progress and evaluates.
     :raises DivergenceError: when the loss or a gradient becomes NaN or infinite,
         or the loss explodes; the offending update is not applied.
     """
