@@ -12,9 +12,11 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 import pyro_sin
 from pyro_sin.distributions import GaussianChain
 from pyro_sin.models import DeepLatentLDS
-from pyro_sin.nn import GaussianDecoder, GaussianEncoder
+from pyro_sin.metrics import clustering_scores
+from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import SLDSParams, SwitchingLDS
 from pyro_sin.potential import GaussianPotential
+from pyro_sin.training import fit
 from tests.helpers import random_spd
 
 
@@ -469,6 +471,45 @@ def test_full_natural_step_is_the_conjugate_update():
     assert_close(mnw.loc, loc)
     assert_close(mnw.scale_inv, scale_inv)
     assert_close(mnw.df, prior.df + n)
+
+
+def switching_drifts(N, T, speed=0.3, stay=0.9, generator=None):
+    """A 1-D walk that drifts up in regime 1 and down in regime 0, regimes sticky, observed with noise."""
+    g = generator
+    z = torch.empty(N, T, dtype=torch.long)
+    z[:, 0] = torch.randint(2, (N,), generator=g)
+    flips = torch.rand(N, T, generator=g) > stay
+    for t in range(1, T):
+        z[:, t] = torch.where(flips[:, t], 1 - z[:, t - 1], z[:, t - 1])
+    x = (speed * (2 * z - 1) + 0.05 * torch.randn(N, T, generator=g)).cumsum(-1)
+    y = (x - x.mean(-1, keepdim=True))[..., None] + 0.1 * torch.randn(N, T, 1, generator=g)
+    return y / y.std(), z
+
+
+def test_learning_segments_a_two_regime_switching_system():
+    """
+    The regime is the direction of motion, which no single frame shows (a per-frame rule is at chance):
+    the learned switching dynamics must segment the sequences by time.
+    """
+    y, z = switching_drifts(30, 30, generator=torch.Generator().manual_seed(0))
+    slds = SwitchingLDS(2, 1, transition_concentration=1 + 10 * torch.eye(2), num_sweeps=3)
+    # confident potentials from the start: posterior std 0.1 data units
+    encoder, decoder = mirrored_autoencoder(1, 1, (16,), scale=latent_scale(y.reshape(-1, 1)), posterior_scale=0.1)
+    model = DeepLatentLDS(slds, decoder, len(y))
+    guide = model.make_guide(encoder)
+
+    def accuracy():
+        with torch.no_grad():
+            pred = model.posterior(guide, y).state_probs.argmax(-1)
+        return clustering_scores(z.reshape(-1), pred.reshape(-1))["accuracy"]
+
+    before = accuracy()
+    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.02}, natural_lr=0.2), pyro_sin.SINELBO())
+    fit(svi, y, iterations=40, batch_size=15, progress=False)
+    assert before < 0.6 and accuracy() > 0.9
+    # one regime drifts up, the other down
+    drifts = slds.point_estimate(guide.global_posterior()).transitions[:, 0, 1]
+    assert drifts.min() < 0 < drifts.max()
 
 
 def test_bad_inputs_raise():
