@@ -45,46 +45,63 @@ def peak_rss_mb():
 # ----- step time -----------------------------------------------------------------------
 
 
-def time_steps(pgm, T, steps, device, batch):
+def make_svi(pgm, y, device):
+    encoder, decoder = mirrored_autoencoder(y.shape[-1], 2, (50, 50))
+    model = DeepLatentLDS(pgm.to(device), decoder.to(device), len(y))
+    guide = model.make_guide(encoder.to(device), factor="free")
+    return SVI(model, guide, NaturalAdam({"lr": 0.01}), SINELBO(num_particles=4, max_plate_nesting=1))
+
+
+def time_steps(pgms, T, steps, device, batch):
+    """
+    Seconds per ``SVI.step`` of each PGM on the same data, the steps of the PGMs
+    alternating so that a shared machine's load falls on all of them alike.
+    """
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    data = four_regime_system(batch, T, obs_dim=10)
-    y = data.frames.to(device=device, dtype=torch.get_default_dtype())
-    encoder, decoder = mirrored_autoencoder(10, 2, (50, 50))
-    model = DeepLatentLDS(pgm.to(device), decoder.to(device), batch)
-    guide = model.make_guide(encoder.to(device), factor="free")
-    svi = SVI(model, guide, NaturalAdam({"lr": 0.01}), SINELBO(num_particles=4, max_plate_nesting=1))
-    svi.step(y)  # warm-up
+    y = four_regime_system(batch, T, obs_dim=10).frames.to(device=device, dtype=torch.get_default_dtype())
+    svis = [make_svi(pgm, y, device) for pgm in pgms]
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    for svi in svis:
+        svi.step(y)  # warm-up
+    seconds = [0.0] * len(svis)
     for _ in range(steps):
-        svi.step(y)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    memory = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
-    return seconds, memory
+        for i, svi in enumerate(svis):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            svi.step(y)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            seconds[i] += (time.perf_counter() - start) / steps
+    return seconds
 
 
 def run_time(args):
     memory_label = "peak GPU MiB" if args.device == "cuda" else "peak RSS MiB"
     K, batch = args.num_states, args.batch
-    print(f"SVI.step on {args.device}: batch {batch}, D = 2, 10-dim frames, 4 particles, free factor")
-    lds_ms = 1e3 * time_steps(LinearDynamicalSystem(2), 100, args.steps, args.device, batch)[0]
-    print(f"  T = 100: SAN-LDS {lds_ms:.1f} ms", flush=True)
-    for sweeps in map(int, args.sweeps.split(",")):
-        for gradient in ("unrolled", "implicit"):
-            slds = SwitchingLDS(K, 2, num_sweeps=sweeps, gradient=gradient)
-            ms = 1e3 * time_steps(slds, 100, args.steps, args.device, batch)[0]
-            print(f"  T = 100: SLDS K = {K}, {sweeps:>2} sweeps, {gradient:<8} {ms:8.1f} ms ({ms / lds_ms:.1f}x SAN-LDS)", flush=True)
-    print(f"growth with T (SLDS K = {K}, {args.growth_sweeps} sweeps, {args.growth_gradient}):")
-    print(f"{'T':>7}{'ms per step':>14}{'us per step of T':>18}{memory_label:>16}")
+    print(f"SVI.step on {args.device}: batch {batch}, D = 2, 10-dim frames, 4 particles, free factor, T = 100")
+    configs = [(sweeps, gradient) for sweeps in map(int, args.sweeps.split(",")) for gradient in ("unrolled", "implicit")]
+    for sweeps, gradient in configs:
+        slds = SwitchingLDS(K, 2, num_sweeps=sweeps, gradient=gradient)
+        lds_s, slds_s = time_steps([LinearDynamicalSystem(2), slds], 100, args.steps, args.device, batch)
+        print(
+            f"  SLDS K = {K}, {sweeps:>2} sweeps, {gradient:<8} {1e3 * slds_s:8.1f} ms   "
+            f"SAN-LDS {1e3 * lds_s:6.1f} ms   ratio {slds_s / lds_s:5.1f}",
+            flush=True,
+        )
+    print(f"growth with T (SLDS K = {K}, {args.growth_sweeps} sweeps, {args.growth_gradient}; SAN-LDS alongside):")
+    print(f"{'T':>7}{'SLDS ms':>12}{'SAN-LDS ms':>12}{'ratio':>8}{'SLDS us per step of T':>24}{memory_label:>16}")
     for T in map(int, args.lengths.split(",")):
         slds = SwitchingLDS(K, 2, num_sweeps=args.growth_sweeps, gradient=args.growth_gradient)
-        seconds, memory = time_steps(slds, T, args.steps, args.device, batch)
-        print(f"{T:>7}{1e3 * seconds:>14.1f}{1e6 * seconds / T:>18.1f}{memory:>16.0f}", flush=True)
+        steps = args.steps if T < 10000 else 1
+        lds_s, slds_s = time_steps([LinearDynamicalSystem(2), slds], T, steps, args.device, batch)
+        memory = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else peak_rss_mb()
+        print(
+            f"{T:>7}{1e3 * slds_s:>12.1f}{1e3 * lds_s:>12.1f}{slds_s / lds_s:>8.1f}{1e6 * slds_s / T:>24.1f}{memory:>16.0f}",
+            flush=True,
+        )
 
 
 # ----- gradient bias -----------------------------------------------------------------------
@@ -159,8 +176,8 @@ def main(argv=None):
     timing.add_argument("--steps", type=int, default=3)
     timing.add_argument("--batch", type=int, default=32)
     timing.add_argument("--num-states", type=int, default=4)
-    timing.add_argument("--sweeps", default="5,10")
-    timing.add_argument("--growth-sweeps", type=int, default=5)
+    timing.add_argument("--sweeps", default="3,5,10,20")
+    timing.add_argument("--growth-sweeps", type=int, default=10)
     timing.add_argument("--growth-gradient", default="unrolled")
     timing.add_argument("--device", default="cpu")
     grads = sub.add_parser("gradients")
