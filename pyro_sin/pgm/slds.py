@@ -174,7 +174,11 @@ class SLDSPosterior:
     that is computed, memory growing with the sweeps) or ``"implicit"`` (the fixed-point
     equation ``r = F(r)`` of the regime marginals differentiated at the last iterate, the
     adjoint solved by as many Neumann terms as sweeps: the gradient of the converged
-    mean field, memory of one sweep). Both give the same values.
+    mean field, memory of one sweep). Both give the same values. Unrolled is the default:
+    measured against 200 sweeps (``benchmarks/slds_scaling.py gradients``), the implicit
+    gradient is the more accurate once the sweeps have converged (about 10 for
+    well-separated regimes) but its Neumann series diverges before that, while the
+    unrolled one is always exact for the bound at hand (see the mathematics page).
 
     :param GaussianPotential potential: per-step potentials, shape ``(..., T, D)``; a zero
         precision marks a step without evidence, ``potential.lengths`` the end of each
@@ -455,7 +459,9 @@ class SwitchingLDS(StructuredPrior):
     :param float init_transition_noise: the initial posterior means of the regimes' dynamics are
         ``M₀`` plus this much standard normal noise, so that the regimes start apart.
     :param int num_sweeps: mean-field sweeps of the SIN (see :class:`SLDSPosterior`).
-    :param str gradient: ``"unrolled"`` or ``"implicit"`` (see :class:`SLDSPosterior`).
+    :param str gradient: ``"unrolled"`` (default) or ``"implicit"`` (see :class:`SLDSPosterior`).
+    :param int adjoint_iterations: Neumann terms of the implicit gradient (default ``num_sweeps``;
+        0 differentiates the last sweep alone).
     :param bool parallel: Kalman filtering and forward-backward by parallel scans over time.
     """
 
@@ -476,6 +482,7 @@ class SwitchingLDS(StructuredPrior):
         init_transition_noise: float = 0.3,
         num_sweeps: int = 10,
         gradient: str = "unrolled",
+        adjoint_iterations: Optional[int] = None,
         parallel: bool = True,
     ):
         super().__init__(name)
@@ -487,12 +494,8 @@ class SwitchingLDS(StructuredPrior):
         if gradient not in GRADIENT_MODES:
             raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
         self.num_states, self.latent_dim = K, D
-        self.init_transition_noise, self.num_sweeps, self.gradient, self.parallel = (
-            init_transition_noise,
-            num_sweeps,
-            gradient,
-            parallel,
-        )
+        self.init_transition_noise, self.parallel = init_transition_noise, parallel
+        self.num_sweeps, self.gradient, self.adjoint_iterations = num_sweeps, gradient, adjoint_iterations
         dtype = torch.get_default_dtype()
 
         def as_tensor(value, shape):
@@ -793,7 +796,9 @@ class SwitchingLDS(StructuredPrior):
                 f"SwitchingLDS '{self.name}' needs one length per sequence, shape "
                 f"{tuple(potential.info_vec.shape[:-2])}, got {tuple(potential.lengths.shape)}"
             )
-        return SLDSPosterior(potential, factor, self.num_sweeps, self.gradient, parallel=self.parallel)
+        return SLDSPosterior(
+            potential, factor, self.num_sweeps, self.gradient, self.adjoint_iterations, self.parallel
+        )
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
         post = record.posterior
