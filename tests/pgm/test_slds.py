@@ -14,7 +14,7 @@ from pyro_sin.distributions import GaussianChain
 from pyro_sin.models import DeepLatentLDS
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
-from pyro_sin.pgm import SLDSParams, SwitchingLDS
+from pyro_sin.pgm import SLDSParams, SLDSPosterior, SwitchingLDS
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
 from tests.helpers import random_spd
@@ -179,7 +179,7 @@ def test_sweeps_raise_a_lower_bound_on_the_exact_normaliser_to_a_fixed_point(mod
     potential = random_potential(B, T, D)
     exact = torch.stack([brute_force_log_normalizer(potential, factor, b) for b in range(B)])
     bounds = []
-    for sweeps in (1, 2, 3, 5, 10, 40):
+    for sweeps in (1, 2, 4, 30):
         slds.num_sweeps = sweeps
         bounds.append(slds.posterior(potential, factor).sin_bound())
     bounds = torch.stack(bounds)
@@ -220,7 +220,7 @@ def test_unrolled_gradient_passes_gradcheck(mode):
 
 def test_implicit_and_unrolled_gradients_agree_at_the_fixed_point():
     """Converged sweeps: the unrolled gradient and the implicit one (no graph of earlier sweeps) coincide."""
-    slds = random_slds(K=3, D=2, num_sweeps=40)
+    slds = random_slds(K=3, D=2, num_sweeps=30)
     q = slds.global_posterior(slds.init_natural())
     params = {k: v.requires_grad_() for k, (v, _) in slds.init_free_factor(slds.init_natural()).items()}
     h = torch.randn(2, 6, 2, requires_grad=True)
@@ -234,9 +234,7 @@ def test_implicit_and_unrolled_gradients_agree_at_the_fixed_point():
     for unrolled, implicit in zip(*grads):
         assert_close(implicit, unrolled, atol=1e-7, rtol=1e-6)
     # without the adjoint (the last sweep alone) the gradient is measurably different
-    slds.gradient = "implicit"
-    post = slds.posterior(GaussianPotential(h, J), slds.free_factor(params))
-    post = type(post)(GaussianPotential(h, J), slds.free_factor(params), 40, "implicit", adjoint_iterations=0)
+    post = SLDSPosterior(GaussianPotential(h, J), slds.free_factor(params), 30, "implicit", adjoint_iterations=0)
     last_only = torch.autograd.grad(slds.local_elbo(q, post).sum(), [h])[0]
     assert (last_only - grads[0][0]).norm() > 1e-3 * grads[0][0].norm()
 
