@@ -19,6 +19,7 @@ at the last iterate (N adjoint terms), and the last sweep alone (no adjoint), on
 """
 
 import argparse
+import itertools
 import resource
 import time
 
@@ -82,8 +83,7 @@ def run_time(args):
     memory_label = "peak GPU MiB" if args.device == "cuda" else "peak RSS MiB"
     K, batch = args.num_states, args.batch
     print(f"SVI.step on {args.device}: batch {batch}, D = 2, 10-dim frames, 4 particles, free factor, T = 100")
-    configs = [(sweeps, gradient) for sweeps in map(int, args.sweeps.split(",")) for gradient in ("unrolled", "implicit")]
-    for sweeps, gradient in configs:
+    for sweeps, gradient in itertools.product(map(int, args.sweeps.split(",")), ("unrolled", "implicit")):
         slds = SwitchingLDS(K, 2, num_sweeps=sweeps, gradient=gradient)
         lds_s, slds_s = time_steps([LinearDynamicalSystem(2), slds], 100, args.steps, args.device, batch)
         print(
@@ -98,10 +98,8 @@ def run_time(args):
         steps = args.steps if T < 10000 else 1
         lds_s, slds_s = time_steps([LinearDynamicalSystem(2), slds], T, steps, args.device, batch)
         memory = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else peak_rss_mb()
-        print(
-            f"{T:>7}{1e3 * slds_s:>12.1f}{1e3 * lds_s:>12.1f}{slds_s / lds_s:>8.1f}{1e6 * slds_s / T:>24.1f}{memory:>16.0f}",
-            flush=True,
-        )
+        row = f"{T:>7}{1e3 * slds_s:>12.1f}{1e3 * lds_s:>12.1f}{slds_s / lds_s:>8.1f}"
+        print(f"{row}{1e6 * slds_s / T:>24.1f}{memory:>16.0f}", flush=True)
 
 
 # ----- gradient bias -----------------------------------------------------------------------

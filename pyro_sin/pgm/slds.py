@@ -32,7 +32,6 @@ through the sweeps either unrolled or by implicit differentiation at the fixed p
 (see :class:`SLDSPosterior`).
 """
 
-import math
 from typing import Callable, Dict, NamedTuple, Optional
 
 import torch
@@ -305,11 +304,10 @@ class SLDSPosterior:
         """
         x = self.continuous
         m = x.moments
-        mean, second = x.marginal_means(), torch.cat([m.init_second[..., None, :, :], m.pair_second[..., self.dim :, self.dim :]], -3)
+        mean = x.marginal_means()  # zeros after a sequence's end, as are the variances
+        variance = x.marginal_covariances().diagonal(dim1=-2, dim2=-1)
         h, J = self.potential.info_vec, self.potential.precision
-        evidence = (h * mean).sum(-1) - 0.5 * (J * second.diagonal(dim1=-2, dim2=-1)).sum(-1)  # (..., T)
-        if self.step_mask is not None:
-            evidence = torch.where(self.step_mask, evidence, evidence.new_zeros(()))
+        evidence = (h * mean).sum(-1) - 0.5 * (J * (variance + mean.square())).sum(-1)  # (..., T)
         init = gaussian_expectation(self.factor.init, m.init_mean, m.init_second)
         return self.states.marginals.log_normalizer + init + evidence.sum(-1) + x.entropy()
 
