@@ -251,9 +251,10 @@ class SINELBO(ELBO):
         each term already divided by the number of particles it holds.
         """
         closed_form, records = self._closed_form_terms(guide_trace)
-        pgm_sites = set()
+        pgm_sites, decoupled = set(), set()
         for record, _, _ in records:
             pgm_sites.update(record.pgm.global_sites + record.pgm.local_sites)
+            decoupled.update(record.pgm.decoupled_sites)
         vectorized = self.vectorize_particles and self.num_particles > 1
 
         # Closed-form terms are exact: counted once per vectorised trace, or
@@ -267,7 +268,7 @@ class SINELBO(ELBO):
                 continue
             if site["infer"].get("_enumerate_dim") is not None:
                 enumerated.append(site)
-            elif not site["fn"].has_rsample:
+            elif not site["fn"].has_rsample and name not in decoupled:
                 sampled.append(site)
         weights, enum_dims = 1.0, []
         for site in enumerated:

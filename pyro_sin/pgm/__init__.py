@@ -3,6 +3,7 @@
 from .base import SINRecord, StructuredPrior
 from .hmm import HMMFactor, HMMParams, HMMPosterior, LatentHMM
 from .lds import LinearDynamicalSystem
+from .slds import SLDSFactor, SLDSParams, SLDSPosterior, SwitchingLDS
 from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior
 from .student_t_mixture import StudentTMixture
 
@@ -17,7 +18,11 @@ __all__ = [
     "MixtureParams",
     "MixturePosterior",
     "MixturePrior",
+    "SLDSFactor",
+    "SLDSParams",
+    "SLDSPosterior",
     "StudentTMixture",
     "SINRecord",
     "StructuredPrior",
+    "SwitchingLDS",
 ]

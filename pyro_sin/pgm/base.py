@@ -102,6 +102,16 @@ class StructuredPrior(PyroModule):
         """Names of the local sample sites, emitted inside the data plate."""
         raise NotImplementedError
 
+    @property
+    def decoupled_sites(self) -> Tuple[str, ...]:
+        """
+        Local sites on which the guide's draw of the latent site :attr:`name` does not
+        depend (the discrete block of a mean-field posterior). The model's terms outside
+        the PGM read only that draw, so :class:`~pyro_sin.SINELBO` adds no score-function
+        term for these sites: its expectation is zero, its variance is not.
+        """
+        return ()
+
     def sample_params(self):
         """Emits ``θ ~ p(θ)`` as Pyro sample sites; returns the sampled values."""
         return _prior_params(self)

@@ -119,6 +119,25 @@ def point_expectations(transition, noise_precision) -> MatrixNormalWishartExpect
     )
 
 
+def pair_regression_stats(count, mean_sum, second_sum) -> RegressionStats:
+    r"""
+    Regression statistics ``Σ_t w_t E[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``, from
+    weighted sums over the pairs ``v_t = (x_{t-1}, x_t)``: ``count = Σ w_t``,
+    ``mean_sum = Σ w_t E[v_t]`` (shape ``(..., 2D)``), ``second_sum = Σ w_t E[v_t v_tᵀ]``.
+    """
+    D = mean_sum.shape[-1] // 2
+    prev_mean, next_mean = mean_sum[..., :D], mean_sum[..., D:]
+    cross = torch.cat([second_sum[..., D:, :D], next_mean[..., None]], -1)
+    input_outer = torch.cat(
+        [
+            torch.cat([second_sum[..., :D, :D], prev_mean[..., None]], -1),
+            torch.cat([prev_mean[..., None, :], count[..., None, None]], -1),
+        ],
+        -2,
+    )
+    return RegressionStats(count, cross, input_outer, second_sum[..., D:, D:])
+
+
 def chain_log_normalizer(init: Gaussian, trans: Gaussian, parallel: bool = True) -> torch.Tensor:
     """
     ``log ∫ exp(init(x_1) + Σ_t trans_t(x_{t-1}, x_t)) dx`` for ``trans`` with time as
@@ -284,25 +303,14 @@ class ChainPosterior:
 
     def regression_stats(self) -> RegressionStats:
         """Per-sequence transition statistics ``Σ_t E[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``."""
-        m, D = self.moments, self.dim
+        m = self.moments
         pair_mean, pair_second, weight = m.pair_mean, m.pair_second, self.transition_mask
         if weight is None:
             count = pair_mean.new_full(pair_mean.shape[:-2], float(self.num_steps - 1))
         else:
             pair_mean, pair_second = pair_mean * weight[..., None], pair_second * weight[..., None, None]
             count = weight.sum(-1)
-        mean_sum = pair_mean.sum(-2)  # (..., 2D)
-        second_sum = pair_second.sum(-3)  # (..., 2D, 2D)
-        prev_mean, next_mean = mean_sum[..., :D], mean_sum[..., D:]
-        cross = torch.cat([second_sum[..., D:, :D], next_mean[..., None]], -1)
-        input_outer = torch.cat(
-            [
-                torch.cat([second_sum[..., :D, :D], prev_mean[..., None]], -1),
-                torch.cat([prev_mean[..., None, :], count[..., None, None]], -1),
-            ],
-            -2,
-        )
-        return RegressionStats(count, cross, input_outer, second_sum[..., D:, D:])
+        return pair_regression_stats(count, pair_mean.sum(-2), pair_second.sum(-3))
 
 
 class ChainPosteriorDistribution(dist.TorchDistribution):
