@@ -14,10 +14,17 @@ Segmentation scores compare ``argmax_k q(z_t = k)`` with the true direction; for
 from dataclasses import replace
 
 from ..datasets import bouncing_ball
-from .sequence_harness import Config, SequenceTask, experiment_main
+from .sequence_harness import METHODS, Config, SequenceTask, deep_latent_builder, experiment_main, hmm_natural_from_encoded, make_hmm
 
-CONFIG = Config(latent_dim=2, num_states=2, seconds=90.0)
-QUICK = replace(CONFIG, seconds=60.0, max_iterations=30, eval_every=10, eval_samples=10)
+CONFIG = Config(latent_dim=2, num_states=2, max_iterations=500)
+# one frame holds the position only: a per-frame encoder cannot see the direction (the regime),
+# a bidirectional GRU encoder can
+BUILDERS = {
+    **METHODS,
+    "latent HMM (GRU encoder)": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded, encoder="rnn"),
+}
+CONFIG = replace(CONFIG, methods=("SAN-LDS", "latent HMM", "latent HMM (GRU encoder)", *CONFIG.methods[2:]))
+QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)
 NUM_STEPS, HORIZON = 100, 10
 
 
@@ -32,7 +39,15 @@ def make_task(config: Config, quick: bool = False) -> SequenceTask:
 
 def main(argv=None):
     return experiment_main(
-        argv, __doc__, make_task, CONFIG, QUICK, "1-D bouncing ball", channels=(0,), default_out="results/bouncing_ball"
+        argv,
+        __doc__,
+        make_task,
+        CONFIG,
+        QUICK,
+        "1-D bouncing ball",
+        channels=(0,),
+        default_out="results/bouncing_ball",
+        methods={name: BUILDERS[name] for name in CONFIG.methods},
     )
 
 

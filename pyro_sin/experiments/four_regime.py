@@ -16,8 +16,8 @@ from dataclasses import replace
 from ..datasets import four_regime_system
 from .sequence_harness import Config, SequenceTask, experiment_main
 
-CONFIG = Config(latent_dim=2, num_states=4, seconds=90.0)
-QUICK = replace(CONFIG, seconds=60.0, max_iterations=30, eval_every=10, eval_samples=10)
+CONFIG = Config(latent_dim=2, num_states=4, max_iterations=500)
+QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)
 NUM_STEPS, HORIZON, GAP = 100, 10, (45, 55)
 
 

@@ -95,8 +95,8 @@ class Config:
     init_noise: float = 0.3  # initial posterior and decoder spread, relative to the data's
     min_scale: float = 0.05  # the Gaussian decoder's floor, relative to the data's spread
     sticky: float = 10.0  # prior pseudo-counts on staying in a regime (diagonal of the transition Dirichlet)
-    seconds: float = 60.0  # training time per method
-    max_iterations: int = 10**6
+    max_iterations: int = 500  # training steps per method
+    seconds: float = 600.0  # a cap on the training time per method
     eval_every: int = 100
     eval_samples: int = 50
     methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
@@ -428,7 +428,8 @@ def plot_forecasts(path: Path, evaluator: Evaluator, methods: Dict[str, object],
     steps = np.arange(T + H)
     for ax, c in zip(axes, channels):
         ax.plot(steps, task.targets[sequence, :, c].cpu().numpy(), "k-", lw=1, label="truth")
-        ax.plot(np.arange(T), task.test[sequence, :T, c].cpu().numpy(), "k.", ms=2, label="observed")
+        seen = mask[0].bool().cpu().numpy()
+        ax.plot(np.arange(T)[seen], task.test[sequence, :T, c].cpu().numpy()[seen], "k.", ms=2, label="observed")
         for name, method in methods.items():
             forecast = method.predict(observed, H, samples)[0, :, c].cpu().numpy()
             imputed = method.decode_posterior(observed * mask[..., None], mask, samples)[0, :, c].cpu().numpy()
@@ -466,7 +467,8 @@ def experiment_main(argv, description: str, make_task, config: Config, quick_con
     import os
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, help=f"training time per method (default {config.seconds:g})")
+    parser.add_argument("--iterations", type=int, help=f"training steps per method (default {config.max_iterations})")
+    parser.add_argument("--seconds", type=float, help=f"a cap on the training time per method (default {config.seconds:g})")
     parser.add_argument("--factor", choices=["tied", "free"], help="SAN-LDS's SIN factor")
     parser.add_argument("--latent-dim", type=int)
     parser.add_argument("--seed", type=int, default=0)
@@ -481,6 +483,8 @@ def experiment_main(argv, description: str, make_task, config: Config, quick_con
     for key in ("seconds", "factor", "latent_dim"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.iterations is not None:
+        overrides["max_iterations"] = args.iterations
     config = replace(config, **overrides)
     builders = methods or {name: METHODS[name] for name in config.methods}
     if args.methods:
