@@ -28,8 +28,8 @@ from .sequence_harness import (
     var_builder,
 )
 
-CONFIG = Config(latent_dim=4, num_states=4, seconds=60.0, batch_size=10)
-QUICK = replace(CONFIG, seconds=60.0, max_iterations=30, eval_every=10, eval_samples=10)
+CONFIG = Config(latent_dim=8, num_states=4, batch_size=10, max_iterations=1200, eval_every=300, seconds=1800.0)
+QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)
 HORIZON, GAP = 15, (40, 50)
 
 BUILDERS = {
