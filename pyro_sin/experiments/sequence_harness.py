@@ -239,9 +239,14 @@ class _StatesAsComponents:
 
 @torch.no_grad()
 def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """Initial ``λ`` of a latent HMM: its states' Gaussians on the k-means clusters of the encoded training frames."""
-    points = encoder(train).mean.reshape(-1, hmm.latent_dim)
-    normal_wishart = mixture_natural_from_points(_StatesAsComponents(hmm), points, torch.Generator().manual_seed(seed))
+    """Initial ``λ`` of a latent HMM: its states' Gaussians on the k-means clusters of the encoded training frames (draws from their potentials)."""
+    generator = torch.Generator().manual_seed(seed)
+    potential = encoder(train)
+    # draws from the potentials, not their means: with more latent dimensions than data
+    # dimensions the means lie on a subspace, and clusters fitted to them would be singular
+    noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
+    points = (potential.mean + noise * potential.precision.rsqrt()).reshape(-1, hmm.latent_dim)
+    normal_wishart = mixture_natural_from_points(_StatesAsComponents(hmm), points, generator)
     return {
         "init_concentration": hmm.prior_init_concentration,
         "transition_concentration": hmm.prior_transition_concentration,
