@@ -20,6 +20,7 @@ method with :func:`deep_latent_builder`::
 """
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
@@ -40,7 +41,7 @@ from ..optim import NaturalAdam
 from ..pgm import LatentHMM, LinearDynamicalSystem
 from ..plotting import component_colours, new_figure, plot_curves
 from ..standardize import StandardizedEncoder, Standardization, standardized_autoencoder
-from ..training import History, fit
+from ..training import DivergenceError, History, fit
 
 __all__ = [
     "Config",
@@ -341,13 +342,21 @@ def run_methods(config: Config, task: SequenceTask, progress: bool = True, metho
     """
     Trains and scores every method of ``config.methods`` (or ``methods``, a dict name -> builder).
 
+    A method whose training diverges (:class:`~pyro_sin.training.DivergenceError`) is reported
+    with ``{"diverged": 1}`` and a warning, and the others go on.
+
     :returns: ``(rows, trained, histories)``: metrics per method, the methods, their histories.
     """
     evaluator = Evaluator(task, config.eval_samples)
     builders = methods or {name: METHODS[name] for name in config.methods}
     rows, trained, histories = {}, {}, {}
     for name, build in builders.items():
-        method, history = build(config, task, evaluator, progress, desc=name)
+        try:
+            method, history = build(config, task, evaluator, progress, desc=name)
+        except DivergenceError as error:  # one method's failure is a result, not the end of the experiment
+            warnings.warn(str(error), RuntimeWarning)
+            rows[name] = {"diverged": 1.0}
+            continue
         trained[name], histories[name] = method, history
         rows[name] = evaluator(method)
         rows[name]["iterations"] = float(history.eval_steps[-1])
