@@ -20,7 +20,7 @@ from pyro.infer import Predictive
 from .guide import SINGuide
 from . import evaluation
 from .naming import NameOwner
-from .pgm.lds import ChainPosteriorDistribution, LDSParams
+from .pgm.lds import last_step, rollout  # noqa: F401  (re-exported: the baselines roll LDS dynamics forward)
 from .pgm.mixture import GaussianMixture
 
 
@@ -172,18 +172,6 @@ def _components(post) -> dist.MultivariateNormal:
     return dist.MultivariateNormal(post.loc, scale_tril=post.scale_tril)
 
 
-def rollout(params, x_start, horizon: int):
-    """``x_{T+1..T+H}`` from ``x_T`` under the dynamics ``params``, with process noise."""
-    D = x_start.shape[-1]
-    A, b = params.transition[..., :D], params.transition[..., D]
-    noise = dist.MultivariateNormal(torch.zeros_like(b), precision_matrix=params.noise_precision)
-    steps, x = [], x_start
-    for _ in range(horizon):
-        x = (A @ x[..., None])[..., 0] + b + noise.sample()
-        steps.append(x)
-    return torch.stack(steps, -2)
-
-
 def frame_likelihood(decoder, x, mask=None):
     """``p(y_{1:T} | x_{1:T})`` with independent frames; missing frames (``mask == 0``) drop out."""
     frames = decoder.distribution(x)  # batch (..., T), event (P,)
@@ -203,13 +191,6 @@ def observed_frames(y, mask=None, lengths=None):
     return steps if mask is None else steps & mask.bool()
 
 
-def last_step(x, lengths=None):
-    """``x_T`` of each sequence, ``x`` of shape ``(..., B, T, D)``; the step ``lengths - 1`` of padded ones."""
-    if lengths is None:
-        return x[..., -1, :]
-    return x[..., torch.arange(len(lengths), device=lengths.device), lengths - 1, :]
-
-
 class DeepLatentLDS(NameOwner):
     r"""
     A neural decoder applied frame by frame to a latent linear dynamical system,
@@ -224,7 +205,10 @@ class DeepLatentLDS(NameOwner):
     after a sequence's end do not exist. For :func:`~pyro_sin.training.fit`, pass
     ``data=(y, mask, lengths)`` (a mask of ones when no frame is missing).
 
-    :param LinearDynamicalSystem pgm: the latent structured prior.
+    :param pgm: the latent structured prior over sequences: a
+        :class:`~pyro_sin.pgm.LinearDynamicalSystem`, a :class:`~pyro_sin.pgm.LatentHMM`, or any
+        prior with the same prediction interface (``forecast``, ``proposal``,
+        ``latent_log_prob``; :meth:`predict` and :meth:`log_likelihood` call only these).
     :param torch.nn.Module decoder: ``x_t ↦ p(y_t | x_t)``, with a ``distribution(x)`` method
         returning a Pyro distribution with event dimension 1.
     :param int num_data: number ``N`` of training sequences.
@@ -287,12 +271,8 @@ class DeepLatentLDS(NameOwner):
 
         :returns: shape ``(B, horizon, P)``.
         """
-        x = self.posterior(guide, y_observed, mask, lengths).rsample((num_samples,))
-        x_last = last_step(x, lengths)  # (S, B, D)
-        q = guide.global_posterior().matrix_normal_wishart
-        transition, noise_precision = q.rsample((num_samples,))  # (S, D, D+1), (S, D, D)
-        params = LDSParams(transition[:, None], noise_precision[:, None])
-        future = rollout(params, x_last, horizon)  # (S, B, H, D)
+        posterior = self.posterior(guide, y_observed, mask, lengths)
+        future = self.pgm.forecast(guide.global_posterior(), posterior, horizon, num_samples, lengths)  # (S, B, H, D)
         return evaluation.decoded_mean(self.decoder, future).mean(0)
 
     @torch.no_grad()
@@ -301,14 +281,19 @@ class DeepLatentLDS(NameOwner):
     ) -> evaluation.Estimate:
         r"""
         ``log p(y_{1:T})`` (of the observed frames) of every sequence under the
-        posterior-mean dynamics, by importance sampling with the SIN posterior as
-        proposal (see :func:`~pyro_sin.evaluation.log_likelihood`).
+        posterior-mean parameters, by importance sampling with the SIN posterior as
+        proposal (for an HMM its marginal over ``x``, the states summed out; see
+        :func:`~pyro_sin.evaluation.log_likelihood`).
         """
-        proposal = ChainPosteriorDistribution(self.posterior(guide, y, mask, lengths))
-        chain = self.pgm.chain(self.pgm.point_estimate(guide.global_posterior()), y.shape[-2], lengths)
+        proposal = self.pgm.proposal(self.posterior(guide, y, mask, lengths))
+        params = self.pgm.point_estimate(guide.global_posterior())
         observed = observed_frames(y, mask, lengths)
         return evaluation.log_likelihood(
-            y, lambda x: frame_likelihood(self.decoder, x, observed), chain.log_prob, proposal, num_samples
+            y,
+            lambda x: frame_likelihood(self.decoder, x, observed),
+            lambda x: self.pgm.latent_log_prob(params, x, lengths),
+            proposal,
+            num_samples,
         )
 
     @torch.no_grad()

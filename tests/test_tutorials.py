@@ -10,6 +10,9 @@ CHECKS = {
     "lds_bouncing_dot": "assert all(ax.get_xlim()[1] >= test.clean.shape[1] - 0.5 for ax in fig.axes), "
     "[ax.get_xlim() for ax in fig.axes]",
     # a run is reproducible: building a model draws the same initial values every time
+    # the segmentation is scored and drawn for four test sequences, true against inferred
+    "regime_segmentation": "assert 0 <= final['nmi'] <= 1 and 0 <= final['accuracy'] <= 1\n"
+    "assert len(fig.axes) == 4 and all(len(ax.get_yticklabels()) == 2 for ax in fig.axes)",
     "student_t_outliers": "first, again = build(priors['SAN-TMM'])[0], build(priors['SAN-TMM'])[0]\n"
     "assert torch.equal(first.locs, again.locs) and torch.equal(first.scale_tril, again.scale_tril)",
 }

@@ -4,6 +4,7 @@ from .clustering import PCAGMM, VAEGMM, ClusteringBaseline, KMeansBaseline, fit_
 from .gmm import BayesianGMM
 from .two_stage import TwoStageLDS
 from .unstructured_lds import UnstructuredLDSGuide
+from .var import SmoothedFrames, VectorAutoregression
 from .vae import VAE
 
 __all__ = [
@@ -15,5 +16,7 @@ __all__ = [
     "KMeansBaseline",
     "TwoStageLDS",
     "UnstructuredLDSGuide",
+    "SmoothedFrames",
+    "VectorAutoregression",
     "fit_bayesian_gmm",
 ]

@@ -6,6 +6,8 @@ same numbers on every machine; move the tensors with ``.to(device)``.
 """
 
 from .auto_mpg import FEATURES as AUTO_MPG_FEATURES
+from .basic_motions import CHANNELS as BASIC_MOTIONS_CHANNELS
+from .basic_motions import LabelledSequences, basic_motions, load_basic_motions
 from .auto_mpg import auto_mpg, load_auto_mpg, shipped_auto_mpg_path
 from .digits import digits, load_digits, load_mnist5k, mnist5k
 from .pinwheel import LabelledSplit, make_pinwheel, noisy_pinwheel, pinwheel, split
@@ -48,4 +50,9 @@ __all__ = [
     "linear_gaussian_benchmark",
     "random_observation_map",
     "random_rotation",
+    # real multichannel sensor sequences (extra [data])
+    "BASIC_MOTIONS_CHANNELS",
+    "LabelledSequences",
+    "basic_motions",
+    "load_basic_motions",
 ]

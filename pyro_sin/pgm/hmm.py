@@ -138,6 +138,28 @@ class StepGaussians(dist.TorchDistribution):
         return _after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
 
 
+class HMMMarginalDistribution(dist.TorchDistribution):
+    """``q(x_{1:T}) = Σ_z q(z) q(x | z)`` of an :class:`HMMPosterior` as a distribution with event shape ``(T, D)``."""
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def __init__(self, posterior: "HMMPosterior", validate_args=None):
+        self.posterior = posterior
+        batch_shape = posterior.state_probs.shape[:-2]
+        super().__init__(batch_shape, torch.Size((posterior.num_steps, posterior.dim)), validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.posterior.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return self.posterior.marginal_log_prob(value)
+
+
 class HMMPosterior:
     r"""
     The closed-form SIN posterior ``q(z_{1:T}) Π_t q(x_t | z_t)`` of a batch of sequences.
@@ -524,3 +546,37 @@ class LatentHMM(StructuredPrior):
             self.prior_transition_concentration + scale * counts.reshape((-1,) + counts.shape[-2:]).sum(0),
             conjugate_update(self.prior().natural_params, total),
         )
+
+    # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------
+
+    def proposal(self, posterior: HMMPosterior) -> HMMMarginalDistribution:
+        """``q(x_{1:T})`` with the states summed out (an importance-sampling proposal)."""
+        return HMMMarginalDistribution(posterior)
+
+    def forecast(
+        self, q: HMMGlobalPosterior, posterior: HMMPosterior, horizon: int, num_samples: int, lengths=None
+    ) -> torch.Tensor:
+        r"""
+        Draws of ``x_{T+1..T+H}`` for sequences of batch ``(B,)``: ``z_T ~ q(z_T)``, ``θ ~ q(θ)``,
+        then the chain ``z_{t+1} ~ P_{z_t}`` and ``x_t ~ N(μ_{z_t}, Λ_{z_t}⁻¹)``.
+
+        :returns: shape ``(num_samples, B, horizon, D)``.
+        """
+        probs = posterior.state_probs  # (B, T, K)
+        if lengths is None:
+            last = probs[..., -1, :]
+        else:
+            last = probs[torch.arange(len(lengths), device=lengths.device), lengths - 1]
+        S, (B, K), D = num_samples, last.shape, self.latent_dim
+        transition = dist.Dirichlet(q.transition_concentration).sample((S,))  # (S, K, K)
+        precisions = q.normal_wishart.precision_dist().sample((S,))  # (S, K, D, D)
+        locs = q.normal_wishart.loc_dist(precisions).sample()  # (S, K, D)
+        scale_tril = precision_to_scale_tril(precisions)
+        draw = torch.arange(S, device=last.device)[:, None]  # (S, 1)
+        z = dist.Categorical(last).sample((S,))  # (S, B)
+        steps = []
+        for _ in range(horizon):
+            z = dist.Categorical(transition[draw, z]).sample()
+            noise = torch.randn(S, B, D, dtype=locs.dtype, device=locs.device)
+            steps.append(locs[draw, z] + (scale_tril[draw, z] @ noise[..., None])[..., 0])
+        return torch.stack(steps, -2)

@@ -62,6 +62,25 @@ class LDSParams(NamedTuple):
     noise_precision: torch.Tensor  # (..., D, D)
 
 
+def rollout(params: LDSParams, x_start: torch.Tensor, horizon: int) -> torch.Tensor:
+    """``x_{T+1..T+H}`` from ``x_T`` (shape ``(..., D)``) under the dynamics ``params``, with process noise; ``(..., H, D)``."""
+    D = x_start.shape[-1]
+    A, b = params.transition[..., :D], params.transition[..., D]
+    noise = dist.MultivariateNormal(torch.zeros_like(b), precision_matrix=params.noise_precision)
+    steps, x = [], x_start
+    for _ in range(horizon):
+        x = (A @ x[..., None])[..., 0] + b + noise.sample()
+        steps.append(x)
+    return torch.stack(steps, -2)
+
+
+def last_step(x: torch.Tensor, lengths=None) -> torch.Tensor:
+    """``x_T`` of each sequence, ``x`` of shape ``(..., B, T, D)``; the step ``lengths - 1`` of padded ones."""
+    if lengths is None:
+        return x[..., -1, :]
+    return x[..., torch.arange(len(lengths), device=lengths.device), lengths - 1, :]
+
+
 class ChainFactor(NamedTuple):
     """An unnormalised Gaussian chain: a factor on ``x_1`` and one on each pair ``(x_{t-1}, x_t)``."""
 
@@ -559,3 +578,26 @@ class LinearDynamicalSystem(StructuredPrior):
             *(scale * s.sum(batch_dims) for s in stats)
         )
         return regression_conjugate_update(self.prior().natural_params, total)._asdict()
+
+    # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------
+
+    def latent_log_prob(self, params: LDSParams, x: torch.Tensor, lengths=None) -> torch.Tensor:
+        """``log p(x_{1:T} | θ)``, shape ``x.shape[:-2]``."""
+        return self.chain(params, x.shape[-2], lengths).log_prob(x)
+
+    def proposal(self, posterior: ChainPosterior) -> "ChainPosteriorDistribution":
+        """The SIN posterior as a distribution over ``x_{1:T}`` (an importance-sampling proposal)."""
+        return ChainPosteriorDistribution(posterior)
+
+    def forecast(
+        self, q: LDSGlobalPosterior, posterior: ChainPosterior, horizon: int, num_samples: int, lengths=None
+    ) -> torch.Tensor:
+        r"""
+        Draws of ``x_{T+1..T+H}`` for sequences of batch ``(B,)``: ``x_T`` from the SIN
+        posterior, ``θ ~ q(θ)``, then the dynamics with process noise.
+
+        :returns: shape ``(num_samples, B, horizon, D)``.
+        """
+        x_last = last_step(posterior.rsample((num_samples,)), lengths)  # (S, B, D)
+        transition, noise_precision = q.matrix_normal_wishart.rsample((num_samples,))  # (S, D, D+1), (S, D, D)
+        return rollout(LDSParams(transition[:, None], noise_precision[:, None]), x_last, horizon)

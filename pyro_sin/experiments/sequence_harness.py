@@ -1,0 +1,521 @@
+r"""
+One harness for the sequence experiments: every method is trained on the same
+training sequences and scored by the same :class:`Evaluator` on the same test
+sequences, through four calls:
+
+* ``decode_posterior(y, mask, num_samples)`` — the frames reconstructed from the
+  observed ones (imputation where ``mask == 0``), ``(B, T, P)``;
+* ``predict(y, horizon, num_samples)`` — the mean forecast of the next ``horizon`` frames;
+* ``test_log_likelihood(y, num_samples)`` — the mean ``log p(y_{1:T})`` per sequence
+  (importance-sampled for latent-variable models, exact for the VAR);
+* ``state_probs(y)`` (optional) — ``q(z_t = k)``, ``(B, T, K)``, for segmentation.
+
+Methods are built by the functions in :data:`METHODS`, each
+``build(config, task, evaluator, progress) -> (method, history)``. A structured prior that
+runs inside :class:`~pyro_sin.models.DeepLatentLDS` (with ``forecast``, ``proposal`` and
+``latent_log_prob``; ``state_probs`` on its posterior for segmentation) becomes one more
+method with :func:`deep_latent_builder`::
+
+    METHODS["switching LDS"] = deep_latent_builder(lambda config, task: SwitchingLDS(...))
+"""
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+
+import pyro
+from pyro.infer import SVI, Trace_ELBO
+
+from ..baselines import UnstructuredLDSGuide, VectorAutoregression
+from ..elbo import SINELBO
+from ..initialization import kmeans, mixture_natural_from_points
+from ..metrics import clustering_scores
+from ..models import DeepLatentLDS
+from ..nn import SequenceEncoder
+from ..optim import NaturalAdam
+from ..pgm import LatentHMM, LinearDynamicalSystem
+from ..plotting import component_colours, new_figure, plot_curves
+from ..standardize import StandardizedEncoder, Standardization, standardized_autoencoder
+from ..training import DivergenceError, History, fit
+
+__all__ = [
+    "Config",
+    "DeepLatentMethod",
+    "Evaluator",
+    "METHODS",
+    "SequenceTask",
+    "TrainingMean",
+    "deep_latent_builder",
+    "run_methods",
+]
+
+
+class SequenceTask(NamedTuple):
+    """
+    Training sequences and the test sequences that score forecasts and imputation.
+
+    ``test`` holds ``T + horizon`` frames: the first ``T`` are observed, the rest are
+    the future to forecast. The frames ``gap[0] .. gap[1] - 1`` of the observed part are
+    hidden for imputation. ``targets`` are what the predictions are scored against
+    (the noise-free frames where the data set has them, else ``test`` itself).
+    """
+
+    name: str
+    train: torch.Tensor  # (N, T, P)
+    test: torch.Tensor  # (M, T + H, P)
+    targets: torch.Tensor  # (M, T + H, P)
+    horizon: int
+    gap: Tuple[int, int]
+    regimes: Optional[torch.Tensor] = None  # (M, T) true regimes of the observed test frames
+
+    @property
+    def num_steps(self) -> int:
+        return self.test.shape[1] - self.horizon
+
+
+@dataclass
+class Config:
+    """Settings shared by every method of a sequence experiment."""
+
+    latent_dim: int = 2
+    num_states: int = 4  # the latent HMM's (and a switching model's) regimes
+    hidden: int = 50
+    batch_size: int = 32
+    lr: float = 0.01
+    natural_lr: float = 0.1
+    num_particles: int = 4
+    factor: str = "tied"  # SAN's factor (tied or free)
+    hmm_factor: str = "tied"
+    encoder: str = "frame"  # SAN's encoder: "frame" (one MLP per frame) or "rnn" (bidirectional GRU)
+    spread: float = 1.0  # spread of the standardised network inputs and outputs
+    init_noise: float = 0.3  # initial posterior and decoder spread, relative to the data's
+    min_scale: float = 0.05  # the Gaussian decoder's floor, relative to the data's spread
+    sticky: float = 10.0  # prior pseudo-counts on staying in a regime (diagonal of the transition Dirichlet)
+    max_iterations: int = 500  # training steps per method
+    seconds: float = 600.0  # a cap on the training time per method
+    eval_every: int = 100
+    eval_samples: int = 50
+    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
+    seed: int = 0
+    extra: Dict[str, float] = field(default_factory=dict)
+
+
+class DeepLatentMethod:
+    """A :class:`~pyro_sin.models.DeepLatentLDS` and its SIN guide behind the harness's interface."""
+
+    def __init__(self, model: DeepLatentLDS, guide):
+        self.model, self.guide = model, guide
+
+    def decode_posterior(self, y, mask=None, num_samples=50):
+        return self.model.decode_posterior(self.guide, y, mask, num_samples)
+
+    def predict(self, y, horizon, num_samples=50):
+        return self.model.predict(self.guide, y, horizon, num_samples)
+
+    def test_log_likelihood(self, y, num_samples=100):
+        return self.model.test_log_likelihood(self.guide, y, num_samples)
+
+    def state_probs(self, y) -> Optional[torch.Tensor]:
+        return getattr(self.model.posterior(self.guide, y), "state_probs", None)
+
+
+class TrainingMean:
+    """Predicts every frame as the training data's mean frame: the floor any model should clear."""
+
+    def __init__(self, train: torch.Tensor):
+        self.mean = train.reshape(-1, train.shape[-1]).mean(0)
+
+    def decode_posterior(self, y, mask=None, num_samples=None):
+        if mask is None:
+            return y
+        return torch.where(mask.bool()[..., None], y, self.mean)
+
+    def predict(self, y, horizon, num_samples=None):
+        return self.mean.expand(len(y), horizon, -1)
+
+    def test_log_likelihood(self, y, num_samples=None):
+        return float("nan")
+
+
+class Evaluator:
+    """The same metrics for every method."""
+
+    def __init__(self, task: SequenceTask, eval_samples: int = 50):
+        self.task, self.eval_samples = task, eval_samples
+        T = task.num_steps
+        self.observed = task.test[:, :T]
+        self.mask = torch.ones(self.observed.shape[:2], dtype=self.observed.dtype)
+        self.mask[:, task.gap[0] : task.gap[1]] = 0
+
+    def forecast_error(self, method) -> float:
+        """Mean squared error of the forecast over the horizon (the training curves' metric)."""
+        T, H = self.task.num_steps, self.task.horizon
+        prediction = method.predict(self.observed, H, self.eval_samples)
+        return float((prediction - self.task.targets[:, T : T + H]).pow(2).mean())
+
+    def segment(self, method) -> Optional[torch.Tensor]:
+        """``argmax_k q(z_t = k)`` of the observed test frames, ``(M, T)``, or None for a method without regimes."""
+        state_probs = getattr(method, "state_probs", None)
+        probs = state_probs(self.observed) if state_probs is not None else None
+        return None if probs is None else probs.argmax(-1)
+
+    @torch.no_grad()
+    def __call__(self, method) -> Dict[str, float]:
+        task, samples = self.task, self.eval_samples
+        T, H = task.num_steps, task.horizon
+        targets = task.targets
+        prediction = method.predict(self.observed, H, samples)
+        hidden = self.mask == 0
+        imputed = method.decode_posterior(self.observed * self.mask[..., None], self.mask, samples)
+        row = {
+            f"forecast_mse_1..{H}": float((prediction - targets[:, T : T + H]).pow(2).mean()),
+            f"forecast_mse_at_{H}": float((prediction[:, -1] - targets[:, T + H - 1]).pow(2).mean()),
+            "imputation_mse": float((imputed[hidden] - targets[:, :T][hidden]).pow(2).mean()),
+            "reconstruction_mse": float(
+                (method.decode_posterior(self.observed, None, samples) - targets[:, :T]).pow(2).mean()
+            ),
+            "test_log_likelihood": float(method.test_log_likelihood(self.observed, 2 * samples)),
+        }
+        row["test_log_likelihood_per_frame"] = row["test_log_likelihood"] / T
+        regimes = self.segment(method)
+        if regimes is not None and task.regimes is not None:
+            scores = clustering_scores(regimes.reshape(-1), task.regimes.reshape(-1))
+            row.update({"segmentation_nmi": scores["nmi"], "segmentation_ari": scores["ari"], "segmentation_accuracy": scores["accuracy"]})
+        return row
+
+
+# ----- building and training the methods -------------------------------------------------
+
+
+def _fit(config: Config, svi, data, evaluator: Evaluator, method, desc, progress) -> History:
+    return fit(
+        svi,
+        data,
+        iterations=config.max_iterations,
+        batch_size=min(config.batch_size, len(data)),
+        generator=torch.Generator().manual_seed(config.seed),
+        evaluate=lambda: {"forecast_mse": evaluator.forecast_error(method)},
+        eval_every=config.eval_every,
+        max_seconds=config.seconds,
+        progress=progress,
+        desc=desc,
+    )
+
+
+def _networks(config: Config, train: torch.Tensor):
+    """Standardised encoder and decoder (the data's units do not matter); a GRU encoder when ``config.encoder == "rnn"``."""
+    frames = train.reshape(-1, train.shape[-1])
+    hidden = (config.hidden,) * 2
+    encoder, decoder = standardized_autoencoder(
+        frames, config.latent_dim, hidden, spread=config.spread, min_scale=config.min_scale, init_noise=config.init_noise
+    )
+    if config.encoder == "rnn":
+        frame_encoder = encoder.encoder
+        rnn = SequenceEncoder(frames.shape[-1], config.latent_dim, hidden)
+        with torch.no_grad():  # the same starting map from frames to latents as the per-frame encoder
+            rnn.head.shortcut.weight.zero_()
+            rnn.head.shortcut.weight[:, : frames.shape[-1]].copy_(frame_encoder.shortcut.weight)
+            rnn.head.second.bias.copy_(frame_encoder.second.bias)
+        encoder = StandardizedEncoder(rnn, encoder.standardization)
+    elif config.encoder != "frame":
+        raise ValueError(f"unknown encoder {config.encoder!r}; choose 'frame' or 'rnn'")
+    return encoder, decoder
+
+
+class _StatesAsComponents:
+    """The mixture view of an HMM's states, for :func:`~pyro_sin.initialization.mixture_natural_from_points`."""
+
+    def __init__(self, hmm: LatentHMM):
+        self.num_components, self.latent_dim = hmm.num_states, hmm.latent_dim
+
+    @staticmethod
+    def _pack(concentration, normal_wishart_natural):
+        return normal_wishart_natural._asdict()
+
+
+@torch.no_grad()
+def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Initial ``λ`` of a latent HMM: its states' Gaussians on the k-means clusters of the encoded training frames (draws from their potentials)."""
+    generator = torch.Generator().manual_seed(seed)
+    potential = encoder(train)
+    # draws from the potentials, not their means: with more latent dimensions than data
+    # dimensions the means lie on a subspace, and clusters fitted to them would be singular
+    noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
+    points = (potential.mean + noise * potential.precision.rsqrt()).reshape(-1, hmm.latent_dim)
+    normal_wishart = mixture_natural_from_points(_StatesAsComponents(hmm), points, generator)
+    return {
+        "init_concentration": hmm.prior_init_concentration,
+        "transition_concentration": hmm.prior_transition_concentration,
+        **normal_wishart,
+    }
+
+
+def make_lds(config: Config, task: SequenceTask) -> LinearDynamicalSystem:
+    return LinearDynamicalSystem(config.latent_dim)
+
+
+def make_hmm(config: Config, task: SequenceTask) -> LatentHMM:
+    K = config.num_states
+    sticky = torch.ones(K, K) + (config.sticky - 1) * torch.eye(K)
+    return LatentHMM(K, config.latent_dim, transition_concentration=sticky)
+
+
+def deep_latent_builder(
+    make_prior: Callable[[Config, SequenceTask], object], factor_key: str = "factor", init=None, **overrides
+):
+    """
+    A builder for a structured prior inside :class:`~pyro_sin.models.DeepLatentLDS`, trained
+    with :class:`~pyro_sin.SINELBO` and :class:`~pyro_sin.optim.NaturalAdam`.
+
+    :param make_prior: ``(config, task) -> prior``.
+    :param str factor_key: the field of :class:`Config` that holds the SIN factor (``"tied"``/``"free"``).
+    :param init: optional ``(prior, encoder, train, seed) -> init_natural``.
+    :param overrides: fields of :class:`Config` to change for this method (e.g. ``factor="free"``).
+    """
+
+    def build(config: Config, task: SequenceTask, evaluator: Evaluator, progress: bool = True, desc: str = "SAN"):
+        config = replace(config, **overrides)
+        pyro.clear_param_store()
+        pyro.set_rng_seed(config.seed)
+        encoder, decoder = _networks(config, task.train)
+        prior = make_prior(config, task)
+        model = DeepLatentLDS(prior, decoder, len(task.train))
+        init_natural = None if init is None else init(prior, encoder, task.train, config.seed)
+        guide = model.make_guide(encoder, factor=getattr(config, factor_key), init_natural=init_natural)
+        svi = SVI(
+            model,
+            guide,
+            NaturalAdam({"lr": config.lr}, natural_lr=config.natural_lr),
+            SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
+        )
+        method = DeepLatentMethod(model, guide)
+        return method, _fit(config, svi, task.train, evaluator, method, desc, progress)
+
+    return build
+
+
+def build_unstructured(config: Config, task: SequenceTask, evaluator: Evaluator, progress=True, desc="unstructured"):
+    """The same generative model as SAN-LDS with a bidirectional-GRU guide and point dynamics (``Trace_ELBO``, Adam)."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    frames = task.train.reshape(-1, task.train.shape[-1])
+    _, decoder = _networks(config, task.train)
+    model = DeepLatentLDS(LinearDynamicalSystem(config.latent_dim), decoder, len(task.train))
+    rnn = SequenceEncoder(frames.shape[-1], config.latent_dim, (config.hidden,) * 2)
+    guide = UnstructuredLDSGuide(model, StandardizedEncoder(rnn, Standardization.fit(frames, spread=config.spread)))
+    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
+    return guide, _fit(config, svi, task.train, evaluator, guide, desc, progress)
+
+
+def var_builder(order: int):
+    def build(config: Config, task: SequenceTask, evaluator: Evaluator, progress=True, desc=None):
+        method = VectorAutoregression(order).fit(task.train)
+        error = evaluator.forecast_error(method)
+        return method, History([], [0], [0.0], [{"forecast_mse": error}], [])
+
+    return build
+
+
+def build_training_mean(config: Config, task: SequenceTask, evaluator: Evaluator, progress=True, desc=None):
+    method = TrainingMean(task.train)
+    return method, History([], [0], [0.0], [{"forecast_mse": evaluator.forecast_error(method)}], [])
+
+
+#: name -> ``build(config, task, evaluator, progress, desc) -> (method, History)``
+METHODS: Dict[str, Callable] = {
+    "SAN-LDS": deep_latent_builder(make_lds),
+    "latent HMM": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded),
+    "unstructured guide": build_unstructured,
+    "VAR(1)": var_builder(1),
+    "VAR(2)": var_builder(2),
+    "training mean": build_training_mean,
+}
+
+
+def run_methods(config: Config, task: SequenceTask, progress: bool = True, methods=None):
+    """
+    Trains and scores every method of ``config.methods`` (or ``methods``, a dict name -> builder).
+
+    A method whose training diverges (:class:`~pyro_sin.training.DivergenceError`) is reported
+    with ``{"diverged": 1}`` and a warning, and the others go on.
+
+    :returns: ``(rows, trained, histories)``: metrics per method, the methods, their histories.
+    """
+    evaluator = Evaluator(task, config.eval_samples)
+    builders = methods or {name: METHODS[name] for name in config.methods}
+    rows, trained, histories = {}, {}, {}
+    for name, build in builders.items():
+        try:
+            method, history = build(config, task, evaluator, progress, desc=name)
+        except DivergenceError as error:  # one method's failure is a result, not the end of the experiment
+            warnings.warn(str(error), RuntimeWarning)
+            rows[name] = {"diverged": 1.0}
+            continue
+        trained[name], histories[name] = method, history
+        rows[name] = evaluator(method)
+        rows[name]["iterations"] = float(history.eval_steps[-1])
+        rows[name]["seconds"] = float(history.eval_seconds[-1])
+    return rows, trained, histories
+
+
+# ----- tables and figures -------------------------------------------------------------------
+
+
+def markdown_table(rows: Dict[str, Dict[str, float]], columns=None) -> str:
+    columns = columns or list(dict.fromkeys(c for row in rows.values() for c in row))
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name, row in rows.items():
+        cells = [f"{row[c]:.4g}" if c in row else "–" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(out: Path, title: str, config, rows, histories, extra: Optional[dict] = None) -> str:
+    """``metrics.md`` (the settings and the table) and ``metrics.json`` (the same, with the training curves)."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = asdict(config) if not isinstance(config, dict) else config
+    table = markdown_table(rows)
+    text = f"# {title}\n\n{table}\n\nSettings: `{json.dumps(settings, default=str)}`\n"
+    (out / "metrics.md").write_text(text)
+    curves = {n: [h.eval_seconds, [e["forecast_mse"] for e in h.evals]] for n, h in histories.items() if h.evals}
+    payload = {"title": title, "config": settings, "metrics": rows, "curves": curves, **(extra or {})}
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
+    return table
+
+
+def _matched_labels(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """``pred`` relabelled by the best one-to-one matching to ``true`` (for display)."""
+    from scipy.optimize import linear_sum_assignment
+
+    K = max(pred.max(), true.max()) + 1
+    table = np.zeros((K, K))
+    np.add.at(table, (pred, true), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    mapping = dict(zip(rows, cols))
+    return np.array([mapping.get(k, k) for k in pred.reshape(-1)]).reshape(pred.shape)
+
+
+def plot_segmentation(path: Path, evaluator: Evaluator, methods: Dict[str, object], num_sequences: int = 4):
+    """True regimes against each method's ``argmax_k q(z_t = k)`` over time, for the first test sequences."""
+    task = evaluator.task
+    segmenting = {name: evaluator.segment(m) for name, m in methods.items()}
+    segmenting = {name: s for name, s in segmenting.items() if s is not None}
+    if task.regimes is None or not segmenting:
+        return False
+    K = int(max([task.regimes.max()] + [s.max() for s in segmenting.values()])) + 1
+    colours = np.array(component_colours(K))
+    rows = 1 + len(segmenting)
+    fig = new_figure(ncols=1, width=9, height=0.55 * rows * num_sequences + 0.8)
+    fig.clear()
+    axes = fig.subplots(num_sequences, 1, sharex=True, squeeze=False)[:, 0]
+    true = task.regimes.cpu().numpy()
+    for i, ax in enumerate(axes):
+        images = [colours[true[i]]]
+        labels = ["true"]
+        for name, states in segmenting.items():
+            images.append(colours[_matched_labels(states.cpu().numpy(), true)[i]])
+            labels.append(name)
+        ax.imshow(np.stack(images), aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(rows))
+        ax.set_yticklabels(labels, fontsize="small")
+        ax.set_ylabel(f"seq. {i}", fontsize="small")
+    axes[-1].set_xlabel("time step (colour = regime; inferred labels matched to the true ones)")
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def plot_forecasts(path: Path, evaluator: Evaluator, methods: Dict[str, object], channels=(0,), sequence: int = 0, samples=50):
+    """A test sequence's observed frames (with the imputation gap), the true future and each method's forecast and imputation."""
+    task = evaluator.task
+    T, H = task.num_steps, task.horizon
+    observed = evaluator.observed[sequence : sequence + 1]
+    mask = evaluator.mask[sequence : sequence + 1]
+    fig = new_figure(ncols=1, width=9, height=2.4 * len(channels))
+    fig.clear()
+    axes = fig.subplots(len(channels), 1, sharex=True, squeeze=False)[:, 0]
+    steps = np.arange(T + H)
+    for ax, c in zip(axes, channels):
+        ax.plot(steps, task.targets[sequence, :, c].cpu().numpy(), "k-", lw=1, label="truth")
+        seen = mask[0].bool().cpu().numpy()
+        ax.plot(np.arange(T)[seen], task.test[sequence, :T, c].cpu().numpy()[seen], "k.", ms=2, label="observed")
+        for name, method in methods.items():
+            forecast = method.predict(observed, H, samples)[0, :, c].cpu().numpy()
+            imputed = method.decode_posterior(observed * mask[..., None], mask, samples)[0, :, c].cpu().numpy()
+            (line,) = ax.plot(np.arange(T, T + H), forecast, lw=1.2, label=name)
+            gap = np.arange(task.gap[0], task.gap[1])
+            ax.plot(gap, imputed[gap], lw=1.2, ls="--", color=line.get_color())
+        ax.axvspan(task.gap[0] - 0.5, task.gap[1] - 0.5, color="0.9")
+        ax.axvline(T - 0.5, color="tab:red", lw=0.8)
+        ax.set_ylabel(f"channel {c}")
+    axes[0].legend(fontsize="x-small", ncol=4, loc="upper left")
+    axes[-1].set_xlabel("time step (grey: hidden frames, dashed: imputation; right of the red line: forecast)")
+    fig.savefig(path, dpi=120)
+
+
+def plot_training_curves(path: Path, histories: Dict[str, History], horizon: int):
+    fig = new_figure()
+    curves = {n: (h.eval_seconds, [e["forecast_mse"] for e in h.evals]) for n, h in histories.items() if len(h.evals) > 1}
+    if not curves:
+        return False
+    plot_curves(fig.axes[0], curves, ylabel=f"test forecast MSE (1..{horizon} steps)", xlabel="training time (s)", xmin=0.1)
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def experiment_main(argv, description: str, make_task, config: Config, quick_config: Config, title: str, channels=(0,), default_out="results/sequences", methods=None):
+    """
+    The command line of a sequence experiment: trains every method, prints and writes the
+    metrics table (``metrics.md``, ``metrics.json``) and the figures (``segmentation.png``
+    where the data have regimes, ``forecast_and_imputation.png``, ``training_curves.png``).
+
+    :param make_task: ``(config, quick) -> SequenceTask``.
+    :param methods: optional dict name -> builder, instead of :data:`METHODS` by name.
+    """
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, help=f"training steps per method (default {config.max_iterations})")
+    parser.add_argument("--seconds", type=float, help=f"a cap on the training time per method (default {config.seconds:g})")
+    parser.add_argument("--factor", choices=["tied", "free"], help="SAN-LDS's SIN factor")
+    parser.add_argument("--latent-dim", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", help="a subset of the methods")
+    parser.add_argument("--out", type=Path, default=Path(default_out))
+    parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    quick = args.quick or "CI" in os.environ
+    config = quick_config if quick else config
+    overrides = {"seed": args.seed}
+    for key in ("seconds", "factor", "latent_dim"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.iterations is not None:
+        overrides["max_iterations"] = args.iterations
+    config = replace(config, **overrides)
+    builders = methods or {name: METHODS[name] for name in config.methods}
+    if args.methods:
+        unknown = set(args.methods) - set(builders)
+        if unknown:
+            raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {sorted(builders)}")
+        builders = {name: builders[name] for name in args.methods}
+    config = replace(config, methods=tuple(builders))
+    pyro.set_rng_seed(config.seed)
+    task = make_task(config, quick)
+    rows, trained, histories = run_methods(config, task, not args.no_progress, builders)
+    table = write_results(args.out, title, config, rows, histories)
+    print(f"\n{title}\n{table}")
+    evaluator = Evaluator(task, config.eval_samples)
+    plot_segmentation(args.out / "segmentation.png", evaluator, trained)
+    shown = {n: m for n, m in trained.items() if n != "training mean"}
+    plot_forecasts(args.out / "forecast_and_imputation.png", evaluator, shown, channels, samples=config.eval_samples)
+    plot_training_curves(args.out / "training_curves.png", histories, task.horizon)
+    print(f"figures and metrics written to {args.out}/")
+    return rows

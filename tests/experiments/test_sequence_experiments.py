@@ -1,0 +1,104 @@
+import json
+
+import pytest
+import torch
+
+from pyro_sin.experiments import bouncing_ball, four_regime, lds_benchmark, real_sequences
+from pyro_sin.pgm.lds import LDSParams
+from pyro_sin.experiments.sequence_harness import Evaluator, SequenceTask, TrainingMean
+
+
+def _check_outputs(tmp_path, methods, figures):
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["metrics"]) == set(methods)
+    assert "Settings" in (tmp_path / "metrics.md").read_text()
+    for name in figures:
+        assert (tmp_path / name).stat().st_size > 0
+    return metrics
+
+
+def _learned(metrics, name):
+    """The method's forecast error fell during training (its curve starts from the untrained model)."""
+    errors = metrics["curves"][name][1]
+    return errors[-1] < errors[0]
+
+
+def test_quick_four_regime_run_writes_outputs_and_learns(tmp_path):
+    methods = [m for m in four_regime.CONFIG.methods if m != "unstructured guide"]  # that one runs in test_bouncing_dot
+    rows = four_regime.main(["--quick", "--out", str(tmp_path), "--no-progress", "--methods", *methods])
+    metrics = _check_outputs(tmp_path, methods, ["segmentation.png", "forecast_and_imputation.png", "training_curves.png"])
+    assert _learned(metrics, "SAN-LDS") and _learned(metrics, "latent HMM")
+    assert 0 <= rows["latent HMM"]["segmentation_nmi"] <= 1
+    assert "segmentation_nmi" not in rows["VAR(2)"]
+
+
+def test_quick_bouncing_ball_run_writes_outputs(tmp_path):
+    four = ["SAN-LDS", "latent HMM", "VAR(2)"]
+    rows = bouncing_ball.main(["--quick", "--out", str(tmp_path), "--no-progress", "--methods", *four])
+    metrics = _check_outputs(tmp_path, four, ["segmentation.png", "forecast_and_imputation.png"])
+    assert _learned(metrics, "SAN-LDS")
+    # over 10 steps the ball moves (and bounces) little against its spread between the walls
+    assert rows["VAR(2)"]["forecast_mse_1..10"] < 0.5 * bouncing_ball.make_task(bouncing_ball.QUICK, True).train.var()
+
+
+def test_quick_real_sequences_run_writes_outputs(tmp_path):
+    pytest.importorskip("sktime")
+    methods = ["SAN-LDS (tied)", "VAR(2)", "training mean"]
+    rows = real_sequences.main(["--quick", "--out", str(tmp_path), "--no-progress", "--methods", *methods])
+    metrics = _check_outputs(tmp_path, methods, ["forecast_and_imputation.png"])
+    assert _learned(metrics, "SAN-LDS (tied)")
+    # standardised channels: the training mean forecasts at about unit error, VAR(2) below it
+    assert rows["VAR(2)"]["forecast_mse_1..15"] < rows["training mean"]["forecast_mse_1..15"] < 1.5
+
+
+def test_quick_lds_benchmark_run_closes_the_gap(tmp_path):
+    rows = lds_benchmark.main(["--quick", "--out", str(tmp_path), "--no-progress"])
+    (row,) = rows.values()
+    steps, gaps = row["gap_curve"]
+    assert gaps[-1] < 0.5 * gaps[0]
+    # the split of the gap adds up, and the bound stays below the learned model's exact likelihood
+    assert row["gap"] == pytest.approx(row["model_gap"] + row["bound_slack"])
+    assert row["bound_slack"] > -0.01
+    assert (tmp_path / "metrics.md").stat().st_size > 0
+
+
+def test_learned_log_likelihood_of_the_lds_benchmark_is_the_kalman_filter():
+    """With the true system loaded into SAN-LDS's model, its exact likelihood is the benchmark's."""
+    data = lds_benchmark.linear_gaussian_benchmark(4, 30, 2, 3, 1.0, 0.1, seed=1, system_seed=1)
+    system = data.system
+    model = lds_benchmark.DeepLatentLDS(
+        lds_benchmark.LinearDynamicalSystem(2, init_precision=torch.linalg.inv(system.transition @ system.transition.T + system.dynamics_cov)),
+        lds_benchmark.LinearGaussianDecoder(2, data.frames),
+        4,
+    )
+    with torch.no_grad():
+        model.decoder.linear.weight.copy_(system.emission)
+        model.decoder.linear.bias.copy_(system.emission_bias)
+        model.decoder.log_variance.copy_(system.emission_cov.diagonal().log())
+    params = LDSParams(torch.cat([system.transition, torch.zeros(2, 1)], -1), torch.linalg.inv(system.dynamics_cov))
+    got = lds_benchmark.linear_gaussian_log_likelihood(model.pgm, model.decoder, params, data.frames)
+    assert torch.allclose(got, system.distribution(30).log_prob(data.frames), atol=1e-8)
+
+
+def test_evaluator_scores_a_perfect_oracle_at_zero():
+    g = torch.Generator().manual_seed(0)
+    test = torch.randn(3, 12, 2, generator=g)
+    regimes = torch.randint(2, (3, 10), generator=g)
+    task = SequenceTask("toy", test[:, :10], test, test, 2, (4, 6), regimes)
+
+    class Oracle:
+        def decode_posterior(self, y, mask=None, num_samples=None):
+            return test[:, :10]
+
+        def predict(self, y, horizon, num_samples=None):
+            return test[:, 10:]
+
+        def test_log_likelihood(self, y, num_samples=None):
+            return 0.0
+
+        def state_probs(self, y):
+            return torch.nn.functional.one_hot(1 - regimes, 2).double()  # labels swapped: still a perfect segmentation
+
+    row = Evaluator(task)(Oracle())
+    assert row["forecast_mse_1..2"] == row["imputation_mse"] == row["reconstruction_mse"] == 0
+    assert row["segmentation_nmi"] == pytest.approx(1) and row["segmentation_accuracy"] == 1
