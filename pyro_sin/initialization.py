@@ -76,6 +76,7 @@ def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[t
     pooled = pooled + 1e-6 * (pooled.diagonal().mean() + 1e-12) * torch.eye(D, dtype=points.dtype, device=points.device)
     # a cluster of few points borrows its shape from the pooled one (D + 1 pseudo-points)
     covariance = (scatter + (D + 1) * pooled) / (counts + D + 1)[:, None, None]
+    covariance = 0.5 * (covariance + covariance.transpose(-1, -2))  # exactly symmetric in any precision
     df = torch.full((K,), 2.0 * D + 1, dtype=points.dtype, device=points.device)
     init = NormalWishart(centres, torch.ones_like(df), df[:, None, None] * covariance, df)
     return pgm._pack(torch.ones_like(df), init.natural_params)

@@ -52,6 +52,18 @@ def test_components_start_on_the_clusters_with_their_spread():
         assert torch.allclose(variance, torch.full((2,), float(spreads[k]) ** 2), rtol=0.35)
 
 
+def test_components_from_single_precision_points_in_ten_dimensions():
+    # float32 rounding in the within-cluster scatter once left the Wishart scale a hair asymmetric,
+    # and NormalWishart refused it ("scale_inv must be symmetric")
+    generator = torch.Generator().manual_seed(6)
+    points = (torch.randn(1200, 10, generator=generator) * torch.rand(10, generator=generator) * 30).float()
+    gmm = GaussianMixture(10, 10).float()
+    natural = mixture_natural_from_points(gmm, points, torch.Generator().manual_seed(6))
+    assert natural["scale"].dtype == torch.float32
+    assert torch.equal(natural["scale"], natural["scale"].transpose(-1, -2))
+    gmm.global_posterior(natural)  # a valid q(θ)
+
+
 def test_warmup_holds_the_components_while_the_networks_learn():
     schedule = warmup_schedule(0.1, 5)
     assert [schedule(t) for t in range(7)] == [0, 0, 0, 0, 0, 0.1, 0.1]
