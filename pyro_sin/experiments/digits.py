@@ -73,18 +73,18 @@ class Config:
     batch_size: int = 100
     lr: float = 0.01
     natural_lr: float = 0.1
-    num_particles: int = 10
+    num_particles: int = 3
     factor: str = "tied"
     # scale-free networks and their start (pyro_sin.standardize, pyro_sin.initialization)
     spread: float = 5.0
     min_scale: float = 0.05
     init_noise: float = 0.15
     shortcut: str = "pca"
-    pretrain: int = 1000  # steps before the components are placed on the encoded data again
-    warmup: int = 500  # steps after that before the natural step moves them
+    pretrain: int = 0  # steps with the components held before they are placed again (measured: no gain here)
+    warmup: int = 500  # steps before the natural step moves the components
     # the baselines
     vae_particles: int = 1
-    svae_iterations: int = 20  # the SVAE's inner mean-field sweeps
+    svae_iterations: int = 10  # the SVAE's inner mean-field sweeps
     # evaluation
     test_samples: int = 100
     eval_every: int = 100
@@ -111,7 +111,7 @@ class Config:
     def quick(cls, **kwargs):
         """A run of seconds on a small slice: it checks the pipeline, not the numbers."""
         settings = dict(
-            iterations=100, pretrain=40, warmup=40, num_particles=2, test_samples=10, eval_every=50,
+            iterations=100, pretrain=20, warmup=40, num_particles=2, test_samples=10, eval_every=50,
             max_train=300, max_test=200, svae_iterations=5,
         )
         if kwargs.get("data") == "mnist5k":
