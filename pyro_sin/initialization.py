@@ -76,6 +76,7 @@ def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[t
     pooled = pooled + 1e-6 * (pooled.diagonal().mean() + 1e-12) * torch.eye(D, dtype=points.dtype, device=points.device)
     # a cluster of few points borrows its shape from the pooled one (D + 1 pseudo-points)
     covariance = (scatter + (D + 1) * pooled) / (counts + D + 1)[:, None, None]
+    covariance = 0.5 * (covariance + covariance.transpose(-1, -2))  # exactly symmetric in any precision
     df = torch.full((K,), 2.0 * D + 1, dtype=points.dtype, device=points.device)
     init = NormalWishart(centres, torch.ones_like(df), df[:, None, None] * covariance, df)
     return pgm._pack(torch.ones_like(df), init.natural_params)
@@ -110,3 +111,45 @@ class _Warmup:
 
     def __call__(self, step):
         return 0.0 if step < self.warmup_steps else self.natural_lr
+
+
+@torch.no_grad()
+def place_components(guide, data, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    r"""
+    Moves a :class:`~pyro_sin.SINGuide`'s mixture components onto the clusters of the
+    data as its encoder sees them now (:func:`encoded_components`): ``λ`` is set in
+    place (and the learned factor of ``factor="free"`` restarted from it), so the same
+    guide and optimiser carry on. Called after the networks have learned for a while with
+    the components held (a pre-training phase), it starts the mixture on an encoding
+    that already reflects the data rather than on the initial, nearly linear one.
+
+    :param data: the training data (a tensor, or a tuple of encoder inputs).
+    :returns: the new natural parameters.
+    """
+    natural = encoded_components(guide.pgm, guide.encoder, data, generator)
+    domain = guide._natural_domain
+    guide.natural.unconstrained().copy_(domain.to_unconstrained(domain.pack(natural)))
+    if guide.factor_mode == "free":
+        for key, (value, constraint) in guide.pgm.init_free_factor(natural).items():
+            getattr(guide.free, key).unconstrained().copy_(torch.distributions.transform_to(constraint).inv(value))
+    return natural
+
+
+def pretrain_components(svi, guide, data, *, iterations: int, **fit_kwargs):
+    r"""
+    A pre-training phase: ``iterations`` steps of ``svi`` with the mixture components
+    held where they are (the natural step must be zero meanwhile, e.g. ``svi``'s
+    :class:`~pyro_sin.optim.NaturalAdam` built with ``natural_lr=warmup_schedule(β, iterations)``),
+    then :func:`place_components` on what the networks have learned.
+
+    :param fit_kwargs: passed to :func:`~pyro_sin.training.fit` (``batch_size`` at least).
+    :returns: the :class:`~pyro_sin.training.History` of the phase.
+    """
+    from .training import fit
+
+    before = {k: v.detach().clone() for k, v in guide.natural_params().items()} if iterations else None
+    history = fit(svi, data, iterations=iterations, **fit_kwargs)
+    if before is not None and any(not torch.equal(before[k], v) for k, v in guide.natural_params().items()):
+        raise ValueError("pretrain_components: the components moved during pre-training; hold them (natural_lr 0)")
+    place_components(guide, data, fit_kwargs.get("generator"))
+    return history

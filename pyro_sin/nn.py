@@ -333,11 +333,12 @@ def mirrored_autoencoder(
     init_variance: float = 1.0,
     likelihood: str = "gaussian",
     posterior_scale: float = 1.0,
+    basis=None,
     **decoder_kwargs,
 ):
     r"""
     An encoder and a decoder whose shortcuts start as inverse maps,
-    ``x ≈ Q y / s`` and ``y ≈ s Qᵀ x`` (``Q`` a random partial isometry), with
+    ``x ≈ Q y / s`` and ``y ≈ s Qᵀ x`` (``Q`` a random partial isometry, or ``basis``), with
     encoder precision ``J = (s / posterior_scale)²`` so that the posterior spread
     starts at about ``posterior_scale`` data units (one by default). For a Bernoulli decoder the shortcut ``s Qᵀ x`` starts the
     logits; for a Poisson decoder, the (softplus) rates.
@@ -347,6 +348,9 @@ def mirrored_autoencoder(
         hyperparameters live (e.g. ``s = std(y) / 2``; see :func:`latent_scale`).
     :param float init_variance: the Gaussian decoder's initial variance.
     :param float posterior_scale: the encoder's initial posterior standard deviation, in data units.
+    :param torch.Tensor basis: ``Q`` itself, shape ``(latent_dim, data_dim)`` with orthonormal
+        rows (e.g. the data's first principal directions, see
+        :func:`~pyro_sin.standardize.principal_directions`); random by default.
     :param str likelihood: the decoder's likelihood, ``"gaussian"`` (default),
         ``"bernoulli"`` or ``"poisson"`` (see :func:`make_decoder`).
     :param decoder_kwargs: further arguments of the decoder (e.g. ``min_scale``).
@@ -359,9 +363,21 @@ def mirrored_autoencoder(
         decoder_kwargs = {"init_variance": init_variance, **decoder_kwargs}
     decoder = make_decoder(likelihood, latent_dim, data_dim, hidden, **decoder_kwargs)
     with torch.no_grad():
+        if basis is not None:
+            encoder.shortcut.weight.copy_((encoder.init_precision / scale) * _check_basis(basis, latent_dim, data_dim))
         orthonormal = encoder.shortcut.weight / (encoder.init_precision / scale)
         decoder.shortcut.weight.copy_(scale * orthonormal.T)
     return encoder, decoder
+
+
+def _check_basis(basis, latent_dim: int, data_dim: int) -> torch.Tensor:
+    basis = torch.as_tensor(basis, dtype=torch.get_default_dtype())
+    if basis.shape != (latent_dim, data_dim):
+        raise ValueError(f"basis must have shape ({latent_dim}, {data_dim}), got {tuple(basis.shape)}")
+    gram = basis @ basis.T
+    if not torch.allclose(gram, torch.eye(latent_dim, dtype=gram.dtype, device=gram.device), atol=1e-4):
+        raise ValueError("basis must have orthonormal rows")
+    return basis
 
 
 def latent_scale(data: torch.Tensor, latent_std: float = 2.0) -> float:

@@ -146,6 +146,7 @@ def standardized_autoencoder(
     min_scale: float = 0.05,
     init_noise: float = 0.15,
     per_feature: bool = False,
+    shortcut: str = "auto",
     **decoder_kwargs,
 ):
     r"""
@@ -169,11 +170,22 @@ def standardized_autoencoder(
         Gaussian decoder's noise, relative to the data's spread.
     :param bool per_feature: standardise each feature by its own spread (see
         :meth:`Standardization.fit`).
+    :param str shortcut: the subspace the networks' linear shortcuts start on:
+        ``"pca"``, the standardised data's first ``latent_dim`` principal directions
+        (:func:`principal_directions`), so that the initial encoding keeps as much of the
+        data's spread as a linear map can; ``"random"``, a random one; ``"auto"`` (default),
+        ``"pca"`` when ``latent_dim`` is smaller than both the data's dimension and its
+        number of points (a square map keeps everything whatever its orientation).
     :returns: ``(StandardizedEncoder, decoder)``.
     """
     from .nn import mirrored_autoencoder
 
+    if shortcut not in ("auto", "pca", "random"):
+        raise ValueError(f"shortcut must be 'auto', 'pca' or 'random', got {shortcut!r}")
     standardization = Standardization.fit(data, per_feature=per_feature, spread=spread).to(data.device)
+    if shortcut == "auto":
+        shortcut = "pca" if latent_dim < min(data.shape[-1], len(data)) else "random"
+    basis = principal_directions(standardization(data), latent_dim) if shortcut == "pca" else None
     if likelihood == "gaussian":
         decoder_kwargs = {
             "min_scale": min_scale * spread,
@@ -187,9 +199,27 @@ def standardized_autoencoder(
         scale=spread / latent_std,
         likelihood=likelihood,
         posterior_scale=init_noise * spread,
+        basis=basis,
         **decoder_kwargs,
     )
     encoder = StandardizedEncoder(encoder, standardization)
     if likelihood == "gaussian":
         decoder = StandardizedDecoder(decoder, standardization)
     return encoder.to(data.device), decoder.to(data.device)
+
+
+def principal_directions(data: torch.Tensor, num_directions: int) -> torch.Tensor:
+    r"""
+    The first ``num_directions`` principal directions of ``data`` (the right singular
+    vectors of the centred data with the largest singular values), as orthonormal rows.
+
+    :param torch.Tensor data: shape ``(N, P)``.
+    :returns: shape ``(num_directions, P)``, on the CPU in the default dtype.
+    :raises ValueError: when ``num_directions`` exceeds ``min(N, P)``.
+    """
+    data = data.detach().reshape(-1, data.shape[-1])
+    if not 1 <= num_directions <= min(data.shape):
+        raise ValueError(f"need 1 <= num_directions <= min(N, P) = {min(data.shape)}, got {num_directions}")
+    centred = (data - data.mean(0)).cpu().double()  # in double: the directions of small spread stay accurate
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    return vh[:num_directions].to(torch.get_default_dtype())

@@ -4,7 +4,13 @@ import torch
 from pyro.infer import SVI
 
 from pyro_sin import NaturalAdam, SINELBO
-from pyro_sin.initialization import encoded_components, kmeans, mixture_natural_from_points, warmup_schedule
+from pyro_sin.initialization import (
+    encoded_components,
+    kmeans,
+    mixture_natural_from_points,
+    pretrain_components,
+    warmup_schedule,
+)
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.pgm import GaussianMixture
 from pyro_sin.standardize import standardized_autoencoder
@@ -51,6 +57,18 @@ def test_components_start_on_the_clusters_with_their_spread():
         assert torch.allclose(variance, torch.full((2,), float(spreads[k]) ** 2), rtol=0.35)
 
 
+def test_components_from_single_precision_points_in_ten_dimensions():
+    # float32 rounding in the within-cluster scatter once left the Wishart scale a hair asymmetric,
+    # and NormalWishart refused it ("scale_inv must be symmetric")
+    generator = torch.Generator().manual_seed(6)
+    points = (torch.randn(1200, 10, generator=generator) * torch.rand(10, generator=generator) * 30).float()
+    gmm = GaussianMixture(10, 10).float()
+    natural = mixture_natural_from_points(gmm, points, torch.Generator().manual_seed(6))
+    assert natural["scale"].dtype == torch.float32
+    assert torch.equal(natural["scale"], natural["scale"].transpose(-1, -2))
+    gmm.global_posterior(natural)  # a valid q(θ)
+
+
 def test_warmup_holds_the_components_while_the_networks_learn():
     schedule = warmup_schedule(0.1, 5)
     assert [schedule(t) for t in range(7)] == [0, 0, 0, 0, 0, 0.1, 0.1]
@@ -72,3 +90,29 @@ def test_warmup_holds_the_components_while_the_networks_learn():
         assert torch.equal(value, start[key]), key
     fit(svi, points, iterations=1, batch_size=20, progress=False)
     assert not torch.equal(guide.natural_params()["loc"], init["loc"])
+
+
+@pytest.mark.parametrize("factor", ["tied", "free"])
+def test_pretraining_places_the_components_on_what_the_networks_learned(factor):
+    points, _, _, _ = _blobs(20)
+    encoder, decoder = standardized_autoencoder(points, 2, (8,))
+    gmm = GaussianMixture(3, 2)
+    model = DeepLatentMixture(gmm, decoder, len(points))
+    first = encoded_components(gmm, encoder, points, torch.Generator().manual_seed(0))
+    guide = model.make_guide(encoder, factor=factor, init_natural=first)
+    held = SVI(model, guide, NaturalAdam({"lr": 0.05}, natural_lr=warmup_schedule(0.1, 10)), SINELBO(num_particles=2))
+    history = pretrain_components(held, guide, points, iterations=10, batch_size=20, progress=False)
+    assert len(history.losses) == 10
+    # λ now holds the k-means components of the trained encoder's means (k-means's default seed)
+    expected = encoded_components(gmm, encoder, points)
+    placed = guide.natural_params()
+    for key, value in expected.items():
+        torch.testing.assert_close(placed[key], value)
+    assert not torch.allclose(placed["loc"], first["loc"])
+    if factor == "free":  # the learned factor restarts from the new components
+        for key, (value, _) in gmm.init_free_factor(expected).items():
+            torch.testing.assert_close(getattr(guide.free, key), value)
+    # a natural step during the phase would have moved what it was meant to hold
+    moving = SVI(model, guide, NaturalAdam({"lr": 0.05}, natural_lr=0.1), SINELBO(num_particles=2))
+    with pytest.raises(ValueError, match="moved"):
+        pretrain_components(moving, guide, points, iterations=2, batch_size=20, progress=False)

@@ -142,3 +142,14 @@ def test_mirrored_autoencoder_default_is_unchanged():
     assert_close(scale, torch.full((3, DATA), 0.5), atol=0.01, rtol=0)
     _, floored = mirrored_autoencoder(DATA, LATENT, (7,), min_scale=0.1)
     assert_close(floored.min_scale, torch.full((DATA,), 0.1))
+
+
+def test_mirrored_autoencoder_starts_on_a_given_basis():
+    basis = torch.linalg.qr(torch.randn(DATA, LATENT))[0].T  # (LATENT, DATA), orthonormal rows
+    encoder, decoder = mirrored_autoencoder(DATA, LATENT, (7,), scale=2.0, basis=basis)
+    assert_close(encoder.shortcut.weight, (encoder.init_precision / 2.0) * basis)
+    assert_close(decoder.shortcut.weight, 2.0 * basis.T)
+    with pytest.raises(ValueError, match="shape"):
+        mirrored_autoencoder(DATA, LATENT, basis=basis.T)
+    with pytest.raises(ValueError, match="orthonormal"):
+        mirrored_autoencoder(DATA, LATENT, basis=2 * basis)

@@ -10,7 +10,7 @@ from pyro_sin import NaturalAdam, SINELBO
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import GaussianMixture
-from pyro_sin.standardize import Standardization, standardized_autoencoder
+from pyro_sin.standardize import Standardization, principal_directions, standardized_autoencoder
 from pyro_sin.training import fit
 
 
@@ -100,3 +100,49 @@ def test_training_is_the_same_in_any_units(factor):
     # the bound per point differs by the Jacobian of the change of units, D log c
     shift = torch.tensor(scaled_losses) - torch.tensor(losses)
     assert torch.allclose(shift, torch.full_like(shift, 2 * math.log(factor)), rtol=1e-9, atol=1e-9)
+
+
+def _planar(num_points=300, dim=10, noise=0.05):
+    """Points near a random plane in ``dim`` dimensions, and an orthonormal basis of the plane ``(2, dim)``."""
+    plane = torch.linalg.qr(torch.randn(dim, 2))[0].T
+    return torch.randn(num_points, 2) * torch.tensor([3.0, 2.0]) @ plane + noise * torch.randn(num_points, dim), plane
+
+
+def test_principal_directions_span_the_data():
+    data, plane = _planar()
+    directions = principal_directions(data, 2)
+    assert torch.allclose(directions @ directions.T, torch.eye(2), atol=1e-10)
+    # the rows lie in the plane: projecting them onto it keeps their length
+    assert torch.allclose((directions @ plane.T).norm(dim=1), torch.ones(2), atol=1e-3)
+    with pytest.raises(ValueError):
+        principal_directions(data, 11)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_pca_shortcut_encodes_the_principal_subspace(likelihood):
+    data, plane = _planar()
+    if likelihood == "bernoulli":
+        data = (data > 0).to(data.dtype)
+        plane = principal_directions(data, 2)
+    encoder, _ = standardized_autoencoder(data, 2, (8,), likelihood=likelihood)  # "auto": latent 2 < 10 features
+    rows = encoder.encoder.shortcut.weight
+    rows = rows / rows.norm(dim=1, keepdim=True)
+    assert torch.allclose((rows @ plane.T).norm(dim=1), torch.ones(2), atol=1e-3)
+    # a random start keeps much less of the plane
+    encoder, _ = standardized_autoencoder(data, 2, (8,), likelihood=likelihood, shortcut="random")
+    rows = encoder.encoder.shortcut.weight
+    assert (rows @ plane.T).norm() / rows.norm() < 0.9
+    with pytest.raises(ValueError, match="shortcut"):
+        standardized_autoencoder(data, 2, shortcut="svd")
+
+
+def test_square_latent_space_keeps_the_random_shortcut():
+    # latent_dim == data_dim (e.g. the pinwheel): "auto" changes nothing
+    data = torch.randn(50, 2) * torch.tensor([3.0, 1.0])
+    pyro.set_rng_seed(3)
+    auto = standardized_autoencoder(data, 2, (8,))
+    pyro.set_rng_seed(3)
+    random = standardized_autoencoder(data, 2, (8,), shortcut="random")
+    for a, b in zip(auto, random):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), name
