@@ -42,6 +42,7 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import Optional
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ from ..metrics import cluster_purity, normalized_mutual_info, sample_coverage
 from ..models import DeepLatentMixture
 from ..optim import NaturalAdam
 from ..pgm import GaussianMixture, StudentTMixture
+from ..standardize import standardized_autoencoder
 from ..plotting import new_figure, plot_curves, plot_generative_samples, plot_points_with_range, shared_limits
 from ..training import components_in_use, minibatch_indices
 from . import pinwheel as pinwheel_experiment
@@ -93,6 +95,7 @@ class Setting:
     init_noise: float = _NETWORKS.init_noise
     warmup: int = _NETWORKS.warmup  # steps of β = 0 for SAN and the SVAE (not the raw-data GMM)
     component_init: str = _NETWORKS.component_init  # "kmeans" on the encoded data, or "random"
+    decoder_body_gain: Optional[float] = None  # LeCun-scaled hidden layers in the decoder (pyro_sin.nn.TwoHeadedMLP)
     # evaluation
     curve_samples: int = 10
     test_samples: int = 100
@@ -115,6 +118,23 @@ class Setting:
             min_scale=self.min_scale,
             init_noise=self.init_noise,
         )
+
+
+def build_networks(setting: Setting, train):
+    """The pinwheel experiment's networks, with the decoder's hidden layers LeCun-scaled when asked."""
+    if setting.decoder_body_gain is None:
+        return pinwheel_experiment.build_networks(setting.networks(), train)
+    if setting.init != "standardized":
+        raise ValueError("decoder_body_gain needs the standardized networks")
+    return standardized_autoencoder(
+        train,
+        setting.latent_dim,
+        (setting.hidden,) * 2,
+        spread=setting.spread,
+        min_scale=setting.min_scale,
+        init_noise=setting.init_noise,
+        body_gain=setting.decoder_body_gain,
+    )
 
 
 class NaturalSchedule:
@@ -168,7 +188,7 @@ class SANMethod:
         else:
             prior = StudentTMixture(K, D, df=setting.student_t_df)
         prior = prior.to(train.device)
-        encoder, decoder = pinwheel_experiment.build_networks(setting.networks(), train)
+        encoder, decoder = build_networks(setting, train)
         self.model = DeepLatentMixture(prior, decoder, len(train))
         init_natural = None
         if setting.component_init == "kmeans":
@@ -219,7 +239,7 @@ class SANMethod:
 
 class VAEMethod:
     def __init__(self, setting: Setting, train, seed: int):
-        encoder, decoder = pinwheel_experiment.build_networks(setting.networks(), train)
+        encoder, decoder = build_networks(setting, train)
         self.vae = VAE(encoder, decoder, len(train))
         self.setting = setting
         elbo = Trace_ELBO(num_particles=setting.num_particles, vectorize_particles=True, max_plate_nesting=1)
@@ -350,6 +370,7 @@ def full_metrics(method, split, setting: Setting):
         "test_log_likelihood_mc_se": float(ll.mc_stderr.pow(2).sum().sqrt() / len(ll.per_point)),
         "imputation_mse": imputation_error(method.impute, split.test),
         "coverage": sample_coverage(split.train, samples, setting.coverage_radius),
+        "sample_precision": sample_coverage(samples, split.train, setting.coverage_radius),
     }
     clusters = method.cluster(split.test)
     if clusters is not None:
@@ -434,6 +455,7 @@ _COLUMNS = [
     ("test_log_likelihood", "test log-lik. ± s.e."),
     ("imputation_mse", "imputation MSE"),
     ("coverage", "coverage"),
+    ("sample_precision", "sample precision"),
     ("purity", "purity"),
     ("nmi", "NMI"),
     ("components_in_use", "components"),
@@ -447,7 +469,7 @@ def _cell(row: dict, key: str) -> str:
         return "—"
     if key == "test_log_likelihood":
         return f"{value:.3f} ± {row['test_log_likelihood_se']:.3f}"
-    if key == "coverage":
+    if key in ("coverage", "sample_precision"):
         return f"{100 * value:.1f}%"
     if key == "components_in_use":
         return f"{value:g}"
@@ -475,7 +497,8 @@ _NOTES = (
     "log p(y) (exact for the GMM) ± its standard error over test points; imputation MSE: each "
     "feature hidden in turn and imputed by its conditional mean given the others; coverage: share "
     "of training points with a generated sample within the coverage radius ({radius:g}) among "
-    "{samples} samples."
+    "{samples} samples (decoder means; the GMM's draws); sample precision: share of those samples "
+    "within the radius of a training point."
 )
 
 
@@ -591,6 +614,7 @@ def fig3(out: Path, settings, splits, seed: int, progress):
             ll = method.log_likelihood(split.test, setting.test_samples)
             results[f"{name} on {data_name}"] = {
                 "coverage": sample_coverage(split.train, samples, setting.coverage_radius),
+                "sample_precision": sample_coverage(samples, split.train, setting.coverage_radius),
                 "test_log_likelihood": ll.mean,
                 "test_log_likelihood_se": ll.stderr,
                 "components_in_use": float(method.components_in_use() or 1),
@@ -643,6 +667,10 @@ def main(argv=None):
     parser.add_argument("--long", action="store_true", help=f"train for at least {LONG_ITERATIONS} iterations")
     parser.add_argument("--seeds", type=int, help="override the number of seeds")
     parser.add_argument("--seed", type=int, default=0, help="fig3: the seed whose models are drawn")
+    parser.add_argument("--methods", help="fig2a / fig2b: a comma-separated subset of the methods")
+    parser.add_argument(
+        "--decoder-body-gain", type=float, help="LeCun-scaled hidden layers in the decoders (default: small weights)"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train and evaluate")
     parser.add_argument("--auto-data", help="a file in the format of UCI's auto-mpg.data (default: the copy shipped with pyro_sin)")
     parser.add_argument("--quick", action="store_true", help="short runs (also when CI is set)")
@@ -653,6 +681,8 @@ def main(argv=None):
     quick = args.quick or "CI" in os.environ
     overrides = dict(QUICK) if quick else {}
     overrides["device"] = args.device
+    if args.decoder_body_gain is not None:
+        overrides["decoder_body_gain"] = args.decoder_body_gain
     overrides.update({k: v for k, v in (("iterations", args.iterations), ("seeds", args.seeds)) if v is not None})
     settings = {k: replace(s, **overrides) for k, s in SETTINGS.items()}
     if args.long:
@@ -663,11 +693,22 @@ def main(argv=None):
     def data(split):
         return _on(split, args.device)
 
+    def methods(default):
+        if args.methods is None:
+            return default
+        chosen = args.methods.split(",")
+        unknown = sorted(set(chosen) - set(default))
+        if unknown or "SAN" not in chosen:
+            parser.error(f"--methods: choose among {default}, SAN included; got {args.methods}")
+        return [m for m in default if m in chosen]  # SAN last: the reference of the paired differences
+
     if args.figure == "fig2a":
-        return fig2_curves(args.out, "fig2a", "Pinwheel", data(pinwheel()), ["GMM", "SVAE", "SAN"], settings["pinwheel"], progress)
+        names = methods(["GMM", "VAE", "SVAE", "SAN"])
+        return fig2_curves(args.out, "fig2a", "Pinwheel", data(pinwheel()), names, settings["pinwheel"], progress)
     if args.figure == "fig2b":
         split = data(auto_mpg(args.auto_data))
-        return fig2_curves(args.out, "fig2b", "Auto MPG", split, ["GMM", "VAE", "SAN"], settings["auto"], progress)
+        names = methods(["GMM", "VAE", "SAN"])
+        return fig2_curves(args.out, "fig2b", "Auto MPG", split, names, settings["auto"], progress)
     if args.figure == "fig2c":
         ratios = (0.3,) if quick else (0.1, 0.3, 0.5, 0.7)
         return fig2c(args.out, settings["noisy"], ratios, progress)

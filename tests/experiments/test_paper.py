@@ -88,3 +88,18 @@ def test_gmm_test_mse_grows_as_its_components_widen_to_fit_the_data():
         assert method.reconstruction_error(split.test, 400).mean == pytest.approx(distance + spread, rel=0.05)
     assert parts(trained)[1] > 5 * parts(fresh)[1]
     assert trained.log_likelihood(split.test, 1).mean > fresh.log_likelihood(split.test, 1).mean + 1.0
+
+
+def test_methods_must_include_san(tmp_path):
+    with pytest.raises(SystemExit):
+        paper.main(["fig2a", "--methods", "GMM,VAE", "--out", str(tmp_path)])
+
+
+def test_decoder_body_gain_reaches_the_decoder_only():
+    split = pinwheel()
+    setting = paper.Setting(decoder_body_gain=1.0)
+    encoder, decoder = paper.build_networks(setting, split.train)
+    first = decoder.decoder.body[0]  # inside the standardisation
+    assert first.weight.std() > 0.3 and encoder.encoder.body[0].weight.std() < 0.05
+    default_encoder, default_decoder = paper.build_networks(paper.Setting(), split.train)
+    assert default_decoder.decoder.body[0].weight.std() < 0.05
