@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from pyro_sin.datasets import pinwheel
 from pyro_sin.experiments import paper
