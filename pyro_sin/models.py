@@ -156,11 +156,10 @@ class DeepLatentMixture(NameOwner):
             raise ValueError(f"rounds must be at least 1, got {rounds}")
         params = self.pgm.point_estimate(guide.global_posterior())
         prior = dist.MixtureSameFamily(dist.Categorical(params.weights), self.pgm.components(params))
-        proposal = None
-        for round_ in range(rounds):
-            if round_ > 0:
-                post = guide.local_posterior(result.values)
-                proposal = dist.MixtureSameFamily(dist.Categorical(logits=post.log_probs), _components(post))
+        result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, None, num_samples)
+        for _ in range(rounds - 1):
+            post = guide.local_posterior(result.values)
+            proposal = dist.MixtureSameFamily(dist.Categorical(logits=post.log_probs), _components(post))
             result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, proposal, num_samples)
         return result
 

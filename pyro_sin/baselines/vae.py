@@ -73,9 +73,9 @@ class VAE:
         """
         if rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {rounds}")
-        prior, proposal = self.prior(y), None
-        for round_ in range(rounds):
-            if round_ > 0:
-                proposal = self.posterior(result.values)
+        prior = self.prior(y)
+        result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, None, num_samples)
+        for _ in range(rounds - 1):
+            proposal = self.posterior(result.values)
             result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, proposal, num_samples)
         return result
