@@ -9,6 +9,9 @@ are its ``.mean``, likelihoods its ``.log_prob``, generated data its ``.sample()
 Latent posteriors and priors enter as distributions (or a log-density callable),
 so the same functions serve the latent mixture, the LDS and the baselines.
 
+:func:`conditional_mean` imputes missing features from the observed ones by
+conditioning the model on them (importance sampling of the latent variables).
+
 Estimates over a data set come back as an :class:`Estimate`: the mean over
 data points, its standard error over data points, and each point's value with
 its Monte Carlo standard error.
@@ -184,3 +187,92 @@ def generate(
     x = every[torch.arange(len(component_ids), device=every.device), component_ids]
     likelihood = decoder.distribution(x)
     return Samples(likelihood.mean, likelihood.sample(), component_ids, x)
+
+
+class Imputation(NamedTuple):
+    """Missing values filled in by their conditional mean given the observed ones."""
+
+    values: torch.Tensor  # (N, P) the data with every missing entry replaced by E[y_m | y_o]
+    ess: torch.Tensor  # (N,) effective sample size of each point's importance weights
+
+
+def _observed_mask(y: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    observed = torch.as_tensor(observed, device=y.device)
+    if observed.dtype != torch.bool:
+        raise TypeError(f"observed must be a boolean mask, got dtype {observed.dtype}")
+    if observed.shape not in (y.shape[-1:], y.shape):
+        raise ValueError(f"observed must have shape {tuple(y.shape[-1:])} or {tuple(y.shape)}, got {tuple(observed.shape)}")
+    return observed.expand(y.shape)
+
+
+def _feature_log_probs(likelihood, y: torch.Tensor) -> torch.Tensor:
+    """``log p(y_d | x)`` feature by feature, ``(..., N, P)``, for a likelihood independent across features."""
+    if not (isinstance(likelihood, dist.Independent) and likelihood.reinterpreted_batch_ndims == 1):
+        raise TypeError(
+            "imputation needs a likelihood that factorises over the features (a distribution "
+            f"wrapped by .to_event(1)), got {type(likelihood).__name__}"
+        )
+    return likelihood.base_dist.log_prob(y)
+
+
+@torch.no_grad()
+def conditional_mean(
+    y: torch.Tensor,
+    observed: torch.Tensor,
+    likelihood: Callable,
+    prior,
+    proposal=None,
+    num_samples: int = 1000,
+) -> Imputation:
+    r"""
+    The missing features of each point imputed by their conditional mean under a
+    latent-variable model, given only its observed features,
+
+    .. math:: \mathbb E[y_m \mid y_o] = \frac{\mathbb E_{r}\big[w(x)\, \mathbb E[y_m \mid x]\big]}
+              {\mathbb E_{r}[w(x)]}, \qquad
+              w(x) = \frac{p(x)\, p(y_o \mid x)}{r(x)},
+
+    by self-normalised importance sampling. ``p(y_o | x)`` is the likelihood of the
+    observed features alone (the likelihood must factorise over features), so the
+    missing ones play no part in weighting the latent draws. The proposal ``r`` is the
+    prior, or the defensive mixture ``½ p(x) + ½ q(x)`` when a point-wise proposal ``q``
+    is given (e.g. the encoder's posterior of a filled-in point), which keeps the
+    weights bounded by twice the prior's.
+
+    :param torch.Tensor y: data, shape ``(N, P)``; the values of missing entries are ignored.
+    :param torch.Tensor observed: boolean, ``(P,)`` or ``(N, P)``: True where a feature is observed.
+    :param likelihood: ``x ↦ p(y | x)``, e.g. ``decoder.distribution``; a distribution with
+        event dimension 1 made of independent features.
+    :param prior: ``p(x)``, a distribution with batch shape ``()`` (e.g. the latent mixture).
+    :param proposal: optional ``q(x | y)``, a distribution with batch shape ``(N,)``.
+    :param int num_samples: latent draws per point.
+    :returns: an :class:`Imputation`.
+    """
+    observed = _observed_mask(y, observed)
+    if proposal is not None and proposal.batch_shape != y.shape[:1]:
+        raise ValueError(f"the proposal's batch shape must be (N,) = {tuple(y.shape[:1])}, got {tuple(proposal.batch_shape)}")
+    if prior.batch_shape != torch.Size():
+        raise ValueError(f"the prior must have batch shape (), got {tuple(prior.batch_shape)}")
+    half = math.log(0.5)
+    log_norms, log_sq_norms, means = [], [], []
+    for size in _sample_chunks(num_samples, y.numel()):
+        x = prior.sample((size, len(y)))  # (s, N, D)
+        log_prior = prior.log_prob(x)
+        log_proposal = log_prior
+        if proposal is not None:
+            from_proposal = torch.rand(x.shape[:2], device=x.device) < 0.5
+            x = torch.where(from_proposal[..., None], proposal.sample((size,)), x)
+            log_prior = prior.log_prob(x)
+            log_proposal = torch.logaddexp(half + log_prior, half + proposal.log_prob(x))
+        p_y = likelihood(x)
+        log_obs = _feature_log_probs(p_y, y).masked_fill(~observed, 0.0).sum(-1)  # (s, N)
+        log_w = log_obs + log_prior - log_proposal
+        log_norm = torch.logsumexp(log_w, 0)  # (N,)
+        log_norms.append(log_norm)
+        log_sq_norms.append(torch.logsumexp(2 * log_w, 0))
+        means.append((torch.softmax(log_w, 0)[..., None] * p_y.mean).sum(0))  # (N, P)
+    log_norms = torch.stack(log_norms)  # (chunks, N)
+    share = torch.softmax(log_norms, 0)  # each chunk's share of the total weight
+    conditional = (share[..., None] * torch.stack(means)).sum(0)
+    ess = torch.exp(2 * torch.logsumexp(log_norms, 0) - torch.logsumexp(torch.stack(log_sq_norms), 0))
+    return Imputation(torch.where(observed, y, conditional), ess)

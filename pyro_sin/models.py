@@ -139,6 +139,31 @@ class DeepLatentMixture(NameOwner):
         return self.log_likelihood(guide, y, num_samples).mean
 
     @torch.no_grad()
+    def impute(
+        self, guide: SINGuide, y, observed, num_samples: int = 1000, rounds: int = 2
+    ) -> evaluation.Imputation:
+        r"""
+        The missing features of ``y`` imputed by ``E[y_m | y_o]`` under the learned
+        generative model (posterior-mean PGM parameters), conditioning on the observed
+        features alone by importance sampling (see :func:`~pyro_sin.evaluation.conditional_mean`).
+        The first round proposes from the latent mixture prior; each later round from the
+        SIN posterior of the point as the round before filled it in, mixed with the prior.
+
+        :param observed: boolean, ``(P,)`` or ``(N, P)``: True where a feature is observed.
+        :returns: an :class:`~pyro_sin.evaluation.Imputation`.
+        """
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
+        params = self.pgm.point_estimate(guide.global_posterior())
+        prior = dist.MixtureSameFamily(dist.Categorical(params.weights), self.pgm.components(params))
+        result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, None, num_samples)
+        for _ in range(rounds - 1):
+            post = guide.local_posterior(result.values)
+            proposal = dist.MixtureSameFamily(dist.Categorical(logits=post.log_probs), _components(post))
+            result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, proposal, num_samples)
+        return result
+
+    @torch.no_grad()
     def cluster(self, guide: SINGuide, y) -> torch.Tensor:
         """The most probable component of each point, ``argmax_k r_nk``."""
         return evaluation.cluster(guide.local_posterior(y).log_probs)

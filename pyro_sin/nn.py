@@ -15,7 +15,7 @@ reliably than independent shortcuts (measured in ``benchmarks/``).
 """
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -54,6 +54,13 @@ class TwoHeadedMLP(nn.Module):
         orthonormal map.
     :param bool second_head: ``False`` drops the second head (for one-parameter
         likelihoods); ``forward`` then returns ``first`` alone.
+    :param float body_gain: when given, the hidden layers start with weights of std
+        ``body_gain / √fan_in`` (LeCun's scale) instead of ``init_std``, while the heads
+        keep ``init_std``: the network still starts as its shortcut, but its hidden
+        features are not all near zero, so the heads' gradients are not products of
+        small weights and the network bends away from the linear map from the first
+        steps (with every weight small it sits near a saddle point and stays almost
+        linear for thousands of steps).
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class TwoHeadedMLP(nn.Module):
         shortcut_gain: float = 1.0,
         activation=nn.Tanh,
         second_head: bool = True,
+        body_gain: Optional[float] = None,
     ):
         super().__init__()
         self.in_dim, self.out_dim = in_dim, out_dim
@@ -81,6 +89,12 @@ class TwoHeadedMLP(nn.Module):
             if isinstance(module, nn.Linear) and module is not self.shortcut:
                 nn.init.normal_(module.weight, std=init_std)
                 nn.init.normal_(module.bias, std=init_std)
+        if body_gain is not None:
+            if not body_gain > 0:
+                raise ValueError(f"body_gain must be positive, got {body_gain}")
+            for module in self.body.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=body_gain / math.sqrt(module.in_features))
         _orthonormal_(self.shortcut.weight)
         with torch.no_grad():
             self.shortcut.weight.mul_(shortcut_gain)

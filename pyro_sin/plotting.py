@@ -1,14 +1,39 @@
-"""Figures of the paper, drawn with matplotlib's object API (no pyplot, no display needed)."""
+"""
+Figures of the paper, drawn with matplotlib's object API (no pyplot, no display needed).
+
+Curves over iterations use a symmetric-log axis, linear on ``[0, 1]`` and
+logarithmic above, so that the untrained model (iteration 0) sits at ``x = 0``
+with its own tick instead of being moved onto iteration 1. Results over seeds
+are drawn as the median with a band (or error bars) from the smallest to the
+largest seed; the legend says how many seeds.
+"""
+
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+#: generated samples: tab10 without its grey (kept for nothing, so no component looks like background)
+_COMPONENT_BASE = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7] + [(0.0, 0.0, 0.0)]
 
 
 def component_colours(num_components: int):
-    cmap = colormaps["tab10" if num_components <= 10 else "tab20"]
-    return [cmap(k % cmap.N) for k in range(num_components)]
+    """Distinct, saturated colours for mixture components (no grey); they repeat beyond 10."""
+    if num_components <= len(_COMPONENT_BASE):
+        return [(*c, 1.0) for c in _COMPONENT_BASE[:num_components]]
+    cmap = colormaps["tab20"]
+    colours = [cmap(k) for k in range(cmap.N) if k not in (14, 15)]  # without tab20's greys
+    return [colours[k % len(colours)] for k in range(num_components)]
+
+
+def class_colours(num_classes: int):
+    """Light colours for the data's true classes, drawn under the samples."""
+    cmap = colormaps["Pastel1" if num_classes <= 9 else "tab20"]
+    return [cmap(k % cmap.N) for k in range(num_classes)]
 
 
 def _as_array(values) -> np.ndarray:
@@ -18,49 +43,129 @@ def _as_array(values) -> np.ndarray:
     return np.asarray(values)
 
 
-def plot_generative_samples(ax, data, samples, components, weights, title=""):
-    """
-    The paper's Fig. 3: samples of the learned generative model, coloured by
-    mixture component with intensity by the component's weight, and the data on top.
+def shared_limits(*point_sets, pad: float = 0.05):
+    """``(xlim, ylim)`` around all the ``(N, 2)`` point sets, for panels that must match."""
+    points = np.concatenate([_as_array(p) for p in point_sets])
+    low, high = points.min(0), points.max(0)
+    margin = pad * (high - low).max()
+    return (low[0] - margin, high[0] + margin), (low[1] - margin, high[1] + margin)
 
-    :param data: ``(N, 2)`` array of data points.
+
+def plot_generative_samples(
+    ax,
+    data,
+    samples,
+    components,
+    weights,
+    title="",
+    labels=None,
+    limits=None,
+    axis_labels=("$y_1$", "$y_2$"),
+    legend=True,
+):
+    """
+    The paper's Fig. 3: samples of a learned generative model over the data.
+
+    The data are drawn as large pale discs coloured by their true class; the
+    samples on top as small dots coloured by the mixture component that generated
+    them, fainter for components of smaller weight (a model without components,
+    e.g. a VAE, draws them all in black). Samples outside ``limits`` are counted
+    in the corner of the panel instead of stretching it.
+
+    :param data: ``(N, 2)`` data points.
     :param samples: ``(S, 2)`` generated points.
     :param components: ``(S,)`` component of each generated point.
     :param weights: ``(K,)`` mixture weights.
+    :param labels: ``(N,)`` true classes of the data (integers), or None.
+    :param limits: ``(xlim, ylim)`` shared by the panels of a row (default: this panel's data).
     """
     data, samples, components, weights = map(_as_array, (data, samples, components, weights))
-    colours = np.array(component_colours(len(weights)))
-    alpha = 0.15 + 0.85 * weights / weights.max()
+    if len(weights) == 1:
+        colours = np.array([(0.0, 0.0, 0.0, 1.0)])
+    else:
+        colours = np.array(component_colours(len(weights)))
+    alpha = np.clip(0.2 + 0.8 * weights / weights.max(), 0.0, 1.0)
     rgba = colours[components].copy()
     rgba[:, 3] = alpha[components]
-    ax.scatter(samples[:, 0], samples[:, 1], s=6, c=rgba, linewidths=0, label="generated")
-    ax.scatter(data[:, 0], data[:, 1], s=3, c="k", alpha=0.6, linewidths=0, label="data")
-    ax.set_title(title)
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.legend(loc="lower right", fontsize="small", markerscale=2)
+    if labels is None:
+        data_colour = np.tile([0.75, 0.75, 0.75, 1.0], (len(data), 1))
+    else:
+        labels = _as_array(labels)
+        classes, index = np.unique(labels, return_inverse=True)
+        data_colour = np.array(class_colours(len(classes)))[index]
+    ax.scatter(data[:, 0], data[:, 1], s=16, c=data_colour, alpha=0.9, linewidths=0, zorder=1)
+    ax.scatter(samples[:, 0], samples[:, 1], s=3, c=rgba, linewidths=0, zorder=2)
+    xlim, ylim = limits if limits is not None else shared_limits(data)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    outside = ~((samples[:, 0] >= xlim[0]) & (samples[:, 0] <= xlim[1]) & (samples[:, 1] >= ylim[0]) & (samples[:, 1] <= ylim[1]))
+    if outside.any():
+        ax.text(0.02, 0.02, f"{outside.sum()} of {len(samples)} samples outside", transform=ax.transAxes, fontsize="x-small")
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    if legend:
+        handles = [
+            Line2D([], [], ls="", marker="o", ms=6, mfc=class_colours(2)[1], mec="none", label="data (colour: true class)"),
+            Line2D([], [], ls="", marker="o", ms=2.5, mfc="k", mec="none", label="samples (colour: component; faint: low weight)"),
+        ]
+        ax.legend(handles=handles, loc="upper left", fontsize="x-small", framealpha=0.8)
 
 
-def plot_curves(ax, curves, ylabel="test MSE", log=True, xlabel="iteration", xmin=1.0):
+def _iteration_axis(ax, last: float):
+    """Symmetric-log x axis: linear on [0, 1] (so iteration 0 is at 0), logarithmic above."""
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.4)
+    ticks = [0.0] + [10.0**e for e in range(0, int(np.floor(np.log10(max(last, 1.0)))) + 1)]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}" if v < 1e4 else f"$10^{{{np.log10(v):.0f}}}$"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(0.0, last * 1.05)
+
+
+def plot_curves(ax, curves, ylabel="test MSE", log=True, xlabel="iteration", seeds: Optional[int] = None):
     """
     :param curves: ``{label: (iterations, values)}``, or ``{label: (iterations, median, low, high)}``
-        to draw a band.
-    :param float xmin: where the log axis shows ``x = 0`` (the untrained model).
+        to draw a band from ``low`` to ``high``.
+    :param bool log: a symmetric-log iteration axis (0 at 0) and a log value axis.
+    :param int seeds: the number of seeds behind each median, named in the legend.
     """
+    last = 1.0
     for label, curve in curves.items():
-        steps = np.maximum(np.asarray(curve[0], dtype=float), xmin)
-        (line,) = ax.plot(steps, curve[1], label=label)
+        steps = np.asarray(curve[0], dtype=float)
+        last = max(last, steps.max())
+        name = label if seeds is None else f"{label} (median of {seeds} seeds)"
+        (line,) = ax.plot(steps, curve[1], label=name, marker=".", ms=4)
         if len(curve) == 4:
-            ax.fill_between(steps, curve[2], curve[3], color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, curve[2], curve[3], color=line.get_color(), alpha=0.2, linewidth=0)
     if log:
-        ax.set_xscale("log")
+        _iteration_axis(ax, last)
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    if any(len(curve) == 4 for curve in curves.values()):
+        ax.fill_between([], [], [], color="grey", alpha=0.2, label="band: min to max over seeds")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
 
 
-def new_figure(ncols=1, width=5.0, height=4.5) -> Figure:
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    fig.subplots(1, ncols)
+def plot_points_with_range(ax, x, runs: Sequence[Sequence[float]], label: str, **kwargs):
+    """
+    The median over seeds at each ``x`` with error bars from the smallest to the largest seed.
+
+    :param runs: ``runs[i]`` holds every seed's value at ``x[i]``.
+    """
+    runs = [np.asarray(r, dtype=float) for r in runs]
+    median = np.array([np.median(r) for r in runs])
+    low = median - np.array([r.min() for r in runs])
+    high = np.array([r.max() for r in runs]) - median
+    return ax.errorbar(x, median, yerr=[low, high], marker="o", capsize=3, label=label, **kwargs)
+
+
+def new_figure(ncols=1, width=5.0, height=4.5, nrows=1) -> Figure:
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    fig.subplots(nrows, ncols, squeeze=False)
     return fig

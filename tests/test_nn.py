@@ -153,3 +153,18 @@ def test_mirrored_autoencoder_starts_on_a_given_basis():
         mirrored_autoencoder(DATA, LATENT, basis=basis.T)
     with pytest.raises(ValueError, match="orthonormal"):
         mirrored_autoencoder(DATA, LATENT, basis=2 * basis)
+
+
+def test_body_gain_gives_hidden_features_while_the_network_still_starts_as_its_shortcut():
+    from pyro_sin.nn import TwoHeadedMLP
+
+    x = 2 * torch.randn(500, 2)
+    small, scaled = TwoHeadedMLP(2, 3), TwoHeadedMLP(2, 3, body_gain=1.0)
+    # with every weight small the hidden features are all near zero (a saddle point) ...
+    assert small.body(x).std() < 0.05
+    # ... with LeCun-scaled hidden layers they spread, and the heads still start small
+    assert scaled.body(x).std() > 0.3
+    first, _ = scaled(x)
+    assert (first - scaled.shortcut(x)).abs().max() < 0.2
+    with pytest.raises(ValueError, match="body_gain"):
+        TwoHeadedMLP(2, 3, body_gain=0.0)

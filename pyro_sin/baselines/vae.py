@@ -63,3 +63,19 @@ class VAE:
     def test_log_likelihood(self, y, num_samples: int = 100) -> float:
         """The mean over points of :meth:`log_likelihood`."""
         return self.log_likelihood(y, num_samples).mean
+
+    @torch.no_grad()
+    def impute(self, y, observed, num_samples: int = 1000, rounds: int = 2) -> evaluation.Imputation:
+        """
+        The missing features of ``y`` imputed by ``E[y_m | y_o]`` under the learned model
+        (see :meth:`pyro_sin.models.DeepLatentMixture.impute`): importance sampling from the
+        prior first, then from the encoder's posterior of the filled-in point mixed with the prior.
+        """
+        if rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {rounds}")
+        prior = self.prior(y)
+        result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, None, num_samples)
+        for _ in range(rounds - 1):
+            proposal = self.posterior(result.values)
+            result = evaluation.conditional_mean(y, observed, self.decoder.distribution, prior, proposal, num_samples)
+        return result

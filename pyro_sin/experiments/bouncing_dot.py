@@ -60,6 +60,7 @@ class Config:
     eval_every: int = 100
     eval_samples: int = 50
     seed: int = 0
+    device: str = "cpu"  # "cuda" to train and evaluate on the GPU
 
     @classmethod
     def quick(cls, **kwargs):
@@ -68,11 +69,12 @@ class Config:
 
 
 def make_data(config: Config):
+    """Training and test sequences, drawn on the CPU (the same on every machine) and moved to ``config.device``."""
     train = bouncing_dot(config.num_train, config.num_steps, config.num_pixels, seed=config.seed)
     test = bouncing_dot(
         config.num_test, config.num_steps + config.horizon, config.num_pixels, seed=config.seed + 1000
     )
-    return train, test
+    return tuple(type(d)(*(t.to(config.device) for t in d)) for d in (train, test))
 
 
 class Evaluator:
@@ -82,7 +84,7 @@ class Evaluator:
         self.config, self.test = config, test
         T = config.num_steps
         self.observed = test.frames[:, :T]
-        self.mask = torch.ones(self.observed.shape[:2])
+        self.mask = torch.ones(self.observed.shape[:2], dtype=self.observed.dtype, device=self.observed.device)
         self.mask[:, config.missing_from : config.missing_to] = 0
 
     def prediction_error(self, method) -> float:
@@ -126,7 +128,8 @@ class SANMethod:
 
 def _networks(config: Config, train):
     torch.manual_seed(config.seed)
-    return mirrored_autoencoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2)
+    encoder, decoder = mirrored_autoencoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2)
+    return encoder.to(config.device), decoder.to(config.device)
 
 
 def _fit(config, svi, data, evaluate, desc, progress, batch_size=None):
@@ -148,7 +151,7 @@ def train_san(config: Config, train, evaluator: Evaluator, progress=True):
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     encoder, decoder = _networks(config, train)
-    lds = LinearDynamicalSystem(config.latent_dim)
+    lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
     model = DeepLatentLDS(lds, decoder, len(train.frames))
     guide = model.make_guide(encoder, factor=config.factor)
     svi = SVI(
@@ -168,9 +171,10 @@ def train_unstructured(config: Config, train, evaluator: Evaluator, progress=Tru
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     _, decoder = _networks(config, train)
-    lds = LinearDynamicalSystem(config.latent_dim)
+    lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
     model = DeepLatentLDS(lds, decoder, len(train.frames))
-    guide = UnstructuredLDSGuide(model, SequenceEncoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2))
+    encoder = SequenceEncoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2).to(config.device)
+    guide = UnstructuredLDSGuide(model, encoder)
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
     history = _fit(
@@ -187,7 +191,7 @@ def train_two_stage(config: Config, train, evaluator: Evaluator, progress=True):
     vae = VAE(encoder, decoder, len(frames))
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": config.lr}), elbo)
-    method = TwoStageLDS(vae, LinearDynamicalSystem(config.latent_dim))
+    method = TwoStageLDS(vae, LinearDynamicalSystem(config.latent_dim).to(config.device))
 
     def evaluate():
         method.fit_dynamics(train.frames)
@@ -218,11 +222,11 @@ def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, hist
     T, H, samples = config.num_steps, config.horizon, config.eval_samples
     test, k = evaluator.test, 0
     observed = evaluator.observed[k : k + 1]
-    rows = [("truth (clean)", test.clean[k, : T + H].numpy())]
+    rows = [("truth (clean)", test.clean[k, : T + H].cpu().numpy())]
     for name, method in methods.items():
         recon = method.decode_posterior(observed, None, samples)[0]
         pred = method.predict(observed, H, samples)[0]
-        rows.append((name, torch.cat([recon, pred]).numpy()))
+        rows.append((name, torch.cat([recon, pred]).cpu().numpy()))
     _image_rows(
         out / "reconstruction_and_prediction.png",
         rows,
@@ -230,9 +234,9 @@ def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, hist
         f"frame (reconstruction left of the red line, {H}-step prediction right of it)",
     )
     mask = evaluator.mask[k : k + 1]
-    rows = [("observed", (observed[0] * mask[0, :, None]).numpy())]
+    rows = [("observed", (observed[0] * mask[0, :, None]).cpu().numpy())]
     for name, method in methods.items():
-        rows.append((name, method.decode_posterior(observed * mask[..., None], mask, samples)[0].numpy()))
+        rows.append((name, method.decode_posterior(observed * mask[..., None], mask, samples)[0].cpu().numpy()))
     _image_rows(
         out / "imputation.png",
         rows,
@@ -243,7 +247,7 @@ def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, hist
     fig = new_figure()
     curves = {name: (h.eval_seconds, [e["prediction_mse"] for e in h.evals]) for name, h in histories.items()}
     plot_curves(
-        fig.axes[0], curves, ylabel=f"test prediction MSE (1..{H} steps ahead)", xlabel="training time (s)", xmin=0.1
+        fig.axes[0], curves, ylabel=f"test prediction MSE (1..{H} steps ahead)", xlabel="training time (s)"
     )
     fig.savefig(out / "prediction_vs_time.png", dpi=120)
 
@@ -254,11 +258,14 @@ def main(argv=None):
     parser.add_argument("--factor", choices=["tied", "free"], default="free")
     parser.add_argument("--latent-dim", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train and evaluate")
     parser.add_argument("--out", type=Path, default=Path("results/bouncing_dot"))
     parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    overrides = {"factor": args.factor, "latent_dim": args.latent_dim, "seed": args.seed}
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    overrides = {"factor": args.factor, "latent_dim": args.latent_dim, "seed": args.seed, "device": args.device}
     if args.seconds is not None:
         overrides["seconds"] = args.seconds
     config = Config.quick(**overrides) if args.quick or "CI" in os.environ else Config(**overrides)
