@@ -463,7 +463,7 @@ def plot_training_curves(path: Path, histories: Dict[str, History], horizon: int
     curves = {n: (h.eval_seconds, [e["forecast_mse"] for e in h.evals]) for n, h in histories.items() if len(h.evals) > 1}
     if not curves:
         return False
-    plot_curves(fig.axes[0], curves, ylabel=f"test forecast MSE (1..{horizon} steps)", xlabel="training time (s)", xmin=0.1)
+    plot_curves(fig.axes[0], curves, ylabel=f"test forecast MSE (1..{horizon} steps)", xlabel="training time (s)")
     fig.savefig(path, dpi=120)
     return True
 
