@@ -177,6 +177,7 @@ class NaturalAdam(PyroOptim):
         self.distributed = distributed
         self._shared = None  # the torch optimiser of every non-natural parameter
         self._shared_params = []
+        self._groups = []  # (the optimiser arguments asked for, the parameter group holding them)
         self._is_natural = {}
 
     def __call__(self, params, *args, **kwargs):
@@ -206,15 +207,18 @@ class NaturalAdam(PyroOptim):
 
     def _join(self, param):
         """Adds a parameter to the shared optimiser, restoring any loaded state for it."""
-        group = {"params": [param], **self._get_optim_args(param)}
-        if self._shared is None:
-            self._shared = _construct_fused(self.pt_optim_constructor, group)
+        args = self._get_optim_args(param)
+        # torch fills every group with its defaults, so groups are matched on the arguments
+        # asked for, not on the group's contents
+        same = [group for requested, group in self._groups if requested == args]
+        if same:
+            same[0]["params"].append(param)
+        elif self._shared is None:
+            self._shared = _construct_fused(self.pt_optim_constructor, {"params": [param], **args})
+            self._groups.append((args, self._shared.param_groups[-1]))
         else:
-            same = [g for g in self._shared.param_groups if _group_args(g) == _group_args(group)]
-            if same:
-                same[0]["params"].append(param)
-            else:
-                self._shared.add_param_group(group)
+            self._shared.add_param_group({"params": [param], **args})
+            self._groups.append((args, self._shared.param_groups[-1]))
         self._shared_params.append(param)
         self.grad_clip[param] = self._get_grad_clip(param)
         waiting = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(param), None)
@@ -246,10 +250,6 @@ class NaturalAdam(PyroOptim):
         for p in self._shared_params:
             state[store.param_name(p)] = {"shared": dict(self._shared.state[p])}
         return state
-
-
-def _group_args(group):
-    return {k: v for k, v in group.items() if k != "params"}
 
 
 def _construct_fused(constructor, group):

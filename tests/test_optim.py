@@ -77,6 +77,8 @@ def test_partial_natural_step_is_a_convex_combination_and_adam_moves_the_rest():
     assert {id(p) for p in optim._shared_params} == {id(p) for p in guide.encoder.parameters()} | {
         id(p) for p in model.decoder.parameters()
     }
+    # one argument set, one parameter group: one fused update for every network tensor
+    assert len(optim._shared.param_groups) == 1
 
 
 def test_natural_parameters_are_not_clipped():
