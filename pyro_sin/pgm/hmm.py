@@ -37,23 +37,19 @@ from pyro.ops.indexing import Vindex
 from pyro.ops.tensor_utils import precision_to_scale_tril
 
 from ..distributions import (
-    DirichletBlock,
     GaussianStats,
     MarkovChain,
-    NaturalDomain,
     NormalWishart,
     NormalWishartBlock,
     NormalWishartNatural,
     conjugate_update,
-    dirichlet_cross_entropy,
-    dirichlet_expected_log,
-    dirichlet_kl,
     expected_gaussian_log_likelihood,
     spd_matrix,
 )
 from ..ops.markov import markov_log_normalizer
 from ..potential import GaussianPotential
-from .base import SINRecord, StructuredPrior
+from .base import SINRecord
+from .regimes import RegimeGlobalPosterior, RegimeSwitchingPrior
 from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -76,16 +72,12 @@ class HMMFactor(NamedTuple):
     emission: MixtureFactor  # K components f_k
 
 
-class HMMGlobalPosterior:
+class HMMGlobalPosterior(RegimeGlobalPosterior):
     """``q(π) Π_j q(P_j) Π_k q(μ_k, Λ_k)``: Dirichlets and Normal-Wisharts, with their expectations."""
 
-    def __init__(self, init_concentration, transition_concentration, normal_wishart: NormalWishart):
-        self.init_concentration = init_concentration  # (K,)
-        self.transition_concentration = transition_concentration  # (K, K)
-        self.normal_wishart = normal_wishart  # batch (K,)
-        self.expected_log_init = dirichlet_expected_log(init_concentration)  # (K,)
-        self.expected_log_transition = dirichlet_expected_log(transition_concentration)  # (K, K)
-        self.expectations = normal_wishart.expectations()
+    @property
+    def normal_wishart(self) -> NormalWishart:
+        return self.regimes  # batch (K,)
 
 
 def _after_end_to_zero(value, step_mask, event_dims):
@@ -250,7 +242,7 @@ class HMMPosterior:
         return joint - self.log_normalizer
 
 
-class LatentHMM(StructuredPrior):
+class LatentHMM(RegimeSwitchingPrior):
     r"""
     A hidden Markov model prior on latent sequences: ``K`` states following a Markov
     chain with Dirichlet priors on the initial distribution and on each row of the
@@ -287,6 +279,10 @@ class LatentHMM(StructuredPrior):
     :param bool parallel: forward-backward by a parallel scan over time (else sequentially).
     """
 
+    params_type = HMMParams
+    posterior_type = HMMGlobalPosterior
+    regime_site_suffixes = ("precisions", "locs")
+
     def __init__(
         self,
         num_states: int,
@@ -312,10 +308,7 @@ class LatentHMM(StructuredPrior):
         def as_tensor(value, shape):
             return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
 
-        self.register_buffer("prior_init_concentration", as_tensor(init_concentration, (K,)))
-        self.register_buffer("prior_transition_concentration", as_tensor(transition_concentration, (K, K)))
-        if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
-            raise ValueError("the Dirichlet concentrations of a LatentHMM must be positive")
+        self._register_chain_prior(init_concentration, transition_concentration)
         scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, (K,), "LatentHMM scale_inv")
         self.register_buffer("prior_loc", as_tensor(loc, (K, D)))
         self.register_buffer("prior_kappa", as_tensor(kappa, (K,)))
@@ -323,35 +316,13 @@ class LatentHMM(StructuredPrior):
         self.register_buffer("prior_df", as_tensor(2 * D + 0.5 if df is None else df, (K,)))
         self.prior(validate_args=True)
 
-    # ----- site names -----------------------------------------------------------
-
-    @property
-    def init_probs_site(self):
-        return f"{self.name}_init_probs"
-
-    @property
-    def transition_probs_site(self):
-        return f"{self.name}_transition_probs"
-
     @property
     def precisions_site(self):
-        return f"{self.name}_precisions"
+        return self.regime_sites[0]
 
     @property
     def locs_site(self):
-        return f"{self.name}_locs"
-
-    @property
-    def states_site(self):
-        return f"{self.name}_states"
-
-    @property
-    def global_sites(self):
-        return (self.init_probs_site, self.transition_probs_site, self.precisions_site, self.locs_site)
-
-    @property
-    def local_sites(self):
-        return (self.states_site, self.name)
+        return self.regime_sites[1]
 
     # ----- model side -------------------------------------------------------------
 
@@ -359,26 +330,6 @@ class LatentHMM(StructuredPrior):
         """``p(μ, Λ)`` of the states' Gaussians; validated once, at construction."""
         return NormalWishart(
             self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df, validate_args=validate_args
-        )
-
-    def _sample_params(self) -> HMMParams:
-        init_probs = pyro.sample(self.init_probs_site, dist.Dirichlet(self.prior_init_concentration))
-        transition_probs = pyro.sample(
-            self.transition_probs_site, dist.Dirichlet(self.prior_transition_concentration).to_event(1)
-        )
-        prior = self.prior()
-        precisions = pyro.sample(self.precisions_site, prior.precision_dist().to_event(1))
-        locs = pyro.sample(self.locs_site, prior.loc_dist(precisions).to_event(1))
-        return HMMParams(init_probs, transition_probs, locs, precisions)
-
-    def states_prior(self, params: HMMParams, num_steps: int, lengths=None) -> MarkovChain:
-        """``p(z_{1:T} | π, P)`` as a distribution over paths."""
-        return MarkovChain(
-            params.init_probs.log(),
-            params.transition_probs.log()[..., None, :, :],
-            num_steps,
-            lengths=lengths,
-            parallel=self.parallel,
         )
 
     def emission(self, params: HMMParams, states: torch.Tensor, lengths=None) -> StepGaussians:
@@ -402,36 +353,13 @@ class LatentHMM(StructuredPrior):
 
     # ----- conjugate posterior over θ -----------------------------------------------
 
-    def _check_concentration(self, concentration, what):
-        if not (concentration > 0).all():
-            raise ValueError(
-                f"the Dirichlet natural parameter of the {what} must stay positive, got {concentration}; "
-                "natural parameters should only move by convex combinations (NaturalAdam)"
-            )
-        return concentration
-
-    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> HMMGlobalPosterior:
-        nw = NormalWishart.from_natural(
+    def regimes_from_natural(self, natural: Dict[str, torch.Tensor]) -> NormalWishart:
+        return NormalWishart.from_natural(
             NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
         )
-        return HMMGlobalPosterior(
-            self._check_concentration(natural["init_concentration"], "initial distribution"),
-            self._check_concentration(natural["transition_concentration"], "transition rows"),
-            nw,
-        )
 
-    @staticmethod
-    def _pack(init_concentration, transition_concentration, nw_natural: NormalWishartNatural):
-        return {
-            "init_concentration": init_concentration,
-            "transition_concentration": transition_concentration,
-            **nw_natural._asdict(),
-        }
-
-    def prior_natural(self):
-        return self._pack(
-            self.prior_init_concentration, self.prior_transition_concentration, self.prior().natural_params
-        )
+    def regime_block(self):
+        return NormalWishartBlock((self.num_states,), self.latent_dim)
 
     def init_natural(self):
         K, D = self.num_states, self.latent_dim
@@ -444,44 +372,6 @@ class LatentHMM(StructuredPrior):
             torch.full((K,), 2.0 * D + 1, dtype=like.dtype, device=like.device),
         )
         return self._pack(self.prior_init_concentration, self.prior_transition_concentration, init.natural_params)
-
-    def natural_domain(self) -> NaturalDomain:
-        K, D = self.num_states, self.latent_dim
-        return NaturalDomain(
-            [
-                DirichletBlock(K, key="init_concentration"),
-                DirichletBlock(K, (K,), key="transition_concentration"),
-                NormalWishartBlock((K,), D),
-            ]
-        )
-
-    def point_estimate(self, q: HMMGlobalPosterior) -> HMMParams:
-        """Posterior means ``E[π]``, ``E[P]``, ``E[μ_k] = m_k`` and ``E[Λ_k] = ν_k W_k``."""
-        init = q.init_concentration / q.init_concentration.sum(-1, keepdim=True)
-        trans = q.transition_concentration / q.transition_concentration.sum(-1, keepdim=True)
-        return HMMParams(init, trans, q.normal_wishart.loc, q.expectations.precision)
-
-    def _sample_global_posterior(self, natural):
-        q = self.global_posterior(natural)
-        nw = q.normal_wishart
-        pyro.sample(self.init_probs_site, dist.Dirichlet(q.init_concentration))
-        pyro.sample(self.transition_probs_site, dist.Dirichlet(q.transition_concentration).to_event(1))
-        precisions = pyro.sample(self.precisions_site, nw.precision_dist().to_event(1))
-        pyro.sample(self.locs_site, nw.loc_dist(precisions).to_event(1))
-
-    def kl(self, q: HMMGlobalPosterior):
-        return (
-            dirichlet_kl(q.init_concentration, self.prior_init_concentration)
-            + dirichlet_kl(q.transition_concentration, self.prior_transition_concentration).sum(-1)
-            + q.normal_wishart.kl_divergence(self.prior()).sum(-1)
-        )
-
-    def cross_entropy(self, q: HMMGlobalPosterior):
-        return (
-            dirichlet_cross_entropy(q.init_concentration, self.prior_init_concentration)
-            + dirichlet_cross_entropy(q.transition_concentration, self.prior_transition_concentration).sum(-1)
-            + q.normal_wishart.cross_entropy(self.prior()).sum(-1)
-        )
 
     # ----- SIN factor and posterior ---------------------------------------------------
 
@@ -567,7 +457,7 @@ class LatentHMM(StructuredPrior):
             last = probs[..., -1, :]
         else:
             last = probs[torch.arange(len(lengths), device=lengths.device), lengths - 1]
-        S, (B, K), D = num_samples, last.shape, self.latent_dim
+        S, B, D = num_samples, last.shape[0], self.latent_dim
         transition = dist.Dirichlet(q.transition_concentration).sample((S,))  # (S, K, K)
         precisions = q.normal_wishart.precision_dist().sample((S,))  # (S, K, D, D)
         locs = q.normal_wishart.loc_dist(precisions).sample()  # (S, K, D)

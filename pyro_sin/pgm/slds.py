@@ -44,23 +44,19 @@ from pyro.ops.indexing import Vindex
 from pyro.ops.tensor_utils import precision_to_scale_tril
 
 from ..distributions import (
-    DirichletBlock,
     MarkovChain,
     MatrixNormalWishart,
     MatrixNormalWishartBlock,
     MatrixNormalWishartNatural,
-    NaturalDomain,
     RegressionStats,
-    dirichlet_cross_entropy,
-    dirichlet_expected_log,
-    dirichlet_kl,
     expected_regression_log_likelihood,
     regression_conjugate_update,
     spd_matrix,
 )
 from ..ops.markov import forward_backward, markov_log_normalizer
 from ..potential import GaussianPotential
-from .base import SINRecord, StructuredPrior
+from .base import SINRecord
+from .regimes import RegimeGlobalPosterior, RegimeSwitchingPrior
 from .lds import (
     ChainFactor,
     ChainPosterior,
@@ -93,16 +89,12 @@ class SLDSFactor(NamedTuple):
     dynamics: Gaussian  # batch (K,), dim 2D       g_k(x_{t-1}, x_t)
 
 
-class SLDSGlobalPosterior:
+class SLDSGlobalPosterior(RegimeGlobalPosterior):
     """``q(π) Π_j q(P_j) Π_k q(B_k, Λ_k)``: Dirichlets and Matrix-Normal-Wisharts, with their expectations."""
 
-    def __init__(self, init_concentration, transition_concentration, matrix_normal_wishart: MatrixNormalWishart):
-        self.init_concentration = init_concentration  # (K,)
-        self.transition_concentration = transition_concentration  # (K, K)
-        self.matrix_normal_wishart = matrix_normal_wishart  # batch (K,)
-        self.expected_log_init = dirichlet_expected_log(init_concentration)
-        self.expected_log_transition = dirichlet_expected_log(transition_concentration)
-        self.expectations = matrix_normal_wishart.expectations()
+    @property
+    def matrix_normal_wishart(self) -> MatrixNormalWishart:
+        return self.regimes  # batch (K,)
 
 
 def mix_gaussians(weights: torch.Tensor, gaussians: Gaussian) -> Gaussian:
@@ -414,7 +406,7 @@ class SwitchingGaussianChain(dist.TorchDistribution):
         return per_transition.sum(-1)
 
 
-class SwitchingLDS(StructuredPrior):
+class SwitchingLDS(RegimeSwitchingPrior):
     r"""
     A switching linear dynamical system prior on latent sequences: ``K`` regimes following
     a Markov chain with Dirichlet priors on the initial distribution and on each row of
@@ -463,6 +455,10 @@ class SwitchingLDS(StructuredPrior):
     :param bool parallel: Kalman filtering and forward-backward by parallel scans over time.
     """
 
+    params_type = SLDSParams
+    posterior_type = SLDSGlobalPosterior
+    regime_site_suffixes = ("noise_precisions", "transitions")
+
     def __init__(
         self,
         num_states: int,
@@ -499,10 +495,7 @@ class SwitchingLDS(StructuredPrior):
         def as_tensor(value, shape):
             return torch.as_tensor(value, dtype=dtype).expand(shape).clone()
 
-        self.register_buffer("prior_init_concentration", as_tensor(init_concentration, (K,)))
-        self.register_buffer("prior_transition_concentration", as_tensor(transition_concentration, (K, K)))
-        if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
-            raise ValueError("the Dirichlet concentrations of a SwitchingLDS must be positive")
+        self._register_chain_prior(init_concentration, transition_concentration)
         if transition_loc is None:
             transition_loc = torch.cat([torch.eye(D, dtype=dtype), torch.zeros(D, 1, dtype=dtype)], -1)
         self.register_buffer("init_loc", as_tensor(init_loc, (D,)))
@@ -524,32 +517,12 @@ class SwitchingLDS(StructuredPrior):
     # ----- site names -----------------------------------------------------------
 
     @property
-    def init_probs_site(self):
-        return f"{self.name}_init_probs"
-
-    @property
-    def transition_probs_site(self):
-        return f"{self.name}_transition_probs"
-
-    @property
     def noise_precisions_site(self):
-        return f"{self.name}_noise_precisions"
+        return self.regime_sites[0]
 
     @property
     def transitions_site(self):
-        return f"{self.name}_transitions"
-
-    @property
-    def states_site(self):
-        return f"{self.name}_states"
-
-    @property
-    def global_sites(self):
-        return (self.init_probs_site, self.transition_probs_site, self.noise_precisions_site, self.transitions_site)
-
-    @property
-    def local_sites(self):
-        return (self.states_site, self.name)
+        return self.regime_sites[1]
 
     @property
     def decoupled_sites(self):
@@ -562,26 +535,6 @@ class SwitchingLDS(StructuredPrior):
         buffers = (self.prior_transition_loc, self.prior_col_precision, self.prior_scale_inv, self.prior_df)
         build = lambda: MatrixNormalWishart(*buffers, validate_args=validate_args)  # noqa: E731
         return build() if validate_args else self._memoized("prior", buffers, build)
-
-    def _sample_params(self) -> SLDSParams:
-        init_probs = pyro.sample(self.init_probs_site, dist.Dirichlet(self.prior_init_concentration))
-        transition_probs = pyro.sample(
-            self.transition_probs_site, dist.Dirichlet(self.prior_transition_concentration).to_event(1)
-        )
-        prior = self.prior()
-        noise_precisions = pyro.sample(self.noise_precisions_site, prior.precision_dist().to_event(1))
-        transitions = pyro.sample(self.transitions_site, prior.loc_dist(noise_precisions).to_event(1))
-        return SLDSParams(init_probs, transition_probs, transitions, noise_precisions)
-
-    def states_prior(self, params: SLDSParams, num_steps: int, lengths=None) -> MarkovChain:
-        """``p(z_{1:T} | π, P)`` as a distribution over paths."""
-        return MarkovChain(
-            params.init_probs.log(),
-            params.transition_probs.log()[..., None, :, :],
-            num_steps,
-            lengths=lengths,
-            parallel=self.parallel,
-        )
 
     def dynamics(self, params: SLDSParams, states: torch.Tensor, lengths=None) -> SwitchingGaussianChain:
         """``p(x_{1:T} | z_{1:T}, θ)`` for regime paths ``states`` of shape ``(..., T)``."""
@@ -662,81 +615,20 @@ class SwitchingLDS(StructuredPrior):
 
     # ----- conjugate posterior over θ -----------------------------------------------
 
-    def _check_concentration(self, concentration, what):
-        if not (concentration > 0).all():
-            raise ValueError(
-                f"the Dirichlet natural parameter of the {what} must stay positive, got {concentration}; "
-                "natural parameters should only move by convex combinations (NaturalAdam)"
-            )
-        return concentration
-
-    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> SLDSGlobalPosterior:
-        mnw = MatrixNormalWishart.from_natural(
+    def regimes_from_natural(self, natural: Dict[str, torch.Tensor]) -> MatrixNormalWishart:
+        return MatrixNormalWishart.from_natural(
             MatrixNormalWishartNatural(natural["cross"], natural["col_precision"], natural["scale"], natural["df"]),
             validate_args=False,
         )
-        return SLDSGlobalPosterior(
-            self._check_concentration(natural["init_concentration"], "initial distribution"),
-            self._check_concentration(natural["transition_concentration"], "transition rows"),
-            mnw,
-        )
 
-    @staticmethod
-    def _pack(init_concentration, transition_concentration, mnw_natural: MatrixNormalWishartNatural):
-        return {
-            "init_concentration": init_concentration,
-            "transition_concentration": transition_concentration,
-            **mnw_natural._asdict(),
-        }
-
-    def prior_natural(self):
-        return self._pack(
-            self.prior_init_concentration, self.prior_transition_concentration, self.prior().natural_params
-        )
+    def regime_block(self):
+        return MatrixNormalWishartBlock((self.num_states,), self.latent_dim, self.latent_dim + 1)
 
     def init_natural(self):
         prior = self.prior()
         loc = prior.loc + self.init_transition_noise * torch.randn_like(prior.loc)
         start = MatrixNormalWishart(loc, prior.col_precision, prior.scale_inv, prior.df, validate_args=False)
         return self._pack(self.prior_init_concentration, self.prior_transition_concentration, start.natural_params)
-
-    def natural_domain(self) -> NaturalDomain:
-        K, D = self.num_states, self.latent_dim
-        return NaturalDomain(
-            [
-                DirichletBlock(K, key="init_concentration"),
-                DirichletBlock(K, (K,), key="transition_concentration"),
-                MatrixNormalWishartBlock((K,), D, D + 1),
-            ]
-        )
-
-    def point_estimate(self, q: SLDSGlobalPosterior) -> SLDSParams:
-        """Posterior means ``E[π]``, ``E[P]``, ``E[B_k] = M_k`` and ``E[Λ_k] = ν_k W_k``."""
-        init = q.init_concentration / q.init_concentration.sum(-1, keepdim=True)
-        trans = q.transition_concentration / q.transition_concentration.sum(-1, keepdim=True)
-        return SLDSParams(init, trans, q.matrix_normal_wishart.loc, q.expectations.precision)
-
-    def _sample_global_posterior(self, natural):
-        q = self.global_posterior(natural)
-        mnw = q.matrix_normal_wishart
-        pyro.sample(self.init_probs_site, dist.Dirichlet(q.init_concentration))
-        pyro.sample(self.transition_probs_site, dist.Dirichlet(q.transition_concentration).to_event(1))
-        noise_precisions = pyro.sample(self.noise_precisions_site, mnw.precision_dist().to_event(1))
-        pyro.sample(self.transitions_site, mnw.loc_dist(noise_precisions).to_event(1))
-
-    def kl(self, q: SLDSGlobalPosterior):
-        return (
-            dirichlet_kl(q.init_concentration, self.prior_init_concentration)
-            + dirichlet_kl(q.transition_concentration, self.prior_transition_concentration).sum(-1)
-            + q.matrix_normal_wishart.kl_divergence(self.prior()).sum(-1)
-        )
-
-    def cross_entropy(self, q: SLDSGlobalPosterior):
-        return (
-            dirichlet_cross_entropy(q.init_concentration, self.prior_init_concentration)
-            + dirichlet_cross_entropy(q.transition_concentration, self.prior_transition_concentration).sum(-1)
-            + q.matrix_normal_wishart.cross_entropy(self.prior()).sum(-1)
-        )
 
     # ----- SIN factor and posterior ---------------------------------------------------
 

@@ -1,0 +1,219 @@
+r"""
+What the latent HMM and the switching LDS share: a chain of ``K`` discrete regimes,
+
+.. math::
+
+    π \sim \mathrm{Dir}(α_0),\quad P_j \sim \mathrm{Dir}(β_{0j}),\quad
+    z_1 \sim \mathrm{Cat}(π),\quad z_t \mid z_{t-1} \sim \mathrm{Cat}(P_{z_{t-1}}),
+
+and, for each regime, continuous parameters ``θ_k = (L_k, Λ_k)`` under a conjugate
+family with a precision ``Λ_k`` and a location ``L_k`` given it (a Normal-Wishart for the
+HMM's emission means, a Matrix-Normal-Wishart for the switching LDS's dynamics).
+
+:class:`RegimeSwitchingPrior` holds everything about ``q(π) Π_j q(P_j) Π_k q(θ_k)`` that
+does not depend on the family: sites, natural-parameter layout and domain, KL and
+cross-entropy, point estimates and sampling. A subclass names its family through
+:meth:`~RegimeSwitchingPrior.prior`, :meth:`~RegimeSwitchingPrior.regimes_from_natural`
+and :meth:`~RegimeSwitchingPrior.regime_block`.
+"""
+
+from typing import Dict, NamedTuple, Tuple, Type
+
+import torch
+
+import pyro
+import pyro.distributions as dist
+
+from ..distributions import (
+    DirichletBlock,
+    MarkovChain,
+    NaturalDomain,
+    dirichlet_cross_entropy,
+    dirichlet_expected_log,
+    dirichlet_kl,
+)
+from .base import StructuredPrior
+
+
+class RegimeGlobalPosterior:
+    """
+    ``q(π) Π_j q(P_j) Π_k q(θ_k)``: two Dirichlets and a conjugate family of batch ``(K,)``,
+    with the expectations the SIN factor and the bound read.
+
+    :param torch.Tensor init_concentration: ``α``, shape ``(K,)``.
+    :param torch.Tensor transition_concentration: ``β``, shape ``(K, K)``, row ``j`` for the
+        transitions out of regime ``j``.
+    :param regimes: a Normal-Wishart or Matrix-Normal-Wishart of batch shape ``(K,)``.
+    """
+
+    def __init__(self, init_concentration, transition_concentration, regimes):
+        self.init_concentration = init_concentration  # (K,)
+        self.transition_concentration = transition_concentration  # (K, K)
+        self.regimes = regimes  # batch (K,)
+        self.expected_log_init = dirichlet_expected_log(init_concentration)  # (K,)
+        self.expected_log_transition = dirichlet_expected_log(transition_concentration)  # (K, K)
+        self.expectations = regimes.expectations()
+
+    def mean_probs(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(E[π], E[P])``."""
+        init = self.init_concentration / self.init_concentration.sum(-1, keepdim=True)
+        trans = self.transition_concentration / self.transition_concentration.sum(-1, keepdim=True)
+        return init, trans
+
+
+class RegimeSwitchingPrior(StructuredPrior):
+    """
+    Base of the priors whose latent sequence switches between ``K`` regimes that follow a
+    Markov chain, each regime with its own conjugate parameters.
+
+    A subclass sets :attr:`params_type` (a named tuple ``(init_probs, transition_probs,
+    location, precision)``), :attr:`posterior_type` (a :class:`RegimeGlobalPosterior`),
+    :attr:`regime_site_suffixes` (the names of the precision and location sites after
+    ``name_``), and implements :meth:`prior`, :meth:`regimes_from_natural` and
+    :meth:`regime_block`.
+    """
+
+    params_type: Type[NamedTuple]
+    posterior_type: Type[RegimeGlobalPosterior] = RegimeGlobalPosterior
+    regime_site_suffixes: Tuple[str, str]  # (precision, location)
+
+    def _register_chain_prior(self, init_concentration, transition_concentration):
+        K = self.num_states
+
+        def as_tensor(value, shape):
+            return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
+
+        self.register_buffer("prior_init_concentration", as_tensor(init_concentration, (K,)))
+        self.register_buffer("prior_transition_concentration", as_tensor(transition_concentration, (K, K)))
+        if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
+            raise ValueError(f"the Dirichlet concentrations of a {type(self).__name__} must be positive")
+
+    # ----- what a subclass provides ---------------------------------------------------
+
+    def prior(self, validate_args=False):
+        """``p(θ_k)`` of every regime, batch ``(K,)``."""
+        raise NotImplementedError
+
+    def regimes_from_natural(self, natural: Dict[str, torch.Tensor]):
+        """The family of batch ``(K,)`` whose natural parameters are the non-Dirichlet entries of ``natural``."""
+        raise NotImplementedError
+
+    def regime_block(self):
+        """The natural-domain block of the regimes' family."""
+        raise NotImplementedError
+
+    # ----- site names -----------------------------------------------------------
+
+    @property
+    def init_probs_site(self):
+        return f"{self.name}_init_probs"
+
+    @property
+    def transition_probs_site(self):
+        return f"{self.name}_transition_probs"
+
+    @property
+    def states_site(self):
+        return f"{self.name}_states"
+
+    @property
+    def regime_sites(self) -> Tuple[str, str]:
+        """The sites of the regimes' precisions and locations."""
+        return tuple(f"{self.name}_{suffix}" for suffix in self.regime_site_suffixes)
+
+    @property
+    def global_sites(self):
+        return (self.init_probs_site, self.transition_probs_site) + self.regime_sites
+
+    @property
+    def local_sites(self):
+        return (self.states_site, self.name)
+
+    # ----- model side -------------------------------------------------------------
+
+    def _sample_regime_params(self, init_concentration, transition_concentration, regimes):
+        init_probs = pyro.sample(self.init_probs_site, dist.Dirichlet(init_concentration))
+        transition_probs = pyro.sample(self.transition_probs_site, dist.Dirichlet(transition_concentration).to_event(1))
+        precision_site, location_site = self.regime_sites
+        precisions = pyro.sample(precision_site, regimes.precision_dist().to_event(1))
+        locations = pyro.sample(location_site, regimes.loc_dist(precisions).to_event(1))
+        return self.params_type(init_probs, transition_probs, locations, precisions)
+
+    def _sample_params(self):
+        return self._sample_regime_params(
+            self.prior_init_concentration, self.prior_transition_concentration, self.prior()
+        )
+
+    def states_prior(self, params, num_steps: int, lengths=None) -> MarkovChain:
+        """``p(z_{1:T} | π, P)`` as a distribution over paths."""
+        return MarkovChain(
+            params.init_probs.log(),
+            params.transition_probs.log()[..., None, :, :],
+            num_steps,
+            lengths=lengths,
+            parallel=self.parallel,
+        )
+
+    # ----- conjugate posterior over θ -----------------------------------------------
+
+    @staticmethod
+    def _check_concentration(concentration, what):
+        if not (concentration > 0).all():
+            raise ValueError(
+                f"the Dirichlet natural parameter of the {what} must stay positive, got {concentration}; "
+                "natural parameters should only move by convex combinations (NaturalAdam)"
+            )
+        return concentration
+
+    def global_posterior(self, natural: Dict[str, torch.Tensor]) -> RegimeGlobalPosterior:
+        return self.posterior_type(
+            self._check_concentration(natural["init_concentration"], "initial distribution"),
+            self._check_concentration(natural["transition_concentration"], "transition rows"),
+            self.regimes_from_natural(natural),
+        )
+
+    @staticmethod
+    def _pack(init_concentration, transition_concentration, regimes_natural: NamedTuple):
+        return {
+            "init_concentration": init_concentration,
+            "transition_concentration": transition_concentration,
+            **regimes_natural._asdict(),
+        }
+
+    def prior_natural(self):
+        return self._pack(
+            self.prior_init_concentration, self.prior_transition_concentration, self.prior().natural_params
+        )
+
+    def natural_domain(self) -> NaturalDomain:
+        K = self.num_states
+        return NaturalDomain(
+            [
+                DirichletBlock(K, key="init_concentration"),
+                DirichletBlock(K, (K,), key="transition_concentration"),
+                self.regime_block(),
+            ]
+        )
+
+    def point_estimate(self, q: RegimeGlobalPosterior):
+        """Posterior means ``E[π]``, ``E[P]``, ``E[L_k]`` and ``E[Λ_k] = ν_k W_k``."""
+        init, trans = q.mean_probs()
+        return self.params_type(init, trans, q.regimes.loc, q.expectations.precision)
+
+    def _sample_global_posterior(self, natural):
+        q = self.global_posterior(natural)
+        self._sample_regime_params(q.init_concentration, q.transition_concentration, q.regimes)
+
+    def kl(self, q: RegimeGlobalPosterior):
+        return (
+            dirichlet_kl(q.init_concentration, self.prior_init_concentration)
+            + dirichlet_kl(q.transition_concentration, self.prior_transition_concentration).sum(-1)
+            + q.regimes.kl_divergence(self.prior()).sum(-1)
+        )
+
+    def cross_entropy(self, q: RegimeGlobalPosterior):
+        return (
+            dirichlet_cross_entropy(q.init_concentration, self.prior_init_concentration)
+            + dirichlet_cross_entropy(q.transition_concentration, self.prior_transition_concentration).sum(-1)
+            + q.regimes.cross_entropy(self.prior()).sum(-1)
+        )
