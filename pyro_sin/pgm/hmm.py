@@ -419,22 +419,16 @@ class LatentHMM(RegimeSwitchingPrior):
         .. math:: \sum_k q(z_1{=}k) E[\log\pi_k] + \sum_{jk} \bar n_{jk} E[\log P_{jk}]
                   + \sum_t\sum_k q(z_t{=}k)\, E[\log N(x_t; \mu_k, \Lambda_k^{-1})]
         """
-        return (
-            (posterior.state_probs[..., 0, :] * q.expected_log_init).sum(-1)
-            + (posterior.transition_counts * q.expected_log_transition).sum((-1, -2))
-            + expected_gaussian_log_likelihood(q.expectations, posterior.gaussian_stats()).sum(-1)
-        )
+        return self.expected_log_chain_prior(q, posterior) + expected_gaussian_log_likelihood(
+            q.expectations, posterior.gaussian_stats()
+        ).sum(-1)
 
     def natural_target(self, posterior: HMMPosterior, scale: float):
         stats = posterior.gaussian_stats()  # batch (..., K)
         batch_dims = tuple(range(stats.count.dim() - 1))
         total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))
-        first = posterior.state_probs[..., 0, :]
-        counts = posterior.transition_counts
         return self._pack(
-            self.prior_init_concentration + scale * first.reshape(-1, self.num_states).sum(0),
-            self.prior_transition_concentration + scale * counts.reshape((-1,) + counts.shape[-2:]).sum(0),
-            conjugate_update(self.prior().natural_params, total),
+            *self.chain_natural_target(posterior, scale), conjugate_update(self.prior().natural_params, total)
         )
 
     # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------

@@ -204,6 +204,27 @@ class RegimeSwitchingPrior(StructuredPrior):
         q = self.global_posterior(natural)
         self._sample_regime_params(q.init_concentration, q.transition_concentration, q.regimes)
 
+    def expected_log_chain_prior(self, q: RegimeGlobalPosterior, posterior) -> torch.Tensor:
+        r"""
+        The regime chain's part of the expected log prior of a local posterior with
+        ``state_probs`` and ``transition_counts``, shape ``(...)``:
+
+        .. math:: \sum_k q(z_1{=}k)\, E[\log π_k] + \sum_{jk} \bar n_{jk}\, E[\log P_{jk}]
+        """
+        return (posterior.state_probs[..., 0, :] * q.expected_log_init).sum(-1) + (
+            posterior.transition_counts * q.expected_log_transition
+        ).sum((-1, -2))
+
+    def chain_natural_target(self, posterior, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        The Dirichlets' natural target from the expected first states and transition counts,
+        summed over the batch and multiplied by ``scale``: ``(α₀ + s Σ q(z_1), β₀ + s Σ n̄)``.
+        """
+        K = self.num_states
+        first = posterior.state_probs[..., 0, :].reshape(-1, K).sum(0)
+        counts = posterior.transition_counts.reshape(-1, K, K).sum(0)
+        return self.prior_init_concentration + scale * first, self.prior_transition_concentration + scale * counts
+
     def kl(self, q: RegimeGlobalPosterior):
         return (
             dirichlet_kl(q.init_concentration, self.prior_init_concentration)

@@ -706,24 +706,18 @@ class SwitchingLDS(RegimeSwitchingPrior):
                   + \sum_{t\ge2}\sum_k q(z_t{=}k)\, E[\log N(x_t; A_k x_{t-1} + b_k, \Lambda_k^{-1})]
         """
         m = posterior.continuous.moments
-        result = (
-            (posterior.state_probs[..., 0, :] * q.expected_log_init).sum(-1)
-            + (posterior.transition_counts * q.expected_log_transition).sum((-1, -2))
-            + gaussian_expectation(self.init_factor(), m.init_mean, m.init_second)
+        result = self.expected_log_chain_prior(q, posterior) + gaussian_expectation(
+            self.init_factor(), m.init_mean, m.init_second
         )
         if posterior.num_steps > 1:
             result = result + expected_regression_log_likelihood(q.expectations, posterior.regression_stats()).sum(-1)
         return result
 
     def natural_target(self, posterior: SLDSPosterior, scale: float):
-        K = self.num_states
         stats = posterior.regression_stats()  # batch (..., K)
         batch_dims = tuple(range(stats.count.dim() - 1))
         total = RegressionStats(*(scale * s.sum(batch_dims) for s in stats))
-        first = posterior.state_probs[..., 0, :]
-        counts = posterior.transition_counts
         return self._pack(
-            self.prior_init_concentration + scale * first.reshape(-1, K).sum(0),
-            self.prior_transition_concentration + scale * counts.reshape((-1, K, K)).sum(0),
+            *self.chain_natural_target(posterior, scale),
             regression_conjugate_update(self.prior().natural_params, total),
         )
