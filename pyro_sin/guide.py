@@ -120,7 +120,9 @@ class SINGuide(AutoGuide, NameOwner):
     :param torch.nn.Module encoder: maps a minibatch of data ``(B, ...)`` to a
         :class:`~pyro_sin.potential.GaussianPotential` (or a pair ``(h, J)``).
     :param str factor: ``"tied"`` (the SIN factor is the mean-field message of
-        ``q(θ | λ)``) or ``"free"`` (its own parameters, trained by Adam).
+        ``q(θ | λ)``) or ``"free"`` (its own parameters, trained by Adam); by default
+        the first the PGM offers (``"tied"`` for the conjugate priors, ``"free"`` for
+        the Student-t mixture, which has no conjugate message).
     :param callable create_plates: as for Pyro's autoguides: a function of the
         model's arguments returning the data plate(s), needed when the model
         subsamples with explicit indices.
@@ -143,7 +145,7 @@ class SINGuide(AutoGuide, NameOwner):
         pgm: StructuredPrior,
         encoder: torch.nn.Module,
         *,
-        factor: str = "tied",
+        factor: Optional[str] = None,
         create_plates=None,
         encoder_input=None,
         init_natural=None,
@@ -151,6 +153,7 @@ class SINGuide(AutoGuide, NameOwner):
     ):
         if not isinstance(pgm, StructuredPrior):
             raise TypeError(f"pgm must be a pyro_sin StructuredPrior, got {type(pgm).__name__}")
+        factor = pgm.factor_modes[0] if factor is None else factor
         if factor not in pgm.factor_modes:
             raise ValueError(
                 f"factor must be one of {pgm.factor_modes} for a {type(pgm).__name__}, got {factor!r}"
@@ -269,15 +272,22 @@ class SINGuide(AutoGuide, NameOwner):
             )
         if is_validation_enabled() and not torch.isfinite(batch).all():
             raise ValueError("SINGuide: the data contain NaN or inf")
+        return batch
+
+    def _check_matches_encoder(self, data):
+        """A clear error for data whose dtype or device differs from the encoder's parameters."""
+        if isinstance(data, (tuple, list)):
+            for part in data:
+                self._check_matches_encoder(part)
+            return
         reference = next(self.encoder.parameters(), None)
-        if reference is not None and batch.is_floating_point():
-            if batch.dtype != reference.dtype or batch.device != reference.device:
+        if reference is not None and torch.is_tensor(data) and data.is_floating_point():
+            if data.dtype != reference.dtype or data.device != reference.device:
                 raise ValueError(
-                    f"SINGuide: dtype or device mismatch: the data are {batch.dtype} on {batch.device} but the encoder's parameters "
+                    f"SINGuide: dtype or device mismatch: the data are {data.dtype} on {data.device} but the encoder's parameters "
                     f"are {reference.dtype} on {reference.device}: convert one to match the other "
                     "(e.g. y.to(torch.float32), or encoder/decoder .double() / .to(device))"
                 )
-        return batch
 
     # ----- the guide ------------------------------------------------------------------
 
@@ -307,6 +317,7 @@ class SINGuide(AutoGuide, NameOwner):
 
     def encode(self, data) -> GaussianPotential:
         """The encoder's potentials for a minibatch of data (a tensor or a tuple of encoder inputs)."""
+        self._check_matches_encoder(data)
         potential = self.encoder(*data) if isinstance(data, tuple) else self.encoder(data)
         if not isinstance(potential, GaussianPotential):
             potential = GaussianPotential(*potential)

@@ -64,7 +64,16 @@ def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[t
     :param points: latent points, shape ``(N, D)``, e.g. the encoder's means.
     :returns: a dict for ``SINGuide(..., init_natural=...)``.
     """
+    from .pgm import GaussianMixture
+
+    if not isinstance(pgm, GaussianMixture):
+        raise TypeError(
+            f"components from points initialise a GaussianMixture's conjugate q(θ), not a {type(pgm).__name__} "
+            "(a StudentTMixture's components are point estimates trained by Adam: build it without this initialisation)"
+        )
     K, D = pgm.num_components, pgm.latent_dim
+    if points.shape[-1] != D:
+        raise ValueError(f"need latent points of dimension {D}, got shape {tuple(points.shape)}")
     points = points.detach().reshape(-1, D)
     centres, assignment = kmeans(points, K, generator)
     one_hot = torch.nn.functional.one_hot(assignment, K).to(points.dtype)  # (N, K)
@@ -73,7 +82,11 @@ def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[t
     scatter = torch.einsum("nk,nki,nkj->kij", one_hot, deviation, deviation)  # (K, D, D)
     # pooled within-cluster covariance, kept positive definite
     pooled = scatter.sum(0) / len(points)
-    pooled = pooled + 1e-6 * (pooled.diagonal().mean() + 1e-12) * torch.eye(D, dtype=points.dtype, device=points.device)
+    # (points on a subspace, e.g. a latent space wider than the data, or (nearly) identical points, have
+    # none in some directions: those get a thousandth of the mean variance, and at least a variance well
+    # above the rounding error of the points)
+    resolution = 1e3 * torch.finfo(points.dtype).eps * (1 + points.abs().max()) ** 2
+    pooled = pooled + (1e-3 * pooled.diagonal().mean() + resolution) * torch.eye(D, dtype=points.dtype, device=points.device)
     # a cluster of few points borrows its shape from the pooled one (D + 1 pseudo-points)
     covariance = (scatter + (D + 1) * pooled) / (counts + D + 1)[:, None, None]
     covariance = 0.5 * (covariance + covariance.transpose(-1, -2))  # exactly symmetric in any precision

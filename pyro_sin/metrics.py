@@ -121,8 +121,15 @@ def clustering_accuracy(pred: torch.Tensor, true: torch.Tensor) -> float:
 
 
 def clustering_scores(pred: torch.Tensor, true: torch.Tensor) -> dict:
-    """NMI, adjusted Rand index, clustering accuracy and purity of ``pred`` against ``true``."""
-    pred, true = pred.cpu(), true.cpu()
+    """
+    NMI, adjusted Rand index, clustering accuracy and purity of ``pred`` against ``true``.
+
+    :param pred: cluster ids, shape ``(N,)`` (a tensor, array or list of integers).
+    :param true: class labels, shape ``(N,)``.
+    """
+    pred, true = torch.as_tensor(pred).cpu(), torch.as_tensor(true).cpu()
+    if pred.shape != true.shape or pred.dim() != 1:
+        raise ValueError(f"need predictions and labels of one shape (N,), got {tuple(pred.shape)} and {tuple(true.shape)}")
     return {
         "nmi": normalized_mutual_info(pred, true),
         "ari": adjusted_rand_index(pred, true),

@@ -23,6 +23,12 @@ import pyro.distributions as dist
 from .potential import GaussianPotential
 
 
+def as_float_tensor(data) -> torch.Tensor:
+    """``data`` (a tensor, array or nested list) as a tensor of torch's default dtype if it is not a float tensor."""
+    data = torch.as_tensor(data)
+    return data if data.is_floating_point() else data.to(torch.get_default_dtype())
+
+
 class Standardization(nn.Module):
     r"""
     ``u = (y - loc) / scale`` feature by feature, with ``loc`` and ``scale`` buffers
@@ -60,7 +66,7 @@ class Standardization(nn.Module):
 
         :param torch.Tensor data: shape ``(..., D)``; every leading dimension counts as data points.
         """
-        data = torch.as_tensor(data)
+        data = as_float_tensor(data)
         if data.dim() < 1 or data.shape[-1] == 0:
             raise ValueError(f"need data of shape (..., D), got {tuple(data.shape)}")
         rows = data.reshape(-1, data.shape[-1])
@@ -79,7 +85,24 @@ class Standardization(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``(y - m) / s``."""
+        self.check(y)
         return (y - self.loc) / self.scale
+
+    def check(self, y):
+        """A clear error for data that do not match the data the standardisation was fitted to."""
+        if not torch.is_tensor(y):
+            raise TypeError(f"the networks take a torch.Tensor, got {type(y).__name__}: convert with torch.as_tensor")
+        if y.dim() < 1 or y.shape[-1] != self.loc.shape[-1]:
+            raise ValueError(
+                f"the networks were built for data with {self.loc.shape[-1]} features, "
+                f"got data of shape {tuple(y.shape)}"
+            )
+        if y.dtype != self.loc.dtype or y.device != self.loc.device:
+            raise ValueError(
+                f"the data are {y.dtype} on {y.device} but the networks are {self.loc.dtype} on "
+                f"{self.loc.device}: convert the data (y.to(...)), or set torch.set_default_dtype "
+                "before building the networks"
+            )
 
     def inverse(self, u: torch.Tensor) -> torch.Tensor:
         """``m + s u``."""
@@ -182,6 +205,8 @@ def standardized_autoencoder(
 
     if shortcut not in ("auto", "pca", "random"):
         raise ValueError(f"shortcut must be 'auto', 'pca' or 'random', got {shortcut!r}")
+    # the networks are built in torch's default dtype, and so is their standardisation
+    data = as_float_tensor(data).to(torch.get_default_dtype())
     standardization = Standardization.fit(data, per_feature=per_feature, spread=spread).to(data.device)
     if shortcut == "auto":
         shortcut = "pca" if latent_dim < min(data.shape[-1], len(data)) else "random"

@@ -127,7 +127,9 @@ def _warn_collapse(desc: str, num_components: int):
         "point is assigned to the same cluster. If the data hold several clusters, standardise them "
         "(pyro_sin.standardize.standardized_autoencoder), let the networks learn before the natural "
         "step moves the components (a warm-up, pyro_sin.initialization.warmup_schedule) and start the "
-        "components from the encoded data (pyro_sin.initialization.encoded_components), or lower the learning rate.",
+        "components from the encoded data (pyro_sin.initialization.encoded_components), or lower the learning rate. "
+        "If a few points hold the other components, they are outliers that a Gaussian mixture gives components "
+        "of their own: use pyro_sin.pgm.StudentTMixture, whose heavy tails absorb them.",
         RuntimeWarning,
         stacklevel=3,
     )

@@ -116,3 +116,27 @@ def test_pretraining_places_the_components_on_what_the_networks_learned(factor):
     moving = SVI(model, guide, NaturalAdam({"lr": 0.05}, natural_lr=0.1), SINELBO(num_particles=2))
     with pytest.raises(ValueError, match="moved"):
         pretrain_components(moving, guide, points, iterations=2, batch_size=20, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_components_from_points_without_spread_in_some_directions(dtype):
+    # a latent space wider than the data (points on a plane in 5-D) and identical points up to
+    # rounding (constant data) once gave a singular Wishart scale
+    generator = torch.Generator().manual_seed(0)
+    plane = torch.randn(300, 2, generator=generator) @ torch.randn(2, 5, generator=generator)
+    identical = torch.full((300, 5), 0.3) + 1e-7 * torch.randn(300, 1, generator=generator) * torch.ones(5)
+    gmm = GaussianMixture(4, 5).to(dtype)
+    for points in (plane.to(dtype), identical.to(dtype)):
+        natural = mixture_natural_from_points(gmm, points, torch.Generator().manual_seed(0))
+        precisions = gmm.point_estimate(gmm.global_posterior(natural)).precisions
+        assert torch.isfinite(precisions).all() and (torch.linalg.eigvalsh(precisions) > 0).all()
+
+
+def test_components_from_points_refuse_other_priors_and_dimensions():
+    from pyro_sin.pgm import StudentTMixture
+
+    points = torch.randn(50, 2)
+    with pytest.raises(TypeError, match="StudentTMixture"):
+        mixture_natural_from_points(StudentTMixture(3, 2), points)
+    with pytest.raises(ValueError, match="dimension 3"):
+        mixture_natural_from_points(GaussianMixture(3, 3), points)

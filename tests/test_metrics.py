@@ -124,6 +124,10 @@ def test_clustering_scores_and_bad_labels():
     scores = clustering_scores(pred, true)
     assert set(scores) == {"nmi", "ari", "accuracy", "purity"}
     assert scores["accuracy"] <= scores["purity"]
+    # arrays and lists score as tensors do
+    assert clustering_scores(pred.numpy(), true.tolist()) == scores
+    with pytest.raises(ValueError, match="shape"):
+        clustering_scores(pred[:5], true)
     with pytest.raises(ValueError, match="shape"):
         adjusted_rand_index(pred[:5], true)
     with pytest.raises(ValueError, match="shape"):

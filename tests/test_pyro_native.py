@@ -312,6 +312,13 @@ def test_bad_input_gets_clear_errors():
         SINELBO(num_particles=2).loss(model, guide, y[:0], torch.arange(0))
     with pytest.raises(ValueError, match="dtype"):
         SINELBO(num_particles=2).loss(model, guide, y[:5].float(), torch.arange(5))
+    # so does every other route to the encoder (clustering, evaluation)
+    with pytest.raises(ValueError, match="dtype"):
+        guide.local_posterior(y.float())
+    # a matrix that is not positive definite is described, not printed whole
+    with pytest.raises(ValueError, match="eigenvalues from") as error:
+        GaussianMixture(50, 4, scale_inv=torch.ones(4, 4))
+    assert len(str(error.value)) < 300
     with pytest.raises(ValueError, match="positive definite|scale_inv"):
         GaussianMixture(3, 2, scale_inv=2.0 * torch.ones(2, 2))
     assert_close(GaussianMixture(3, 2, scale_inv=2.0).prior_scale_inv[0], 2.0 * torch.eye(2))

@@ -146,3 +146,21 @@ def test_square_latent_space_keeps_the_random_shortcut():
     for a, b in zip(auto, random):
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(p, q), name
+
+
+def test_networks_name_what_is_wrong_with_the_data():
+    import numpy as np
+
+    y = torch.randn(60, 4)
+    encoder, decoder = standardized_autoencoder(y, 2, (8,))
+    with pytest.raises(ValueError, match="built for data with 4 features, got data of shape \\(60, 3\\)"):
+        encoder(y[:, :3])
+    with pytest.raises(ValueError, match="torch.float32 .* but the networks are torch.float64"):
+        encoder(y.float())
+    with pytest.raises(TypeError, match="torch.Tensor, got ndarray"):
+        encoder(y.numpy())
+    # building takes what a user has at hand: arrays, integers, another float dtype
+    for data in (y.numpy(), (10 * y).round().long(), y.float()):
+        built, _ = standardized_autoencoder(data, 2, (8,))
+        assert built.standardization.loc.dtype == torch.get_default_dtype()
+        assert torch.isfinite(built(torch.as_tensor(np.asarray(data), dtype=torch.get_default_dtype())).mean).all()

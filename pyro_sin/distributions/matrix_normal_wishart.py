@@ -64,11 +64,25 @@ def symmetrize(matrix: torch.Tensor) -> torch.Tensor:
     return 0.5 * (matrix + matrix.transpose(-1, -2))
 
 
+def describe_matrices(matrix: torch.Tensor) -> str:
+    """A short account of a batch of matrices for an error message (not the whole tensor)."""
+    finite = torch.isfinite(matrix).all()
+    if matrix.numel() <= 16:
+        return f"{matrix.tolist()}"
+    if not finite:
+        return f"a tensor of shape {tuple(matrix.shape)} with NaN or inf entries"
+    eigenvalues = torch.linalg.eigvalsh(symmetrize(matrix.detach()))
+    return (
+        f"a tensor of shape {tuple(matrix.shape)} with eigenvalues from {eigenvalues.min().item():.3g} "
+        f"to {eigenvalues.max().item():.3g}"
+    )
+
+
 def checked_cholesky(matrix: torch.Tensor, what: str) -> torch.Tensor:
     """Cholesky factor, or a ``ValueError`` naming ``what`` if not positive definite."""
     chol, info = torch.linalg.cholesky_ex(matrix)
     if (info != 0).any():
-        raise ValueError(f"{what} must be symmetric positive definite, got {matrix}")
+        raise ValueError(f"{what} must be symmetric positive definite, got {describe_matrices(matrix)}")
     return chol
 
 
@@ -87,11 +101,11 @@ def spd_matrix(value, dim: int, batch_shape=(), what: str = "matrix", dtype=None
         raise ValueError(f"{what} must be a scalar or have shape (..., {dim}, {dim}), got {tuple(value.shape)}")
     value = value.expand(tuple(batch_shape) + (dim, dim)).clone()
     if not torch.isfinite(value).all() or not torch.allclose(value, value.transpose(-1, -2)):
-        raise ValueError(f"{what} must be finite and symmetric, got {value}")
+        raise ValueError(f"{what} must be finite and symmetric, got {describe_matrices(value)}")
     eigenvalues = torch.linalg.eigvalsh(value)
     floor = dim * torch.finfo(dtype).eps * eigenvalues.abs().amax(-1, keepdim=True)
     if not (eigenvalues > floor).all():
-        raise ValueError(f"{what} must be symmetric positive definite, got {value}")
+        raise ValueError(f"{what} must be symmetric positive definite, got {describe_matrices(value)}")
     return value
 
 

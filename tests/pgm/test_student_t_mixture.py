@@ -73,3 +73,5 @@ def test_tied_factor_is_refused():
     tmm = StudentTMixture(2, 2)
     with pytest.raises(ValueError, match="factor must be one of"):
         pyro_sin.SINGuide(lambda y: None, tmm, GaussianEncoder(2, 2, (4,)), factor="tied")
+    # by default the guide takes the factor the prior offers
+    assert pyro_sin.SINGuide(lambda y: None, tmm, GaussianEncoder(2, 2, (4,))).factor_mode == "free"
