@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from pyro_sin.datasets import pinwheel
 from pyro_sin.experiments import paper
@@ -102,3 +103,30 @@ def test_decoder_body_gain_reaches_the_decoder_only():
     assert first.weight.std() > 0.3 and encoder.encoder.body[0].weight.std() < 0.05
     default_encoder, default_decoder = paper.build_networks(paper.Setting(), split.train)
     assert default_decoder.decoder.body[0].weight.std() < 0.05
+
+
+def test_pinwheel_deep_methods_start_from_one_lecun_scaled_decoder():
+    split = pinwheel()
+    setting = paper.SETTINGS["pinwheel"]
+    decoders = {
+        "VAE": paper.make_method("VAE", setting, split.train, 0).vae.decoder,
+        "SVAE": paper.make_method("SVAE", setting, split.train, 0).model.decoder,
+        "SAN": paper.make_method("SAN", setting, split.train, 0).model.decoder,
+    }
+    reference = decoders["SAN"].state_dict()
+    for name, decoder in decoders.items():
+        # the same decoder for every method: the comparison is one of inference alone
+        state = decoder.state_dict()
+        assert state.keys() == reference.keys(), name
+        assert all(torch.equal(state[k], reference[k]) for k in reference), name
+    hidden = [m for m in decoders["SAN"].decoder.body if isinstance(m, torch.nn.Linear)]
+    for layer in hidden:  # LeCun's scale, far above the heads' small weights
+        assert layer.weight.std() > 0.5 * setting.decoder_body_gain / layer.in_features**0.5
+    assert decoders["SAN"].decoder.first.weight.std() < 0.05
+
+
+def test_decoder_body_gain_flag_takes_a_positive_number_or_none(tmp_path):
+    assert paper._gain("none") is None and paper._gain("0.5") == 0.5
+    for bad in ("0", "-1", "large"):
+        with pytest.raises(SystemExit):
+            paper.main(["fig2a", "--decoder-body-gain", bad, "--out", str(tmp_path)])
