@@ -93,6 +93,7 @@ class Config:
     min_scale: float = 0.05
     init_noise: float = 0.15
     shortcut: str = "pca"
+    refine: int = 0  # mixture sweeps that refine the k-means start of the components
     pretrain: int = 0  # steps with the components held before they are placed again (measured: no gain here)
     warmup: int = 500  # steps before the natural step moves the components
     # the baselines
@@ -184,7 +185,7 @@ def train_san(config: Config, split, svae: bool = False, progress: bool = True):
     gmm = GaussianMixture(config.num_components, config.latent_dim).to(train)
     encoder, decoder = build_networks(config, train)
     model = DeepLatentMixture(gmm, decoder, len(train))
-    init_natural = encoded_components(gmm, encoder, train, generator)
+    init_natural = encoded_components(gmm, encoder, train, generator, refine=config.refine)
     if svae:
         guide = SVAEGuide(
             model, gmm, encoder, create_plates=model.create_plates, init_natural=init_natural,
