@@ -64,7 +64,7 @@ from ..pgm import GaussianMixture
 from ..plotting import component_colours, new_figure, plot_curves
 from ..plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
 from ..standardize import standardized_autoencoder
-from ..training import fit
+from ..training import DivergenceError, fit
 
 
 @dataclass(frozen=True)
@@ -262,22 +262,31 @@ def run_baseline(name: str, config: Config, split, progress: bool = True) -> dic
 
 
 def run_seed(config: Config, split, progress: bool = True):
-    """Every method of ``config.methods`` on one seed: ``(rows, (model, guide, history) of SAN, history of the SVAE)``."""
+    """
+    Every method of ``config.methods`` on one seed: ``(rows, (model, guide, history) of SAN, history of the SVAE)``.
+
+    A method whose training diverges (:class:`~pyro_sin.training.DivergenceError`) is reported
+    with ``{"diverged": 1}`` and a warning, and the others go on.
+    """
     rows, san, svae_history = {}, None, None
     for name in config.methods:
-        if name in ("SAN-GMM", "SVAE"):
-            model, guide, history, seconds = train_san(config, split, svae=name == "SVAE", progress=progress)
-            rows[name] = {
-                **evaluate_san(model, guide, split, config.test_samples),
-                "components_in_use": history.components[-1] if history.components else None,
-                "seconds": seconds,
-            }
-            if name == "SAN-GMM":
-                san = (model, guide, history)
+        try:
+            if name in ("SAN-GMM", "SVAE"):
+                model, guide, history, seconds = train_san(config, split, svae=name == "SVAE", progress=progress)
+                rows[name] = {
+                    **evaluate_san(model, guide, split, config.test_samples),
+                    "components_in_use": history.components[-1] if history.components else None,
+                    "seconds": seconds,
+                }
+                if name == "SAN-GMM":
+                    san = (model, guide, history)
+                else:
+                    svae_history = history
             else:
-                svae_history = history
-        else:
-            rows[name] = run_baseline(name, config, split, progress)
+                rows[name] = run_baseline(name, config, split, progress)
+        except DivergenceError as error:  # one method's failure is a result, not the end of the experiment
+            warnings.warn(str(error), RuntimeWarning)
+            rows[name] = {"diverged": 1}
     return rows, san, svae_history
 
 
@@ -293,7 +302,12 @@ def _cell(value, stderr=None):
 
 
 def markdown_table(rows: Dict[str, dict], columns=COLUMNS, label="method") -> str:
-    """One row per entry; a column ``c`` with a ``c_stderr`` shows it after ``±``."""
+    """
+    One row per entry; a column ``c`` with a ``c_stderr`` shows it after ``±``; the
+    column ``diverged`` is added where a method diverged.
+    """
+    if any(row.get("diverged") for row in rows.values()) and "diverged" not in columns:
+        columns = tuple(columns) + ("diverged",)
     lines = [f"| {label} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, row in rows.items():
         cells = [_cell(row.get(c), row.get(f"{c}_stderr")) for c in columns]
@@ -302,11 +316,19 @@ def markdown_table(rows: Dict[str, dict], columns=COLUMNS, label="method") -> st
 
 
 def median_rows(per_seed: Dict[int, Dict[str, dict]]) -> Dict[str, dict]:
-    """The median over seeds of every metric of every method, with the worst NMI (``nmi_min``)."""
+    """
+    The median over seeds of every metric of every method, with the worst NMI (``nmi_min``);
+    seeds on which a method diverged are left out of its medians and counted in ``diverged``.
+    """
     methods = next(iter(per_seed.values())).keys()
     medians = {}
     for method in methods:
         rows = [seed_rows[method] for seed_rows in per_seed.values()]
+        diverged = sum(1 for row in rows if row.get("diverged"))
+        rows = [row for row in rows if not row.get("diverged")]
+        if not rows:
+            medians[method] = {"diverged": diverged}
+            continue
         medians[method] = {
             key: statistics.median(row[key] for row in rows)
             for key in rows[0]
@@ -314,6 +336,8 @@ def median_rows(per_seed: Dict[int, Dict[str, dict]]) -> Dict[str, dict]:
         }
         medians[method]["clusters_used"] = min(row["clusters_used"] for row in rows)
         medians[method]["nmi_min"] = min(row["nmi"] for row in rows)
+        if diverged:
+            medians[method]["diverged"] = diverged
     return medians
 
 
