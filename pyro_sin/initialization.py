@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from .baselines.clustering import fit_bayesian_gmm
 from .distributions import NormalWishart
 from .potential import GaussianPotential
 
@@ -51,7 +52,9 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: Optional[torch.Ge
     return centres, assignment
 
 
-def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+def mixture_natural_from_points(
+    pgm, points: torch.Tensor, generator: Optional[torch.Generator] = None, refine: int = 0
+) -> Dict[str, torch.Tensor]:
     r"""
     Initial natural parameters of a :class:`~pyro_sin.pgm.GaussianMixture`'s
     ``q(θ)`` with one component on each k-means cluster of ``points``:
@@ -61,7 +64,15 @@ def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[t
     (``κ = 1``, ``ν = 2D + 1``, equal weights), so the natural step soon
     replaces them by what the data say.
 
+    With ``refine > 0`` the k-means clusters are refined by up to ``refine``
+    coordinate-ascent sweeps of a variational Bayesian Gaussian mixture started
+    from their centres (:func:`~pyro_sin.baselines.fit_bayesian_gmm`, whose prior
+    follows the points' own scale), and the components start on its soft clusters
+    ``r_nk``: k-means cuts elongated clusters into round pieces of equal spread, a
+    mixture with full covariances does not.
+
     :param points: latent points, shape ``(N, D)``, e.g. the encoder's means.
+    :param int refine: the number of mixture sweeps after k-means (``0``: k-means alone).
     :returns: a dict for ``SINGuide(..., init_natural=...)``.
     """
     from .pgm import GaussianMixture
@@ -74,12 +85,20 @@ def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[t
     K, D = pgm.num_components, pgm.latent_dim
     if points.shape[-1] != D:
         raise ValueError(f"need latent points of dimension {D}, got shape {tuple(points.shape)}")
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0, got {refine}")
     points = points.detach().reshape(-1, D)
     centres, assignment = kmeans(points, K, generator)
-    one_hot = torch.nn.functional.one_hot(assignment, K).to(points.dtype)  # (N, K)
-    counts = one_hot.sum(0)  # (K,)
+    resp = torch.nn.functional.one_hot(assignment, K).to(points.dtype)  # (N, K)
+    if refine and K > 1:
+        mixture = fit_bayesian_gmm(points, K, iterations=refine, locs=centres)
+        resp = mixture.log_responsibilities(points).exp()
+        counts = resp.sum(0)
+        # a component the mixture emptied keeps its k-means centre (and borrows the pooled shape below)
+        centres = torch.where(counts[:, None] > 1e-6, resp.T @ points / counts.clamp(min=1e-6)[:, None], centres)
+    counts = resp.sum(0)  # (K,)
     deviation = points[:, None, :] - centres  # (N, K, D)
-    scatter = torch.einsum("nk,nki,nkj->kij", one_hot, deviation, deviation)  # (K, D, D)
+    scatter = torch.einsum("nk,nki,nkj->kij", resp, deviation, deviation)  # (K, D, D)
     # pooled within-cluster covariance, kept positive definite
     pooled = scatter.sum(0) / len(points)
     # (points on a subspace, e.g. a latent space wider than the data, or (nearly) identical points, have
@@ -96,15 +115,19 @@ def mixture_natural_from_points(pgm, points: torch.Tensor, generator: Optional[t
 
 
 @torch.no_grad()
-def encoded_components(pgm, encoder, data, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+def encoded_components(
+    pgm, encoder, data, generator: Optional[torch.Generator] = None, refine: int = 0
+) -> Dict[str, torch.Tensor]:
     """
     :func:`mixture_natural_from_points` on the means of the encoder's potentials
     for ``data`` (a tensor, or a tuple of encoder inputs).
+
+    :param int refine: mixture sweeps after k-means (see :func:`mixture_natural_from_points`).
     """
     potential = encoder(*data) if isinstance(data, tuple) else encoder(data)
     if not isinstance(potential, GaussianPotential):
         potential = GaussianPotential(*potential)
-    return mixture_natural_from_points(pgm, potential.mean, generator)
+    return mixture_natural_from_points(pgm, potential.mean, generator, refine)
 
 
 def warmup_schedule(natural_lr: float, warmup_steps: int) -> Callable[[int], float]:

@@ -69,6 +69,28 @@ def test_components_from_single_precision_points_in_ten_dimensions():
     gmm.global_posterior(natural)  # a valid q(θ)
 
 
+def test_refined_components_follow_elongated_clusters_that_kmeans_cuts_apart():
+    # two long, thin, parallel clusters: k-means's cheapest cut is across them, a full-covariance mixture is not fooled
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(2).repeat_interleave(300)
+    points = torch.randn(600, 2, generator=generator) * torch.tensor([3.0, 0.3])
+    points[:, 1] += 3.0 * labels - 1.5
+    truth = torch.stack([points[labels == k].mean(0) for k in range(2)])
+    gmm = GaussianMixture(2, 2)
+
+    def start_locs(refine):
+        natural = mixture_natural_from_points(gmm, points, torch.Generator().manual_seed(0), refine=refine)
+        return gmm.point_estimate(gmm.global_posterior(natural)).locs
+
+    def distance_to_truth(locs):
+        return min((locs - truth).norm(dim=-1).max(), (locs.flip(0) - truth).norm(dim=-1).max())
+
+    assert distance_to_truth(start_locs(0)) > 1.5  # k-means: a left and a right half
+    assert distance_to_truth(start_locs(200)) < 1e-6
+    with pytest.raises(ValueError, match="refine"):
+        mixture_natural_from_points(gmm, points, refine=-1)
+
+
 def test_warmup_holds_the_components_while_the_networks_learn():
     schedule = warmup_schedule(0.1, 5)
     assert [schedule(t) for t in range(7)] == [0, 0, 0, 0, 0, 0.1, 0.1]

@@ -52,7 +52,12 @@ def _exact(per_point: torch.Tensor) -> evaluation.Estimate:
 
 
 def fit_bayesian_gmm(
-    data: torch.Tensor, num_components: int, seed: int = 0, init: str = "kmeans", iterations: int = 500
+    data: torch.Tensor,
+    num_components: int,
+    seed: int = 0,
+    init: str = "kmeans",
+    iterations: int = 500,
+    locs: Optional[torch.Tensor] = None,
 ) -> BayesianGMM:
     r"""
     A :class:`~pyro_sin.baselines.BayesianGMM` with scikit-learn's default,
@@ -64,6 +69,8 @@ def fit_bayesian_gmm(
 
     :param str init: ``"kmeans"`` (component means from k-means, as scikit-learn
         does; needs scikit-learn) or ``"random"`` (``K`` random data points).
+    :param torch.Tensor locs: component means to start from, shape ``(K, D)``;
+        given, they replace ``init``.
     """
     N, D = data.shape
     if N < 2:
@@ -76,7 +83,11 @@ def fit_bayesian_gmm(
         num_components, D, concentration=1.0 / num_components, loc=data.mean(0), kappa=1.0, scale_inv=cov, df=float(D)
     )
     gmm.pgm.to(data)
-    if init == "kmeans":
+    if locs is not None:
+        if locs.shape != (num_components, D):
+            raise ValueError(f"locs must have shape {(num_components, D)}, got {tuple(locs.shape)}")
+        gmm.initialize(data, locs=locs.to(data))
+    elif init == "kmeans":
         locs = torch.as_tensor(_kmeans(data, num_components, seed).cluster_centers_, dtype=data.dtype, device=data.device)
         gmm.initialize(data, locs=locs)
     elif init == "random":

@@ -7,6 +7,7 @@ pytest.importorskip("sklearn", reason="the digits need scikit-learn (pip install
 
 from pyro_sin.experiments import digits  # noqa: E402
 from pyro_sin.metrics import normalized_mutual_info  # noqa: E402
+from pyro_sin.training import DivergenceError  # noqa: E402
 
 
 def test_quick_digits_run_learns_and_writes_its_outputs(tmp_path, capsys):
@@ -26,6 +27,23 @@ def test_quick_digits_run_learns_and_writes_its_outputs(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0
     out = capsys.readouterr().out
     assert "| SAN-GMM |" in out and "median over 1 seed" in out
+
+
+def test_a_diverging_method_is_reported_and_the_others_go_on(tmp_path, monkeypatch):
+    run_baseline = digits.run_baseline
+
+    def diverging_vae(name, *args, **kwargs):
+        if name == "VAE+BGMM":
+            raise DivergenceError("VAE (two-stage): the loss rose")
+        return run_baseline(name, *args, **kwargs)
+
+    monkeypatch.setattr(digits, "run_baseline", diverging_vae)
+    argv = ["--quick", "--seeds", "2", "--methods", "k-means", "VAE+BGMM", "--out", str(tmp_path), "--no-progress"]
+    with pytest.warns(RuntimeWarning, match="loss rose"):
+        medians, per_seed = digits.main(argv)
+    assert per_seed[1]["VAE+BGMM"] == {"diverged": 1} and medians["VAE+BGMM"] == {"diverged": 2}
+    assert medians["k-means"]["nmi"] > 0.3 and "diverged" not in medians["k-means"]
+    assert "| VAE+BGMM | — |" in (tmp_path / "metrics.md").read_text()
 
 
 def test_binary_digits_use_a_bernoulli_decoder():
