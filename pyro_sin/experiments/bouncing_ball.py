@@ -21,9 +21,7 @@ CONFIG = Config(latent_dim=2, num_states=2, max_iterations=500)
 # a bidirectional GRU encoder can
 BUILDERS = {
     **METHODS,
-    "latent HMM (GRU encoder)": deep_latent_builder(
-        make_hmm, "hmm_factor", hmm_natural_from_encoded, "hmm_lr", encoder="rnn"
-    ),
+    "latent HMM (GRU encoder)": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded, encoder="rnn"),
 }
 CONFIG = replace(CONFIG, methods=("SAN-LDS", "latent HMM", "latent HMM (GRU encoder)", *CONFIG.methods[2:]))
 QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)

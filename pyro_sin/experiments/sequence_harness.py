@@ -89,9 +89,6 @@ class Config:
     hidden: int = 50
     batch_size: int = 32
     lr: float = 0.01
-    # the latent HMM's Adam step: at 0.01 its encoder's precision head collapses towards zero
-    # within a few dozen steps and training diverges (four_regime, BasicMotions, several seeds)
-    hmm_lr: float = 0.001
     natural_lr: float = 0.1
     num_particles: int = 4
     factor: str = "tied"  # SAN's factor (tied or free)
@@ -300,11 +297,7 @@ def make_hmm(config: Config, task: SequenceTask) -> LatentHMM:
 
 
 def deep_latent_builder(
-    make_prior: Callable[[Config, SequenceTask], object],
-    factor_key: str = "factor",
-    init=None,
-    lr_key: str = "lr",
-    **overrides,
+    make_prior: Callable[[Config, SequenceTask], object], factor_key: str = "factor", init=None, **overrides
 ):
     """
     A builder for a structured prior inside :class:`~pyro_sin.models.DeepLatentLDS`, trained
@@ -313,7 +306,6 @@ def deep_latent_builder(
     :param make_prior: ``(config, task) -> prior``.
     :param str factor_key: the field of :class:`Config` that holds the SIN factor (``"tied"``/``"free"``).
     :param init: optional ``(prior, encoder, train, seed) -> init_natural``.
-    :param str lr_key: the field of :class:`Config` that holds Adam's learning rate.
     :param overrides: fields of :class:`Config` to change for this method (e.g. ``factor="free"``).
     """
 
@@ -329,7 +321,7 @@ def deep_latent_builder(
         svi = SVI(
             model,
             guide,
-            NaturalAdam({"lr": getattr(config, lr_key)}, natural_lr=config.natural_lr),
+            NaturalAdam({"lr": config.lr}, natural_lr=config.natural_lr),
             SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
         )
         method = DeepLatentMethod(model, guide)
@@ -369,7 +361,7 @@ def build_training_mean(config: Config, task: SequenceTask, evaluator: Evaluator
 #: name -> ``build(config, task, evaluator, progress, desc) -> (method, History)``
 METHODS: Dict[str, Callable] = {
     "SAN-LDS": deep_latent_builder(make_lds),
-    "latent HMM": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded, "hmm_lr"),
+    "latent HMM": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded),
     "unstructured guide": build_unstructured,
     "VAR(1)": var_builder(1),
     "VAR(2)": var_builder(2),
