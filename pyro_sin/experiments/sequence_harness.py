@@ -20,6 +20,8 @@ method with :func:`deep_latent_builder`::
 """
 
 import json
+import re
+import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -193,18 +195,47 @@ class Evaluator:
 
 
 def _fit(config: Config, svi, data, evaluator: Evaluator, method, desc, progress) -> History:
-    return fit(
-        svi,
-        data,
-        iterations=config.max_iterations,
-        batch_size=min(config.batch_size, len(data)),
-        generator=torch.Generator().manual_seed(config.seed),
-        evaluate=lambda: {"forecast_mse": evaluator.forecast_error(method)},
-        eval_every=config.eval_every,
-        max_seconds=config.seconds,
-        progress=progress,
-        desc=desc,
-    )
+    """
+    :func:`~pyro_sin.training.fit` with a snapshot of the parameters at every evaluation: when
+    training diverges, the parameters go back to the last snapshot (early stopping at the last
+    evaluation before the divergence, chosen without looking at the test metrics) and the
+    history's last evaluation records the step of the divergence as ``diverged_at``.
+    """
+    store = pyro.get_param_store()
+    steps, evals, snapshot = [], [], {}
+    start = time.perf_counter()
+
+    def evaluate():
+        evals.append({"forecast_mse": evaluator.forecast_error(method)})
+        steps.append(0 if len(steps) == 0 else min(steps[-1] + config.eval_every, config.max_iterations))
+        snapshot.clear()
+        snapshot.update({name: store._params[name].detach().clone() for name in store.keys()})
+        return evals[-1]
+
+    try:
+        return fit(
+            svi,
+            data,
+            iterations=config.max_iterations,
+            batch_size=min(config.batch_size, len(data)),
+            generator=torch.Generator().manual_seed(config.seed),
+            evaluate=evaluate,
+            eval_every=config.eval_every,
+            max_seconds=config.seconds,
+            progress=progress,
+            desc=desc,
+        )
+    except DivergenceError as error:
+        if len(steps) < 2:  # diverged before the first evaluation after the start: nothing learned to keep
+            raise
+        step = int(re.search(r"at step (\d+)", str(error)).group(1))
+        warnings.warn(f"{error} Back to the parameters of step {steps[-1]}.", RuntimeWarning)
+        with torch.no_grad():
+            for name, value in snapshot.items():
+                store._params[name].copy_(value)
+        evals[-1] = {**evals[-1], "diverged_at": float(step)}
+        seconds = time.perf_counter() - start
+        return History([], steps, [seconds * s / step for s in steps], evals, [])
 
 
 def _networks(config: Config, train: torch.Tensor):
@@ -342,8 +373,10 @@ def run_methods(config: Config, task: SequenceTask, progress: bool = True, metho
     """
     Trains and scores every method of ``config.methods`` (or ``methods``, a dict name -> builder).
 
-    A method whose training diverges (:class:`~pyro_sin.training.DivergenceError`) is reported
-    with ``{"diverged": 1}`` and a warning, and the others go on.
+    A method whose training diverges (:class:`~pyro_sin.training.DivergenceError`) after its
+    first evaluation is scored with the parameters of its last evaluation before the divergence,
+    its row noting ``diverged_at``; one that diverges earlier is reported with ``{"diverged": 1}``
+    and a warning. The others go on either way.
 
     :returns: ``(rows, trained, histories)``: metrics per method, the methods, their histories.
     """
@@ -361,6 +394,8 @@ def run_methods(config: Config, task: SequenceTask, progress: bool = True, metho
         rows[name] = evaluator(method)
         rows[name]["iterations"] = float(history.eval_steps[-1])
         rows[name]["seconds"] = float(history.eval_seconds[-1])
+        if "diverged_at" in history.evals[-1]:
+            rows[name]["diverged_at"] = history.evals[-1]["diverged_at"]
     return rows, trained, histories
 
 

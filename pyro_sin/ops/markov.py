@@ -166,7 +166,16 @@ def forward_backward(
     :param bool parallel: a parallel scan over time (else a sequential forward filter).
     :rtype: ChainMarginals
     """
-    init, pairs = chain_potentials(init_logits, transition_logits, log_evidence, lengths)
+    # Each step's evidence less its largest entry (a constant, added back to log Z): the
+    # scan then sums numbers of the order of the differences between states, not of the
+    # evidence itself, which for a deep model's encoder runs to hundreds of nats a step and
+    # would cost single precision its accuracy on log Z and on the marginals (its gradients).
+    exists = _step_mask(lengths, log_evidence.shape[-2], log_evidence.device)
+    shift = log_evidence.detach().amax(-1)  # (..., T)
+    shift = torch.where(torch.isfinite(shift), shift, shift.new_zeros(()))
+    if exists is not None:
+        shift = torch.where(exists, shift, shift.new_zeros(()))
+    init, pairs = chain_potentials(init_logits, transition_logits, log_evidence - shift[..., None], lengths)
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         leaves = [torch.zeros_like(init).requires_grad_(), torch.zeros_like(pairs).requires_grad_()]
@@ -174,10 +183,10 @@ def forward_backward(
         grads = torch.autograd.grad(log_z.sum(), leaves, create_graph=create_graph, allow_unused=True)
     if not create_graph:
         log_z = log_z.detach()
+    log_z = log_z + shift.sum(-1)
     first = grads[0]
     pair = grads[1] if grads[1] is not None else torch.zeros_like(pairs)
     marginals = torch.cat([first[..., None, :], pair.sum(-2)], -2)
-    exists = _step_mask(lengths, log_evidence.shape[-2], log_evidence.device)
     if exists is not None:
         marginals = torch.where(exists[..., None], marginals, marginals.new_zeros(()))
         pair = torch.where(exists[..., 1:, None, None], pair, pair.new_zeros(()))

@@ -102,3 +102,35 @@ def test_evaluator_scores_a_perfect_oracle_at_zero():
     row = Evaluator(task)(Oracle())
     assert row["forecast_mse_1..2"] == row["imputation_mse"] == row["reconstruction_mse"] == 0
     assert row["segmentation_nmi"] == pytest.approx(1) and row["segmentation_accuracy"] == 1
+
+
+def test_a_method_that_diverges_goes_back_to_its_last_evaluation():
+    import pyro
+
+    from pyro_sin.experiments.sequence_harness import Config, _fit
+
+    class ExplodingSVI:
+        """Moves one parameter by one every step; its loss becomes NaN at step 25."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def step(self, *args, **kwargs):
+            self.calls += 1
+            weight = pyro.param("weight", torch.zeros(()))
+            with torch.no_grad():
+                weight.add_(1.0)
+            return float("nan") if self.calls == 25 else 1.0
+
+    class ConstantEvaluator:
+        def forecast_error(self, method):
+            return 0.5
+
+    pyro.clear_param_store()
+    config = Config(max_iterations=100, eval_every=10, batch_size=2, seconds=60.0)
+    with pytest.warns(RuntimeWarning, match="Back to the parameters of step 20"):
+        history = _fit(config, ExplodingSVI(), torch.zeros(4, 3, 2), ConstantEvaluator(), None, "test", False)
+    assert history.eval_steps == [0, 10, 20]
+    assert history.evals[-1]["diverged_at"] == 25
+    # the parameters of step 20, not those of the steps after it
+    assert pyro.param("weight").item() == 20.0

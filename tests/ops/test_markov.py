@@ -162,6 +162,18 @@ def test_markov_chain_entropy_and_enumeration():
         MarkovChain(init, trans[..., :1, :, :], 20, log_evidence=torch.zeros(2, 20, K)).enumerate_support()
 
 
+def test_markov_chain_entropy_keeps_its_accuracy_in_single_precision():
+    # a hundred steps whose evidence is hundreds of nats and shifted by thousands, as the
+    # per-step evidence of a deep model's encoder is: log Z is then ~1e5 while H is ~10
+    T, K = 100, 4
+    init, trans, evidence = random_chain((8,), T, K)
+    evidence = 1000.0 + 3.0 * evidence
+    exact = MarkovChain(init, trans, T, log_evidence=evidence).entropy()
+    single = MarkovChain(init.float(), trans.float(), T, log_evidence=evidence.float()).entropy()
+    assert (exact > 1).all()
+    assert_close(single.double(), exact, atol=1e-3, rtol=1e-4)
+
+
 def test_normalised_prior_chain_is_ancestral_sampling():
     """Without evidence and with normalised weights the chain is p(z) = π(z_1) Π P(z_t | z_{t-1})."""
     K, T = 3, 5
