@@ -86,7 +86,7 @@ class VectorAutoregression:
         _check_sequences(y, "VectorAutoregression.fit")
         if not torch.isfinite(y).all():
             raise ValueError("VectorAutoregression.fit needs complete, finite sequences")
-        p, (N, T, P) = self.order, y.shape
+        p, (T, P) = self.order, y.shape[1:]
         if T <= p:
             raise ValueError(f"VAR({p}) needs sequences longer than {p} steps, got {T}")
         windows = self._windows(y)  # (N, T-p+1, pP)

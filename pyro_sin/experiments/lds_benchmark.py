@@ -20,7 +20,6 @@ slack below it::
 
 import argparse
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass

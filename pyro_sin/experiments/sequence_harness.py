@@ -35,7 +35,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from ..baselines import UnstructuredLDSGuide, VectorAutoregression
 from ..elbo import SINELBO
-from ..initialization import kmeans, mixture_natural_from_points
+from ..initialization import mixture_natural_from_points
 from ..metrics import clustering_scores
 from ..models import DeepLatentLDS
 from ..nn import SequenceEncoder

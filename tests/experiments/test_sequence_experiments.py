@@ -5,7 +5,7 @@ import torch
 
 from pyro_sin.experiments import bouncing_ball, four_regime, lds_benchmark, real_sequences
 from pyro_sin.pgm.lds import LDSParams
-from pyro_sin.experiments.sequence_harness import Evaluator, SequenceTask, TrainingMean
+from pyro_sin.experiments.sequence_harness import Evaluator, SequenceTask
 
 
 def _check_outputs(tmp_path, methods, figures):
