@@ -52,17 +52,17 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: Optional[torch.Ge
     return centres, assignment
 
 
-def mixture_natural_from_points(
-    pgm, points: torch.Tensor, generator: Optional[torch.Generator] = None, refine: int = 0
-) -> Dict[str, torch.Tensor]:
+def normal_wishart_from_points(
+    num_components: int,
+    points: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+    refine: int = 0,
+) -> NormalWishart:
     r"""
-    Initial natural parameters of a :class:`~pyro_sin.pgm.GaussianMixture`'s
-    ``q(θ)`` with one component on each k-means cluster of ``points``:
-    ``E[μ_k]`` is the cluster's centre and ``E[Λ_k]`` the inverse of its
-    covariance (regularised towards the pooled within-cluster covariance), with the
-    weak confidence of :meth:`~pyro_sin.pgm.GaussianMixture.init_natural`
-    (``κ = 1``, ``ν = 2D + 1``, equal weights), so the natural step soon
-    replaces them by what the data say.
+    ``K`` Normal-Wisharts, one on each k-means cluster of ``points``: ``E[μ_k]`` is the
+    cluster's centre and ``E[Λ_k]`` the inverse of its covariance (regularised towards
+    the pooled within-cluster covariance), with a weak confidence (``κ = 1``,
+    ``ν = 2D + 1``), so that a natural step soon replaces them by what the data say.
 
     With ``refine > 0`` the k-means clusters are refined by up to ``refine``
     coordinate-ascent sweeps of a variational Bayesian Gaussian mixture started
@@ -71,20 +71,12 @@ def mixture_natural_from_points(
     ``r_nk``: k-means cuts elongated clusters into round pieces of equal spread, a
     mixture with full covariances does not.
 
-    :param points: latent points, shape ``(N, D)``, e.g. the encoder's means.
+    :param int num_components: ``K``.
+    :param points: shape ``(N, D)``.
     :param int refine: the number of mixture sweeps after k-means (``0``: k-means alone).
-    :returns: a dict for ``SINGuide(..., init_natural=...)``.
+    :returns: a :class:`~pyro_sin.distributions.NormalWishart` of batch shape ``(K,)``.
     """
-    from .pgm import GaussianMixture
-
-    if not isinstance(pgm, GaussianMixture):
-        raise TypeError(
-            f"components from points initialise a GaussianMixture's conjugate q(θ), not a {type(pgm).__name__} "
-            "(a StudentTMixture's components are point estimates trained by Adam: build it without this initialisation)"
-        )
-    K, D = pgm.num_components, pgm.latent_dim
-    if points.shape[-1] != D:
-        raise ValueError(f"need latent points of dimension {D}, got shape {tuple(points.shape)}")
+    K, D = num_components, points.shape[-1]
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
     points = points.detach().reshape(-1, D)
@@ -110,8 +102,31 @@ def mixture_natural_from_points(
     covariance = (scatter + (D + 1) * pooled) / (counts + D + 1)[:, None, None]
     covariance = 0.5 * (covariance + covariance.transpose(-1, -2))  # exactly symmetric in any precision
     df = torch.full((K,), 2.0 * D + 1, dtype=points.dtype, device=points.device)
-    init = NormalWishart(centres, torch.ones_like(df), df[:, None, None] * covariance, df)
-    return pgm._pack(torch.ones_like(df), init.natural_params)
+    return NormalWishart(centres, torch.ones_like(df), df[:, None, None] * covariance, df)
+
+
+def mixture_natural_from_points(
+    pgm, points: torch.Tensor, generator: Optional[torch.Generator] = None, refine: int = 0
+) -> Dict[str, torch.Tensor]:
+    """
+    Initial natural parameters of a :class:`~pyro_sin.pgm.GaussianMixture`'s ``q(θ)``:
+    equal weights and the components of :func:`normal_wishart_from_points`.
+
+    :param points: latent points, shape ``(N, D)``, e.g. the encoder's means.
+    :param int refine: mixture sweeps after k-means (see :func:`normal_wishart_from_points`).
+    :returns: a dict for ``SINGuide(..., init_natural=...)``.
+    """
+    from .pgm import GaussianMixture
+
+    if not isinstance(pgm, GaussianMixture):
+        raise TypeError(
+            f"components from points initialise a GaussianMixture's conjugate q(θ), not a {type(pgm).__name__} "
+            "(a StudentTMixture's components are point estimates trained by Adam: build it without this initialisation)"
+        )
+    if points.shape[-1] != pgm.latent_dim:
+        raise ValueError(f"need latent points of dimension {pgm.latent_dim}, got shape {tuple(points.shape)}")
+    components = normal_wishart_from_points(pgm.num_components, points, generator, refine)
+    return pgm._pack(torch.ones_like(components.df), components.natural_params)
 
 
 @torch.no_grad()

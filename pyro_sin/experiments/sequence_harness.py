@@ -35,7 +35,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from ..baselines import UnstructuredLDSGuide, VectorAutoregression
 from ..elbo import SINELBO
-from ..initialization import mixture_natural_from_points
+from ..initialization import normal_wishart_from_points
 from ..metrics import clustering_scores
 from ..models import DeepLatentLDS
 from ..nn import SequenceEncoder
@@ -258,17 +258,6 @@ def _networks(config: Config, train: torch.Tensor):
     return encoder, decoder
 
 
-class _StatesAsComponents:
-    """The mixture view of an HMM's states, for :func:`~pyro_sin.initialization.mixture_natural_from_points`."""
-
-    def __init__(self, hmm: LatentHMM):
-        self.num_components, self.latent_dim = hmm.num_states, hmm.latent_dim
-
-    @staticmethod
-    def _pack(concentration, normal_wishart_natural):
-        return normal_wishart_natural._asdict()
-
-
 @torch.no_grad()
 def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Initial ``λ`` of a latent HMM: its states' Gaussians on the k-means clusters of the encoded training frames (draws from their potentials)."""
@@ -278,12 +267,8 @@ def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed:
     # dimensions the means lie on a subspace, and clusters fitted to them would be singular
     noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
     points = (potential.mean + noise * potential.precision.rsqrt()).reshape(-1, hmm.latent_dim)
-    normal_wishart = mixture_natural_from_points(_StatesAsComponents(hmm), points, generator)
-    return {
-        "init_concentration": hmm.prior_init_concentration,
-        "transition_concentration": hmm.prior_transition_concentration,
-        **normal_wishart,
-    }
+    states = normal_wishart_from_points(hmm.num_states, points, generator)
+    return hmm._pack(hmm.prior_init_concentration, hmm.prior_transition_concentration, states.natural_params)
 
 
 def make_lds(config: Config, task: SequenceTask) -> LinearDynamicalSystem:
