@@ -85,6 +85,19 @@ def mixture_natural_from_points(
     K, D = pgm.num_components, pgm.latent_dim
     if points.shape[-1] != D:
         raise ValueError(f"need latent points of dimension {D}, got shape {tuple(points.shape)}")
+    init = normal_wishart_from_points(points, K, generator, refine)
+    return pgm._pack(torch.ones_like(init.df), init.natural_params)
+
+
+def normal_wishart_from_points(
+    points: torch.Tensor, num_clusters: int, generator: Optional[torch.Generator] = None, refine: int = 0
+) -> NormalWishart:
+    """
+    The weakly confident Normal-Wisharts (batch ``(K,)``) of :func:`mixture_natural_from_points`,
+    one on each k-means cluster of ``points`` (shape ``(N, D)``), for any prior whose regimes or
+    components are Gaussians with Normal-Wishart priors (e.g. a latent HMM's states).
+    """
+    K, D = num_clusters, points.shape[-1]
     if refine < 0:
         raise ValueError(f"refine must be >= 0, got {refine}")
     points = points.detach().reshape(-1, D)
@@ -110,8 +123,7 @@ def mixture_natural_from_points(
     covariance = (scatter + (D + 1) * pooled) / (counts + D + 1)[:, None, None]
     covariance = 0.5 * (covariance + covariance.transpose(-1, -2))  # exactly symmetric in any precision
     df = torch.full((K,), 2.0 * D + 1, dtype=points.dtype, device=points.device)
-    init = NormalWishart(centres, torch.ones_like(df), df[:, None, None] * covariance, df)
-    return pgm._pack(torch.ones_like(df), init.natural_params)
+    return NormalWishart(centres, torch.ones_like(df), df[:, None, None] * covariance, df)
 
 
 @torch.no_grad()

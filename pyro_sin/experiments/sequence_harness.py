@@ -16,7 +16,7 @@ runs inside :class:`~pyro_sin.models.DeepLatentLDS` (with ``forecast``, ``propos
 ``latent_log_prob``; ``state_probs`` on its posterior for segmentation) becomes one more
 method with :func:`deep_latent_builder`::
 
-    METHODS["switching LDS"] = deep_latent_builder(lambda config, task: SwitchingLDS(...))
+    METHODS["SLDS (SAN)"] = deep_latent_builder(make_slds, "hmm_factor")
 """
 
 import json
@@ -35,12 +35,12 @@ from pyro.infer import SVI, Trace_ELBO
 
 from ..baselines import UnstructuredLDSGuide, VectorAutoregression
 from ..elbo import SINELBO
-from ..initialization import kmeans, mixture_natural_from_points
+from ..initialization import normal_wishart_from_points
 from ..metrics import clustering_scores
 from ..models import DeepLatentLDS
 from ..nn import SequenceEncoder
 from ..optim import NaturalAdam
-from ..pgm import LatentHMM, LinearDynamicalSystem
+from ..pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
 from ..plotting import component_colours, new_figure, plot_curves
 from ..standardize import StandardizedEncoder, Standardization, standardized_autoencoder
 from ..training import DivergenceError, History, fit
@@ -98,11 +98,12 @@ class Config:
     init_noise: float = 0.3  # initial posterior and decoder spread, relative to the data's
     min_scale: float = 0.05  # the Gaussian decoder's floor, relative to the data's spread
     sticky: float = 10.0  # prior pseudo-counts on staying in a regime (diagonal of the transition Dirichlet)
+    slds_sweeps: int = 5  # the switching LDS's mean-field sweeps per posterior
     max_iterations: int = 500  # training steps per method
     seconds: float = 600.0  # a cap on the training time per method
     eval_every: int = 100
     eval_samples: int = 50
-    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
+    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "SLDS (SAN)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
     seed: int = 0
     extra: Dict[str, float] = field(default_factory=dict)
 
@@ -258,17 +259,6 @@ def _networks(config: Config, train: torch.Tensor):
     return encoder, decoder
 
 
-class _StatesAsComponents:
-    """The mixture view of an HMM's states, for :func:`~pyro_sin.initialization.mixture_natural_from_points`."""
-
-    def __init__(self, hmm: LatentHMM):
-        self.num_components, self.latent_dim = hmm.num_states, hmm.latent_dim
-
-    @staticmethod
-    def _pack(concentration, normal_wishart_natural):
-        return normal_wishart_natural._asdict()
-
-
 @torch.no_grad()
 def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Initial ``λ`` of a latent HMM: its states' Gaussians on the k-means clusters of the encoded training frames (draws from their potentials)."""
@@ -278,12 +268,8 @@ def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed:
     # dimensions the means lie on a subspace, and clusters fitted to them would be singular
     noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
     points = (potential.mean + noise * potential.precision.rsqrt()).reshape(-1, hmm.latent_dim)
-    normal_wishart = mixture_natural_from_points(_StatesAsComponents(hmm), points, generator)
-    return {
-        "init_concentration": hmm.prior_init_concentration,
-        "transition_concentration": hmm.prior_transition_concentration,
-        **normal_wishart,
-    }
+    normal_wishart = normal_wishart_from_points(points, hmm.num_states, generator)
+    return hmm._pack(hmm.prior_init_concentration, hmm.prior_transition_concentration, normal_wishart.natural_params)
 
 
 def make_lds(config: Config, task: SequenceTask) -> LinearDynamicalSystem:
@@ -294,6 +280,13 @@ def make_hmm(config: Config, task: SequenceTask) -> LatentHMM:
     K = config.num_states
     sticky = torch.ones(K, K) + (config.sticky - 1) * torch.eye(K)
     return LatentHMM(K, config.latent_dim, transition_concentration=sticky)
+
+
+def make_slds(config: Config, task: SequenceTask) -> SwitchingLDS:
+    """A switching LDS with ``config.num_states`` regimes and the same sticky transition prior as the latent HMM."""
+    K = config.num_states
+    sticky = torch.ones(K, K) + (config.sticky - 1) * torch.eye(K)
+    return SwitchingLDS(K, config.latent_dim, transition_concentration=sticky, num_sweeps=config.slds_sweeps)
 
 
 def deep_latent_builder(
@@ -362,6 +355,7 @@ def build_training_mean(config: Config, task: SequenceTask, evaluator: Evaluator
 METHODS: Dict[str, Callable] = {
     "SAN-LDS": deep_latent_builder(make_lds),
     "latent HMM": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded),
+    "SLDS (SAN)": deep_latent_builder(make_slds, "hmm_factor"),
     "unstructured guide": build_unstructured,
     "VAR(1)": var_builder(1),
     "VAR(2)": var_builder(2),
