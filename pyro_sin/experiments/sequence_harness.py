@@ -16,7 +16,7 @@ runs inside :class:`~pyro_sin.models.DeepLatentLDS` (with ``forecast``, ``propos
 ``latent_log_prob``; ``state_probs`` on its posterior for segmentation) becomes one more
 method with :func:`deep_latent_builder`::
 
-    METHODS["switching LDS"] = deep_latent_builder(lambda config, task: SwitchingLDS(...))
+    METHODS["SLDS (SAN)"] = deep_latent_builder(make_slds, "hmm_factor", slds_natural_from_encoded)
 """
 
 import json
@@ -35,12 +35,13 @@ from pyro.infer import SVI, Trace_ELBO
 
 from ..baselines import UnstructuredLDSGuide, VectorAutoregression
 from ..elbo import SINELBO
-from ..initialization import normal_wishart_from_points
+from ..distributions import RegressionStats, regression_conjugate_update
+from ..initialization import kmeans, normal_wishart_from_points
 from ..metrics import clustering_scores
 from ..models import DeepLatentLDS
 from ..nn import SequenceEncoder
 from ..optim import NaturalAdam
-from ..pgm import LatentHMM, LinearDynamicalSystem
+from ..pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
 from ..plotting import component_colours, new_figure, plot_curves
 from ..standardize import StandardizedEncoder, Standardization, standardized_autoencoder
 from ..training import DivergenceError, History, fit
@@ -98,11 +99,12 @@ class Config:
     init_noise: float = 0.3  # initial posterior and decoder spread, relative to the data's
     min_scale: float = 0.05  # the Gaussian decoder's floor, relative to the data's spread
     sticky: float = 10.0  # prior pseudo-counts on staying in a regime (diagonal of the transition Dirichlet)
+    slds_sweeps: int = 5  # the switching LDS's mean-field sweeps per posterior
     max_iterations: int = 500  # training steps per method
     seconds: float = 600.0  # a cap on the training time per method
     eval_every: int = 100
     eval_samples: int = 50
-    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
+    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "SLDS (SAN)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
     seed: int = 0
     extra: Dict[str, float] = field(default_factory=dict)
 
@@ -271,6 +273,50 @@ def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed:
     return hmm._pack(hmm.prior_init_concentration, hmm.prior_transition_concentration, states.natural_params)
 
 
+@torch.no_grad()
+def slds_natural_from_encoded(
+    slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0, iterations: int = 20, pseudo_pairs: float = 10.0
+) -> Dict[str, torch.Tensor]:
+    r"""
+    Initial ``λ`` of a switching LDS: its regimes' dynamics fitted to the pairs ``(x_{t-1}, x_t)`` of the
+    encoded training sequences (draws from the potentials) by hard EM over regressions: each pair
+    goes to the regime whose ``A_k x_{t-1} + b_k`` lies nearest ``x_t`` (starting from k-means on the
+    steps ``x_t - x_{t-1}``), each regime's conjugate posterior is refitted to its pairs, until no pair
+    moves. Each regime then keeps at most ``pseudo_pairs (D + 1)`` pairs' worth of confidence, so the
+    natural step soon replaces the start by what the SIN posteriors say.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    potential = encoder(train)
+    noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
+    x = potential.mean + noise * potential.precision.rsqrt()  # (N, T, D)
+    K, D = slds.num_states, slds.latent_dim
+    before, after = x[:, :-1].reshape(-1, D), x[:, 1:].reshape(-1, D)  # (M, D)
+    inputs = torch.cat([before, torch.ones_like(before[:, :1])], -1)  # (M, D + 1)
+    prior = slds.prior().natural_params
+    _, assignment = kmeans(after - before, K, generator)
+
+    def regimes(weights):  # (M, K) -> the regimes' conjugate posteriors given weighted pairs
+        stats = RegressionStats(
+            weights.sum(0),
+            torch.einsum("mk,mi,mj->kij", weights, after, inputs),
+            torch.einsum("mk,mi,mj->kij", weights, inputs, inputs),
+            torch.einsum("mk,mi,mj->kij", weights, after, after),
+        )
+        return regression_conjugate_update(prior, stats)
+
+    for _ in range(iterations):
+        loc = slds.regimes_from_natural(regimes(torch.nn.functional.one_hot(assignment, K).to(x))._asdict()).loc
+        distance = (after[:, None, :] - torch.einsum("kij,mj->mki", loc, inputs)).square().sum(-1)  # (M, K)
+        moved = distance.argmin(-1)
+        if (moved == assignment).all():
+            break
+        assignment = moved
+    weights = torch.nn.functional.one_hot(assignment, K).to(x)
+    cap = pseudo_pairs * (D + 1)
+    weights = weights * (cap / weights.sum(0).clamp(min=cap))  # at most `cap` pairs per regime
+    return slds._pack(slds.prior_init_concentration, slds.prior_transition_concentration, regimes(weights))
+
+
 def make_lds(config: Config, task: SequenceTask) -> LinearDynamicalSystem:
     return LinearDynamicalSystem(config.latent_dim)
 
@@ -279,6 +325,13 @@ def make_hmm(config: Config, task: SequenceTask) -> LatentHMM:
     K = config.num_states
     sticky = torch.ones(K, K) + (config.sticky - 1) * torch.eye(K)
     return LatentHMM(K, config.latent_dim, transition_concentration=sticky)
+
+
+def make_slds(config: Config, task: SequenceTask) -> SwitchingLDS:
+    """A switching LDS with ``config.num_states`` regimes and the same sticky transition prior as the latent HMM."""
+    K = config.num_states
+    sticky = torch.ones(K, K) + (config.sticky - 1) * torch.eye(K)
+    return SwitchingLDS(K, config.latent_dim, transition_concentration=sticky, num_sweeps=config.slds_sweeps)
 
 
 def deep_latent_builder(
@@ -347,6 +400,7 @@ def build_training_mean(config: Config, task: SequenceTask, evaluator: Evaluator
 METHODS: Dict[str, Callable] = {
     "SAN-LDS": deep_latent_builder(make_lds),
     "latent HMM": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded),
+    "SLDS (SAN)": deep_latent_builder(make_slds, "hmm_factor", slds_natural_from_encoded),
     "unstructured guide": build_unstructured,
     "VAR(1)": var_builder(1),
     "VAR(2)": var_builder(2),

@@ -591,17 +591,20 @@ class SwitchingLDS(RegimeSwitchingPrior):
             future_x.append(x)
         return torch.stack(future_states, -1), torch.stack(future_x, -2)
 
-    def forecast(self, params: SLDSParams, posterior: SLDSPosterior, horizon: int, sample_shape=torch.Size()):
+    def continue_paths(
+        self, params: SLDSParams, posterior: SLDSPosterior, horizon: int, sample_shape=torch.Size(), lengths=None
+    ):
         r"""
-        Samples of the ``horizon`` steps after each sequence's end: ``z_T ~ q(z_T)`` and
-        ``x_T ~ q(x_T)`` (independent under the mean field) from the SIN posterior of the
-        observed steps, then :meth:`rollout` with ``θ`` (a point estimate, or draws whose
-        batch dimensions broadcast with ``sample_shape + batch``).
+        Samples of the regimes and states of the ``horizon`` steps after each sequence's end:
+        ``z_T ~ q(z_T)`` and ``x_T ~ q(x_T)`` (independent under the mean field) from the SIN
+        posterior of the observed steps, then :meth:`rollout` with ``θ`` (a point estimate, or
+        draws whose batch dimensions broadcast with ``sample_shape + batch``).
 
+        :param lengths: the sequences' own ends, shape ``batch`` (default: the posterior's).
         :returns: ``(states, x)`` of shapes ``sample_shape + batch + (horizon,)`` and ``+ (horizon, D)``.
         """
         sample_shape = torch.Size(sample_shape)
-        lengths = posterior.lengths
+        lengths = posterior.lengths if lengths is None else lengths
         x = posterior.rsample(sample_shape)  # (S..., B..., T, D)
         probs = posterior.state_probs
         if lengths is None:
@@ -612,6 +615,39 @@ class SwitchingLDS(RegimeSwitchingPrior):
             probs_last = torch.gather(probs, -2, index.expand(probs.shape[:-2] + (1, self.num_states)))[..., 0, :]
         states = dist.Categorical(probs=probs_last, validate_args=False).sample(sample_shape)
         return self.rollout(params, states, x_last, horizon)
+
+    def sample_posterior_params(self, q: SLDSGlobalPosterior, sample_shape=torch.Size()) -> SLDSParams:
+        """Draws ``θ ~ q(θ)``: parameters of batch ``sample_shape``."""
+        sample_shape = torch.Size(sample_shape)
+        init_probs = dist.Dirichlet(q.init_concentration).sample(sample_shape)  # (S..., K)
+        transition_probs = dist.Dirichlet(q.transition_concentration).sample(sample_shape)  # (S..., K, K)
+        transitions, noise_precisions = q.matrix_normal_wishart.rsample(sample_shape)  # (S..., K, D, D+1), (S..., K, D, D)
+        return SLDSParams(init_probs, transition_probs, transitions, noise_precisions)
+
+    # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------
+
+    def proposal(self, posterior: SLDSPosterior) -> ChainPosteriorDistribution:
+        r"""
+        The continuous block ``q(x_{1:T})`` of the mean field as a distribution over ``x_{1:T}``
+        (an importance-sampling proposal: :meth:`latent_log_prob` sums the regimes out exactly).
+        """
+        return ChainPosteriorDistribution(posterior.continuous, validate_args=False)
+
+    def forecast(
+        self, q: SLDSGlobalPosterior, posterior: SLDSPosterior, horizon: int, num_samples: int, lengths=None
+    ) -> torch.Tensor:
+        r"""
+        Draws of ``x_{T+1..T+H}`` for sequences of batch ``(B,)``: ``θ ~ q(θ)``, ``z_T ~ q(z_T)``,
+        ``x_T ~ q(x_T)``, then the regime chain and each regime's dynamics with process noise
+        (:meth:`continue_paths`).
+
+        :returns: shape ``(num_samples, B, horizon, D)``.
+        """
+        params = self.sample_posterior_params(q, (num_samples,))
+        batch_dims = posterior.state_probs.dim() - 2
+        # one θ per sample, shared by the sequences of the batch
+        params = SLDSParams(*(p.reshape(p.shape[:1] + (1,) * batch_dims + p.shape[1:]) for p in params))
+        return self.continue_paths(params, posterior, horizon, (num_samples,), lengths)[1]
 
     # ----- conjugate posterior over θ -----------------------------------------------
 

@@ -292,7 +292,7 @@ def test_model_densities_sum_over_paths_and_reduce_to_the_lds():
     assert_close(draws.mean(0), torch.stack(mean), atol=0.05, rtol=0)
 
 
-def test_rollout_and_forecast_follow_the_dynamics():
+def test_rollout_and_continued_paths_follow_the_dynamics():
     slds = random_slds(K=2, D=2)
     D = 2
     params = SLDSParams(
@@ -311,7 +311,7 @@ def test_rollout_and_forecast_follow_the_dynamics():
         assert_close(x[:, t], expected, atol=1e-5, rtol=0)
     # a forecast continues from each padded sequence's own end
     post = slds.posterior(random_potential(2, 6, D, torch.tensor([6, 3])), factor_of(slds, "tied"))
-    states, x = slds.forecast(params, post, 5, (7,))
+    states, x = slds.continue_paths(params, post, 5, (7,))
     assert states.shape == (7, 2, 5) and x.shape == (7, 2, 5, D)
 
 
