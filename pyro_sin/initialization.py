@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from .baselines.clustering import fit_bayesian_gmm
-from .distributions import NormalWishart
+from .distributions import NormalWishart, RegressionStats, regression_conjugate_update
 from .potential import GaussianPotential
 
 
@@ -143,6 +143,75 @@ def encoded_components(
     if not isinstance(potential, GaussianPotential):
         potential = GaussianPotential(*potential)
     return mixture_natural_from_points(pgm, potential.mean, generator, refine)
+
+
+def _draws_from_potentials(encoder, data, generator: Optional[torch.Generator]) -> torch.Tensor:
+    # draws, not the potentials' means: with a latent space wider than the data the means lie on
+    # a subspace, and clusters or regressions fitted to them would be singular
+    potential = encoder(*data) if isinstance(data, tuple) else encoder(data)
+    if not isinstance(potential, GaussianPotential):
+        potential = GaussianPotential(*potential)
+    noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
+    return potential.mean + noise * potential.precision.rsqrt()
+
+
+@torch.no_grad()
+def encoded_states(hmm, encoder, data, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+    """
+    Initial natural parameters of a :class:`~pyro_sin.pgm.LatentHMM`'s ``q(θ)``: the prior's
+    Dirichlets, and the states' Gaussians on the k-means clusters of the encoded frames
+    (:func:`normal_wishart_from_points` on draws from the encoder's potentials).
+
+    :param data: training sequences (a tensor, or a tuple of encoder inputs).
+    """
+    x = _draws_from_potentials(encoder, data, generator)  # (N, T, D)
+    states = normal_wishart_from_points(hmm.num_states, x.reshape(-1, hmm.latent_dim), generator)
+    return hmm._pack(hmm.prior_init_concentration, hmm.prior_transition_concentration, states.natural_params)
+
+
+@torch.no_grad()
+def encoded_regimes(
+    slds, encoder, data, generator: Optional[torch.Generator] = None, iterations: int = 20, pseudo_pairs: float = 10.0
+) -> Dict[str, torch.Tensor]:
+    r"""
+    Initial natural parameters of a :class:`~pyro_sin.pgm.SwitchingLDS`'s ``q(θ)``: the prior's
+    Dirichlets, and the regimes' dynamics fitted to the pairs ``(x_{t-1}, x_t)`` of the encoded
+    training sequences (draws from the encoder's potentials) by hard EM over regressions: each
+    pair goes to the regime whose ``A_k x_{t-1} + b_k`` lies nearest ``x_t`` (starting from
+    k-means on the steps ``x_t - x_{t-1}``) and each regime's conjugate posterior is refitted to
+    its pairs, until no pair moves. Each regime then keeps at most ``pseudo_pairs (D + 1)`` pairs'
+    worth of confidence, so that the natural step soon replaces the start by what the SIN says.
+
+    :param data: training sequences (a tensor, or a tuple of encoder inputs).
+    :param int iterations: the most reassignment rounds.
+    """
+    x = _draws_from_potentials(encoder, data, generator)  # (N, T, D)
+    K, D = slds.num_states, slds.latent_dim
+    before, after = x[:, :-1].reshape(-1, D), x[:, 1:].reshape(-1, D)  # (M, D)
+    inputs = torch.cat([before, torch.ones_like(before[:, :1])], -1)  # (M, D + 1)
+    prior = slds.prior().natural_params
+    _, assignment = kmeans(after - before, K, generator)
+
+    def regimes(weights):  # (M, K) -> the regimes' conjugate posteriors given weighted pairs
+        stats = RegressionStats(
+            weights.sum(0),
+            torch.einsum("mk,mi,mj->kij", weights, after, inputs),
+            torch.einsum("mk,mi,mj->kij", weights, inputs, inputs),
+            torch.einsum("mk,mi,mj->kij", weights, after, after),
+        )
+        return regression_conjugate_update(prior, stats)
+
+    for _ in range(iterations):
+        loc = slds.regimes_from_natural(regimes(torch.nn.functional.one_hot(assignment, K).to(x))._asdict()).loc
+        distance = (after[:, None, :] - torch.einsum("kij,mj->mki", loc, inputs)).square().sum(-1)  # (M, K)
+        moved = distance.argmin(-1)
+        if (moved == assignment).all():
+            break
+        assignment = moved
+    weights = torch.nn.functional.one_hot(assignment, K).to(x)
+    cap = pseudo_pairs * (D + 1)
+    weights = weights * (cap / weights.sum(0).clamp(min=cap))  # at most `cap` pairs per regime
+    return slds._pack(slds.prior_init_concentration, slds.prior_transition_concentration, regimes(weights))
 
 
 def warmup_schedule(natural_lr: float, warmup_steps: int) -> Callable[[int], float]:

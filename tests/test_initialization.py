@@ -6,13 +6,16 @@ from pyro.infer import SVI
 from pyro_sin import NaturalAdam, SINELBO
 from pyro_sin.initialization import (
     encoded_components,
+    encoded_regimes,
+    encoded_states,
     kmeans,
     mixture_natural_from_points,
     pretrain_components,
     warmup_schedule,
 )
 from pyro_sin.models import DeepLatentMixture
-from pyro_sin.pgm import GaussianMixture
+from pyro_sin.pgm import GaussianMixture, SwitchingLDS
+from pyro_sin.potential import GaussianPotential
 from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import fit
 
@@ -162,3 +165,47 @@ def test_components_from_points_refuse_other_priors_and_dimensions():
         mixture_natural_from_points(StudentTMixture(3, 2), points)
     with pytest.raises(ValueError, match="dimension 3"):
         mixture_natural_from_points(GaussianMixture(3, 3), points)
+
+
+def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
+    """With an encoder that sees the states exactly, hard EM over regressions finds each regime's (A_k, b_k)."""
+    g = torch.Generator().manual_seed(0)
+    N, T, D, angle = 20, 40, 2, 0.3
+    c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
+    rotations = torch.stack([torch.tensor([[c, -s], [s, c]]), torch.tensor([[c, s], [-s, c]])])  # both senses
+    drifts = torch.tensor([[0.2, 0.0], [0.0, -0.2]])
+    regime = torch.randint(2, (N,), generator=g)
+    x = [torch.randn(N, D, generator=g)]
+    for t in range(1, T):
+        regime = torch.where(torch.rand(N, generator=g) < 0.1, 1 - regime, regime)  # sticky switches
+        x.append((rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + 0.01 * torch.randn(N, D, generator=g))
+    x = torch.stack(x, 1)  # (N, T, D)
+
+    def exact_encoder(y):
+        precision = torch.full_like(y, 1e8)
+        return GaussianPotential(precision * y, precision)
+
+    slds = SwitchingLDS(2, D)
+    natural = encoded_regimes(slds, exact_encoder, x, torch.Generator().manual_seed(0))
+    loc = slds.regimes_from_natural(natural).loc  # (K, D, D + 1)
+    truth = torch.cat([rotations, drifts[..., None]], -1)
+    error = min((loc - truth[list(order)]).abs().max() for order in ([0, 1], [1, 0]))
+    assert error < 0.05
+
+
+def test_hmm_states_start_on_the_clusters_of_the_encoded_frames():
+    from pyro_sin.pgm import LatentHMM
+
+    points, labels, _, _ = _blobs(100)
+    frames = points.reshape(6, 50, 2)  # six sequences of fifty frames, each within one blob
+
+    def exact_encoder(y):
+        precision = torch.full_like(y, 1e8)
+        return GaussianPotential(precision * y, precision)
+
+    hmm = LatentHMM(3, 2)
+    natural = encoded_states(hmm, exact_encoder, frames, torch.Generator().manual_seed(0))
+    assert torch.equal(natural["transition_concentration"], hmm.prior_transition_concentration)
+    locs = hmm.point_estimate(hmm.global_posterior(natural)).locs
+    means = torch.stack([points[labels == k].mean(0) for k in range(3)])
+    assert torch.cdist(means, locs).min(1).values.max() < 1e-3

@@ -35,8 +35,7 @@ from pyro.infer import SVI, Trace_ELBO
 
 from ..baselines import UnstructuredLDSGuide, VectorAutoregression
 from ..elbo import SINELBO
-from ..distributions import RegressionStats, regression_conjugate_update
-from ..initialization import kmeans, normal_wishart_from_points
+from ..initialization import encoded_regimes, encoded_states
 from ..metrics import clustering_scores
 from ..models import DeepLatentLDS
 from ..nn import SequenceEncoder
@@ -260,61 +259,14 @@ def _networks(config: Config, train: torch.Tensor):
     return encoder, decoder
 
 
-@torch.no_grad()
 def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """Initial ``λ`` of a latent HMM: its states' Gaussians on the k-means clusters of the encoded training frames (draws from their potentials)."""
-    generator = torch.Generator().manual_seed(seed)
-    potential = encoder(train)
-    # draws from the potentials, not their means: with more latent dimensions than data
-    # dimensions the means lie on a subspace, and clusters fitted to them would be singular
-    noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
-    points = (potential.mean + noise * potential.precision.rsqrt()).reshape(-1, hmm.latent_dim)
-    states = normal_wishart_from_points(hmm.num_states, points, generator)
-    return hmm._pack(hmm.prior_init_concentration, hmm.prior_transition_concentration, states.natural_params)
+    """:func:`~pyro_sin.initialization.encoded_states` with a seeded generator."""
+    return encoded_states(hmm, encoder, train, torch.Generator().manual_seed(seed))
 
 
-@torch.no_grad()
-def slds_natural_from_encoded(
-    slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0, iterations: int = 20, pseudo_pairs: float = 10.0
-) -> Dict[str, torch.Tensor]:
-    r"""
-    Initial ``λ`` of a switching LDS: its regimes' dynamics fitted to the pairs ``(x_{t-1}, x_t)`` of the
-    encoded training sequences (draws from the potentials) by hard EM over regressions: each pair
-    goes to the regime whose ``A_k x_{t-1} + b_k`` lies nearest ``x_t`` (starting from k-means on the
-    steps ``x_t - x_{t-1}``), each regime's conjugate posterior is refitted to its pairs, until no pair
-    moves. Each regime then keeps at most ``pseudo_pairs (D + 1)`` pairs' worth of confidence, so the
-    natural step soon replaces the start by what the SIN posteriors say.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    potential = encoder(train)
-    noise = torch.randn(potential.info_vec.shape, generator=generator).to(potential.info_vec)
-    x = potential.mean + noise * potential.precision.rsqrt()  # (N, T, D)
-    K, D = slds.num_states, slds.latent_dim
-    before, after = x[:, :-1].reshape(-1, D), x[:, 1:].reshape(-1, D)  # (M, D)
-    inputs = torch.cat([before, torch.ones_like(before[:, :1])], -1)  # (M, D + 1)
-    prior = slds.prior().natural_params
-    _, assignment = kmeans(after - before, K, generator)
-
-    def regimes(weights):  # (M, K) -> the regimes' conjugate posteriors given weighted pairs
-        stats = RegressionStats(
-            weights.sum(0),
-            torch.einsum("mk,mi,mj->kij", weights, after, inputs),
-            torch.einsum("mk,mi,mj->kij", weights, inputs, inputs),
-            torch.einsum("mk,mi,mj->kij", weights, after, after),
-        )
-        return regression_conjugate_update(prior, stats)
-
-    for _ in range(iterations):
-        loc = slds.regimes_from_natural(regimes(torch.nn.functional.one_hot(assignment, K).to(x))._asdict()).loc
-        distance = (after[:, None, :] - torch.einsum("kij,mj->mki", loc, inputs)).square().sum(-1)  # (M, K)
-        moved = distance.argmin(-1)
-        if (moved == assignment).all():
-            break
-        assignment = moved
-    weights = torch.nn.functional.one_hot(assignment, K).to(x)
-    cap = pseudo_pairs * (D + 1)
-    weights = weights * (cap / weights.sum(0).clamp(min=cap))  # at most `cap` pairs per regime
-    return slds._pack(slds.prior_init_concentration, slds.prior_transition_concentration, regimes(weights))
+def slds_natural_from_encoded(slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """:func:`~pyro_sin.initialization.encoded_regimes` with a seeded generator."""
+    return encoded_regimes(slds, encoder, train, torch.Generator().manual_seed(seed))
 
 
 def make_lds(config: Config, task: SequenceTask) -> LinearDynamicalSystem:

@@ -5,9 +5,7 @@ import torch
 
 from pyro_sin.experiments import bouncing_ball, four_regime, lds_benchmark, real_sequences
 from pyro_sin.pgm.lds import LDSParams
-from pyro_sin.experiments.sequence_harness import Evaluator, SequenceTask, slds_natural_from_encoded
-from pyro_sin.pgm import SwitchingLDS
-from pyro_sin.potential import GaussianPotential
+from pyro_sin.experiments.sequence_harness import Evaluator, SequenceTask
 
 
 def _check_outputs(tmp_path, methods, figures):
@@ -137,29 +135,3 @@ def test_a_method_that_diverges_goes_back_to_its_last_evaluation():
     assert history.evals[-1]["diverged_at"] == 25
     # the parameters of step 20, not those of the steps after it
     assert pyro.param("weight").item() == 20.0
-
-
-def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
-    """With an encoder that sees the states exactly, hard EM over regressions finds each regime's (A_k, b_k)."""
-    g = torch.Generator().manual_seed(0)
-    N, T, D, angle = 20, 40, 2, 0.3
-    c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
-    rotations = torch.stack([torch.tensor([[c, -s], [s, c]]), torch.tensor([[c, s], [-s, c]])])  # both senses
-    drifts = torch.tensor([[0.2, 0.0], [0.0, -0.2]])
-    regime = torch.randint(2, (N,), generator=g)
-    x = [torch.randn(N, D, generator=g)]
-    for t in range(1, T):
-        regime = torch.where(torch.rand(N, generator=g) < 0.1, 1 - regime, regime)  # sticky switches
-        x.append((rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + 0.01 * torch.randn(N, D, generator=g))
-    x = torch.stack(x, 1)  # (N, T, D)
-
-    def exact_encoder(y):
-        precision = torch.full_like(y, 1e8)
-        return GaussianPotential(precision * y, precision)
-
-    slds = SwitchingLDS(2, D)
-    natural = slds_natural_from_encoded(slds, exact_encoder, x, seed=0)
-    loc = slds.regimes_from_natural(natural).loc  # (K, D, D + 1)
-    truth = torch.cat([rotations, drifts[..., None]], -1)
-    error = min((loc - truth[list(order)]).abs().max() for order in ([0, 1], [1, 0]))
-    assert error < 0.05
