@@ -49,7 +49,7 @@ from ..distributions import (
 from ..ops.markov import markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
-from .regimes import RegimeGlobalPosterior, RegimeSwitchingPrior
+from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -152,7 +152,7 @@ class HMMMarginalDistribution(dist.TorchDistribution):
         return self.posterior.marginal_log_prob(value)
 
 
-class HMMPosterior:
+class HMMPosterior(RegimeMarginals):
     r"""
     The closed-form SIN posterior ``q(z_{1:T}) Π_t q(x_t | z_t)`` of a batch of sequences.
 
@@ -177,21 +177,6 @@ class HMMPosterior:
         return MarkovChain(
             f.init_logits, f.transition_logits[..., None, :, :], self.num_steps, log_evidence, self.lengths, self.parallel
         )
-
-    @property
-    def step_mask(self):
-        """``(..., T)``: True where a step exists, or None when all do."""
-        return self.states.step_mask
-
-    @property
-    def state_probs(self) -> torch.Tensor:
-        """``q(z_t = k)``, shape ``(..., T, K)`` (zeros after a sequence's end)."""
-        return self.states.marginals.marginals
-
-    @property
-    def transition_counts(self) -> torch.Tensor:
-        """Expected transition counts ``Σ_t q(z_{t-1} = j, z_t = k)``, shape ``(..., K, K)``."""
-        return self.states.marginals.transition_counts
 
     @property
     def log_normalizer(self) -> torch.Tensor:

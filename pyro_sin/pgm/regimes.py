@@ -61,6 +61,25 @@ class RegimeGlobalPosterior:
         return init, trans
 
 
+class RegimeMarginals:
+    """The regime chain's marginals of a local posterior whose ``states`` is a :class:`~pyro_sin.distributions.MarkovChain`."""
+
+    @property
+    def step_mask(self):
+        """``(..., T)``: True where a step exists, or None when all do."""
+        return self.states.step_mask
+
+    @property
+    def state_probs(self) -> torch.Tensor:
+        """``q(z_t = k)``, shape ``(..., T, K)`` (zeros after a sequence's end)."""
+        return self.states.marginals.marginals
+
+    @property
+    def transition_counts(self) -> torch.Tensor:
+        """Expected transition counts ``Σ_t q(z_{t-1} = j, z_t = k)``, shape ``(..., K, K)``."""
+        return self.states.marginals.transition_counts
+
+
 class RegimeSwitchingPrior(StructuredPrior):
     """
     Base of the priors whose latent sequence switches between ``K`` regimes that follow a

@@ -56,7 +56,7 @@ from ..distributions import (
 from ..ops.markov import forward_backward, markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
-from .regimes import RegimeGlobalPosterior, RegimeSwitchingPrior
+from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .lds import (
     ChainFactor,
     ChainPosterior,
@@ -156,7 +156,7 @@ def implicit_fixed_point(update: Callable, state: torch.Tensor, adjoint_iteratio
     return result
 
 
-class SLDSPosterior:
+class SLDSPosterior(RegimeMarginals):
     r"""
     The structured mean-field SIN posterior ``q(z_{1:T}) q(x_{1:T})`` of a batch of sequences.
 
@@ -257,21 +257,6 @@ class SLDSPosterior:
         return continuous, self.discrete_block(continuous)
 
     # ----- marginals and statistics ----------------------------------------------------
-
-    @property
-    def step_mask(self):
-        """``(..., T)``: True where a step exists, or None when all do."""
-        return self.states.step_mask
-
-    @property
-    def state_probs(self) -> torch.Tensor:
-        """``q(z_t = k)``, shape ``(..., T, K)`` (zeros after a sequence's end)."""
-        return self.states.marginals.marginals
-
-    @property
-    def transition_counts(self) -> torch.Tensor:
-        """Expected transition counts ``Σ_t q(z_{t-1} = j, z_t = k)``, shape ``(..., K, K)``."""
-        return self.states.marginals.transition_counts
 
     def marginal_means(self) -> torch.Tensor:
         """``E_q[x_t]``, shape ``(..., T, D)``."""
