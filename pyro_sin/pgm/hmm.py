@@ -313,9 +313,9 @@ class LatentHMM(RegimeSwitchingPrior):
 
     def prior(self, validate_args=False) -> NormalWishart:
         """``p(μ, Λ)`` of the states' Gaussians; validated once, at construction."""
-        return NormalWishart(
-            self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df, validate_args=validate_args
-        )
+        buffers = (self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df)
+        build = lambda: NormalWishart(*buffers, validate_args=validate_args)  # noqa: E731
+        return build() if validate_args else self._memoized("prior", buffers, build)
 
     def emission(self, params: HMMParams, states: torch.Tensor, lengths=None) -> StepGaussians:
         """``p(x_{1:T} | z_{1:T}, μ, Λ)`` for paths ``states`` of shape ``(..., T)``."""
