@@ -114,7 +114,7 @@ class BayesianGMM:
     def generate(self, num_samples: int):
         weights, components = self._components()
         z = dist.Categorical(weights).sample((num_samples,))
-        return components.sample((num_samples,))[torch.arange(num_samples), z], z, weights
+        return components.sample((num_samples,))[torch.arange(num_samples, device=z.device), z], z, weights
 
     @torch.no_grad()
     def impute(self, y, observed: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,7 @@ class Config:
     factor: str = "tied"
     encoder_hidden: int = 0  # hidden layers of width 50 in the encoder (0: affine)
     seed: int = 0
+    device: str = "cpu"
 
     @classmethod
     def quick(cls, **kwargs):
@@ -123,14 +124,14 @@ def run_setting(config: Config, setting: dict, progress: bool = True) -> dict:
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     data = linear_gaussian_benchmark(num_steps=config.num_steps, seed=config.seed, system_seed=config.seed, **setting)
-    y = data.frames
-    N, T, P = y.shape
+    N, T, P = data.frames.shape
     D = setting["latent_dim"]
-    elements = y.numel()
-    exact = float(data.system.distribution(T).log_prob(y).sum()) / elements
-    lds = LinearDynamicalSystem(D)
-    decoder = LinearGaussianDecoder(D, y)
-    encoder = GaussianEncoder(P, D, (50,) * config.encoder_hidden)
+    elements = data.frames.numel()
+    exact = float(data.system.distribution(T).log_prob(data.frames).sum()) / elements
+    y = data.frames.to(config.device)
+    lds = LinearDynamicalSystem(D).to(y.device)
+    decoder = LinearGaussianDecoder(D, y).to(y.device)
+    encoder = GaussianEncoder(P, D, (50,) * config.encoder_hidden).to(y.device)
     model = DeepLatentLDS(lds, decoder, N)
     guide = model.make_guide(encoder, factor=config.factor)
     svi = SVI(
@@ -192,10 +193,13 @@ def main(argv=None):
     parser.add_argument("--encoder-hidden", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/lds_benchmark"))
+    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    overrides = {"factor": args.factor, "encoder_hidden": args.encoder_hidden, "seed": args.seed}
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    overrides = {"factor": args.factor, "encoder_hidden": args.encoder_hidden, "seed": args.seed, "device": args.device}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
     quick = args.quick or "CI" in os.environ

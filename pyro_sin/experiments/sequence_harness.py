@@ -79,6 +79,11 @@ class SequenceTask(NamedTuple):
     def num_steps(self) -> int:
         return self.test.shape[1] - self.horizon
 
+    def to(self, device) -> "SequenceTask":
+        """The same task with its tensors on ``device``."""
+        moved = {k: v.to(device) for k, v in self._asdict().items() if isinstance(v, torch.Tensor)}
+        return self._replace(**moved)
+
 
 @dataclass
 class Config:
@@ -105,6 +110,7 @@ class Config:
     eval_samples: int = 50
     methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "SLDS (SAN)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
     seed: int = 0
+    device: str = "cpu"  # where the networks train and the metrics are computed
     extra: Dict[str, float] = field(default_factory=dict)
 
 
@@ -152,7 +158,7 @@ class Evaluator:
         self.task, self.eval_samples = task, eval_samples
         T = task.num_steps
         self.observed = task.test[:, :T]
-        self.mask = torch.ones(self.observed.shape[:2], dtype=self.observed.dtype)
+        self.mask = torch.ones(self.observed.shape[:2], dtype=self.observed.dtype, device=self.observed.device)
         self.mask[:, task.gap[0] : task.gap[1]] = 0
 
     def forecast_error(self, method) -> float:
@@ -256,7 +262,7 @@ def _networks(config: Config, train: torch.Tensor):
         encoder = StandardizedEncoder(rnn, encoder.standardization)
     elif config.encoder != "frame":
         raise ValueError(f"unknown encoder {config.encoder!r}; choose 'frame' or 'rnn'")
-    return encoder, decoder
+    return encoder.to(train.device), decoder.to(train.device)
 
 
 def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
@@ -304,7 +310,7 @@ def deep_latent_builder(
         pyro.clear_param_store()
         pyro.set_rng_seed(config.seed)
         encoder, decoder = _networks(config, task.train)
-        prior = make_prior(config, task)
+        prior = make_prior(config, task).to(task.train.device)
         model = DeepLatentLDS(prior, decoder, len(task.train))
         init_natural = None if init is None else init(prior, encoder, task.train, config.seed)
         guide = model.make_guide(encoder, factor=getattr(config, factor_key), init_natural=init_natural)
@@ -326,9 +332,10 @@ def build_unstructured(config: Config, task: SequenceTask, evaluator: Evaluator,
     pyro.set_rng_seed(config.seed)
     frames = task.train.reshape(-1, task.train.shape[-1])
     _, decoder = _networks(config, task.train)
-    model = DeepLatentLDS(LinearDynamicalSystem(config.latent_dim), decoder, len(task.train))
+    model = DeepLatentLDS(LinearDynamicalSystem(config.latent_dim).to(frames.device), decoder, len(task.train))
     rnn = SequenceEncoder(frames.shape[-1], config.latent_dim, (config.hidden,) * 2)
-    guide = UnstructuredLDSGuide(model, StandardizedEncoder(rnn, Standardization.fit(frames, spread=config.spread)))
+    encoder = StandardizedEncoder(rnn, Standardization.fit(frames, spread=config.spread)).to(frames.device)
+    guide = UnstructuredLDSGuide(model, encoder)
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
     return guide, _fit(config, svi, task.train, evaluator, guide, desc, progress)
@@ -371,6 +378,7 @@ def run_methods(config: Config, task: SequenceTask, progress: bool = True, metho
 
     :returns: ``(rows, trained, histories)``: metrics per method, the methods, their histories.
     """
+    task = task.to(config.device)
     evaluator = Evaluator(task, config.eval_samples)
     builders = methods or {name: METHODS[name] for name in config.methods}
     rows, trained, histories = {}, {}, {}
@@ -514,12 +522,15 @@ def experiment_main(argv, description: str, make_task, config: Config, quick_con
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", help="a subset of the methods")
     parser.add_argument("--out", type=Path, default=Path(default_out))
+    parser.add_argument("--device", default="cpu", help="where to train and evaluate: cpu, cuda or cuda:N")
     parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     quick = args.quick or "CI" in os.environ
     config = quick_config if quick else config
-    overrides = {"seed": args.seed}
+    overrides = {"seed": args.seed, "device": args.device}
     for key in ("seconds", "factor", "latent_dim"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
@@ -534,7 +545,7 @@ def experiment_main(argv, description: str, make_task, config: Config, quick_con
         builders = {name: builders[name] for name in args.methods}
     config = replace(config, methods=tuple(builders))
     pyro.set_rng_seed(config.seed)
-    task = make_task(config, quick)
+    task = make_task(config, quick).to(config.device)
     rows, trained, histories = run_methods(config, task, not args.no_progress, builders)
     table = write_results(args.out, title, config, rows, histories)
     print(f"\n{title}\n{table}")

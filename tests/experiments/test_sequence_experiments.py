@@ -135,3 +135,28 @@ def test_a_method_that_diverges_goes_back_to_its_last_evaluation():
     assert history.evals[-1]["diverged_at"] == 25
     # the parameters of step 20, not those of the steps after it
     assert pyro.param("weight").item() == 20.0
+
+
+def test_device_flag_refuses_cuda_without_a_device(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is available")
+    for main in (four_regime.main, lds_benchmark.main):
+        with pytest.raises(SystemExit):
+            main(["--quick", "--out", str(tmp_path), "--no-progress", "--device", "cuda"])
+        assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_sequence_task_moves_every_tensor():
+    task = four_regime.make_task(four_regime.QUICK, quick=True)
+    moved = task.to(torch.device("cpu"))
+    assert moved.horizon == task.horizon and moved.gap == task.gap
+    assert torch.equal(moved.regimes, task.regimes) and moved.train.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sequence_experiments_run_on_cuda(tmp_path):
+    methods = ["SAN-LDS", "latent HMM", "SLDS (SAN)", "unstructured guide", "VAR(2)"]
+    rows = four_regime.main(["--quick", "--out", str(tmp_path / "four"), "--no-progress", "--device", "cuda", "--methods", *methods])
+    assert all(torch.isfinite(torch.tensor(rows[m]["forecast_mse_1..10"])) for m in methods)
+    (row,) = lds_benchmark.main(["--quick", "--out", str(tmp_path / "lds"), "--no-progress", "--device", "cuda"]).values()
+    assert row["gap_curve"][1][-1] < row["gap_curve"][1][0]
