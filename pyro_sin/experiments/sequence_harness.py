@@ -16,7 +16,7 @@ runs inside :class:`~pyro_sin.models.DeepLatentLDS` (with ``forecast``, ``propos
 ``latent_log_prob``; ``state_probs`` on its posterior for segmentation) becomes one more
 method with :func:`deep_latent_builder`::
 
-    METHODS["SLDS (SAN)"] = deep_latent_builder(make_slds, "hmm_factor", slds_natural_from_encoded)
+    METHODS["SLDS (SAN)"] = deep_latent_builder(make_slds, "slds_factor", slds_natural_from_encoded)
 """
 
 import json
@@ -97,7 +97,8 @@ class Config:
     natural_lr: float = 0.1
     num_particles: int = 4
     factor: str = "tied"  # SAN's factor (tied or free)
-    hmm_factor: str = "tied"
+    hmm_factor: str = "tied"  # the latent HMM's factor
+    slds_factor: str = "free"  # the switching LDS's SIN factor in "SLDS (SAN)"; "SLDS (SVAE)" is the tied one
     encoder: str = "frame"  # SAN's encoder: "frame" (one MLP per frame) or "rnn" (bidirectional GRU)
     spread: float = 1.0  # spread of the standardised network inputs and outputs
     init_noise: float = 0.3  # initial posterior and decoder spread, relative to the data's
@@ -108,7 +109,7 @@ class Config:
     seconds: float = 600.0  # a cap on the training time per method
     eval_every: int = 100
     eval_samples: int = 50
-    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "SLDS (SAN)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
+    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "SLDS (SAN)", "SLDS (SVAE)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
     seed: int = 0
     device: str = "cpu"  # where the networks train and the metrics are computed
     extra: Dict[str, float] = field(default_factory=dict)
@@ -359,7 +360,10 @@ def build_training_mean(config: Config, task: SequenceTask, evaluator: Evaluator
 METHODS: Dict[str, Callable] = {
     "SAN-LDS": deep_latent_builder(make_lds),
     "latent HMM": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded),
-    "SLDS (SAN)": deep_latent_builder(make_slds, "hmm_factor", slds_natural_from_encoded),
+    "SLDS (SAN)": deep_latent_builder(make_slds, "slds_factor", slds_natural_from_encoded),
+    # SAN's SIN has its own (free) factor; Johnson et al.'s SVAE runs the same structured mean
+    # field against the expectations of q(θ) (the tied factor)
+    "SLDS (SVAE)": deep_latent_builder(make_slds, "slds_factor", slds_natural_from_encoded, slds_factor="tied"),
     "unstructured guide": build_unstructured,
     "VAR(1)": var_builder(1),
     "VAR(2)": var_builder(2),
