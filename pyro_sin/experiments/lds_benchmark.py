@@ -22,7 +22,8 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ from ..nn import GaussianEncoder
 from ..optim import NaturalAdam
 from ..pgm import LinearDynamicalSystem
 from ..pgm.lds import LDSParams
-from ..training import fit
+from ..training import DivergenceError, fit
 from .sequence_harness import markdown_table
 
 TARGET = dict(latent_dim=3, emission_dim=5, emission_noise=1.0, dynamics_noise=0.1, num_sequences=100)
@@ -175,7 +176,22 @@ def run_setting(config: Config, setting: dict, progress: bool = True) -> dict:
     }
 
 
-COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack", "seconds")
+def run_setting_with_backoff(config: Config, setting: dict, progress: bool = True, attempts: int = 2) -> dict:
+    """
+    :func:`run_setting`, again at a third of the learning rate when training diverges, up to
+    ``attempts`` times; the row records the learning rate used, or ``diverged`` when every
+    attempt diverged (a grid goes on either way).
+    """
+    for _ in range(attempts):
+        try:
+            return {**run_setting(config, setting, progress), "lr": config.lr}
+        except DivergenceError as error:
+            warnings.warn(f"{error} Trying again at lr {config.lr / 3:.3g}.", RuntimeWarning)
+            config = replace(config, lr=config.lr / 3)
+    return {**setting, "diverged": 1.0, "lr": 3 * config.lr}
+
+
+COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack", "lr", "seconds")
 
 
 def _label(row):
@@ -210,9 +226,10 @@ def main(argv=None):
     progress = not args.no_progress
     rows = {}
     for setting in tqdm(settings, desc="settings", disable=not progress or len(settings) == 1):
-        row = run_setting(config, setting, progress)
+        row = run_setting_with_backoff(config, setting, progress)
         rows[_label(row)] = row
-        print(f"{_label(row)}: gap {row['gap']:.4f} nats per element", flush=True)
+        outcome = "diverged" if "diverged" in row else f"gap {row['gap']:.4f} nats per element"
+        print(f"{_label(row)}: {outcome} (lr {row['lr']:.3g})", flush=True)
     table = markdown_table(rows, COLUMNS)
     title = "Synthetic LDS benchmark: SAN-LDS bound per data element against the exact log-likelihood"
     args.out.mkdir(parents=True, exist_ok=True)

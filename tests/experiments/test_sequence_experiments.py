@@ -29,10 +29,10 @@ def test_quick_four_regime_run_writes_outputs_and_learns(tmp_path):
     metrics = _check_outputs(tmp_path, methods, ["segmentation.png", "forecast_and_imputation.png", "training_curves.png"])
     assert _learned(metrics, "SAN-LDS") and _learned(metrics, "latent HMM")
     assert 0 <= rows["latent HMM"]["segmentation_nmi"] <= 1
-    for slds in ("SLDS (SAN)", "SLDS (SVAE)"):
+    for slds in ("SLDS (SAN)", "SLDS (free factor)"):
         assert _learned(metrics, slds) and 0 <= rows[slds]["segmentation_nmi"] <= 1
-    # SAN's own (free) factor against the SVAE's tied one: same seed, different guides
-    assert rows["SLDS (SAN)"]["test_log_likelihood"] != rows["SLDS (SVAE)"]["test_log_likelihood"]
+    # the tied factor against the SIN's own (free) one: same seed, different guides
+    assert rows["SLDS (SAN)"]["test_log_likelihood"] != rows["SLDS (free factor)"]["test_log_likelihood"]
     assert "segmentation_nmi" not in rows["VAR(2)"]
 
 
@@ -163,3 +163,24 @@ def test_sequence_experiments_run_on_cuda(tmp_path):
     assert all(torch.isfinite(torch.tensor(rows[m]["forecast_mse_1..10"])) for m in methods)
     (row,) = lds_benchmark.main(["--quick", "--out", str(tmp_path / "lds"), "--no-progress", "--device", "cuda"]).values()
     assert row["gap_curve"][1][-1] < row["gap_curve"][1][0]
+
+
+def test_lds_benchmark_retries_a_diverged_setting_at_a_lower_rate(monkeypatch):
+    from pyro_sin.training import DivergenceError
+
+    tried = []
+
+    def diverge_at_high_rates(config, setting, progress=True):
+        tried.append(config.lr)
+        if config.lr > 0.02:
+            raise DivergenceError("the loss per data point rose at step 3")
+        return {**setting, "gap": 0.01}
+
+    monkeypatch.setattr(lds_benchmark, "run_setting", diverge_at_high_rates)
+    config = lds_benchmark.Config(lr=0.03)
+    with pytest.warns(RuntimeWarning, match="Trying again at lr 0.01"):
+        row = lds_benchmark.run_setting_with_backoff(config, lds_benchmark.TARGET, attempts=2)
+    assert tried == pytest.approx([0.03, 0.01]) and row["lr"] == pytest.approx(0.01) and row["gap"] == 0.01
+    with pytest.warns(RuntimeWarning):
+        row = lds_benchmark.run_setting_with_backoff(lds_benchmark.Config(lr=0.3), lds_benchmark.TARGET, attempts=2)
+    assert row["diverged"] == 1.0 and row["lr"] == pytest.approx(0.1)
