@@ -176,7 +176,7 @@ def run_setting(config: Config, setting: dict, progress: bool = True) -> dict:
     }
 
 
-def run_setting_with_backoff(config: Config, setting: dict, progress: bool = True, attempts: int = 2) -> dict:
+def run_setting_with_backoff(config: Config, setting: dict, progress: bool = True, attempts: int = 3) -> dict:
     """
     :func:`run_setting`, again at a third of the learning rate when training diverges, up to
     ``attempts`` times; the row records the learning rate used, or ``diverged`` when every
