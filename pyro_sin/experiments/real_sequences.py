@@ -36,6 +36,7 @@ BUILDERS = {
     "SAN-LDS (tied)": deep_latent_builder(make_lds, factor="tied"),
     "SAN-LDS (free)": deep_latent_builder(make_lds, factor="free"),
     "latent HMM": METHODS["latent HMM"],
+    "SLDS (SAN)": METHODS["SLDS (SAN)"],
     "unstructured guide": METHODS["unstructured guide"],
     "VAR(1)": var_builder(1),
     "VAR(2)": var_builder(2),

@@ -47,7 +47,7 @@ def test_quick_bouncing_ball_run_writes_outputs(tmp_path):
 
 def test_quick_real_sequences_run_writes_outputs(tmp_path):
     pytest.importorskip("sktime")
-    methods = ["SAN-LDS (tied)", "VAR(2)", "training mean"]
+    methods = ["SAN-LDS (tied)", "SLDS (SAN)", "VAR(2)", "training mean"]
     rows = real_sequences.main(["--quick", "--out", str(tmp_path), "--no-progress", "--methods", *methods])
     metrics = _check_outputs(tmp_path, methods, ["forecast_and_imputation.png"])
     assert _learned(metrics, "SAN-LDS (tied)")
