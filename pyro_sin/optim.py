@@ -175,8 +175,8 @@ class NaturalAdam(PyroOptim):
         self.natural_lr = natural_lr
         super().__init__(optim_constructor, optim_args, clip_args)
         self.distributed = distributed
-        self._shared = None  # the torch optimiser of every non-natural parameter
-        self._shared_params = []
+        self._fused = None  # the torch optimiser of every non-natural parameter
+        self._fused_params = []
         self._groups = []  # (the optimiser arguments asked for, the parameter group holding them)
         self._is_natural = {}
 
@@ -190,7 +190,7 @@ class NaturalAdam(PyroOptim):
             (natural if self._is_natural[p] else others).append(p)
         super().__call__(natural, *args, **kwargs)
         if others:
-            self._step_shared(others)
+            self._step_fused(others)
 
     def _get_optim(self, param):
         domain = natural_domain_of(param)
@@ -203,31 +203,31 @@ class NaturalAdam(PyroOptim):
             return None
         return super()._get_grad_clip(param)
 
-    # ----- the shared optimiser of the other parameters ------------------------------------
+    # ----- the one fused optimiser of the other parameters ------------------------------------
 
     def _join(self, param):
-        """Adds a parameter to the shared optimiser, restoring any loaded state for it."""
+        """Adds a parameter to the fused optimiser, restoring any loaded state for it."""
         args = self._get_optim_args(param)
         # torch fills every group with its defaults, so groups are matched on the arguments
         # asked for, not on the group's contents
         same = [group for requested, group in self._groups if requested == args]
         if same:
             same[0]["params"].append(param)
-        elif self._shared is None:
-            self._shared = _construct_fused(self.pt_optim_constructor, {"params": [param], **args})
-            self._groups.append((args, self._shared.param_groups[-1]))
+        elif self._fused is None:
+            self._fused = _construct_fused(self.pt_optim_constructor, {"params": [param], **args})
+            self._groups.append((args, self._fused.param_groups[-1]))
         else:
-            self._shared.add_param_group({"params": [param], **args})
-            self._groups.append((args, self._shared.param_groups[-1]))
-        self._shared_params.append(param)
+            self._fused.add_param_group({"params": [param], **args})
+            self._groups.append((args, self._fused.param_groups[-1]))
+        self._fused_params.append(param)
         self.grad_clip[param] = self._get_grad_clip(param)
         waiting = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(param), None)
         if waiting is not None:
             # our own format, or a per-parameter torch optimiser's state dict (pyro.optim)
-            state = waiting["shared"] if "shared" in waiting else next(iter(waiting["state"].values()), {})
-            self._shared.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+            state = waiting["fused"] if "fused" in waiting else next(iter(waiting["state"].values()), {})
+            self._fused.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
 
-    def _step_shared(self, params):
+    def _step_fused(self, params):
         for p in params:
             if p not in self.grad_clip:
                 self._join(p)
@@ -235,11 +235,11 @@ class NaturalAdam(PyroOptim):
                 self.grad_clip[p](p)
         # parameters this step did not touch keep their values, as with per-parameter optimisers
         current = set(params)
-        idle = {p: p.grad for p in self._shared_params if p not in current and p.grad is not None}
+        idle = {p: p.grad for p in self._fused_params if p not in current and p.grad is not None}
         for p in idle:
             p.grad = None
         try:
-            self._shared.step()
+            self._fused.step()
         finally:
             for p, grad in idle.items():
                 p.grad = grad
@@ -247,8 +247,8 @@ class NaturalAdam(PyroOptim):
     def get_state(self):
         state = super().get_state()
         store = pyro.get_param_store()
-        for p in self._shared_params:
-            state[store.param_name(p)] = {"shared": dict(self._shared.state[p])}
+        for p in self._fused_params:
+            state[store.param_name(p)] = {"fused": dict(self._fused.state[p])}
         return state
 
 

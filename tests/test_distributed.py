@@ -66,14 +66,14 @@ def one_step(structure, indices, seed=0):
     broadcast_parameters()
     store = pyro.get_param_store()
     grads = {}
-    original = optim._step_shared
+    original = optim._step_fused
 
     def record(params):  # the gradients NaturalAdam steps with, after averaging
         for p in params:
             grads[store.param_name(p)] = p.grad.detach().clone()
         return original(params)
 
-    optim._step_shared = record
+    optim._step_fused = record
     svi.step(y[indices], indices=indices)
     return grads, guide.natural_params(), None
 

@@ -73,12 +73,12 @@ def test_partial_natural_step_is_a_convex_combination_and_adam_moves_the_rest():
         assert_close(moved.max(), torch.tensor(0.01), rtol=1e-3, atol=0)
     kinds = {type(o) for p, o in optim.optim_objs.items() if is_natural_parameter(p)}
     assert kinds == {NaturalStep} and set(optim.optim_objs) == {p for p in optim.optim_objs if is_natural_parameter(p)}
-    assert type(optim._shared) is torch.optim.Adam
-    assert {id(p) for p in optim._shared_params} == {id(p) for p in guide.encoder.parameters()} | {
+    assert type(optim._fused) is torch.optim.Adam
+    assert {id(p) for p in optim._fused_params} == {id(p) for p in guide.encoder.parameters()} | {
         id(p) for p in model.decoder.parameters()
     }
     # one argument set, one parameter group: one fused update for every network tensor
-    assert len(optim._shared.param_groups) == 1
+    assert len(optim._fused.param_groups) == 1
 
 
 def test_natural_parameters_are_not_clipped():
@@ -125,7 +125,7 @@ def test_stock_optimiser_on_natural_parameters_is_reported():
         svi.step(y[idx], idx)
 
 
-def test_shared_adam_matches_per_parameter_adam_and_round_trips_its_state(tmp_path):
+def test_fused_adam_matches_per_parameter_adam_and_round_trips_its_state(tmp_path):
     """NaturalAdam's one (fused) Adam takes the steps of pyro.optim.Adam's per-parameter ones."""
 
     def steps(optim, n, seed=0):
@@ -140,7 +140,7 @@ def test_shared_adam_matches_per_parameter_adam_and_round_trips_its_state(tmp_pa
         return {n: p.detach().clone() for n, p in model.decoder.named_parameters()}, optim
 
     per_parameter = NaturalAdam({"lr": 0.01}, natural_lr=0.2)
-    per_parameter._step_shared = lambda params: pyro.optim.PyroOptim.__call__(per_parameter, params)
+    per_parameter._step_fused = lambda params: pyro.optim.PyroOptim.__call__(per_parameter, params)
     ours, optim = steps(NaturalAdam({"lr": 0.01}, natural_lr=0.2), 4)
     theirs, _ = steps(per_parameter, 4)
     for name in ours:
