@@ -182,13 +182,15 @@ def run_setting_with_backoff(config: Config, setting: dict, progress: bool = Tru
     ``attempts`` times; the row records the learning rate used, or ``diverged`` when every
     attempt diverged (a grid goes on either way).
     """
-    for _ in range(attempts):
+    for attempt in range(1, attempts + 1):
         try:
             return {**run_setting(config, setting, progress), "lr": config.lr}
         except DivergenceError as error:
+            if attempt == attempts:
+                warnings.warn(f"{error} Diverged at every rate tried, down to lr {config.lr:.3g}.", RuntimeWarning)
+                return {**setting, "diverged": 1.0, "lr": config.lr}
             warnings.warn(f"{error} Trying again at lr {config.lr / 3:.3g}.", RuntimeWarning)
             config = replace(config, lr=config.lr / 3)
-    return {**setting, "diverged": 1.0, "lr": 3 * config.lr}
 
 
 COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack", "lr", "seconds")
