@@ -11,9 +11,11 @@ per step (median over steps, after a warm-up) and steps per second.
 """
 
 import argparse
+import sys
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -23,7 +25,8 @@ import pyro
 
 from pyro_sin.datasets import pinwheel
 from pyro_sin.distributed import broadcast_parameters
-from pyro_sin.experiments.pinwheel import Config, build_san
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
+from pinwheel import Config, build_san
 from pyro_sin.training import minibatch_indices
 
 

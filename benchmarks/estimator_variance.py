@@ -9,7 +9,9 @@ particles, at initialisation and after some training::
 """
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -17,7 +19,8 @@ import pyro
 
 from pyro_sin.datasets import pinwheel
 from pyro_sin.elbo import SINELBO
-from pyro_sin.experiments.pinwheel import Config, train_san
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
+from pinwheel import Config, train_san
 
 
 def gradient_stats(model, guide, y, idx, estimator, repeats):

@@ -11,11 +11,14 @@ orthonormal shortcuts, unit encoder precision) instead of the mirrored autoencod
 """
 
 import argparse
+import sys
 import statistics
 import torch
+from pathlib import Path
 
 from pyro_sin.datasets import pinwheel
-from pyro_sin.experiments import pinwheel as experiment
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
+import pinwheel as experiment
 
 def first_step_below(history, bar):
     for step, metrics in zip(history.eval_steps, history.evals):

@@ -16,15 +16,18 @@ over steps is reported. SAN's decoder estimator is the default ("sample").
 """
 
 import argparse
+import sys
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 import pyro
 
-from pyro_sin.experiments.pinwheel import Config, build_san, build_vae
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
+from pinwheel import Config, build_san, build_vae
 
 SIZES = {
     "pinwheel": dict(data_dim=2, config=dict(hidden=50, latent_dim=2, num_particles=10), batches=(100,)),

@@ -13,7 +13,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .baselines.clustering import fit_bayesian_gmm
+from .pgm.mixture import bayesian_gmm
 from .distributions import NormalWishart, RegressionStats, regression_conjugate_update
 from .potential import GaussianPotential
 
@@ -66,7 +66,7 @@ def normal_wishart_from_points(
 
     With ``refine > 0`` the k-means clusters are refined by up to ``refine``
     coordinate-ascent sweeps of a variational Bayesian Gaussian mixture started
-    from their centres (:func:`~pyro_sin.baselines.fit_bayesian_gmm`, whose prior
+    from their centres (:func:`~pyro_sin.pgm.mixture.bayesian_gmm`, whose prior
     follows the points' own scale), and the components start on its soft clusters
     ``r_nk``: k-means cuts elongated clusters into round pieces of equal spread, a
     mixture with full covariances does not.
@@ -83,7 +83,7 @@ def normal_wishart_from_points(
     centres, assignment = kmeans(points, K, generator)
     resp = torch.nn.functional.one_hot(assignment, K).to(points.dtype)  # (N, K)
     if refine and K > 1:
-        mixture = fit_bayesian_gmm(points, K, iterations=refine, locs=centres)
+        mixture = bayesian_gmm(points, K, centres, iterations=refine)
         resp = mixture.log_responsibilities(points).exp()
         counts = resp.sum(0)
         # a component the mixture emptied keeps its k-means centre (and borrows the pooled shape below)

@@ -1,9 +1,15 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import pyro
+
+# The examples (experiments, baselines, plotting) are scripts beside the package, not part of it;
+# their modules import one another by name, as they do when run as `python examples/<name>.py`.
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 
 def pytest_configure(config):

@@ -13,7 +13,7 @@ import pytest
 import pyro_sin
 
 ROOT = Path(__file__).parents[1]
-PUBLIC_MODULES = ["pyro_sin", "pyro_sin.pgm", "pyro_sin.distributions", "pyro_sin.datasets", "pyro_sin.baselines"]
+PUBLIC_MODULES = ["pyro_sin", "pyro_sin.pgm", "pyro_sin.distributions", "pyro_sin.datasets", "pyro_sin.pgm.mixture"]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from torch import nn
 import pyro.distributions as dist
 
 from pyro_sin import evaluation
-from pyro_sin.baselines import VAE, BayesianGMM
+from baselines import VAE
+from pyro_sin.pgm.mixture import BayesianGMM
 from pyro_sin.metrics import sample_coverage
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianEncoder

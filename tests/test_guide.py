@@ -12,7 +12,7 @@ from pyro.infer import SVI, Predictive, TraceEnum_ELBO, config_enumerate
 from pyro_sin import NaturalAdam, SINELBO, SINGuide
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import GaussianMixture
-from pyro_sin.baselines import BayesianGMM
+from pyro_sin.pgm.mixture import BayesianGMM
 from pyro_sin.training import fit, minibatch_indices
 from tests.helpers import tiny_mixture_model
 

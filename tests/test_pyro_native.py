@@ -85,7 +85,7 @@ def test_param_store_and_optimiser_files_resume_a_run_exactly(tmp_path):
 
 def test_state_dict_resume_of_the_main_job_is_bit_identical():
     from pyro_sin.datasets import pinwheel
-    from pyro_sin.experiments.pinwheel import Config, build_san
+    from pinwheel import Config, build_san
 
     config = Config(iterations=6, num_particles=2, batch_size=50)
     train = pinwheel(num_per_class=30, seed=0).train

@@ -5,7 +5,7 @@ from .hmm import HMMFactor, HMMParams, HMMPosterior, LatentHMM
 from .lds import LinearDynamicalSystem
 from .slds import SLDSFactor, SLDSParams, SLDSPosterior, SwitchingLDS
 from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior
-from .student_t_mixture import StudentTMixture
+from .mixture import StudentTMixture
 
 __all__ = [
     "GaussianMixture",

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_sin.baselines import VectorAutoregression
+from baselines import VectorAutoregression
 
 
 def simulate_var(coefficients, intercept, noise_scale, N, T, generator):

@@ -1,6 +1,6 @@
 import json
 
-from pyro_sin.experiments import pinwheel
+import pinwheel
 
 
 def test_quick_pinwheel_run_learns_and_writes_its_outputs(tmp_path, capsys):

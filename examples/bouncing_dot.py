@@ -11,7 +11,7 @@ Every method trains for the same wall-clock time; we report reconstruction,
 multi-step prediction of future frames, imputation of missing frames and the
 importance-sampled test log-likelihood, and write figures::
 
-    python -m pyro_sin.experiments.bouncing_dot --out results/bouncing_dot
+    python examples/bouncing_dot.py --out results/bouncing_dot
 
 ``--quick`` (or the environment variable ``CI``) shrinks the run.
 """
@@ -27,16 +27,16 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from ..baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
-from ..datasets import bouncing_dot
-from ..elbo import SINELBO
-from ..models import DeepLatentLDS
-from ..nn import SequenceEncoder, mirrored_autoencoder
-from ..optim import NaturalAdam
-from ..pgm import LinearDynamicalSystem
-from ..plotting import new_figure, plot_curves
-from ..training import fit
-from .pinwheel import markdown_table
+from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
+from pyro_sin.datasets import bouncing_dot
+from pyro_sin.elbo import SINELBO
+from pyro_sin.models import DeepLatentLDS
+from pyro_sin.nn import SequenceEncoder, mirrored_autoencoder
+from pyro_sin.optim import NaturalAdam
+from pyro_sin.pgm import LinearDynamicalSystem
+from plotting import new_figure, plot_curves
+from pyro_sin.training import fit
+from pinwheel import markdown_table
 
 
 @dataclass

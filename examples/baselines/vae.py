@@ -8,8 +8,8 @@ import torch
 import pyro
 import pyro.distributions as dist
 
-from .. import evaluation
-from ..models import data_plate
+from pyro_sin import evaluation
+from pyro_sin.models import data_plate
 
 
 class VAE:

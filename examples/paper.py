@@ -1,10 +1,10 @@
 """
 The SAN paper's figures, one command each::
 
-    python -m pyro_sin.experiments.paper fig2a   # pinwheel: test MSE vs iterations, GMM / SVAE / SAN
-    python -m pyro_sin.experiments.paper fig2b   # Auto MPG: test MSE vs iterations, GMM / VAE / SAN
-    python -m pyro_sin.experiments.paper fig2c   # noisy pinwheel: test MSE vs outlier ratio, GMM / SAN-GMM / SAN-TMM
-    python -m pyro_sin.experiments.paper fig3    # generative samples of GMM, SAN, VAE on pinwheel and Auto
+    python examples/paper.py fig2a   # pinwheel: test MSE vs iterations, GMM / SVAE / SAN
+    python examples/paper.py fig2b   # Auto MPG: test MSE vs iterations, GMM / VAE / SAN
+    python examples/paper.py fig2c   # noisy pinwheel: test MSE vs outlier ratio, GMM / SAN-GMM / SAN-TMM
+    python examples/paper.py fig3    # generative samples of GMM, SAN, VAE on pinwheel and Auto
 
 Each writes ``<figure>.png``, ``<figure>.json`` (every setting used, every seed's
 metrics and curves) and ``<figure>.md`` (medians over seeds) to ``--out``.
@@ -13,7 +13,7 @@ override the data set's settings, ``--device cuda`` runs on the GPU, and
 ``--quick`` (or the environment variable ``CI``) shrinks every run.
 
 The deep methods share their starting point: SAN, the SVAE and the VAE use the
-same networks (:func:`pyro_sin.experiments.pinwheel.build_networks`: standardised
+same networks (:func:`pinwheel.build_networks`: standardised
 networks with a decoder floor; on pinwheel the decoder's hidden layers start at
 LeCun's scale, ``--decoder-body-gain``), and SAN and the SVAE the same mixture
 components on the k-means clusters of the encoded data and the same natural-step
@@ -54,21 +54,21 @@ from tqdm.auto import tqdm
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from ..baselines import VAE, BayesianGMM
-from ..datasets import auto_mpg, noisy_pinwheel, pinwheel
-from ..datasets.pinwheel import LabelledSplit
-from ..elbo import SINELBO
-from ..evaluation import Estimate
-from ..guide import SVAEGuide
-from ..initialization import encoded_components
-from ..metrics import cluster_purity, normalized_mutual_info, sample_coverage
-from ..models import DeepLatentMixture
-from ..optim import NaturalAdam
-from ..pgm import GaussianMixture, StudentTMixture
-from ..standardize import standardized_autoencoder
-from ..plotting import new_figure, plot_curves, plot_generative_samples, plot_points_with_range, shared_limits
-from ..training import components_in_use, minibatch_indices
-from . import pinwheel as pinwheel_experiment
+from baselines import VAE, BayesianGMM
+from pyro_sin.datasets import auto_mpg, noisy_pinwheel, pinwheel
+from pyro_sin.datasets.pinwheel import LabelledSplit
+from pyro_sin.elbo import SINELBO
+from pyro_sin.evaluation import Estimate
+from pyro_sin.guide import SVAEGuide
+from pyro_sin.initialization import encoded_components
+from pyro_sin.metrics import cluster_purity, normalized_mutual_info, sample_coverage
+from pyro_sin.models import DeepLatentMixture
+from pyro_sin.optim import NaturalAdam
+from pyro_sin.pgm import GaussianMixture, StudentTMixture
+from pyro_sin.standardize import standardized_autoencoder
+from plotting import new_figure, plot_curves, plot_generative_samples, plot_points_with_range, shared_limits
+from pyro_sin.training import components_in_use, minibatch_indices
+import pinwheel as pinwheel_experiment
 
 _NETWORKS = pinwheel_experiment.Config()  # the shared networks' defaults, one source of truth
 LONG_ITERATIONS = 10_000

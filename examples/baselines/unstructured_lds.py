@@ -13,10 +13,10 @@ import pyro
 import pyro.distributions as dist
 from pyro.nn import PyroModule, PyroParam
 
-from ..evaluation import decoded_mean
-from ..metrics import importance_log_likelihood
-from ..models import DeepLatentLDS, data_plate, frame_likelihood, rollout
-from ..pgm.lds import LDSParams
+from pyro_sin.evaluation import decoded_mean
+from pyro_sin.metrics import importance_log_likelihood
+from pyro_sin.models import DeepLatentLDS, data_plate, frame_likelihood, rollout
+from pyro_sin.pgm.lds import LDSParams
 
 
 class UnstructuredLDSGuide(PyroModule):

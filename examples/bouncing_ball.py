@@ -2,9 +2,9 @@
 Regime segmentation, forecasting and imputation on the 1-D bouncing ball
 (:func:`~pyro_sin.datasets.bouncing_ball`: a ball between walls at 0 and 10, observed with
 noise 0.1; the regime is the direction of motion), every method in the same harness
-(:mod:`pyro_sin.experiments.sequence_harness`)::
+(:mod:`sequence_harness`)::
 
-    python -m pyro_sin.experiments.bouncing_ball --out results/bouncing_ball
+    python examples/bouncing_ball.py --out results/bouncing_ball
 
 Segmentation scores compare ``argmax_k q(z_t = k)`` with the true direction; forecasts
 (10 steps) and imputation (10 hidden frames) are scored against the noise-free positions.
@@ -13,8 +13,8 @@ Segmentation scores compare ``argmax_k q(z_t = k)`` with the true direction; for
 
 from dataclasses import replace
 
-from ..datasets import bouncing_ball
-from .sequence_harness import METHODS, Config, SequenceTask, deep_latent_builder, experiment_main, hmm_natural_from_encoded, make_hmm
+from pyro_sin.datasets import bouncing_ball
+from sequence_harness import METHODS, Config, SequenceTask, deep_latent_builder, experiment_main, hmm_natural_from_encoded, make_hmm
 
 CONFIG = Config(latent_dim=2, num_states=2, max_iterations=500)
 # one frame holds the position only: a per-frame encoder cannot see the direction (the regime),

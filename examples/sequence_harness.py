@@ -33,17 +33,17 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from ..baselines import UnstructuredLDSGuide, VectorAutoregression
-from ..elbo import SINELBO
-from ..initialization import encoded_regimes, encoded_states
-from ..metrics import clustering_scores
-from ..models import DeepLatentLDS
-from ..nn import SequenceEncoder
-from ..optim import NaturalAdam
-from ..pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
-from ..plotting import component_colours, new_figure, plot_curves
-from ..standardize import StandardizedEncoder, Standardization, standardized_autoencoder
-from ..training import DivergenceError, History, fit
+from baselines import UnstructuredLDSGuide, VectorAutoregression
+from pyro_sin.elbo import SINELBO
+from pyro_sin.initialization import encoded_regimes, encoded_states
+from pyro_sin.metrics import clustering_scores
+from pyro_sin.models import DeepLatentLDS
+from pyro_sin.nn import SequenceEncoder
+from pyro_sin.optim import NaturalAdam
+from pyro_sin.pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
+from plotting import component_colours, new_figure, plot_curves
+from pyro_sin.standardize import StandardizedEncoder, Standardization, standardized_autoencoder
+from pyro_sin.training import DivergenceError, History, fit
 
 __all__ = [
     "Config",

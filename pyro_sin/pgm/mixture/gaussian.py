@@ -29,7 +29,7 @@ import pyro.distributions as dist
 from pyro.ops.indexing import Vindex
 from pyro.ops.tensor_utils import precision_to_scale_tril
 
-from ..distributions import (
+from ...distributions import (
     Categorical,
     DirichletBlock,
     GaussianStats,
@@ -45,8 +45,8 @@ from ..distributions import (
     expected_gaussian_log_likelihood,
     spd_matrix,
 )
-from ..potential import GaussianPotential
-from .base import SINRecord, StructuredPrior
+from ...potential import GaussianPotential
+from ..base import SINRecord, StructuredPrior
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -1,7 +1,7 @@
 """Baselines in the same harness as SAN."""
 
 from .clustering import PCAGMM, VAEGMM, ClusteringBaseline, KMeansBaseline, fit_bayesian_gmm
-from .gmm import BayesianGMM
+from pyro_sin.pgm.mixture import BayesianGMM
 from .two_stage import TwoStageLDS
 from .unstructured_lds import UnstructuredLDSGuide
 from .var import SmoothedFrames, VectorAutoregression

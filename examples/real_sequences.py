@@ -4,11 +4,11 @@ Forecasting and imputation on real multichannel sensor recordings: *BasicMotions
 40 training and 40 test recordings of standing, walking, running and badminton),
 standardised by the training split. The first 85 steps of each test recording are
 observed and the last 15 forecast; frames 40..49 are hidden for imputation. Every method
-runs in the same harness (:mod:`pyro_sin.experiments.sequence_harness`), beside the linear
+runs in the same harness (:mod:`sequence_harness`), beside the linear
 vector autoregressions VAR(1) and VAR(2) (least squares, exact Kalman-smoother
 imputation) and the training mean::
 
-    python -m pyro_sin.experiments.real_sequences --out results/real_sequences
+    python examples/real_sequences.py --out results/real_sequences
 
 Needs the extra ``[data]`` (the recordings ship with sktime). ``--quick`` (or ``CI``)
 shrinks the run.
@@ -16,8 +16,8 @@ shrinks the run.
 
 from dataclasses import replace
 
-from ..datasets import basic_motions
-from .sequence_harness import (
+from pyro_sin.datasets import basic_motions
+from sequence_harness import (
     METHODS,
     Config,
     SequenceTask,

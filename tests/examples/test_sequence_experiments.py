@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from pyro_sin.experiments import bouncing_ball, four_regime, lds_benchmark, real_sequences
+import bouncing_ball, four_regime, lds_benchmark, real_sequences
 from pyro_sin.pgm.lds import LDSParams
-from pyro_sin.experiments.sequence_harness import Evaluator, SequenceTask
+from sequence_harness import Evaluator, SequenceTask
 
 
 def _check_outputs(tmp_path, methods, figures):
@@ -111,7 +111,7 @@ def test_evaluator_scores_a_perfect_oracle_at_zero():
 def test_a_method_that_diverges_goes_back_to_its_last_evaluation():
     import pyro
 
-    from pyro_sin.experiments.sequence_harness import Config, _fit
+    from sequence_harness import Config, _fit
 
     class ExplodingSVI:
         """Moves one parameter by one every step; its loss becomes NaN at step 25."""

@@ -16,9 +16,9 @@ import torch
 
 import pyro.distributions as dist
 
-from ..distributions import GaussianStats, conjugate_update
-from ..metrics import weighted_mse
-from ..pgm import GaussianMixture
+from ...distributions import GaussianStats, conjugate_update
+from ...metrics import weighted_mse
+from .gaussian import GaussianMixture
 
 
 class BayesianGMM:
@@ -135,3 +135,30 @@ class BayesianGMM:
         result = y.clone()
         result[:, m] = (log_r.exp()[..., None] * cond).sum(1)
         return result
+
+
+def bayesian_gmm(data: torch.Tensor, num_components: int, locs: torch.Tensor, iterations: int = 500) -> BayesianGMM:
+    r"""
+    A :class:`BayesianGMM` with scikit-learn's default, data-dependent prior (``m₀`` the
+    data mean, ``κ₀ = 1``, ``W₀⁻¹`` the data covariance, ``ν₀ = D``, ``α₀ = 1 / K``), so
+    that it does not depend on the data's units, started with its component means at
+    ``locs`` and fitted by coordinate ascent. A ridge of ``10⁻⁶`` times the mean variance
+    keeps ``W₀⁻¹`` positive definite when the data span fewer than ``D`` directions.
+
+    :param data: shape ``(N, D)``.
+    :param locs: the component means to start from, shape ``(K, D)``.
+    """
+    N, D = data.shape
+    if N < 2:
+        raise ValueError(f"need at least two points to fit a mixture, got {N}")
+    if locs.shape != (num_components, D):
+        raise ValueError(f"locs must have shape {(num_components, D)}, got {tuple(locs.shape)}")
+    centred = data - data.mean(0)
+    cov = centred.T @ centred / (N - 1)
+    cov = 0.5 * (cov + cov.T)  # exactly symmetric in any precision
+    cov = cov + 1e-6 * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(D, dtype=data.dtype, device=data.device)
+    gmm = BayesianGMM(
+        num_components, D, concentration=1.0 / num_components, loc=data.mean(0), kappa=1.0, scale_inv=cov, df=float(D)
+    )
+    gmm.pgm.to(data)
+    return gmm.initialize(data, locs=locs.to(data)).fit(data, iterations)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_sin.datasets import pinwheel
-from pyro_sin.experiments import paper
+import paper
 
 
 def run(tmp_path, *args):

@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_sin.baselines import PCAGMM, VAE, VAEGMM, BayesianGMM, KMeansBaseline, TwoStageLDS
+from baselines import PCAGMM, VAE, VAEGMM, BayesianGMM, KMeansBaseline, TwoStageLDS
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.metrics import normalized_mutual_info
 from pyro_sin.nn import latent_scale, mirrored_autoencoder

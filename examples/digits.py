@@ -3,10 +3,10 @@ Cluster images of handwritten digits with SAN-GMM and compare it with k-means,
 a Bayesian GMM on principal components, a two-stage VAE + GMM and the SVAE,
 all in one harness; print the metrics tables and write the figures::
 
-    python -m pyro_sin.experiments.digits                        # 8x8 digits, Gaussian decoder
-    python -m pyro_sin.experiments.digits --data digits-binary   # binarised digits, Bernoulli decoder
-    python -m pyro_sin.experiments.digits --data mnist5k         # MNIST-5k (binarised), Bernoulli decoder
-    python -m pyro_sin.experiments.digits --seeds 5 --out results/digits
+    python examples/digits.py                        # 8x8 digits, Gaussian decoder
+    python examples/digits.py --data digits-binary   # binarised digits, Bernoulli decoder
+    python examples/digits.py --data mnist5k         # MNIST-5k (binarised), Bernoulli decoder
+    python examples/digits.py --seeds 5 --out results/digits
 
 The data come with the optional extra ``pip install 'pyro-sin[data]'``.
 ``--quick`` (or the environment variable ``CI``) shrinks the run.
@@ -73,19 +73,19 @@ import torch
 import pyro
 from pyro.infer import SVI
 
-from ..baselines import KMeansBaseline, PCAGMM, VAEGMM
-from ..datasets.digits import digits, mnist5k
-from ..elbo import SINELBO
-from ..guide import SVAEGuide
-from ..initialization import encoded_components, pretrain_components, warmup_schedule
-from ..metrics import clustering_scores
-from ..models import DeepLatentMixture
-from ..optim import NaturalAdam
-from ..pgm import GaussianMixture
-from ..plotting import component_colours, new_figure, plot_curves
-from ..plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
-from ..standardize import standardized_autoencoder
-from ..training import DivergenceError, fit
+from baselines import KMeansBaseline, PCAGMM, VAEGMM
+from pyro_sin.datasets.digits import digits, mnist5k
+from pyro_sin.elbo import SINELBO
+from pyro_sin.guide import SVAEGuide
+from pyro_sin.initialization import encoded_components, pretrain_components, warmup_schedule
+from pyro_sin.metrics import clustering_scores
+from pyro_sin.models import DeepLatentMixture
+from pyro_sin.optim import NaturalAdam
+from pyro_sin.pgm import GaussianMixture
+from plotting import component_colours, new_figure, plot_curves
+from plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
+from pyro_sin.standardize import standardized_autoencoder
+from pyro_sin.training import DivergenceError, fit
 
 
 @dataclass(frozen=True)

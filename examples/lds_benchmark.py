@@ -12,8 +12,8 @@ posterior's potentials of such an emission are affine in ``y_t``). The gap split
 the learned model's own exact log-likelihood (also a Kalman filter) and the bound's
 slack below it::
 
-    python -m pyro_sin.experiments.lds_benchmark                 # latent 3, emission 5, noise 1, 100 sequences
-    python -m pyro_sin.experiments.lds_benchmark --grid          # the benchmark's 27 settings
+    python examples/lds_benchmark.py                 # latent 3, emission 5, noise 1, 100 sequences
+    python examples/lds_benchmark.py --grid          # the benchmark's 27 settings
 
 ``--quick`` (or the environment variable ``CI``) shrinks the run.
 """
@@ -34,15 +34,15 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI
 
-from ..datasets import lds_benchmark_settings, linear_gaussian_benchmark
-from ..elbo import SINELBO
-from ..models import DeepLatentLDS
-from ..nn import GaussianEncoder
-from ..optim import NaturalAdam
-from ..pgm import LinearDynamicalSystem
-from ..pgm.lds import LDSParams
-from ..training import DivergenceError, fit
-from .sequence_harness import markdown_table
+from pyro_sin.datasets import lds_benchmark_settings, linear_gaussian_benchmark
+from pyro_sin.elbo import SINELBO
+from pyro_sin.models import DeepLatentLDS
+from pyro_sin.nn import GaussianEncoder
+from pyro_sin.optim import NaturalAdam
+from pyro_sin.pgm import LinearDynamicalSystem
+from pyro_sin.pgm.lds import LDSParams
+from pyro_sin.training import DivergenceError, fit
+from sequence_harness import markdown_table
 
 TARGET = dict(latent_dim=3, emission_dim=5, emission_noise=1.0, dynamics_noise=0.1, num_sequences=100)
 

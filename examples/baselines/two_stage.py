@@ -7,16 +7,16 @@ smooths the VAE encoder's per-frame potentials with the fitted LDS.
 
 import torch
 
-from ..distributions import MatrixNormalWishart, RegressionStats, regression_conjugate_update
-from ..evaluation import decoded_mean
-from ..metrics import importance_log_likelihood
-from ..models import frame_likelihood, rollout
-from ..pgm.lds import ChainPosterior, LDSParams
+from pyro_sin.distributions import MatrixNormalWishart, RegressionStats, regression_conjugate_update
+from pyro_sin.evaluation import decoded_mean
+from pyro_sin.metrics import importance_log_likelihood
+from pyro_sin.models import frame_likelihood, rollout
+from pyro_sin.pgm.lds import ChainPosterior, LDSParams
 
 
 class TwoStageLDS:
     """
-    :param vae: a trained :class:`~pyro_sin.baselines.VAE` over single frames.
+    :param vae: a trained :class:`~baselines.VAE` over single frames.
     :param pgm: the :class:`~pyro_sin.pgm.LinearDynamicalSystem` whose prior and
         initial state the fitted dynamics use.
     """

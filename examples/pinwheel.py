@@ -2,8 +2,8 @@
 Train SAN-GMM on the pinwheel data with the paper's settings, beside a plain VAE
 with the same networks; print the metrics and write the figures::
 
-    python -m pyro_sin.experiments.pinwheel --out results/pinwheel [--device cuda]
-    python -m pyro_sin.experiments.pinwheel --nproc 2     # SAN in 2 processes (or under torchrun)
+    python examples/pinwheel.py --out results/pinwheel [--device cuda]
+    python examples/pinwheel.py --nproc 2     # SAN in 2 processes (or under torchrun)
 
 ``--quick`` (or the environment variable ``CI``) shrinks the run.
 """
@@ -22,18 +22,18 @@ import torch.multiprocessing as mp
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from ..baselines import VAE
-from ..datasets import pinwheel
-from ..elbo import SINELBO
-from ..metrics import cluster_purity, normalized_mutual_info
-from ..models import DeepLatentMixture
-from ..initialization import encoded_components, warmup_schedule
-from ..nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
-from ..optim import NaturalAdam
-from ..pgm import GaussianMixture
-from ..plotting import new_figure, plot_curves, plot_generative_samples
-from ..standardize import standardized_autoencoder
-from ..training import fit
+from baselines import VAE
+from pyro_sin.datasets import pinwheel
+from pyro_sin.elbo import SINELBO
+from pyro_sin.metrics import cluster_purity, normalized_mutual_info
+from pyro_sin.models import DeepLatentMixture
+from pyro_sin.initialization import encoded_components, warmup_schedule
+from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
+from pyro_sin.optim import NaturalAdam
+from pyro_sin.pgm import GaussianMixture
+from plotting import new_figure, plot_curves, plot_generative_samples
+from pyro_sin.standardize import standardized_autoencoder
+from pyro_sin.training import fit
 
 
 @dataclass

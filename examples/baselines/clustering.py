@@ -3,9 +3,9 @@ Clustering baselines behind one small interface, for comparison with SAN on
 the same splits:
 
 - :class:`KMeansBaseline`: scikit-learn's k-means on the raw data;
-- :class:`PCAGMM`: a Bayesian Gaussian mixture (:class:`~pyro_sin.baselines.BayesianGMM`)
+- :class:`PCAGMM`: a Bayesian Gaussian mixture (:class:`~baselines.BayesianGMM`)
   on the data's first principal components;
-- :class:`VAEGMM`: the two-stage model, a VAE (:class:`~pyro_sin.baselines.VAE`)
+- :class:`VAEGMM`: the two-stage model, a VAE (:class:`~baselines.VAE`)
   trained with an ``N(0, I)`` prior, then a Bayesian Gaussian mixture fitted to
   its latent means.
 
@@ -24,10 +24,10 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from .. import evaluation
-from ..metrics import clustering_scores
-from ..training import fit as fit_svi
-from .gmm import BayesianGMM
+from pyro_sin import evaluation
+from pyro_sin.metrics import clustering_scores
+from pyro_sin.pgm.mixture import BayesianGMM, bayesian_gmm
+from pyro_sin.training import fit as fit_svi
 from .vae import VAE
 
 
@@ -60,41 +60,19 @@ def fit_bayesian_gmm(
     locs: Optional[torch.Tensor] = None,
 ) -> BayesianGMM:
     r"""
-    A :class:`~pyro_sin.baselines.BayesianGMM` with scikit-learn's default,
-    data-dependent prior (``m₀`` the data mean, ``κ₀ = 1``, ``W₀⁻¹`` the data
-    covariance, ``ν₀ = D``, ``α₀ = 1 / K``), so it does not depend on the data's
-    units, fitted by coordinate ascent. A ridge of ``10⁻⁶`` times the mean
-    variance keeps ``W₀⁻¹`` positive definite when the data span fewer than ``D``
-    directions.
-
-    :param str init: ``"kmeans"`` (component means from k-means, as scikit-learn
-        does; needs scikit-learn) or ``"random"`` (``K`` random data points).
-    :param torch.Tensor locs: component means to start from, shape ``(K, D)``;
-        given, they replace ``init``.
+    :func:`pyro_sin.pgm.mixture.bayesian_gmm` (scikit-learn's data-dependent prior,
+    coordinate ascent) started from ``locs``, or from the centres of scikit-learn's
+    k-means (``init="kmeans"``) or ``K`` random data points (``init="random"``).
     """
-    N, D = data.shape
-    if N < 2:
-        raise ValueError(f"need at least two points to fit a mixture, got {N}")
-    centred = data - data.mean(0)
-    cov = centred.T @ centred / (N - 1)
-    cov = 0.5 * (cov + cov.T)  # exactly symmetric in any precision
-    cov = cov + 1e-6 * cov.diagonal().mean().clamp(min=1e-12) * torch.eye(D, dtype=data.dtype, device=data.device)
-    gmm = BayesianGMM(
-        num_components, D, concentration=1.0 / num_components, loc=data.mean(0), kappa=1.0, scale_inv=cov, df=float(D)
-    )
-    gmm.pgm.to(data)
-    if locs is not None:
-        if locs.shape != (num_components, D):
-            raise ValueError(f"locs must have shape {(num_components, D)}, got {tuple(locs.shape)}")
-        gmm.initialize(data, locs=locs.to(data))
-    elif init == "kmeans":
-        locs = torch.as_tensor(_kmeans(data, num_components, seed).cluster_centers_, dtype=data.dtype, device=data.device)
-        gmm.initialize(data, locs=locs)
-    elif init == "random":
-        gmm.initialize(data, generator=torch.Generator().manual_seed(seed))
-    else:
-        raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
-    return gmm.fit(data, iterations)
+    if locs is None:
+        if init == "kmeans":
+            locs = torch.as_tensor(_kmeans(data, num_components, seed).cluster_centers_, dtype=data.dtype, device=data.device)
+        elif init == "random":
+            generator = torch.Generator().manual_seed(seed)
+            locs = data[torch.randperm(len(data), generator=generator)[:num_components].to(data.device)]
+        else:
+            raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
+    return bayesian_gmm(data, num_components, locs, iterations)
 
 
 class ClusteringBaseline:

@@ -1,6 +1,6 @@
 import json
 
-from pyro_sin.experiments import bouncing_dot
+import bouncing_dot
 
 
 def test_quick_bouncing_dot_run_compares_all_methods(tmp_path):

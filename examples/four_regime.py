@@ -2,9 +2,9 @@
 Regime segmentation, forecasting and imputation on the 4-regime switching system
 (:func:`~pyro_sin.datasets.four_regime_system`: rotations in both senses and two drifts
 with sticky switches, seen through a fixed random nonlinear map into 10 dimensions),
-every method in the same harness (:mod:`pyro_sin.experiments.sequence_harness`)::
+every method in the same harness (:mod:`sequence_harness`)::
 
-    python -m pyro_sin.experiments.four_regime --out results/four_regime
+    python examples/four_regime.py --out results/four_regime
 
 Segmentation scores (NMI, ARI, Hungarian accuracy) compare ``argmax_k q(z_t = k)`` with
 the true regimes of the test sequences; forecasts (10 steps) and imputation (10 hidden
@@ -13,8 +13,8 @@ frames) are scored against the noise-free frames. ``--quick`` (or ``CI``) shrink
 
 from dataclasses import replace
 
-from ..datasets import four_regime_system
-from .sequence_harness import Config, SequenceTask, experiment_main
+from pyro_sin.datasets import four_regime_system
+from sequence_harness import Config, SequenceTask, experiment_main
 
 # the switching LDS's regime allocation is still changing at 500 steps (docs/mathematics.rst)
 CONFIG = Config(latent_dim=2, num_states=4, max_iterations=1500, eval_every=300, seconds=1800.0)

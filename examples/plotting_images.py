@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .plotting import _as_array, component_colours
+from plotting import _as_array, component_colours
 
 
 def tile_images(images, image_shape: Sequence[int], ncols: int, pad: int = 1, fill: float = np.nan) -> np.ndarray:
@@ -64,7 +64,7 @@ def plot_image_rows(
 
     :param rows: ``(R, C, H * W)``: ``R`` rows of ``C`` images each.
     :param row_labels: a label at the left of each row (e.g. the component and its weight).
-    :param label_colours: a colour per row label (e.g. :func:`~pyro_sin.plotting.component_colours`).
+    :param label_colours: a colour per row label (e.g. :func:`plotting.component_colours`).
     """
     rows = _as_array(rows)
     if rows.ndim != 3:

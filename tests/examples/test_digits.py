@@ -5,7 +5,7 @@ import torch
 
 pytest.importorskip("sklearn", reason="the digits need scikit-learn (pip install 'pyro-sin[data]')")
 
-from pyro_sin.experiments import digits  # noqa: E402
+import digits  # noqa: E402
 from pyro_sin.metrics import normalized_mutual_info  # noqa: E402
 from pyro_sin.training import DivergenceError  # noqa: E402
 

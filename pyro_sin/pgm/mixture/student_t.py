@@ -21,14 +21,14 @@ import pyro
 import pyro.distributions as dist
 from pyro.nn import PyroParam
 
-from ..distributions import (
+from ...distributions import (
     DirichletBlock,
     NaturalDomain,
     dirichlet_cross_entropy,
     dirichlet_expected_log,
     dirichlet_kl,
 )
-from .mixture import MixturePosterior, MixturePrior
+from .gaussian import MixturePosterior, MixturePrior
 
 
 class StudentTMixtureParams(NamedTuple):

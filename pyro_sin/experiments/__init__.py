@@ -1,1 +1,0 @@
-"""Command-line experiments that reproduce the SAN paper's figures."""

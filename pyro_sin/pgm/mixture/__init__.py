@@ -1,0 +1,38 @@
+"""
+The mixture family: Gaussian and Student-t mixtures of the latents, their SIN
+factors and closed-form posteriors, and the classic Bayesian Gaussian mixture
+they contain.
+"""
+
+from .classic import BayesianGMM, bayesian_gmm
+from .gaussian import (
+    GaussianMixture,
+    MeanFieldMixturePosterior,
+    MixtureFactor,
+    MixtureGlobalPosterior,
+    MixtureParams,
+    MixturePosterior,
+    MixturePrior,
+    expected_gaussian_factor,
+    gaussian_factor,
+    select_component,
+    take_component,
+)
+from .student_t import StudentTMixture
+
+__all__ = [
+    "BayesianGMM",
+    "GaussianMixture",
+    "MeanFieldMixturePosterior",
+    "MixtureFactor",
+    "MixtureGlobalPosterior",
+    "MixtureParams",
+    "MixturePosterior",
+    "MixturePrior",
+    "StudentTMixture",
+    "bayesian_gmm",
+    "expected_gaussian_factor",
+    "gaussian_factor",
+    "select_component",
+    "take_component",
+]
