@@ -27,9 +27,10 @@ from typing import Iterable, Tuple
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 import pyro
+
+from .natural import replace_gradient
 
 
 def world() -> Tuple[int, int]:
@@ -57,14 +58,11 @@ def average_gradients(params: Iterable[torch.Tensor]) -> None:
     if not params:
         return
     grads = [p.grad for p in params]
-    marks = [getattr(g, "natural_gradient", None) for g in grads]
-    flat = _flatten_dense_tensors(grads)
+    flat = torch.cat([g.reshape(-1) for g in grads])  # one collective for every gradient
     dist.all_reduce(flat)
     flat /= size
-    for grad, mark, synced in zip(grads, marks, _unflatten_dense_tensors(flat, grads)):
-        grad.copy_(synced)
-        if mark is not None and mark[1] + 1 == grad._version:  # still SINELBO's: re-mark it
-            grad.natural_gradient = (mark[0], grad._version)
+    for param, synced in zip(params, flat.split([g.numel() for g in grads])):
+        replace_gradient(param, synced.view_as(param.grad))
 
 
 @torch.no_grad()
@@ -75,4 +73,4 @@ def broadcast_parameters(src: int = 0) -> None:
         return
     store = pyro.get_param_store()
     for name in sorted(store.keys()):
-        dist.broadcast(store._params[name].data, src)
+        dist.broadcast(store.get_state()["params"][name].data, src)

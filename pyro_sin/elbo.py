@@ -29,9 +29,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape, get_rng_state, set_rng_state, warn_if_nan
 
-from .optim import set_natural_gradient
+from .natural import set_natural_gradient
 
-_pyro_logger = logging.getLogger("pyro.infer.elbo")
 _logger = logging.getLogger(__name__)
 
 _ESTIMATORS = ("sample", "enumerate")
@@ -108,6 +107,26 @@ def _scalar(scale, what):
     return scale
 
 
+def _model_plate_nesting(model, guide, args, kwargs) -> int:
+    """
+    The number of plate dimensions the model and the guide use, from one run of each
+    (as Pyro's ELBOs guess it, assuming a static structure), with their sites' shapes
+    checked while no plate count is fixed yet.
+    """
+    with poutine.block():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    traces = (prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace))
+    sites = [site for trace in traces for site in trace.nodes.values() if site["type"] == "sample"]
+    if is_validation_enabled():
+        for trace in traces:
+            trace.compute_log_prob()
+        for site in sites:
+            check_site_shape(site, max_plate_nesting=float("inf"))
+    dims = [frame.dim for site in sites for frame in site["cond_indep_stack"] if frame.vectorized]
+    return -min(dims) if dims else 0
+
+
 class SINELBO(ELBO):
     r"""
     The ELBO of :class:`~pyro_sin.SINGuide`, and the conjugate targets ``λ*`` of
@@ -172,26 +191,16 @@ class SINELBO(ELBO):
             # a dry run that leaves the random stream untouched, so a resumed run
             # (fresh ELBO, restored RNG state) repeats an uninterrupted one
             rng_state = get_rng_state()
-            self._guess_max_plate_nesting(model, guide, args, kwargs)
+            particles = int(self.vectorize_particles and self.num_particles > 1)
+            self.max_plate_nesting = _model_plate_nesting(model, guide, args, kwargs) + particles
             set_rng_state(rng_state)
+            _logger.debug(
+                "SINELBO: max_plate_nesting = %d (%d plate(s) of the model%s)",
+                self.max_plate_nesting,
+                self.max_plate_nesting - particles,
+                " + 1 for vectorised particles" if particles else "",
+            )
         return super()._get_traces(model, guide, args, kwargs)
-
-    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
-        # Pyro logs its guess, which counts the plate of vectorised particles and so
-        # reads as one more than the model's plates; say what it means instead.
-        level = _pyro_logger.level
-        _pyro_logger.setLevel(logging.WARNING)
-        try:
-            super()._guess_max_plate_nesting(model, guide, args, kwargs)
-        finally:
-            _pyro_logger.setLevel(level)
-        particles = int(self.vectorize_particles and self.num_particles > 1)
-        _logger.debug(
-            "SINELBO: max_plate_nesting = %d (%d plate(s) of the model%s)",
-            self.max_plate_nesting,
-            self.max_plate_nesting - particles,
-            " + 1 for vectorised particles" if particles else "",
-        )
 
     # ----- the bound ------------------------------------------------------------------
 

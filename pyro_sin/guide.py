@@ -23,10 +23,8 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import InitMessenger, init_to_mean, init_to_sample
 from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroParam
-from pyro.poutine.plate_messenger import PlateMessenger
-from pyro.poutine.runtime import _DIM_ALLOCATOR, _PYRO_STACK
-from pyro.util import get_rng_state, set_rng_state
 
+from ._pyro_compat import active_plate, isolated, outside
 from .naming import NameOwner
 from .pgm.base import SINRecord, StructuredPrior
 from .potential import GaussianPotential
@@ -39,42 +37,6 @@ def _first_argument(*args, **kwargs):
             "first positional argument; pass encoder_input=callable(*args, **kwargs)"
         )
     return args[0]
-
-
-def _active_plate(name):
-    """The innermost active ``pyro.plate`` called ``name``, or None."""
-    for handler in reversed(_PYRO_STACK):
-        if isinstance(handler, PlateMessenger) and handler.name == name:
-            return handler
-    return None
-
-
-@contextlib.contextmanager
-def _isolated():
-    """
-    Runs a block as if at top level: without the handlers and plates that are active
-    (a hand-written guide may call SINGuide inside its data plate) and with the random
-    stream restored afterwards.
-    """
-    rng_state, handlers, plates = get_rng_state(), _PYRO_STACK[:], _DIM_ALLOCATOR._stack[:]
-    del _PYRO_STACK[:], _DIM_ALLOCATOR._stack[:]
-    try:
-        yield
-    finally:
-        _PYRO_STACK[:] = handlers
-        _DIM_ALLOCATOR._stack[:] = plates
-        set_rng_state(rng_state)
-
-
-@contextlib.contextmanager
-def _outside(plate):
-    """Hides an active plate from the statements in the block."""
-    position = _PYRO_STACK.index(plate)
-    _PYRO_STACK.pop(position)
-    try:
-        yield
-    finally:
-        _PYRO_STACK.insert(position, plate)
 
 
 def _init_prototype_site(site):
@@ -185,7 +147,7 @@ class SINGuide(AutoGuide, NameOwner):
         # The model's structure is discovered in isolation: outside any plate of a
         # hand-written guide that calls this one, and without consuming random
         # numbers, so that a resumed run repeats an uninterrupted one.
-        with _isolated():
+        with isolated():
             model = poutine.block(InitMessenger(_init_prototype_site)(self.model), self._prototype_hide_fn)
             # at the prior means: sampled parameters (e.g. unstable dynamics over a long
             # sequence) could overflow, and the structure is all this trace is for
@@ -339,10 +301,10 @@ class SINGuide(AutoGuide, NameOwner):
         self._mark_registered()
         self._register_encoder()
         name = self._data_frame.name
-        active = _active_plate(name)
+        active = active_plate(name)
         with contextlib.ExitStack() as stack:
             if active is not None:  # θ is global even when called inside the data plate
-                stack.enter_context(_outside(active))
+                stack.enter_context(outside(active))
             natural_param = self.natural
             natural = self._natural_domain.unpack(natural_param)
             self.pgm.sample_global_posterior(natural)  # skipped by SINELBO, which integrates θ

@@ -18,7 +18,8 @@ up a checkpoint loaded into the store.
 import weakref
 
 import pyro
-from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
+
+from ._pyro_compat import MODULE_NAMESPACE_DIVIDER
 
 _OWNERS = weakref.WeakSet()
 
@@ -40,7 +41,7 @@ class NameOwner:
 def _holds_parameters(prefix: str) -> bool:
     store = pyro.get_param_store()
     return any(
-        key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + _MODULE_NAMESPACE_DIVIDER)
+        key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + MODULE_NAMESPACE_DIVIDER)
         for key in store.keys()
     )
 

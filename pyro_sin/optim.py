@@ -7,7 +7,7 @@ as an unconstrained tensor ``u`` with ``λ = T(u)``
 (:class:`~pyro_sin.distributions.natural.NaturalDomain`). For each of them
 :class:`~pyro_sin.SINELBO` computes the conjugate target ``λ*`` and writes
 the negative natural gradient ``λ - λ*`` into the gradient of ``u``
-(:func:`set_natural_gradient`). :class:`NaturalAdam` gives each such
+(:func:`pyro_sin.natural.set_natural_gradient`). :class:`NaturalAdam` gives each such
 tensor a :class:`NaturalStep` — no momentum, no clipping, no weight decay —
 
 .. math:: \lambda \leftarrow (1 - \beta_t)\,\lambda + \beta_t\,\lambda^*,
@@ -27,45 +27,8 @@ import pyro
 from pyro.optim import PyroOptim
 
 from .distributed import average_gradients, world
-from .distributions.natural import NaturalDomain, is_natural_domain
-
-
-def natural_domain_of(param: torch.Tensor):
-    """The :class:`~pyro_sin.distributions.natural.NaturalDomain` a param-store tensor was registered with, or None."""
-    store = pyro.get_param_store()
-    try:
-        name = store.param_name(param)
-    except KeyError:
-        return None
-    constraint = store._constraints.get(name)
-    return constraint if is_natural_domain(constraint) else None
-
-
-def is_natural_parameter(param: torch.Tensor) -> bool:
-    """Whether a param-store tensor holds natural parameters (its constraint is a NaturalDomain)."""
-    return natural_domain_of(param) is not None
-
-
-def set_natural_gradient(param: torch.Tensor, natural: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    r"""
-    What :class:`~pyro_sin.SINELBO` hands :class:`NaturalStep` for the unconstrained
-    tensor ``u`` of natural parameters ``λ = T(u)`` (same shape): the negative natural
-    gradient ``grad = λ - λ*`` in natural coordinates, marked as such together with the
-    current ``λ``. Being linear in the minibatch's statistics, such gradients average
-    across processes into the global batch's.
-    """
-    grad = (natural - target).to(param.dtype)
-    grad.natural_gradient = (natural, grad._version)
-    param.grad = grad
-    return grad
-
-
-def _current_natural(param: torch.Tensor):
-    """The ``λ`` SINELBO marked ``param.grad`` with, or None if the gradient came from elsewhere."""
-    attached = getattr(param.grad, "natural_gradient", None)
-    if attached is None or attached[1] != param.grad._version:
-        return None
-    return attached[0]
+from .distributions.natural import NaturalDomain
+from .natural import current_natural, is_natural_parameter, natural_domain_of
 
 
 def decaying_schedule(initial: float, decay: float, period: float) -> Callable[[int], float]:
@@ -108,7 +71,7 @@ class NaturalStep(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                natural = _current_natural(p)
+                natural = current_natural(p)
                 if natural is None:
                     raise ValueError(
                         "NaturalAdam received an ordinary gradient for natural parameters "
@@ -179,6 +142,7 @@ class NaturalAdam(PyroOptim):
         self._fused_params = []
         self._groups = []  # (the optimiser arguments asked for, the parameter group holding them)
         self._is_natural = {}
+        self._loaded_state = {}  # per parameter name, from set_state, until the parameter's optimiser exists
 
     def __call__(self, params, *args, **kwargs):
         if self.distributed or self.distributed is None and world()[1] > 1:
@@ -192,11 +156,18 @@ class NaturalAdam(PyroOptim):
         if others:
             self._step_fused(others)
 
+    def set_state(self, state_dict):
+        # Held here rather than handed to PyroOptim: each parameter's state is taken when its
+        # optimiser is built, by _get_optim (natural steps) or _join (the fused optimiser).
+        self._loaded_state.update(state_dict)
+
     def _get_optim(self, param):
         domain = natural_domain_of(param)
-        if domain is not None:
-            return NaturalStep([param], self.natural_lr, domain)
-        return super()._get_optim(param)
+        optim = NaturalStep([param], self.natural_lr, domain) if domain is not None else super()._get_optim(param)
+        state = self._loaded_state.pop(pyro.get_param_store().param_name(param), None)
+        if state is not None:
+            optim.load_state_dict(state)
+        return optim
 
     def _get_grad_clip(self, param):
         if is_natural_parameter(param):
@@ -221,7 +192,7 @@ class NaturalAdam(PyroOptim):
             self._groups.append((args, self._fused.param_groups[-1]))
         self._fused_params.append(param)
         self.grad_clip[param] = self._get_grad_clip(param)
-        waiting = self._state_waiting_to_be_consumed.pop(pyro.get_param_store().param_name(param), None)
+        waiting = self._loaded_state.pop(pyro.get_param_store().param_name(param), None)
         if waiting is not None:
             # our own format, or a per-parameter torch optimiser's state dict (pyro.optim)
             state = waiting["fused"] if "fused" in waiting else next(iter(waiting["state"].values()), {})

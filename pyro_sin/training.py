@@ -42,6 +42,13 @@ _ADVICE = (
 )
 
 
+def _param_name(param: torch.Tensor) -> str:
+    try:
+        return pyro.get_param_store().param_name(param)
+    except KeyError:
+        return "?"
+
+
 class DivergenceGuard:
     r"""
     Checks a step's loss and gradients before the optimiser uses them.
@@ -78,11 +85,7 @@ class DivergenceGuard:
             raise DivergenceError(
                 f"{desc}: the loss became {loss} at step {step}; the update was not applied. {_ADVICE}"
             )
-        bad = [
-            pyro.get_param_store().param_name(p) if p in pyro.get_param_store()._param_to_name else "?"
-            for p in params
-            if p.grad is not None and not torch.isfinite(p.grad).all()
-        ]
+        bad = [_param_name(p) for p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
         if bad:
             shown = ", ".join(sorted(bad)[:5]) + (" ..." if len(bad) > 5 else "")
             raise DivergenceError(

@@ -7,7 +7,8 @@ from pyro.infer import SVI
 
 from pyro_sin import NaturalAdam, SINELBO
 from pyro_sin.distributions import NormalWishart
-from pyro_sin.optim import NaturalStep, decaying_schedule, is_natural_parameter
+from pyro_sin.natural import is_natural_parameter
+from pyro_sin.optim import NaturalStep, decaying_schedule
 from tests.helpers import tiny_mixture_model
 
 
@@ -148,4 +149,4 @@ def test_fused_adam_matches_per_parameter_adam_and_round_trips_its_state(tmp_pat
     optim.save(tmp_path / "optim.pt")
     restored = NaturalAdam({"lr": 0.01}, natural_lr=0.2)
     restored.load(tmp_path / "optim.pt")
-    assert set(restored._state_waiting_to_be_consumed) == set(optim.get_state())
+    assert set(restored._loaded_state) == set(optim.get_state())

@@ -19,7 +19,7 @@ from pyro.infer.autoguide import AutoGuideList, AutoNormal
 from pyro_sin import NaturalAdam, SINELBO, SINGuide
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder
-from pyro_sin.optim import is_natural_parameter
+from pyro_sin.natural import is_natural_parameter
 from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem, StudentTMixture
 from tests.helpers import tiny_mixture_model
 
