@@ -132,7 +132,7 @@ def test_fit_trains_a_deep_lds_on_padded_sequences_with_mask_and_lengths():
     from pyro.infer import SVI
 
     import pyro_sin
-    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.models import DeepLatentSequence
     from pyro_sin.nn import GaussianDecoder, GaussianEncoder
     from pyro_sin.pgm import LinearDynamicalSystem
 
@@ -142,7 +142,7 @@ def test_fit_trains_a_deep_lds_on_padded_sequences_with_mask_and_lengths():
     mask[:, 2] = 0
     lengths = torch.tensor([10, 3, 7, 1, 5, 9])
     lds = LinearDynamicalSystem(2)
-    model = DeepLatentLDS(lds, GaussianDecoder(2, P, (8,)), N)
+    model = DeepLatentSequence(lds, GaussianDecoder(2, P, (8,)), N)
     guide = model.make_guide(GaussianEncoder(P, 2, (8,)))
     optim = pyro_sin.NaturalAdam({"lr": 0.01}, natural_lr=1.0)
     svi = SVI(model, guide, optim, pyro_sin.SINELBO(max_plate_nesting=1))

@@ -32,7 +32,8 @@ from ..distributions import (
     dirichlet_expected_log,
     dirichlet_kl,
 )
-from .base import StructuredPrior
+from .base import shares_in_use
+from .sequence import SequencePrior
 
 
 class RegimeGlobalPosterior:
@@ -80,7 +81,7 @@ class RegimeMarginals:
         return self.states.marginals.transition_counts
 
 
-class RegimeSwitchingPrior(StructuredPrior):
+class RegimeSwitchingPrior(SequencePrior):
     """
     Base of the priors whose latent sequence switches between ``K`` regimes that follow a
     Markov chain, each regime with its own conjugate parameters.
@@ -98,12 +99,8 @@ class RegimeSwitchingPrior(StructuredPrior):
 
     def _register_chain_prior(self, init_concentration, transition_concentration):
         K = self.num_states
-
-        def as_tensor(value, shape):
-            return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
-
-        self.register_buffer("prior_init_concentration", as_tensor(init_concentration, (K,)))
-        self.register_buffer("prior_transition_concentration", as_tensor(transition_concentration, (K, K)))
+        self.register_buffer("prior_init_concentration", self._as_tensor(init_concentration, (K,)))
+        self.register_buffer("prior_transition_concentration", self._as_tensor(transition_concentration, (K, K)))
         if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
             raise ValueError(f"the Dirichlet concentrations of a {type(self).__name__} must be positive")
 
@@ -175,15 +172,6 @@ class RegimeSwitchingPrior(StructuredPrior):
 
     # ----- conjugate posterior over θ -----------------------------------------------
 
-    @staticmethod
-    def _check_concentration(concentration, what):
-        if not (concentration > 0).all():
-            raise ValueError(
-                f"the Dirichlet natural parameter of the {what} must stay positive, got {concentration}; "
-                "natural parameters should only move by convex combinations (NaturalAdam)"
-            )
-        return concentration
-
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> RegimeGlobalPosterior:
         return self.posterior_type(
             self._check_concentration(natural["init_concentration"], "initial distribution"),
@@ -243,6 +231,13 @@ class RegimeSwitchingPrior(StructuredPrior):
         first = posterior.state_probs[..., 0, :].reshape(-1, K).sum(0)
         counts = posterior.transition_counts.reshape(-1, K, K).sum(0)
         return self.prior_init_concentration + scale * first, self.prior_transition_concentration + scale * counts
+
+    def in_use(self, natural, min_share=0.01) -> int:
+        """
+        The regimes whose expected number of steps (their family's degrees of freedom
+        beyond the prior's, ``ν_k - ν₀_k``) is at least ``min_share`` of the data.
+        """
+        return shares_in_use(natural["df"] - self.prior().natural_params.df, min_share)
 
     def kl(self, q: RegimeGlobalPosterior):
         return (
