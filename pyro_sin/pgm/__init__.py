@@ -11,6 +11,7 @@ implements the whole :class:`StructuredPrior` interface (and, for sequences,
 from typing import Dict
 
 from .base import SINRecord, StructuredPrior
+from .gaussian import LatentGaussian
 from .hmm import HMMFactor, HMMParams, HMMPosterior, LatentHMM
 from .lds import LinearDynamicalSystem
 from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior
@@ -25,6 +26,7 @@ FAMILIES: Dict[str, type] = {
     "lds": LinearDynamicalSystem,
     "hmm": LatentHMM,
     "slds": SwitchingLDS,
+    "gaussian": LatentGaussian,
 }
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "HMMFactor",
     "HMMParams",
     "HMMPosterior",
+    "LatentGaussian",
     "LatentHMM",
     "LinearDynamicalSystem",
     "MixtureFactor",
