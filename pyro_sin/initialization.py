@@ -1,13 +1,10 @@
 r"""
-The generic pieces of data-driven starts for SAN training (each family's own start is
-its :meth:`~pyro_sin.pgm.base.StructuredPrior.encoded_start`), and a warm-up of the
-natural-gradient step.
+The generic pieces of data-driven starts for SAN training (each family's own start is its
+:meth:`~pyro_sin.pgm.base.StructuredPrior.encoded_start`), and a warm-up of the natural step.
 
-Started from components scattered at random, the natural step of a latent
-mixture can grab the data before the networks have learned anything, and
-every point ends in one or two components. Placing the components on the
-clusters of the encoded data, and holding them still for the first steps
-while the networks adapt to them, avoids that.
+Started at random, the natural step of a latent mixture can grab the data before the networks
+have learned anything, and every point ends in one or two components; components placed on the
+clusters of the encoded data, and held still while the networks adapt to them, avoid that.
 """
 
 from typing import Callable, Optional

@@ -109,10 +109,8 @@ def components_in_use(guide, min_share: float = 0.01) -> Optional[int]:
         structure has no such units.
     """
     pgm = getattr(guide, "pgm", None)
-    if pgm is None:
-        return None
     with torch.no_grad():
-        return pgm.in_use(guide.natural_params(), min_share)
+        return None if pgm is None else pgm.in_use(guide.natural_params(), min_share)
 
 
 def minibatch_indices(

@@ -22,6 +22,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import torch
 from torch.distributions import constraints
 
+import pyro
 from pyro.nn import PyroModule
 from pyro.poutine.runtime import effectful
 
@@ -122,6 +123,15 @@ class StructuredPrior(PyroModule):
             )
         return concentration
 
+    @staticmethod
+    def _sample_conjugate(family, sites: Tuple[str, str], event_dims: int = 0):
+        """
+        ``Λ`` then the location ``L | Λ`` from a (Matrix-)Normal-Wishart ``family`` at the sites
+        ``(precision, location)``, its batch dimensions (``event_dims``) as event; returns ``(Λ, L)``.
+        """
+        precision = pyro.sample(sites[0], family.precision_dist().to_event(event_dims))
+        return precision, pyro.sample(sites[1], family.loc_dist(precision).to_event(event_dims))
+
     def _conjugate_prior(self, family, buffers, validate_args=False):
         """
         ``family(*buffers)``, the conjugate prior ``p(θ)``: built and validated when asked
@@ -174,8 +184,8 @@ class StructuredPrior(PyroModule):
         raise NotImplementedError
 
     def init_natural(self) -> Dict[str, torch.Tensor]:
-        """Initial natural parameters ``λ`` of ``q(θ | λ)``."""
-        raise NotImplementedError
+        """Initial natural parameters ``λ`` of ``q(θ | λ)``; by default the prior's."""
+        return self.prior_natural()
 
     def natural_domain(self) -> NaturalDomain:
         """The domain of ``λ``, one block per conjugate family, with its bijection from ``ℝⁿ``."""

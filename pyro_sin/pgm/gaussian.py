@@ -23,7 +23,7 @@ import torch
 import pyro
 import pyro.distributions as dist
 
-from ..distributions import NaturalDomain, NormalWishart, NormalWishartBlock, expected_gaussian_log_likelihood
+from ..distributions import NaturalDomain, NormalWishart, expected_gaussian_log_likelihood
 from ..potential import GaussianPotential
 from .base import SINRecord, StructuredPrior
 from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
@@ -82,13 +82,9 @@ class LatentGaussian(NormalWishartGaussians, StructuredPrior):
 
     # ----- model side -------------------------------------------------------------
 
-    def _sample_gaussian(self, normal_wishart: NormalWishart) -> GaussianParams:
-        precision_site, loc_site = self.global_sites
-        precision = pyro.sample(precision_site, normal_wishart.precision_dist())
-        return GaussianParams(pyro.sample(loc_site, normal_wishart.loc_dist(precision)), precision)
-
     def _sample_params(self) -> GaussianParams:
-        return self._sample_gaussian(self.prior())
+        precision, loc = self._sample_conjugate(self.prior(), self.global_sites)
+        return GaussianParams(loc, precision)
 
     def _sample_latent(self, params: GaussianParams) -> torch.Tensor:
         return pyro.sample(self.name, dist.MultivariateNormal(params.loc, precision_matrix=params.precision))
@@ -96,19 +92,16 @@ class LatentGaussian(NormalWishartGaussians, StructuredPrior):
     # ----- conjugate posterior over θ -----------------------------------------------
 
     def global_posterior(self, natural) -> GaussianGlobalPosterior:
-        return GaussianGlobalPosterior(self._normal_wishart(natural))
+        return GaussianGlobalPosterior(self._conjugate_from_natural(natural))
 
     def prior_natural(self):
         return self.prior().natural_params._asdict()
 
-    def init_natural(self):
-        return self.prior_natural()
-
     def natural_domain(self) -> NaturalDomain:
-        return NaturalDomain([NormalWishartBlock((), self.latent_dim)])
+        return NaturalDomain([self._conjugate_block()])
 
     def _sample_global_posterior(self, natural):
-        self._sample_gaussian(self.global_posterior(natural).normal_wishart)
+        self._sample_conjugate(self.global_posterior(natural).normal_wishart, self.global_sites)
 
     def kl(self, q: GaussianGlobalPosterior):
         return q.normal_wishart.kl_divergence(self.prior())

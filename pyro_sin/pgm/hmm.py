@@ -26,7 +26,7 @@ forward-backward (:mod:`pyro_sin.ops.markov`).
 """
 
 import math
-from typing import Dict, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch.distributions import constraints
@@ -40,7 +40,6 @@ from ..distributions import (
     GaussianStats,
     MarkovChain,
     NormalWishart,
-    NormalWishartBlock,
     expected_gaussian_log_likelihood,
 )
 from ..initialization import draws_from_potentials, normal_wishart_from_points
@@ -123,7 +122,7 @@ class HMMPosterior(RegimeMarginals):
 
     def __init__(self, potential: GaussianPotential, factor: HMMFactor, parallel: bool = True):
         self.num_steps, self.dim = potential.info_vec.shape[-2:]
-        self.lengths = potential.lengths
+        self.batch_shape, self.lengths = potential.info_vec.shape[:-2], potential.lengths
         #: ``q(x_t | z_t = k)`` and the evidence ``e_tk``, batch ``(..., T, K)``
         self.emission = MixturePosterior(potential, factor.emission)
         self.factor, self.parallel = factor, parallel
@@ -135,10 +134,6 @@ class HMMPosterior(RegimeMarginals):
         return MarkovChain(
             f.init_logits, f.transition_logits[..., None, :, :], self.num_steps, log_evidence, self.lengths, self.parallel
         )
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return self.state_probs.shape[:-2]
 
     @property
     def log_normalizer(self) -> torch.Tensor:
@@ -243,7 +238,7 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         init_loc_range: float = 5.0,
         parallel: bool = True,
     ):
-        super().__init__(name, latent_dim, num_states=num_states)
+        super().__init__(name, num_states=num_states, latent_dim=latent_dim)
         self.init_loc_range, self.parallel = init_loc_range, parallel
         self._register_chain_prior(init_concentration, transition_concentration)
         self._register_normal_wishart((num_states,), loc, kappa, scale_inv, df, "LatentHMM")
@@ -270,12 +265,6 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         )
 
     # ----- conjugate posterior over θ -----------------------------------------------
-
-    def regimes_from_natural(self, natural: Dict[str, torch.Tensor]) -> NormalWishart:
-        return self._normal_wishart(natural, validate_args=True)
-
-    def regime_block(self):
-        return NormalWishartBlock((self.num_states,), self.latent_dim)
 
     def init_natural(self):
         return self._pack(

@@ -365,6 +365,15 @@ class AffineGaussianDynamics:
 
         return self._memoized("init_factor", (self.init_loc, self.init_precision), build)
 
+    def _conjugate_block(self) -> MatrixNormalWishartBlock:
+        return MatrixNormalWishartBlock(self.prior_df.shape, self.latent_dim, self.latent_dim + 1)
+
+    @staticmethod
+    def _conjugate_from_natural(natural: Dict[str, torch.Tensor]) -> MatrixNormalWishart:
+        """``q(B, Λ)`` from the Matrix-Normal-Wishart entries of ``λ`` (in the domain by construction)."""
+        mnw = MatrixNormalWishartNatural(natural["cross"], natural["col_precision"], natural["scale"], natural["df"])
+        return MatrixNormalWishart.from_natural(mnw, validate_args=False)
+
     def _dynamics_target(self, stats: RegressionStats, scale: float) -> MatrixNormalWishartNatural:
         """The conjugate update from the transition statistics of every sequence, summed and scaled by ``scale``."""
         batch_dims = tuple(range(stats.count.dim() - self.prior_df.dim()))
@@ -410,7 +419,7 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
         df=None,
         parallel: bool = True,
     ):
-        super().__init__(name, latent_dim)
+        super().__init__(name, latent_dim=latent_dim)
         self.parallel = parallel
         self._register_dynamics((), init_loc, init_precision, transition_loc, col_precision, scale_inv, df)
 
@@ -435,9 +444,7 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
     # ----- model side -------------------------------------------------------------
 
     def _sample_params(self) -> LDSParams:
-        prior = self.prior()
-        noise_precision = pyro.sample(self.noise_precision_site, prior.precision_dist())
-        transition = pyro.sample(self.transition_site, prior.loc_dist(noise_precision))
+        noise_precision, transition = self._sample_conjugate(self.prior(), self.global_sites)
         return LDSParams(transition, noise_precision)
 
     def chain(self, params: LDSParams, num_steps: int, lengths=None) -> GaussianChain:
@@ -459,20 +466,13 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
     # ----- conjugate posterior over θ -----------------------------------------------
 
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> LDSGlobalPosterior:
-        return LDSGlobalPosterior(
-            MatrixNormalWishart.from_natural(MatrixNormalWishartNatural(**natural), validate_args=False)
-        )
+        return LDSGlobalPosterior(self._conjugate_from_natural(natural))
 
     def prior_natural(self):
         return self.prior().natural_params._asdict()
 
-    def init_natural(self):
-        return self.prior_natural()
-
     def _sample_global_posterior(self, natural):
-        q = self.global_posterior(natural).matrix_normal_wishart
-        noise_precision = pyro.sample(self.noise_precision_site, q.precision_dist())
-        pyro.sample(self.transition_site, q.loc_dist(noise_precision))
+        self._sample_conjugate(self.global_posterior(natural).matrix_normal_wishart, self.global_sites)
 
     def kl(self, q: LDSGlobalPosterior):
         return q.matrix_normal_wishart.kl_divergence(self.prior())
@@ -481,8 +481,7 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
         return q.matrix_normal_wishart.cross_entropy(self.prior())
 
     def natural_domain(self) -> NaturalDomain:
-        D = self.latent_dim
-        return NaturalDomain([MatrixNormalWishartBlock((), D, D + 1)])
+        return NaturalDomain([self._conjugate_block()])
 
     def point_estimate(self, q: LDSGlobalPosterior) -> LDSParams:
         """Posterior means ``E[B] = M`` and ``E[Λ] = ν W``."""

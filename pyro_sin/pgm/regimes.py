@@ -13,8 +13,9 @@ HMM's emission means, a Matrix-Normal-Wishart for the switching LDS's dynamics).
 :class:`RegimeSwitchingPrior` holds everything about ``q(π) Π_j q(P_j) Π_k q(θ_k)`` that
 does not depend on the family: sites, natural-parameter layout and domain, KL and
 cross-entropy, point estimates and sampling. A subclass names its family through
-:meth:`~RegimeSwitchingPrior.prior`, :meth:`~RegimeSwitchingPrior.regimes_from_natural`
-and :meth:`~RegimeSwitchingPrior.regime_block`.
+``prior``, ``_conjugate_from_natural`` and ``_conjugate_block``, which the mixins
+:class:`~pyro_sin.pgm.mixture.gaussian.NormalWishartGaussians` and
+:class:`~pyro_sin.pgm.lds.AffineGaussianDynamics` provide.
 """
 
 from typing import Dict, NamedTuple, Tuple, Type
@@ -89,8 +90,8 @@ class RegimeSwitchingPrior(SequencePrior):
     A subclass sets :attr:`params_type` (a named tuple ``(init_probs, transition_probs,
     location, precision)``), :attr:`posterior_type` (a :class:`RegimeGlobalPosterior`),
     :attr:`regime_site_suffixes` (the names of the precision and location sites after
-    ``name_``), and implements :meth:`prior`, :meth:`regimes_from_natural` and
-    :meth:`regime_block`.
+    ``name_``), and takes its family's ``prior``, ``_conjugate_from_natural`` and
+    ``_conjugate_block`` from a mixin (see the module's docstring).
     """
 
     params_type: Type[NamedTuple]
@@ -104,19 +105,11 @@ class RegimeSwitchingPrior(SequencePrior):
         if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
             raise ValueError(f"the Dirichlet concentrations of a {type(self).__name__} must be positive")
 
-    # ----- what a subclass provides ---------------------------------------------------
-
-    def prior(self, validate_args=False):
-        """``p(θ_k)`` of every regime, batch ``(K,)``."""
-        raise NotImplementedError
+    # ----- the regimes' family ---------------------------------------------------------
 
     def regimes_from_natural(self, natural: Dict[str, torch.Tensor]):
         """The family of batch ``(K,)`` whose natural parameters are the non-Dirichlet entries of ``natural``."""
-        raise NotImplementedError
-
-    def regime_block(self):
-        """The natural-domain block of the regimes' family."""
-        raise NotImplementedError
+        return self._conjugate_from_natural(natural)
 
     # ----- site names -----------------------------------------------------------
 
@@ -150,9 +143,7 @@ class RegimeSwitchingPrior(SequencePrior):
     def _sample_regime_params(self, init_concentration, transition_concentration, regimes):
         init_probs = pyro.sample(self.init_probs_site, dist.Dirichlet(init_concentration))
         transition_probs = pyro.sample(self.transition_probs_site, dist.Dirichlet(transition_concentration).to_event(1))
-        precision_site, location_site = self.regime_sites
-        precisions = pyro.sample(precision_site, regimes.precision_dist().to_event(1))
-        locations = pyro.sample(location_site, regimes.loc_dist(precisions).to_event(1))
+        precisions, locations = self._sample_conjugate(regimes, self.regime_sites, 1)
         return self.params_type(init_probs, transition_probs, locations, precisions)
 
     def _sample_params(self):
@@ -198,7 +189,7 @@ class RegimeSwitchingPrior(SequencePrior):
             [
                 DirichletBlock(K, key="init_concentration"),
                 DirichletBlock(K, (K,), key="transition_concentration"),
-                self.regime_block(),
+                self._conjugate_block(),
             ]
         )
 

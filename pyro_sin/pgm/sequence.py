@@ -103,13 +103,7 @@ class SequencePrior(StructuredPrior):
     (:class:`DeepLatentSequence`) call only :meth:`latent_log_prob`, :meth:`point_estimate`,
     :meth:`proposal` and :meth:`forecast`.
 
-    :param str name: the latent site's name.
-    :param int latent_dim: ``D``.
-    :param sizes: the structure's further sizes (e.g. ``num_states=K``), each at least 1.
     """
-
-    def __init__(self, name: str, latent_dim: int, **sizes: int):
-        super().__init__(name, **sizes, latent_dim=latent_dim)
 
     def check_potential(self, potential: GaussianPotential):
         """Refuses potentials that are not per step, ``(..., T, D)``, or lengths that are not one per sequence."""

@@ -32,7 +32,7 @@ through the sweeps either unrolled or by implicit differentiation at the fixed p
 (see :class:`SLDSPosterior`).
 """
 
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch.distributions import constraints
@@ -46,8 +46,6 @@ from pyro.ops.tensor_utils import precision_to_scale_tril
 from ..distributions import (
     MarkovChain,
     MatrixNormalWishart,
-    MatrixNormalWishartBlock,
-    MatrixNormalWishartNatural,
     RegressionStats,
     expected_regression_log_likelihood,
     regression_conjugate_update,
@@ -444,7 +442,7 @@ class SwitchingLDS(AffineGaussianDynamics, RegimeSwitchingPrior):
         adjoint_iterations: Optional[int] = None,
         parallel: bool = True,
     ):
-        super().__init__(name, latent_dim, num_states=num_states)
+        super().__init__(name, num_states=num_states, latent_dim=latent_dim)
         _check_mean_field(num_sweeps, gradient)
         self.init_transition_noise, self.parallel = init_transition_noise, parallel
         self.num_sweeps, self.gradient, self.adjoint_iterations = num_sweeps, gradient, adjoint_iterations
@@ -567,15 +565,6 @@ class SwitchingLDS(AffineGaussianDynamics, RegimeSwitchingPrior):
         return self.continue_paths(params, posterior, horizon, (num_samples,), lengths)[1]
 
     # ----- conjugate posterior over θ -----------------------------------------------
-
-    def regimes_from_natural(self, natural: Dict[str, torch.Tensor]) -> MatrixNormalWishart:
-        return MatrixNormalWishart.from_natural(
-            MatrixNormalWishartNatural(natural["cross"], natural["col_precision"], natural["scale"], natural["df"]),
-            validate_args=False,
-        )
-
-    def regime_block(self):
-        return MatrixNormalWishartBlock((self.num_states,), self.latent_dim, self.latent_dim + 1)
 
     def init_natural(self):
         prior = self.prior()

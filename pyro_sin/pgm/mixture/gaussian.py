@@ -349,11 +349,14 @@ class NormalWishartGaussians:
         buffers = (self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df)
         return self._conjugate_prior(NormalWishart, buffers, validate_args)
 
+    def _conjugate_block(self) -> NormalWishartBlock:
+        return NormalWishartBlock(self.prior_kappa.shape, self.latent_dim)
+
     @staticmethod
-    def _normal_wishart(natural: Dict[str, torch.Tensor], validate_args=False) -> NormalWishart:
-        """``q(μ, Λ)`` from the Normal-Wishart entries of ``λ``."""
+    def _conjugate_from_natural(natural: Dict[str, torch.Tensor]) -> NormalWishart:
+        """``q(μ, Λ)`` from the Normal-Wishart entries of ``λ`` (in the domain by construction, see NaturalDomain)."""
         nw = NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
-        return NormalWishart.from_natural(nw, validate_args=validate_args)
+        return NormalWishart.from_natural(nw, validate_args=False)
 
     def _scattered_normal_wishart(self) -> NormalWishart:
         """Weakly confident Gaussians (``κ = 1``, ``ν = 2D + 1``, ``E[Λ] = I``) at means ``~ U(-r, r)^D``, apart from the start."""
@@ -440,9 +443,7 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
 
     def _sample_params(self) -> MixtureParams:
         weights = pyro.sample(self.weights_site, dist.Dirichlet(self.prior_concentration))
-        prior = self.prior()
-        precisions = pyro.sample(self.precisions_site, prior.precision_dist().to_event(1))
-        locs = pyro.sample(self.locs_site, prior.loc_dist(precisions).to_event(1))
+        precisions, locs = self._sample_conjugate(self.prior(), (self.precisions_site, self.locs_site), 1)
         return MixtureParams(weights, locs, precisions)
 
     def components(self, params: MixtureParams) -> dist.MultivariateNormal:
@@ -451,10 +452,8 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
     # ----- conjugate posterior over θ -----------------------------------------------
 
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> MixtureGlobalPosterior:
-        # λ held by a guide is in the domain by construction (NaturalDomain); the
-        # Cholesky factorisations still refuse anything outside it
         concentration = self._check_concentration(natural["concentration"], "mixture weights")
-        return MixtureGlobalPosterior(concentration, self._normal_wishart(natural))
+        return MixtureGlobalPosterior(concentration, self._conjugate_from_natural(natural))
 
     @staticmethod
     def _pack(concentration, nw_natural: NormalWishartNatural) -> Dict[str, torch.Tensor]:
@@ -473,10 +472,8 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
 
     def _sample_global_posterior(self, natural):
         q = self.global_posterior(natural)
-        nw = q.normal_wishart
         pyro.sample(self.weights_site, dist.Dirichlet(q.concentration))
-        precisions = pyro.sample(self.precisions_site, nw.precision_dist().to_event(1))
-        pyro.sample(self.locs_site, nw.loc_dist(precisions).to_event(1))
+        self._sample_conjugate(q.normal_wishart, (self.precisions_site, self.locs_site), 1)
 
     def kl(self, q: MixtureGlobalPosterior):
         return dirichlet_kl(q.concentration, self.prior_concentration) + q.normal_wishart.kl_divergence(
@@ -489,8 +486,7 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         ) + q.normal_wishart.cross_entropy(self.prior()).sum(-1)
 
     def natural_domain(self) -> NaturalDomain:
-        K, D = self.num_components, self.latent_dim
-        return NaturalDomain([DirichletBlock(K), NormalWishartBlock((K,), D)])
+        return NaturalDomain([DirichletBlock(self.num_components), self._conjugate_block()])
 
     # ----- SIN factor ------------------------------------------------------------------
 
