@@ -134,7 +134,7 @@ def pretrain_components(svi, guide, data, *, iterations: int, **fit_kwargs):
     :class:`~pyro_sin.optim.NaturalAdam` built with ``natural_lr=warmup_schedule(β, iterations)``),
     then the family's data-driven start on what the networks have learned
     (:meth:`~pyro_sin.pgm.base.StructuredPrior.encoded_start`, set in place by
-    :meth:`~pyro_sin.SINGuide.set_natural`, so the same guide and optimiser carry on):
+    :meth:`~pyro_sin.guide.SINGuide.set_natural`, so the same guide and optimiser carry on):
     started on an encoding that already reflects the data rather than on the initial,
     nearly linear one, e.g. mixture components find the clusters the networks have made.
 

@@ -226,7 +226,7 @@ class StructuredPrior(PyroModule):
         raise NotImplementedError
 
     def posterior(self, potential, factor):
-        """Closed-form SIN posterior from the encoder's potentials and the factor (checked by :meth:`check_potential`)."""
+        """Closed-form SIN posterior from the encoder's potentials and the factor (checked by :meth:`~pyro_sin.pgm.base.StructuredPrior.check_potential`)."""
         raise NotImplementedError
 
     def check_potential(self, potential):
@@ -270,7 +270,7 @@ class StructuredPrior(PyroModule):
         The initial ``λ`` of ``q(θ | λ)`` from the training data as the encoder sees them:
         the family's data-driven start (e.g. mixture components on the clusters of the
         encoded data), for ``SINGuide(..., init_natural=...)`` or
-        :meth:`~pyro_sin.SINGuide.set_natural`. By default :meth:`init_natural`, which
+        :meth:`~pyro_sin.guide.SINGuide.set_natural`. By default :meth:`init_natural`, which
         ignores the data.
 
         :param torch.nn.Module encoder: maps the data to a :class:`~pyro_sin.potential.GaussianPotential`.

@@ -1,6 +1,6 @@
 r"""
 One Gaussian latent per data point: the structured VAE's simplest prior (a family of one
-module and one line in :data:`~pyro_sin.pgm.FAMILIES`).
+module and one line in ``pyro_sin.pgm.FAMILIES``).
 
 Model (latent dimension ``D``)::
 
@@ -13,7 +13,7 @@ own mean ``μ̃`` and precision, ``η = P̃μ̃``):
 .. math:: q(x_n) = \mathcal N_{\rm info}(x_n;\ h_n + \tilde P\tilde\mu,\ J_n + \tilde P),
 
 the Gaussian mixture's SIN posterior with one component
-(:class:`~pyro_sin.pgm.mixture.MixturePosterior`, with its log normaliser and entropy).
+(:class:`~pyro_sin.pgm.mixture.gaussian.MixturePosterior`, with its log normaliser and entropy).
 """
 
 from typing import NamedTuple

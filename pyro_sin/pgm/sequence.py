@@ -153,8 +153,8 @@ class DeepLatentSequence(NameOwner):
     ``data=(y, mask, lengths)`` (a mask of ones when no frame is missing).
 
     :param SequencePrior pgm: the latent structured prior over sequences (a
-        :class:`~pyro_sin.pgm.LinearDynamicalSystem`, a :class:`~pyro_sin.pgm.LatentHMM`,
-        a :class:`~pyro_sin.pgm.SwitchingLDS`); :meth:`predict` and :meth:`log_likelihood`
+        :class:`~pyro_sin.pgm.lds.LinearDynamicalSystem`, a :class:`~pyro_sin.pgm.hmm.LatentHMM`,
+        a :class:`~pyro_sin.pgm.slds.SwitchingLDS`); :meth:`predict` and :meth:`log_likelihood`
         call only its prediction interface.
     :param torch.nn.Module decoder: ``x_t ↦ p(y_t | x_t)``, with a ``distribution(x)`` method
         returning a Pyro distribution with event dimension 1.

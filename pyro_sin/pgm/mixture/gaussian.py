@@ -557,7 +557,7 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         (:func:`~pyro_sin.initialization.normal_wishart_from_points`). With ``refine > 0`` the
         clusters are refined by up to ``refine`` coordinate-ascent sweeps of a variational
         Bayesian Gaussian mixture started from their centres
-        (:func:`~pyro_sin.pgm.mixture.bayesian_gmm`, whose prior follows the points' own scale),
+        (:func:`~pyro_sin.pgm.mixture.classic.bayesian_gmm`, whose prior follows the points' own scale),
         and the components start on its soft clusters: k-means cuts elongated clusters into
         round pieces of equal spread, a mixture with full covariances does not.
 
