@@ -50,7 +50,9 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: Optional[torch.Ge
     return centres, assignment
 
 
-def normal_wishart_from_clusters(points: torch.Tensor, centres: torch.Tensor, responsibilities: torch.Tensor) -> NormalWishart:
+def normal_wishart_from_clusters(
+    points: torch.Tensor, centres: torch.Tensor, responsibilities: torch.Tensor
+) -> NormalWishart:
     r"""
     ``K`` Normal-Wisharts, one on each (soft) cluster of ``points``: ``E[μ_k]`` is the
     cluster's centre and ``E[Λ_k]`` the inverse of its covariance (regularised towards
@@ -90,7 +92,8 @@ def normal_wishart_from_points(
     """
     points = points.detach().reshape(-1, points.shape[-1])
     centres, assignment = kmeans(points, num_components, generator)
-    return normal_wishart_from_clusters(points, centres, torch.nn.functional.one_hot(assignment, num_components).to(points.dtype))
+    one_hot = torch.nn.functional.one_hot(assignment, num_components).to(points.dtype)
+    return normal_wishart_from_clusters(points, centres, one_hot)
 
 
 def encode(encoder, data) -> GaussianPotential:

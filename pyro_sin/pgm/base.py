@@ -226,11 +226,11 @@ class StructuredPrior(PyroModule):
         raise NotImplementedError
 
     def posterior(self, potential, factor):
-        """Closed-form SIN posterior from the encoder's potentials and the factor (checked by :meth:`~pyro_sin.pgm.base.StructuredPrior.check_potential`)."""
+        """Closed-form SIN posterior from the encoder's potentials and the factor."""
         raise NotImplementedError
 
     def check_potential(self, potential):
-        """Refuses the encoder's potentials unless each is over the ``latent_dim`` coordinates of one latent."""
+        """Refuses (in :meth:`posterior`) potentials that are not over the ``latent_dim`` coordinates of one latent."""
         if potential.info_vec.shape[-1] != self.latent_dim:
             raise ValueError(
                 f"{type(self).__name__} '{self.name}' has latent_dim={self.latent_dim} but the "

@@ -131,8 +131,9 @@ class LatentGaussian(NormalWishartGaussians, StructuredPrior):
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
         post = record.posterior  # one component, batch (..., 1)
-        gaussian = dist.MultivariateNormal(post.loc[..., 0, :], scale_tril=post.scale_tril[..., 0, :, :], validate_args=False)
-        return pyro.sample(self.name, gaussian, infer={"sin": record})
+        loc, scale_tril = post.loc[..., 0, :], post.scale_tril[..., 0, :, :]
+        q_x = dist.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False)
+        return pyro.sample(self.name, q_x, infer={"sin": record})
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
 

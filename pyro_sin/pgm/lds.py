@@ -300,7 +300,8 @@ class ChainPosterior:
         m = self.moments
         expected = gaussian_expectation(self.init, m.init_mean, m.init_second)
         if self.trans is not None:
-            expected = expected + sum_transitions(gaussian_expectation(self.trans, m.pair_mean, m.pair_second), self.step_mask)
+            pairs = gaussian_expectation(self.trans, m.pair_mean, m.pair_second)
+            expected = expected + sum_transitions(pairs, self.step_mask)
         return self.log_normalizer - expected
 
     def regression_stats(self) -> RegressionStats:
@@ -332,8 +333,8 @@ class AffineGaussianDynamics:
     dynamics' batch shape is that of ``prior_df``.
     """
 
-    def _register_dynamics(self, batch_shape, init_loc, init_precision, transition_loc, col_precision, scale_inv, df):
-        """Buffers ``μ₀, P₀`` and ``M₀, K₀, W₀⁻¹, ν₀`` (defaults ``[I 0]``, ``I``, ``0.1 (D + 2) I``, ``D + 2``), validated once."""
+    def _register_dynamics(self, batch, init_loc, init_precision, transition_loc, col_precision, scale_inv, df):
+        """Buffers ``μ₀, P₀, M₀, K₀, W₀⁻¹, ν₀`` (defaults ``0, I, [I 0], I, 0.1 (D + 2) I, D + 2``), validated."""
         D, what = self.latent_dim, type(self).__name__
         if transition_loc is None:
             transition_loc = torch.cat([torch.eye(D), torch.zeros(D, 1)], -1)
@@ -341,12 +342,12 @@ class AffineGaussianDynamics:
         self.register_buffer(
             "init_precision", spd_matrix(1.0 if init_precision is None else init_precision, D, (), "init_precision")
         )
-        self.register_buffer("prior_transition_loc", self._as_tensor(transition_loc, batch_shape + (D, D + 1)))
+        self.register_buffer("prior_transition_loc", self._as_tensor(transition_loc, batch + (D, D + 1)))
         col_precision = 1.0 if col_precision is None else col_precision
-        self.register_buffer("prior_col_precision", spd_matrix(col_precision, D + 1, batch_shape, f"{what} col_precision"))
+        self.register_buffer("prior_col_precision", spd_matrix(col_precision, D + 1, batch, f"{what} col_precision"))
         scale_inv = 0.1 * (D + 2) if scale_inv is None else scale_inv
-        self.register_buffer("prior_scale_inv", spd_matrix(scale_inv, D, batch_shape, f"{what} scale_inv"))
-        self.register_buffer("prior_df", self._as_tensor(D + 2.0 if df is None else df, batch_shape))
+        self.register_buffer("prior_scale_inv", spd_matrix(scale_inv, D, batch, f"{what} scale_inv"))
+        self.register_buffer("prior_df", self._as_tensor(D + 2.0 if df is None else df, batch))
         self.prior(validate_args=True)
 
     def prior(self, validate_args=False) -> MatrixNormalWishart:

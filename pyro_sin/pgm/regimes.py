@@ -224,10 +224,7 @@ class RegimeSwitchingPrior(SequencePrior):
         return self.prior_init_concentration + scale * first, self.prior_transition_concentration + scale * counts
 
     def in_use(self, natural, min_share=0.01) -> int:
-        """
-        The regimes whose expected number of steps (their family's degrees of freedom
-        beyond the prior's, ``ν_k - ν₀_k``) is at least ``min_share`` of the data.
-        """
+        """The regimes whose expected number of steps, ``ν_k - ν₀_k``, is ``min_share`` of the data or more."""
         return shares_in_use(natural["df"] - self.prior().natural_params.df, min_share)
 
     def kl(self, q: RegimeGlobalPosterior):

@@ -60,7 +60,6 @@ class SequenceDistribution(dist.TorchDistribution):
     arg_constraints = {}
     support = constraints.independent(constraints.real, 2)
     has_rsample = True
-    lengths = None
 
     def expand(self, batch_shape, _instance=None):
         return dist.ExpandedDistribution(self, batch_shape)
@@ -107,13 +106,13 @@ class SequencePrior(StructuredPrior):
 
     def check_potential(self, potential: GaussianPotential):
         """Refuses potentials that are not per step, ``(..., T, D)``, or lengths that are not one per sequence."""
-        shape, owner = potential.info_vec.shape, f"{type(self).__name__} '{self.name}'"
-        if len(shape) < 2 or shape[-1] != self.latent_dim:
-            raise ValueError(f"{owner} needs per-step potentials of shape (..., T, {self.latent_dim}), got {tuple(shape)}")
-        if potential.lengths is not None and potential.lengths.shape != shape[:-2]:
-            raise ValueError(
-                f"{owner} needs one length per sequence, shape {tuple(shape[:-2])}, got {tuple(potential.lengths.shape)}"
-            )
+        shape, lengths = potential.info_vec.shape, potential.lengths
+        owner, D = f"{type(self).__name__} '{self.name}'", self.latent_dim
+        if len(shape) < 2 or shape[-1] != D:
+            raise ValueError(f"{owner} needs per-step potentials of shape (..., T, {D}), got {tuple(shape)}")
+        if lengths is not None and lengths.shape != shape[:-2]:
+            batch = tuple(shape[:-2])
+            raise ValueError(f"{owner} needs one length per sequence, shape {batch}, got {tuple(lengths.shape)}")
 
     def latent_log_prob(self, params, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """``log p(x_{1:T} | θ)`` of the steps up to each sequence's end, shape ``x.shape[:-2]``."""

@@ -30,7 +30,8 @@ def random_potential(B, D):
 def random_free_factor(prior):
     D = prior.latent_dim
     A = torch.randn(D, D)
-    return prior.free_factor({"loc": 2 * torch.randn(D), "precision_tril": torch.linalg.cholesky(A @ A.T + 0.5 * torch.eye(D))})
+    tril = torch.linalg.cholesky(A @ A.T + 0.5 * torch.eye(D))
+    return prior.free_factor({"loc": 2 * torch.randn(D), "precision_tril": tril})
 
 
 def a_posterior_of_theta(prior):
@@ -61,7 +62,8 @@ def deep_latent_gaussian(prior, decoder, encoder, num_data, factor="tied"):
             x = prior.sample_latent(params)
             pyro.sample("y", decoder.distribution(x), obs=y)
 
-    guide = SINGuide(model, prior, encoder, factor=factor, create_plates=lambda y, indices=None: data_plate(num_data, y, indices))
+    plates = lambda y, indices=None: data_plate(num_data, y, indices)  # noqa: E731
+    guide = SINGuide(model, prior, encoder, factor=factor, create_plates=plates)
     return model, guide
 
 

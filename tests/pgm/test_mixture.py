@@ -280,4 +280,5 @@ def test_components_from_points_refuse_other_dimensions_and_the_student_t_mixtur
     assert not hasattr(tmm, "natural_from_points")
     encoder = lambda y: GaussianPotential(y, torch.ones_like(y))  # noqa: E731
     start = tmm.encoded_start(encoder, points)
-    assert start.keys() == {"concentration"} and torch.equal(start["concentration"], tmm.init_natural()["concentration"])
+    assert start.keys() == {"concentration"}
+    assert torch.equal(start["concentration"], tmm.init_natural()["concentration"])

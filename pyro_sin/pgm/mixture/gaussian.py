@@ -280,7 +280,7 @@ class MixturePrior(StructuredPrior):
     # ----- diagnostics ------------------------------------------------------------------
 
     def in_use(self, natural, min_share=0.01) -> int:
-        """The components whose expected count ``α_k - α₀_k`` under ``q(π) = Dir(α)`` is at least ``min_share`` of the data."""
+        """The components whose expected count under ``q(π) = Dir(α)``, ``α_k - α₀_k``, is ``min_share`` or more."""
         return shares_in_use(natural["concentration"] - self.prior_concentration, min_share)
 
     def in_use_warning(self, in_use: int) -> Optional[str]:
@@ -335,7 +335,7 @@ class NormalWishartGaussians:
     """
 
     def _register_normal_wishart(self, batch_shape, loc, kappa, scale_inv, df, what: str):
-        """Buffers ``m₀, κ₀, W₀⁻¹, ν₀`` (defaults ``W₀⁻¹ = (D + 0.5) I``, ``ν₀ = 2D + 0.5``), validated once."""
+        """Buffers ``m₀, κ₀, W₀⁻¹, ν₀`` (defaults of the last two ``(D + 0.5) I``, ``2D + 0.5``), validated."""
         D = self.latent_dim
         scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, batch_shape, f"{what} scale_inv")
         self.register_buffer("prior_loc", self._as_tensor(loc, batch_shape + (D,)))
@@ -354,12 +354,12 @@ class NormalWishartGaussians:
 
     @staticmethod
     def _conjugate_from_natural(natural: Dict[str, torch.Tensor]) -> NormalWishart:
-        """``q(μ, Λ)`` from the Normal-Wishart entries of ``λ`` (in the domain by construction, see NaturalDomain)."""
+        """``q(μ, Λ)`` from the Normal-Wishart entries of ``λ`` (in its domain by construction)."""
         nw = NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
         return NormalWishart.from_natural(nw, validate_args=False)
 
     def _scattered_normal_wishart(self) -> NormalWishart:
-        """Weakly confident Gaussians (``κ = 1``, ``ν = 2D + 1``, ``E[Λ] = I``) at means ``~ U(-r, r)^D``, apart from the start."""
+        """Weakly confident Gaussians (``κ = 1``, ``ν = 2D + 1``, ``E[Λ] = I``) at means ``~ U(-r, r)^D``."""
         like, D = self.prior_loc, self.latent_dim
         batch = like.shape[:-1]
         locs = (2 * torch.rand(like.shape, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
@@ -495,7 +495,8 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
 
     def init_free_factor(self, natural):
         q = self.global_posterior(natural)
-        return {"logits": (q.expected_log_weights, constraints.real), **self._free_gaussians(q.normal_wishart, q.expectations)}
+        logits = {"logits": (q.expected_log_weights, constraints.real)}
+        return {**logits, **self._free_gaussians(q.normal_wishart, q.expectations)}
 
     def mean_field_posterior(
         self, potential: GaussianPotential, q: MixtureGlobalPosterior, num_iterations: int = 20
@@ -545,7 +546,8 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         ).sum(-1)
 
     def natural_target(self, posterior: MixturePosterior, scale: float):
-        return self._pack(self._weights_target(posterior, scale), self._gaussians_target(posterior.weighted_stats, scale))
+        stats = posterior.weighted_stats
+        return self._pack(self._weights_target(posterior, scale), self._gaussians_target(stats, scale))
 
     # ----- data-driven start ----------------------------------------------------------
 
