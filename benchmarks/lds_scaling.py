@@ -21,7 +21,7 @@ from pyro.infer import SVI
 
 from pyro_sin import NaturalAdam, SINELBO
 from pyro_sin.datasets import bouncing_dot
-from pyro_sin.models import DeepLatentLDS
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import mirrored_autoencoder
 from pyro_sin.pgm import LinearDynamicalSystem
 
@@ -36,7 +36,7 @@ def time_steps(T, parallel, steps, device, batch=8):
     y = bouncing_dot(batch, T).frames.to(device)
     encoder, decoder = mirrored_autoencoder(16, 2, (50, 50))
     lds = LinearDynamicalSystem(2, parallel=parallel).to(device)
-    model = DeepLatentLDS(lds, decoder.to(device), batch)
+    model = DeepLatentSequence(lds, decoder.to(device), batch)
     guide = model.make_guide(encoder.to(device), factor="free")
     svi = SVI(model, guide, NaturalAdam({"lr": 0.01}), SINELBO(num_particles=4, max_plate_nesting=1))
     svi.step(y)  # warm-up

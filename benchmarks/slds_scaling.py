@@ -31,7 +31,7 @@ from pyro.infer import SVI
 from pyro_sin import NaturalAdam, SINELBO
 from pyro_sin.datasets import four_regime_system
 from pyro_sin.distributions import RegressionStats, regression_conjugate_update
-from pyro_sin.models import DeepLatentLDS
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import mirrored_autoencoder
 from pyro_sin.pgm import LinearDynamicalSystem, SwitchingLDS
 from pyro_sin.pgm.lds import pair_regression_stats
@@ -48,7 +48,7 @@ def peak_rss_mb():
 
 def make_svi(pgm, y, device):
     encoder, decoder = mirrored_autoencoder(y.shape[-1], 2, (50, 50))
-    model = DeepLatentLDS(pgm.to(device), decoder.to(device), len(y))
+    model = DeepLatentSequence(pgm.to(device), decoder.to(device), len(y))
     guide = model.make_guide(encoder.to(device), factor="free")
     return SVI(model, guide, NaturalAdam({"lr": 0.01}), SINELBO(num_particles=4, max_plate_nesting=1))
 

@@ -30,7 +30,7 @@ from pyro.infer import SVI, Trace_ELBO
 from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.elbo import SINELBO
-from pyro_sin.models import DeepLatentLDS
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import SequenceEncoder, mirrored_autoencoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
@@ -113,7 +113,7 @@ class Evaluator:
 class SANMethod:
     """SAN-LDS behind the evaluator's interface."""
 
-    def __init__(self, model: DeepLatentLDS, guide):
+    def __init__(self, model: DeepLatentSequence, guide):
         self.model, self.guide = model, guide
 
     def decode_posterior(self, y, mask, num_samples):
@@ -152,7 +152,7 @@ def train_san(config: Config, train, evaluator: Evaluator, progress=True):
     pyro.set_rng_seed(config.seed)
     encoder, decoder = _networks(config, train)
     lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
-    model = DeepLatentLDS(lds, decoder, len(train.frames))
+    model = DeepLatentSequence(lds, decoder, len(train.frames))
     guide = model.make_guide(encoder, factor=config.factor)
     svi = SVI(
         model,
@@ -172,7 +172,7 @@ def train_unstructured(config: Config, train, evaluator: Evaluator, progress=Tru
     pyro.set_rng_seed(config.seed)
     _, decoder = _networks(config, train)
     lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
-    model = DeepLatentLDS(lds, decoder, len(train.frames))
+    model = DeepLatentSequence(lds, decoder, len(train.frames))
     encoder = SequenceEncoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2).to(config.device)
     guide = UnstructuredLDSGuide(model, encoder)
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)

@@ -17,7 +17,7 @@ standardised pixels whose linear shortcuts start on the first ``D = 10``
 principal directions (:func:`~pyro_sin.standardize.standardized_autoencoder`),
 components on the clusters of the encoded training images (k-means refined by
 a variational Bayesian mixture, ``refine``:
-:func:`~pyro_sin.initialization.encoded_components`), the natural step held for
+:meth:`~pyro_sin.pgm.GaussianMixture.encoded_start`), the natural step held for
 500 steps, then 2,000 steps of Adam (lr 0.01) and the natural step (0.1) with 3
 particles.
 
@@ -77,7 +77,7 @@ from baselines import KMeansBaseline, PCAGMM, VAEGMM
 from pyro_sin.datasets.digits import digits, mnist5k
 from pyro_sin.elbo import SINELBO
 from pyro_sin.guide import SVAEGuide
-from pyro_sin.initialization import encoded_components, pretrain_components, warmup_schedule
+from pyro_sin.initialization import pretrain_components, warmup_schedule
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.optim import NaturalAdam
@@ -218,7 +218,7 @@ def train_san(config: Config, split, svae: bool = False, progress: bool = True):
     gmm = GaussianMixture(config.num_components, config.latent_dim).to(train)
     encoder, decoder = build_networks(config, train)
     model = DeepLatentMixture(gmm, decoder, len(train))
-    init_natural = encoded_components(gmm, encoder, train, generator, refine=config.refine)
+    init_natural = gmm.encoded_start(encoder, train, generator, refine=config.refine)
     if svae:
         guide = SVAEGuide(
             model, gmm, encoder, create_plates=model.create_plates, init_natural=init_natural,

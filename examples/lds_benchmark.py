@@ -36,7 +36,7 @@ from pyro.infer import SVI
 
 from pyro_sin.datasets import lds_benchmark_settings, linear_gaussian_benchmark
 from pyro_sin.elbo import SINELBO
-from pyro_sin.models import DeepLatentLDS
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import GaussianEncoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
@@ -84,7 +84,7 @@ class LinearGaussianDecoder(nn.Module):
 
 
 @torch.no_grad()
-def learned_log_likelihood(model: DeepLatentLDS, guide, y: torch.Tensor) -> torch.Tensor:
+def learned_log_likelihood(model: DeepLatentSequence, guide, y: torch.Tensor) -> torch.Tensor:
     """Exact ``log p(y)`` per sequence of the learned model under its posterior-mean dynamics."""
     return linear_gaussian_log_likelihood(model.pgm, model.decoder, model.pgm.point_estimate(guide.global_posterior()), y)
 
@@ -133,7 +133,7 @@ def run_setting(config: Config, setting: dict, progress: bool = True) -> dict:
     lds = LinearDynamicalSystem(D).to(y.device)
     decoder = LinearGaussianDecoder(D, y).to(y.device)
     encoder = GaussianEncoder(P, D, (50,) * config.encoder_hidden).to(y.device)
-    model = DeepLatentLDS(lds, decoder, N)
+    model = DeepLatentSequence(lds, decoder, N)
     guide = model.make_guide(encoder, factor=config.factor)
     svi = SVI(
         model,

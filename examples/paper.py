@@ -60,7 +60,6 @@ from pyro_sin.datasets.pinwheel import LabelledSplit
 from pyro_sin.elbo import SINELBO
 from pyro_sin.evaluation import Estimate
 from pyro_sin.guide import SVAEGuide
-from pyro_sin.initialization import encoded_components
 from pyro_sin.metrics import cluster_purity, normalized_mutual_info, sample_coverage
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.optim import NaturalAdam
@@ -200,7 +199,7 @@ class SANMethod:
         if setting.component_init == "kmeans":
             if pgm != "gmm":
                 raise ValueError("k-means components need a Gaussian mixture (the Student-t components are learned by Adam)")
-            init_natural = encoded_components(prior, encoder, train, torch.Generator().manual_seed(seed))
+            init_natural = prior.encoded_start(encoder, train, torch.Generator().manual_seed(seed))
         elif setting.component_init != "random":
             raise ValueError(f"unknown component_init {setting.component_init!r}")
         if guide == "svae":

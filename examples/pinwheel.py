@@ -27,7 +27,7 @@ from pyro_sin.datasets import pinwheel
 from pyro_sin.elbo import SINELBO
 from pyro_sin.metrics import cluster_purity, normalized_mutual_info
 from pyro_sin.models import DeepLatentMixture
-from pyro_sin.initialization import encoded_components, warmup_schedule
+from pyro_sin.initialization import warmup_schedule
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture
@@ -98,7 +98,7 @@ def build_san(config: Config, train: torch.Tensor):
     encoder, decoder = build_networks(config, train)
     model = DeepLatentMixture(gmm, decoder, len(train))
     if config.component_init == "kmeans":
-        init_natural = encoded_components(gmm, encoder, train, torch.Generator().manual_seed(config.seed))
+        init_natural = gmm.encoded_start(encoder, train, torch.Generator().manual_seed(config.seed))
     elif config.component_init == "random":
         init_natural = None
     else:

@@ -12,7 +12,7 @@ sequences, through four calls:
 
 Methods are built by the functions in :data:`METHODS`, each
 ``build(config, task, evaluator, progress) -> (method, history)``. A structured prior that
-runs inside :class:`~pyro_sin.models.DeepLatentLDS` (with ``forecast``, ``proposal`` and
+runs inside :class:`~pyro_sin.models.DeepLatentSequence` (with ``forecast``, ``proposal`` and
 ``latent_log_prob``; ``state_probs`` on its posterior for segmentation) becomes one more
 method with :func:`deep_latent_builder`::
 
@@ -35,9 +35,8 @@ from pyro.infer import SVI, Trace_ELBO
 
 from baselines import UnstructuredLDSGuide, VectorAutoregression
 from pyro_sin.elbo import SINELBO
-from pyro_sin.initialization import encoded_regimes, encoded_states
 from pyro_sin.metrics import clustering_scores
-from pyro_sin.models import DeepLatentLDS
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import SequenceEncoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
@@ -116,9 +115,9 @@ class Config:
 
 
 class DeepLatentMethod:
-    """A :class:`~pyro_sin.models.DeepLatentLDS` and its SIN guide behind the harness's interface."""
+    """A :class:`~pyro_sin.models.DeepLatentSequence` and its SIN guide behind the harness's interface."""
 
-    def __init__(self, model: DeepLatentLDS, guide):
+    def __init__(self, model: DeepLatentSequence, guide):
         self.model, self.guide = model, guide
 
     def decode_posterior(self, y, mask=None, num_samples=50):
@@ -267,13 +266,13 @@ def _networks(config: Config, train: torch.Tensor):
 
 
 def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """:func:`~pyro_sin.initialization.encoded_states` with a seeded generator."""
-    return encoded_states(hmm, encoder, train, torch.Generator().manual_seed(seed))
+    """:meth:`~pyro_sin.pgm.LatentHMM.encoded_start` with a seeded generator."""
+    return hmm.encoded_start(encoder, train, torch.Generator().manual_seed(seed))
 
 
 def slds_natural_from_encoded(slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """:func:`~pyro_sin.initialization.encoded_regimes` with a seeded generator."""
-    return encoded_regimes(slds, encoder, train, torch.Generator().manual_seed(seed))
+    """:meth:`~pyro_sin.pgm.SwitchingLDS.encoded_start` with a seeded generator."""
+    return slds.encoded_start(encoder, train, torch.Generator().manual_seed(seed))
 
 
 def make_lds(config: Config, task: SequenceTask) -> LinearDynamicalSystem:
@@ -297,7 +296,7 @@ def deep_latent_builder(
     make_prior: Callable[[Config, SequenceTask], object], factor_key: str = "factor", init=None, **overrides
 ):
     """
-    A builder for a structured prior inside :class:`~pyro_sin.models.DeepLatentLDS`, trained
+    A builder for a structured prior inside :class:`~pyro_sin.models.DeepLatentSequence`, trained
     with :class:`~pyro_sin.SINELBO` and :class:`~pyro_sin.optim.NaturalAdam`.
 
     :param make_prior: ``(config, task) -> prior``.
@@ -312,7 +311,7 @@ def deep_latent_builder(
         pyro.set_rng_seed(config.seed)
         encoder, decoder = _networks(config, task.train)
         prior = make_prior(config, task).to(task.train.device)
-        model = DeepLatentLDS(prior, decoder, len(task.train))
+        model = DeepLatentSequence(prior, decoder, len(task.train))
         init_natural = None if init is None else init(prior, encoder, task.train, config.seed)
         guide = model.make_guide(encoder, factor=getattr(config, factor_key), init_natural=init_natural)
         svi = SVI(
@@ -333,7 +332,7 @@ def build_unstructured(config: Config, task: SequenceTask, evaluator: Evaluator,
     pyro.set_rng_seed(config.seed)
     frames = task.train.reshape(-1, task.train.shape[-1])
     _, decoder = _networks(config, task.train)
-    model = DeepLatentLDS(LinearDynamicalSystem(config.latent_dim).to(frames.device), decoder, len(task.train))
+    model = DeepLatentSequence(LinearDynamicalSystem(config.latent_dim).to(frames.device), decoder, len(task.train))
     rnn = SequenceEncoder(frames.shape[-1], config.latent_dim, (config.hidden,) * 2)
     encoder = StandardizedEncoder(rnn, Standardization.fit(frames, spread=config.spread)).to(frames.device)
     guide = UnstructuredLDSGuide(model, encoder)

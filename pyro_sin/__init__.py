@@ -3,7 +3,9 @@ pyro-sin: variational message passing with structured inference networks
 (SAN; Lin, Hubacher & Khan, ICLR 2018) for Pyro.
 """
 
-from . import distributions, nn, optim, pgm
+# models before pgm: the families' models (in pgm) are written with the helpers of models,
+# which re-exports them once its helpers are defined
+from . import distributions, models, nn, optim, pgm
 from .elbo import SINELBO
 from .guide import SINGuide, SVAEGuide
 from .optim import NaturalAdam
@@ -18,6 +20,7 @@ __all__ = [
     "SINGuide",
     "SVAEGuide",
     "distributions",
+    "models",
     "nn",
     "optim",
     "pgm",

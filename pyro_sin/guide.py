@@ -267,6 +267,20 @@ class SINGuide(AutoGuide, NameOwner):
         """The natural parameters ``λ`` of ``q(θ | λ)`` as a dict of tensors."""
         return self._natural_domain.unpack(self.natural)
 
+    @torch.no_grad()
+    def set_natural(self, natural):
+        """
+        Sets ``λ`` in place (through its domain's bijection), so that the optimiser that
+        holds it carries on, and restarts a free SIN factor from it.
+
+        :param dict natural: natural parameters, e.g. ``pgm.encoded_start(encoder, data)``.
+        """
+        domain = self._natural_domain
+        self.natural.unconstrained().copy_(domain.to_unconstrained(domain.pack(natural)))
+        if self.factor_mode == "free":
+            for key, (value, constraint) in self.pgm.init_free_factor(natural).items():
+                getattr(self.free, key).unconstrained().copy_(torch.distributions.transform_to(constraint).inv(value))
+
     def global_posterior(self):
         """``q(θ | λ)`` at the current ``λ``, without gradient to ``λ``."""
         return self.pgm.global_posterior({k: v.detach() for k, v in self.natural_params().items()})

@@ -215,16 +215,6 @@ def _floor_buffer(value, size: int, name: str) -> torch.Tensor:
     return floor.expand(size).clone()
 
 
-def _floor_buffer(value, size: int, name: str) -> torch.Tensor:
-    """A non-negative, finite floor (a float or a per-feature tensor) as a ``(size,)`` tensor."""
-    floor = torch.as_tensor(value, dtype=torch.get_default_dtype())
-    if floor.dim() > 1 or floor.numel() not in (1, size):
-        raise ValueError(f"{name} must be a float or a tensor of shape ({size},), got shape {tuple(floor.shape)}")
-    if not (torch.isfinite(floor).all() and (floor >= 0).all()):
-        raise ValueError(f"{name} must be finite and non-negative, got {floor}")
-    return floor.expand(size).clone()
-
-
 class GaussianDecoder(TwoHeadedMLP):
     r"""
     Decoder ``x ↦ N(y; μ(x), diag σ²(x))`` with a floor on the standard deviation,

@@ -1,6 +1,7 @@
 """
 A minibatch training loop around :class:`pyro.infer.SVI` with a progress bar, a
-guard against divergence, and a count of the mixture components in use.
+guard against divergence, and a count of the structure's units (mixture components,
+states) in use.
 """
 
 import itertools
@@ -17,7 +18,6 @@ import pyro.poutine as poutine
 from pyro.infer.util import torch_item
 
 from .distributed import broadcast_parameters, world
-from .pgm.mixture import MixturePrior
 
 
 class History(NamedTuple):
@@ -27,7 +27,7 @@ class History(NamedTuple):
     eval_steps: List[int]
     eval_seconds: List[float]  # training time (evaluations excluded) at each evaluation
     evals: List[Dict[str, float]]
-    components: List[int]  # mixture components in use after every step (empty without a mixture)
+    components: List[int]  # units (mixture components, states) in use after every step (empty without such units)
 
 
 class DivergenceError(FloatingPointError):
@@ -104,38 +104,16 @@ class DivergenceGuard:
 
 def components_in_use(guide, min_share: float = 0.01) -> Optional[int]:
     r"""
-    The number of mixture components that hold at least ``min_share`` of the data
-    under the guide's posterior ``q(π) = Dir(α)``: the expected count of component
-    ``k`` is ``α_k - α₀_k``.
+    The number of the structure's units (mixture components, states, regimes) that hold
+    at least ``min_share`` of the data under the guide's ``q(θ | λ)``
+    (:meth:`~pyro_sin.pgm.base.StructuredPrior.in_use`).
 
-    :returns: the count, or ``None`` when the guide has no mixture prior.
+    :returns: the count, or ``None`` when the guide has no structured prior or its
+        structure has no such units.
     """
     pgm = getattr(guide, "pgm", None)
-    if not isinstance(pgm, MixturePrior):
-        return None
     with torch.no_grad():
-        natural = guide.natural_params()
-        # the Dirichlet's natural parameter is its concentration (cheap, no Normal-Wishart built)
-        concentration = natural["concentration"] if "concentration" in natural else guide.global_posterior().concentration
-        counts = (concentration - pgm.prior_concentration).clamp(min=0)
-        total = counts.sum()
-        if total <= 0:
-            return pgm.num_components
-        return int((counts >= min_share * total).sum())
-
-
-def _warn_collapse(desc: str, num_components: int):
-    warnings.warn(
-        f"{desc}: the posterior collapsed onto one of {num_components} mixture components: every "
-        "point is assigned to the same cluster. If the data hold several clusters, standardise them "
-        "(pyro_sin.standardize.standardized_autoencoder), let the networks learn before the natural "
-        "step moves the components (a warm-up, pyro_sin.initialization.warmup_schedule) and start the "
-        "components from the encoded data (pyro_sin.initialization.encoded_components), or lower the learning rate. "
-        "If a few points hold the other components, they are outliers that a Gaussian mixture gives components "
-        "of their own: use pyro_sin.pgm.StudentTMixture, whose heavy tails absorb them.",
-        RuntimeWarning,
-        stacklevel=3,
-    )
+        return None if pgm is None else pgm.in_use(guide.natural_params(), min_share)
 
 
 def minibatch_indices(
@@ -214,10 +192,10 @@ def fit(
     one row per data point each).
 
     Every step is checked by a :class:`DivergenceGuard` between the gradients and
-    the update, and for a mixture prior the number of components in use
-    (:func:`components_in_use`) is shown in the progress bar and recorded; a
-    :class:`RuntimeWarning` with advice is given when training ends with every
-    point in one component.
+    the update, and for a structure with units (mixture components, states) the number
+    in use (:func:`components_in_use`) is shown in the progress bar and recorded; a
+    :class:`RuntimeWarning` with the family's advice is given when training ends with a
+    count it warns of (e.g. every point in one mixture component).
 
     In a :mod:`torch.distributed` process group each process trains on its share of
     every global batch of ``batch_size x processes`` (see :func:`minibatch_indices`),
@@ -256,7 +234,6 @@ def fit(
     history = History([], [], [], [], [])
     training_seconds = 0.0
     guide = getattr(svi, "guide", None)
-    num_components = getattr(getattr(guide, "pgm", None), "num_components", None)
 
     def record(step):
         if evaluate is not None:
@@ -275,7 +252,7 @@ def fit(
         if not math.isfinite(loss):
             raise DivergenceError(f"{desc}: the loss became {loss} at step {step}. {_ADVICE}")
         history.losses.append(loss)
-        in_use = components_in_use(guide) if num_components is not None else None
+        in_use = components_in_use(guide)
         if in_use is not None:
             history.components.append(in_use)
         running = loss if running is None else 0.95 * running + 0.05 * loss
@@ -285,13 +262,14 @@ def fit(
         if progress:
             postfix = {"-elbo/pt": f"{running:.3f}"}
             if in_use is not None:
-                postfix["K"] = f"{in_use}/{num_components}"
+                postfix["in use"] = in_use
             if history.evals:
                 postfix.update({k: f"{v:.3g}" for k, v in history.evals[-1].items()})
             bar.set_postfix(postfix, refresh=False)
         if out_of_time:
             break
     bar.close()
-    if history.components and num_components > 1 and history.components[-1] == 1:
-        _warn_collapse(desc, num_components)
+    advice = guide.pgm.in_use_warning(history.components[-1]) if history.components else None
+    if advice:
+        warnings.warn(f"{desc}: {advice}", RuntimeWarning, stacklevel=2)
     return history

@@ -19,7 +19,7 @@ from pyro.infer import SVI
 
 from pyro_sin import NaturalAdam, SINELBO
 from pyro_sin.distributed import broadcast_parameters, world
-from pyro_sin.models import DeepLatentLDS, DeepLatentMixture
+from pyro_sin.models import DeepLatentSequence, DeepLatentMixture
 from pyro_sin.nn import GaussianEncoder
 from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem
 
@@ -51,7 +51,7 @@ def build(structure, seed):
         elbo = SINELBO(num_particles=2, decoder_estimator="enumerate", max_plate_nesting=1)
     else:
         y = torch.randn(NUM_DATA, 5, 2, generator=data)
-        model = DeepLatentLDS(LinearDynamicalSystem(2), LatentFreeDecoder(2), NUM_DATA, name="m")
+        model = DeepLatentSequence(LinearDynamicalSystem(2), LatentFreeDecoder(2), NUM_DATA, name="m")
         guide = model.make_guide(GaussianEncoder(2, 2, (8,)), name="g")
         elbo = SINELBO(num_particles=2, max_plate_nesting=1)
     return y, model, guide, elbo

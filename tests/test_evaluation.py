@@ -8,7 +8,7 @@ from torch.testing import assert_close
 import pyro.distributions as dist
 
 from pyro_sin import evaluation
-from pyro_sin.models import DeepLatentLDS, DeepLatentMixture, frame_likelihood
+from pyro_sin.models import DeepLatentSequence, DeepLatentMixture, frame_likelihood
 from pyro_sin.nn import GaussianEncoder, SequenceEncoder, make_decoder
 from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem
 
@@ -242,7 +242,7 @@ def test_frame_likelihood_uses_the_decoders_distribution_and_mask():
 def test_lds_evaluation_works_for_a_bernoulli_decoder():
     P, D, B, T = 3, 2, 4, 6
     decoder = UserBernoulliDecoder(D, P)
-    model = DeepLatentLDS(LinearDynamicalSystem(D), decoder, B)
+    model = DeepLatentSequence(LinearDynamicalSystem(D), decoder, B)
     guide = model.make_guide(SequenceEncoder(P, D, (8,), rnn_dim=4))
     y = torch.randint(0, 2, (B, T, P)).double()
     estimate = model.log_likelihood(guide, y, 20)

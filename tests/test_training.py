@@ -132,7 +132,7 @@ def test_fit_trains_a_deep_lds_on_padded_sequences_with_mask_and_lengths():
     from pyro.infer import SVI
 
     import pyro_sin
-    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.models import DeepLatentSequence
     from pyro_sin.nn import GaussianDecoder, GaussianEncoder
     from pyro_sin.pgm import LinearDynamicalSystem
 
@@ -142,7 +142,7 @@ def test_fit_trains_a_deep_lds_on_padded_sequences_with_mask_and_lengths():
     mask[:, 2] = 0
     lengths = torch.tensor([10, 3, 7, 1, 5, 9])
     lds = LinearDynamicalSystem(2)
-    model = DeepLatentLDS(lds, GaussianDecoder(2, P, (8,)), N)
+    model = DeepLatentSequence(lds, GaussianDecoder(2, P, (8,)), N)
     guide = model.make_guide(GaussianEncoder(P, 2, (8,)))
     optim = pyro_sin.NaturalAdam({"lr": 0.01}, natural_lr=1.0)
     svi = SVI(model, guide, optim, pyro_sin.SINELBO(max_plate_nesting=1))
@@ -157,3 +157,21 @@ def test_fit_trains_a_deep_lds_on_padded_sequences_with_mask_and_lengths():
     transitions = (lengths[recorder.indices] - 1).sum()
     df = guide.global_posterior().matrix_normal_wishart.df
     torch.testing.assert_close(df - lds.prior().df, N / 3 * transitions.to(df.dtype))
+
+
+def test_history_counts_the_states_of_an_hmm_and_nothing_for_an_lds():
+    from pyro_sin.models import DeepLatentSequence
+    from pyro_sin.nn import GaussianDecoder, GaussianEncoder
+    from pyro_sin.pgm import LatentHMM, LinearDynamicalSystem
+
+    y = torch.randn(6, 5, 3)
+    for prior in (LatentHMM(3, 2), LinearDynamicalSystem(2)):
+        pyro.clear_param_store()
+        model = DeepLatentSequence(prior, GaussianDecoder(2, 3, (8,)), len(y))
+        guide = model.make_guide(GaussianEncoder(3, 2, (8,)))
+        svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=0.1), SINELBO())
+        history = fit(svi, y, iterations=3, batch_size=3, progress=False)
+        if isinstance(prior, LatentHMM):  # states in use, read off the Normal-Wisharts' counts
+            assert len(history.components) == 3 and all(1 <= k <= 3 for k in history.components)
+        else:  # an LDS has no units to count
+            assert history.components == []

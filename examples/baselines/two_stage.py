@@ -10,8 +10,8 @@ import torch
 from pyro_sin.distributions import MatrixNormalWishart, RegressionStats, regression_conjugate_update
 from pyro_sin.evaluation import decoded_mean
 from pyro_sin.metrics import importance_log_likelihood
-from pyro_sin.models import frame_likelihood, rollout
-from pyro_sin.pgm.lds import ChainPosterior, LDSParams
+from pyro_sin.models import frame_likelihood
+from pyro_sin.pgm.lds import ChainPosterior, LDSParams, rollout
 
 
 class TwoStageLDS:

@@ -1,5 +1,5 @@
 r"""
-The LDS model of :class:`~pyro_sin.models.DeepLatentLDS` with the guide a Pyro
+The LDS model of :class:`~pyro_sin.models.DeepLatentSequence` with the guide a Pyro
 user would write today: point estimates of the dynamics and per-step Gaussians
 ``q(x_t | y) = N(J_t⁻¹h_t, J_t⁻¹)`` from a bidirectional RNN (independent across
 time given the RNN, in the style of Pyro's deep Markov model example), trained
@@ -15,17 +15,17 @@ from pyro.nn import PyroModule, PyroParam
 
 from pyro_sin.evaluation import decoded_mean
 from pyro_sin.metrics import importance_log_likelihood
-from pyro_sin.models import DeepLatentLDS, data_plate, frame_likelihood, rollout
-from pyro_sin.pgm.lds import LDSParams
+from pyro_sin.models import DeepLatentSequence, data_plate, frame_likelihood
+from pyro_sin.pgm.lds import LDSParams, rollout
 
 
 class UnstructuredLDSGuide(PyroModule):
     """
-    :param DeepLatentLDS model: the generative model.
+    :param DeepLatentSequence model: the generative model.
     :param encoder: a :class:`~pyro_sin.nn.SequenceEncoder`.
     """
 
-    def __init__(self, model: DeepLatentLDS, encoder):
+    def __init__(self, model: DeepLatentSequence, encoder):
         super().__init__(name="UnstructuredLDSGuide")
         self._model = (model,)
         pgm = model.pgm

@@ -17,11 +17,12 @@ Vocabulary used throughout:
   minibatch, combining the encoder's potentials with the factor.
 """
 
-from typing import Any, Dict, NamedTuple, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch.distributions import constraints
 
+import pyro
 from pyro.nn import PyroModule
 from pyro.poutine.runtime import effectful
 
@@ -41,6 +42,18 @@ class SINRecord(NamedTuple):
     def natural(self) -> Dict[str, torch.Tensor]:
         """``λ`` as a dict of tensors (views of :attr:`natural_param`)."""
         return self.natural_domain.unpack(self.natural_param)
+
+
+def shares_in_use(counts: torch.Tensor, min_share: float) -> int:
+    """
+    How many of the expected counts ``(K,)`` (e.g. ``α - α₀`` of a Dirichlet) hold at least
+    ``min_share`` of their total; all ``K`` while the total is zero (nothing assigned yet).
+    """
+    counts = counts.clamp(min=0)
+    total = counts.sum()
+    if total <= 0:
+        return len(counts)
+    return int((counts >= min_share * total).sum())
 
 
 # The PGM's own sample statements run as effects, so that SINELBO, which
@@ -75,9 +88,19 @@ class StructuredPrior(PyroModule):
     #: the SIN factors this structure offers (see :class:`~pyro_sin.SINGuide`)
     factor_modes = ("tied", "free")
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, **sizes: int):
         super().__init__()
         self.name = name
+        if any(size < 1 for size in sizes.values()):
+            wanted = " and ".join(f"{key} >= 1" for key in sizes)
+            raise ValueError(f"need {wanted}, got {', '.join(str(size) for size in sizes.values())}")
+        for key, size in sizes.items():
+            setattr(self, key, size)
+
+    @staticmethod
+    def _as_tensor(value, shape) -> torch.Tensor:
+        """A hyperparameter (a number or a tensor) in the default dtype, broadcast to ``shape`` and owned."""
+        return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
 
     def _memoized(self, key: str, tensors, build):
         """
@@ -89,6 +112,34 @@ class StructuredPrior(PyroModule):
         if key not in memo or memo[key][0] != stamp:
             memo[key] = (stamp, build())
         return memo[key][1]
+
+    @staticmethod
+    def _check_concentration(concentration: torch.Tensor, what: str) -> torch.Tensor:
+        """A Dirichlet's natural parameter (its concentration), refused unless positive."""
+        if not (concentration > 0).all():
+            raise ValueError(
+                f"the Dirichlet natural parameter of the {what} must stay positive, got {concentration}; "
+                "natural parameters should only move by convex combinations (NaturalAdam)"
+            )
+        return concentration
+
+    @staticmethod
+    def _sample_conjugate(family, sites: Tuple[str, str], event_dims: int = 0):
+        """
+        ``Λ`` then the location ``L | Λ`` from a (Matrix-)Normal-Wishart ``family`` at the sites
+        ``(precision, location)``, its batch dimensions (``event_dims``) as event; returns ``(Λ, L)``.
+        """
+        precision = pyro.sample(sites[0], family.precision_dist().to_event(event_dims))
+        return precision, pyro.sample(sites[1], family.loc_dist(precision).to_event(event_dims))
+
+    def _conjugate_prior(self, family, buffers, validate_args=False):
+        """
+        ``family(*buffers)``, the conjugate prior ``p(θ)``: built and validated when asked
+        (once, at construction), else built once per version of the buffers.
+        """
+        if validate_args:
+            return family(*buffers, validate_args=True)
+        return self._memoized("prior", buffers, lambda: family(*buffers, validate_args=False))
 
     # ----- model side ---------------------------------------------------------
 
@@ -133,8 +184,8 @@ class StructuredPrior(PyroModule):
         raise NotImplementedError
 
     def init_natural(self) -> Dict[str, torch.Tensor]:
-        """Initial natural parameters ``λ`` of ``q(θ | λ)``."""
-        raise NotImplementedError
+        """Initial natural parameters ``λ`` of ``q(θ | λ)``; by default the prior's."""
+        return self.prior_natural()
 
     def natural_domain(self) -> NaturalDomain:
         """The domain of ``λ``, one block per conjugate family, with its bijection from ``ℝⁿ``."""
@@ -178,6 +229,14 @@ class StructuredPrior(PyroModule):
         """Closed-form SIN posterior from the encoder's potentials and the factor."""
         raise NotImplementedError
 
+    def check_potential(self, potential):
+        """Refuses (in :meth:`posterior`) potentials that are not over the ``latent_dim`` coordinates of one latent."""
+        if potential.info_vec.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' has latent_dim={self.latent_dim} but the "
+                f"encoder emitted potentials of size {potential.info_vec.shape[-1]}"
+            )
+
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
         """Emits the local sites from the SIN posterior in ``record``."""
         raise NotImplementedError
@@ -203,3 +262,34 @@ class StructuredPrior(PyroModule):
         expected statistics of the minibatch (``scale = N / |B|``).
         """
         raise NotImplementedError
+
+    # ----- data-driven start and diagnostics --------------------------------------------
+
+    def encoded_start(self, encoder, data, generator: Optional[torch.Generator] = None) -> Dict[str, torch.Tensor]:
+        """
+        The initial ``λ`` of ``q(θ | λ)`` from the training data as the encoder sees them:
+        the family's data-driven start (e.g. mixture components on the clusters of the
+        encoded data), for ``SINGuide(..., init_natural=...)`` or
+        :meth:`~pyro_sin.guide.SINGuide.set_natural`. By default :meth:`init_natural`, which
+        ignores the data.
+
+        :param torch.nn.Module encoder: maps the data to a :class:`~pyro_sin.potential.GaussianPotential`.
+        :param data: the training data (a tensor, or a tuple of encoder inputs).
+        :param torch.Generator generator: the random stream of the start's clustering and draws.
+        """
+        return self.init_natural()
+
+    def in_use(self, natural: Dict[str, torch.Tensor], min_share: float = 0.01) -> Optional[int]:
+        """
+        The number of the structure's units (mixture components, states, regimes) that hold
+        at least ``min_share`` of the data under ``q(θ | λ)``; None (the default) where the
+        structure has no such units.
+        """
+        return None
+
+    def in_use_warning(self, in_use: int) -> Optional[str]:
+        """
+        Advice when training ends with ``in_use`` units in use (e.g. every point in one
+        mixture component), or None (the default) when that count is no cause for concern.
+        """
+        return None

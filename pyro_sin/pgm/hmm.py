@@ -26,7 +26,7 @@ forward-backward (:mod:`pyro_sin.ops.markov`).
 """
 
 import math
-from typing import Dict, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch.distributions import constraints
@@ -40,17 +40,16 @@ from ..distributions import (
     GaussianStats,
     MarkovChain,
     NormalWishart,
-    NormalWishartBlock,
-    NormalWishartNatural,
-    conjugate_update,
     expected_gaussian_log_likelihood,
-    spd_matrix,
 )
+from ..initialization import draws_from_potentials, normal_wishart_from_points
 from ..ops.markov import markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
 from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
+from .mixture.gaussian import NormalWishartGaussians
+from .sequence import PosteriorDistribution, SequenceDistribution, after_end_to_zero, last_step
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -80,14 +79,7 @@ class HMMGlobalPosterior(RegimeGlobalPosterior):
         return self.regimes  # batch (K,)
 
 
-def _after_end_to_zero(value, step_mask, event_dims):
-    if step_mask is None:
-        return value
-    mask = step_mask.reshape(step_mask.shape + (1,) * event_dims)
-    return torch.where(mask, value, value.new_zeros(()))
-
-
-class StepGaussians(dist.TorchDistribution):
+class StepGaussians(SequenceDistribution):
     """
     Independent Gaussians ``x_t ~ N(loc_t, L_t L_tᵀ)`` over the steps of a sequence, as
     one distribution with event shape ``(T, D)``: ``x | z`` of an HMM once the states
@@ -99,10 +91,6 @@ class StepGaussians(dist.TorchDistribution):
     :param torch.Tensor lengths: optional, shape ``(...)``.
     """
 
-    arg_constraints = {}
-    support = constraints.independent(constraints.real, 2)
-    has_rsample = True
-
     def __init__(self, loc, scale_tril, lengths=None, validate_args=None):
         self.loc, self.scale_tril, self.lengths = loc, scale_tril, lengths
         batch_shape = torch.broadcast_shapes(loc.shape[:-2], scale_tril.shape[:-3])
@@ -110,46 +98,15 @@ class StepGaussians(dist.TorchDistribution):
             batch_shape = torch.broadcast_shapes(batch_shape, lengths.shape)
         super().__init__(batch_shape, loc.shape[-2:], validate_args=validate_args)
 
-    @property
-    def step_mask(self):
-        if self.lengths is None:
-            return None
-        return torch.arange(self.event_shape[0], device=self.loc.device) < self.lengths[..., None]
-
-    def expand(self, batch_shape, _instance=None):
-        return dist.ExpandedDistribution(self, batch_shape)
-
     def rsample(self, sample_shape=torch.Size()):
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
         noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         x = self.loc + (self.scale_tril @ noise[..., None])[..., 0]
-        return _after_end_to_zero(x, self.step_mask, 1)
+        return after_end_to_zero(x, self.step_mask, 1)
 
     def log_prob(self, value):
         per_step = dist.MultivariateNormal(self.loc, scale_tril=self.scale_tril, validate_args=False).log_prob(value)
-        return _after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
-
-
-class HMMMarginalDistribution(dist.TorchDistribution):
-    """``q(x_{1:T}) = Σ_z q(z) q(x | z)`` of an :class:`HMMPosterior` as a distribution with event shape ``(T, D)``."""
-
-    arg_constraints = {}
-    support = constraints.independent(constraints.real, 2)
-    has_rsample = True
-
-    def __init__(self, posterior: "HMMPosterior", validate_args=None):
-        self.posterior = posterior
-        batch_shape = posterior.state_probs.shape[:-2]
-        super().__init__(batch_shape, torch.Size((posterior.num_steps, posterior.dim)), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return dist.ExpandedDistribution(self, batch_shape)
-
-    def rsample(self, sample_shape=torch.Size()):
-        return self.posterior.rsample(sample_shape)
-
-    def log_prob(self, value):
-        return self.posterior.marginal_log_prob(value)
+        return after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
 
 
 class HMMPosterior(RegimeMarginals):
@@ -165,7 +122,7 @@ class HMMPosterior(RegimeMarginals):
 
     def __init__(self, potential: GaussianPotential, factor: HMMFactor, parallel: bool = True):
         self.num_steps, self.dim = potential.info_vec.shape[-2:]
-        self.lengths = potential.lengths
+        self.batch_shape, self.lengths = potential.info_vec.shape[:-2], potential.lengths
         #: ``q(x_t | z_t = k)`` and the evidence ``e_tk``, batch ``(..., T, K)``
         self.emission = MixturePosterior(potential, factor.emission)
         self.factor, self.parallel = factor, parallel
@@ -227,14 +184,14 @@ class HMMPosterior(RegimeMarginals):
         return joint - self.log_normalizer
 
 
-class LatentHMM(RegimeSwitchingPrior):
+class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
     r"""
     A hidden Markov model prior on latent sequences: ``K`` states following a Markov
     chain with Dirichlet priors on the initial distribution and on each row of the
     transition matrix, each emitting a Gaussian latent with a Normal-Wishart prior.
 
     Model-side use inside a Pyro program (or through
-    :class:`~pyro_sin.models.DeepLatentLDS`, which calls the same methods)::
+    :class:`~pyro_sin.models.DeepLatentSequence`, which calls the same methods)::
 
         params = hmm.sample_params()          # sites x_init_probs, x_transition_probs,
                                               #       x_precisions, x_locs
@@ -245,9 +202,7 @@ class LatentHMM(RegimeSwitchingPrior):
     :class:`~pyro_sin.distributions.MarkovChain`), so the model and the SIN emit the
     same sites as any Pyro program, and Pyro's ``Trace_ELBO`` estimates the same bound as
     :class:`~pyro_sin.SINELBO`; ``TraceEnum_ELBO`` can enumerate the ``K^T`` paths of
-    small problems only. Sequences padded to ``T`` steps pass their lengths,
-    ``hmm.sample_latent(params, T, lengths)``, and the encoder returns them in its
-    :class:`~pyro_sin.potential.GaussianPotential`: padding then changes nothing.
+    small problems only. Padded sequences: see :class:`~pyro_sin.pgm.sequence.SequencePrior`.
 
     :param int num_states: ``K``.
     :param int latent_dim: ``D``.
@@ -283,39 +238,12 @@ class LatentHMM(RegimeSwitchingPrior):
         init_loc_range: float = 5.0,
         parallel: bool = True,
     ):
-        super().__init__(name)
-        K, D = num_states, latent_dim
-        if K < 1 or D < 1:
-            raise ValueError(f"need num_states >= 1 and latent_dim >= 1, got {K}, {D}")
-        self.num_states, self.latent_dim = K, D
+        super().__init__(name, num_states=num_states, latent_dim=latent_dim)
         self.init_loc_range, self.parallel = init_loc_range, parallel
-
-        def as_tensor(value, shape):
-            return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
-
         self._register_chain_prior(init_concentration, transition_concentration)
-        scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, (K,), "LatentHMM scale_inv")
-        self.register_buffer("prior_loc", as_tensor(loc, (K, D)))
-        self.register_buffer("prior_kappa", as_tensor(kappa, (K,)))
-        self.register_buffer("prior_scale_inv", as_tensor(scale_inv, (K, D, D)))
-        self.register_buffer("prior_df", as_tensor(2 * D + 0.5 if df is None else df, (K,)))
-        self.prior(validate_args=True)
-
-    @property
-    def precisions_site(self):
-        return self.regime_sites[0]
-
-    @property
-    def locs_site(self):
-        return self.regime_sites[1]
+        self._register_normal_wishart((num_states,), loc, kappa, scale_inv, df, "LatentHMM")
 
     # ----- model side -------------------------------------------------------------
-
-    def prior(self, validate_args=False) -> NormalWishart:
-        """``p(μ, Λ)`` of the states' Gaussians; validated once, at construction."""
-        buffers = (self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df)
-        build = lambda: NormalWishart(*buffers, validate_args=validate_args)  # noqa: E731
-        return build() if validate_args else self._memoized("prior", buffers, build)
 
     def emission(self, params: HMMParams, states: torch.Tensor, lengths=None) -> StepGaussians:
         """``p(x_{1:T} | z_{1:T}, μ, Λ)`` for paths ``states`` of shape ``(..., T)``."""
@@ -338,25 +266,23 @@ class LatentHMM(RegimeSwitchingPrior):
 
     # ----- conjugate posterior over θ -----------------------------------------------
 
-    def regimes_from_natural(self, natural: Dict[str, torch.Tensor]) -> NormalWishart:
-        return NormalWishart.from_natural(
-            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
-        )
-
-    def regime_block(self):
-        return NormalWishartBlock((self.num_states,), self.latent_dim)
-
     def init_natural(self):
-        K, D = self.num_states, self.latent_dim
-        like = self.prior_loc
-        locs = (2 * torch.rand(K, D, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
-        init = NormalWishart(
-            locs,
-            torch.ones(K, dtype=like.dtype, device=like.device),
-            2 * D * torch.eye(D, dtype=like.dtype, device=like.device).expand(K, D, D),
-            torch.full((K,), 2.0 * D + 1, dtype=like.dtype, device=like.device),
+        return self._pack(
+            self.prior_init_concentration,
+            self.prior_transition_concentration,
+            self._scattered_normal_wishart().natural_params,
         )
-        return self._pack(self.prior_init_concentration, self.prior_transition_concentration, init.natural_params)
+
+    @torch.no_grad()
+    def encoded_start(self, encoder, data, generator=None):
+        """
+        The prior's Dirichlets, and the states' Gaussians on the k-means clusters of the encoded
+        frames (:func:`~pyro_sin.initialization.normal_wishart_from_points` on draws from the
+        encoder's potentials for the training sequences ``data``).
+        """
+        x = draws_from_potentials(encoder, data, generator)  # (N, T, D)
+        states = normal_wishart_from_points(self.num_states, x, generator)
+        return self._pack(self.prior_init_concentration, self.prior_transition_concentration, states.natural_params)
 
     # ----- SIN factor and posterior ---------------------------------------------------
 
@@ -368,8 +294,7 @@ class LatentHMM(RegimeSwitchingPrior):
         return {
             "init_logits": (q.expected_log_init, constraints.real),
             "transition_logits": (q.expected_log_transition, constraints.real),
-            "loc": (q.normal_wishart.loc, constraints.real_vector),
-            "precision_tril": (torch.linalg.cholesky(q.expectations.precision), constraints.lower_cholesky),
+            **self._free_gaussians(q.normal_wishart, q.expectations),
         }
 
     def free_factor(self, params) -> HMMFactor:
@@ -380,16 +305,7 @@ class LatentHMM(RegimeSwitchingPrior):
         )
 
     def posterior(self, potential: GaussianPotential, factor: HMMFactor) -> HMMPosterior:
-        if potential.info_vec.dim() < 2 or potential.info_vec.shape[-1] != self.latent_dim:
-            raise ValueError(
-                f"LatentHMM '{self.name}' needs per-step potentials of shape (..., T, {self.latent_dim}), "
-                f"got {tuple(potential.info_vec.shape)}"
-            )
-        if potential.lengths is not None and potential.lengths.shape != potential.info_vec.shape[:-2]:
-            raise ValueError(
-                f"LatentHMM '{self.name}' needs one length per sequence, shape "
-                f"{tuple(potential.info_vec.shape[:-2])}, got {tuple(potential.lengths.shape)}"
-            )
+        self.check_potential(potential)
         return HMMPosterior(potential, factor, self.parallel)
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
@@ -409,18 +325,15 @@ class LatentHMM(RegimeSwitchingPrior):
         ).sum(-1)
 
     def natural_target(self, posterior: HMMPosterior, scale: float):
-        stats = posterior.gaussian_stats()  # batch (..., K)
-        batch_dims = tuple(range(stats.count.dim() - 1))
-        total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))
         return self._pack(
-            *self.chain_natural_target(posterior, scale), conjugate_update(self.prior().natural_params, total)
+            *self.chain_natural_target(posterior, scale), self._gaussians_target(posterior.gaussian_stats(), scale)
         )
 
-    # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------
+    # ----- prediction and evaluation (the interface of SequencePrior) ---------------------
 
-    def proposal(self, posterior: HMMPosterior) -> HMMMarginalDistribution:
+    def proposal(self, posterior: HMMPosterior) -> PosteriorDistribution:
         """``q(x_{1:T})`` with the states summed out (an importance-sampling proposal)."""
-        return HMMMarginalDistribution(posterior)
+        return PosteriorDistribution(posterior)
 
     def forecast(
         self, q: HMMGlobalPosterior, posterior: HMMPosterior, horizon: int, num_samples: int, lengths=None
@@ -431,11 +344,7 @@ class LatentHMM(RegimeSwitchingPrior):
 
         :returns: shape ``(num_samples, B, horizon, D)``.
         """
-        probs = posterior.state_probs  # (B, T, K)
-        if lengths is None:
-            last = probs[..., -1, :]
-        else:
-            last = probs[torch.arange(len(lengths), device=lengths.device), lengths - 1]
+        last = last_step(posterior.state_probs, lengths)  # (B, K)
         S, B, D = num_samples, last.shape[0], self.latent_dim
         transition = dist.Dirichlet(q.transition_concentration).sample((S,))  # (S, K, K)
         precisions = q.normal_wishart.precision_dist().sample((S,))  # (S, K, D, D)

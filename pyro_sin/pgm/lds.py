@@ -50,7 +50,8 @@ from ..distributions import (
     spd_matrix,
 )
 from ..potential import GaussianPotential
-from .base import SINRecord, StructuredPrior
+from .base import SINRecord
+from .sequence import PosteriorDistribution, SequencePrior, after_end_to_zero, last_step, step_mask, sum_transitions
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -72,13 +73,6 @@ def rollout(params: LDSParams, x_start: torch.Tensor, horizon: int) -> torch.Ten
         x = (A @ x[..., None])[..., 0] + b + noise.sample()
         steps.append(x)
     return torch.stack(steps, -2)
-
-
-def last_step(x: torch.Tensor, lengths=None) -> torch.Tensor:
-    """``x_T`` of each sequence, ``x`` of shape ``(..., B, T, D)``; the step ``lengths - 1`` of padded ones."""
-    if lengths is None:
-        return x[..., -1, :]
-    return x[..., torch.arange(len(lengths), device=lengths.device), lengths - 1, :]
 
 
 class ChainFactor(NamedTuple):
@@ -212,10 +206,9 @@ class ChainPosterior:
         h, J = potential.info_vec, potential.precision
         D = h.shape[-1]
         self.num_steps, self.dim, self.parallel = h.shape[-2], D, parallel
-        self.step_mask = None  # (..., T), True where a step exists; None: every step
-        if potential.lengths is not None:
-            self.step_mask = torch.arange(self.num_steps, device=h.device) < potential.lengths[..., None]
+        self.step_mask = step_mask(potential.lengths, self.num_steps)  # (..., T), or None: every step exists
         self.init = factor.init + Gaussian(h.new_zeros(h.shape[:-2]), h[..., 0, :], torch.diag_embed(J[..., 0, :]))
+        self.batch_shape = self.init.batch_shape
         if self.num_steps > 1:
             # the potential of x_t joins the factor on (x_{t-1}, x_t)
             self.trans = factor.trans + Gaussian(
@@ -234,12 +227,6 @@ class ChainPosterior:
         if self.step_mask is None:
             return None
         return self.step_mask[..., 1:].to(self.init.info_vec.dtype)
-
-    def _after_end_to_zero(self, value: torch.Tensor, event_dims: int) -> torch.Tensor:
-        if self.step_mask is None:
-            return value
-        mask = self.step_mask.reshape(self.step_mask.shape + (1,) * event_dims)
-        return torch.where(mask, value, value.new_zeros(()))
 
     @functools.cached_property
     def _log_normalizer_and_moments(self):
@@ -282,42 +269,39 @@ class ChainPosterior:
         """``E[x_t]``, shape ``(..., T, D)``."""
         m = self.moments
         mean = torch.cat([m.init_mean[..., None, :], m.pair_mean[..., self.dim :]], -2)
-        return self._after_end_to_zero(mean, 1)
+        return after_end_to_zero(mean, self.step_mask, 1)
 
     def marginal_covariances(self) -> torch.Tensor:
         """``Cov[x_t]``, shape ``(..., T, D, D)``."""
         m, D = self.moments, self.dim
         second = torch.cat([m.init_second[..., None, :, :], m.pair_second[..., D:, D:]], -3)
         mean = self.marginal_means()
-        return self._after_end_to_zero(second - mean[..., :, None] * mean[..., None, :], 2)
+        return after_end_to_zero(second - mean[..., :, None] * mean[..., None, :], self.step_mask, 2)
 
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Reparameterised joint samples by parallel-scan forward filtering, backward sampling."""
         if self.trans is None:
             return self.init.rsample(torch.Size(sample_shape))[..., None, :]
         x = sequential_gaussian_filter_sample(self.init, self.trans, torch.Size(sample_shape))
-        return self._after_end_to_zero(x, 1)
+        return after_end_to_zero(x, self.step_mask, 1)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """``log q(x_{1:T})`` for ``x`` of shape ``(..., T, D)`` (of the steps up to each sequence's end)."""
         result = self.init.log_density(x[..., 0, :])
         if self.trans is not None:
             pairs = torch.cat([x[..., :-1, :], x[..., 1:, :]], -1)
-            result = result + self._sum_steps(self.trans.log_density(pairs))
+            result = result + sum_transitions(self.trans.log_density(pairs), self.step_mask)
         return result - self.log_normalizer
 
-    def _sum_steps(self, per_step: torch.Tensor) -> torch.Tensor:
-        """Sum over the transitions that exist, ``(..., T-1) -> (...)``."""
-        if self.step_mask is not None:
-            per_step = torch.where(self.step_mask[..., 1:], per_step, per_step.new_zeros(()))
-        return per_step.sum(-1)
+    marginal_log_prob = log_prob  # the chain is the whole posterior: nothing to sum out
 
     def entropy(self) -> torch.Tensor:
         """``H[q] = log Z - E[log ψ f]``, shape ``(...)``."""
         m = self.moments
         expected = gaussian_expectation(self.init, m.init_mean, m.init_second)
         if self.trans is not None:
-            expected = expected + self._sum_steps(gaussian_expectation(self.trans, m.pair_mean, m.pair_second))
+            pairs = gaussian_expectation(self.trans, m.pair_mean, m.pair_second)
+            expected = expected + sum_transitions(pairs, self.step_mask)
         return self.log_normalizer - expected
 
     def regression_stats(self) -> RegressionStats:
@@ -332,28 +316,6 @@ class ChainPosterior:
         return pair_regression_stats(count, pair_mean.sum(-2), pair_second.sum(-3))
 
 
-class ChainPosteriorDistribution(dist.TorchDistribution):
-    """The SIN posterior of whole sequences as a Pyro distribution with event shape ``(T, D)``."""
-
-    arg_constraints = {}
-    support = constraints.independent(constraints.real, 2)
-    has_rsample = True
-
-    def __init__(self, posterior: ChainPosterior, validate_args=None):
-        self.posterior = posterior
-        batch_shape = posterior.init.batch_shape
-        super().__init__(batch_shape, torch.Size((posterior.num_steps, posterior.dim)), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return dist.ExpandedDistribution(self, batch_shape)
-
-    def rsample(self, sample_shape=torch.Size()):
-        return self.posterior.rsample(sample_shape)
-
-    def log_prob(self, value):
-        return self.posterior.log_prob(value)
-
-
 class LDSGlobalPosterior:
     """``q(B, Λ) = MNW(M, K, W, ν)`` with its expectations."""
 
@@ -362,7 +324,65 @@ class LDSGlobalPosterior:
         self.expectations = matrix_normal_wishart.expectations()
 
 
-class LinearDynamicalSystem(StructuredPrior):
+class AffineGaussianDynamics:
+    r"""
+    What the priors with affine Gaussian dynamics ``x_t ~ N(A x_{t-1} + b, Λ⁻¹)`` under a
+    Matrix-Normal-Wishart ``p(B = [A b], Λ)`` and a fixed ``x_1 ~ N(μ₀, P₀⁻¹)`` share (the LDS
+    and, per regime, the switching LDS): the hyperparameters, ``p(B, Λ)``, the initial factor
+    and the conjugate update. A mixin of a :class:`~pyro_sin.pgm.sequence.SequencePrior`; the
+    dynamics' batch shape is that of ``prior_df``.
+    """
+
+    def _register_dynamics(self, batch, init_loc, init_precision, transition_loc, col_precision, scale_inv, df):
+        """Buffers ``μ₀, P₀, M₀, K₀, W₀⁻¹, ν₀`` (defaults ``0, I, [I 0], I, 0.1 (D + 2) I, D + 2``), validated."""
+        D, what = self.latent_dim, type(self).__name__
+        if transition_loc is None:
+            transition_loc = torch.cat([torch.eye(D), torch.zeros(D, 1)], -1)
+        self.register_buffer("init_loc", self._as_tensor(init_loc, (D,)))
+        self.register_buffer(
+            "init_precision", spd_matrix(1.0 if init_precision is None else init_precision, D, (), "init_precision")
+        )
+        self.register_buffer("prior_transition_loc", self._as_tensor(transition_loc, batch + (D, D + 1)))
+        col_precision = 1.0 if col_precision is None else col_precision
+        self.register_buffer("prior_col_precision", spd_matrix(col_precision, D + 1, batch, f"{what} col_precision"))
+        scale_inv = 0.1 * (D + 2) if scale_inv is None else scale_inv
+        self.register_buffer("prior_scale_inv", spd_matrix(scale_inv, D, batch, f"{what} scale_inv"))
+        self.register_buffer("prior_df", self._as_tensor(D + 2.0 if df is None else df, batch))
+        self.prior(validate_args=True)
+
+    def prior(self, validate_args=False) -> MatrixNormalWishart:
+        """``p(B, Λ)`` of the dynamics; its hyperparameters are validated once, at construction."""
+        buffers = (self.prior_transition_loc, self.prior_col_precision, self.prior_scale_inv, self.prior_df)
+        return self._conjugate_prior(MatrixNormalWishart, buffers, validate_args)
+
+    def init_factor(self) -> Gaussian:
+        """``log N(x_1; μ₀, P₀⁻¹)`` as an unnormalised Gaussian."""
+
+        def build():
+            P, m = self.init_precision, self.init_loc
+            info = P @ m
+            log_norm = 0.5 * (torch.logdet(P) - self.latent_dim * _LOG_2PI - (m * info).sum(-1))
+            return Gaussian(log_norm, info, P)
+
+        return self._memoized("init_factor", (self.init_loc, self.init_precision), build)
+
+    def _conjugate_block(self) -> MatrixNormalWishartBlock:
+        return MatrixNormalWishartBlock(self.prior_df.shape, self.latent_dim, self.latent_dim + 1)
+
+    @staticmethod
+    def _conjugate_from_natural(natural: Dict[str, torch.Tensor]) -> MatrixNormalWishart:
+        """``q(B, Λ)`` from the Matrix-Normal-Wishart entries of ``λ`` (in the domain by construction)."""
+        mnw = MatrixNormalWishartNatural(natural["cross"], natural["col_precision"], natural["scale"], natural["df"])
+        return MatrixNormalWishart.from_natural(mnw, validate_args=False)
+
+    def _dynamics_target(self, stats: RegressionStats, scale: float) -> MatrixNormalWishartNatural:
+        """The conjugate update from the transition statistics of every sequence, summed and scaled by ``scale``."""
+        batch_dims = tuple(range(stats.count.dim() - self.prior_df.dim()))
+        total = RegressionStats(*(scale * s.sum(batch_dims) for s in stats))
+        return regression_conjugate_update(self.prior().natural_params, total)
+
+
+class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
     r"""
     A linear dynamical system prior on latent sequences with a
     Matrix-Normal-Wishart prior on its dynamics ``B = [A b]`` and noise precision
@@ -374,11 +394,7 @@ class LinearDynamicalSystem(StructuredPrior):
         with pyro.plate("sequences", N, subsample=idx):
             x = lds.sample_latent(params, T)    # site x, event shape (T, D)
 
-    Sequences padded to ``T`` steps pass their lengths,
-    ``lds.sample_latent(params, T, lengths)``, and the encoder returns them in its
-    :class:`~pyro_sin.potential.GaussianPotential`: the steps after a sequence's end
-    then do not exist in the prior, the SIN posterior, the bound or the natural
-    step, so padding changes nothing.
+    Padded sequences: see :class:`~pyro_sin.pgm.sequence.SequencePrior`.
 
     :param int latent_dim: ``D``.
     :param str name: the latent site's name.
@@ -404,34 +420,9 @@ class LinearDynamicalSystem(StructuredPrior):
         df=None,
         parallel: bool = True,
     ):
-        super().__init__(name)
-        D = latent_dim
-        if D < 1:
-            raise ValueError(f"need latent_dim >= 1, got {D}")
-        self.latent_dim, self.parallel = D, parallel
-        dtype = torch.get_default_dtype()
-
-        def as_tensor(value, shape):
-            return torch.as_tensor(value, dtype=dtype).expand(shape).clone()
-
-        eye = torch.eye(D, dtype=dtype)
-        if transition_loc is None:
-            transition_loc = torch.cat([eye, torch.zeros(D, 1, dtype=dtype)], -1)
-        self.register_buffer("init_loc", as_tensor(init_loc, (D,)))
-        self.register_buffer(
-            "init_precision", spd_matrix(1.0 if init_precision is None else init_precision, D, (), "init_precision")
-        )
-        self.register_buffer("prior_transition_loc", as_tensor(transition_loc, (D, D + 1)))
-        self.register_buffer(
-            "prior_col_precision",
-            spd_matrix(1.0 if col_precision is None else col_precision, D + 1, (), "col_precision"),
-        )
-        self.register_buffer(
-            "prior_scale_inv",
-            spd_matrix(0.1 * (D + 2) if scale_inv is None else scale_inv, D, (), "LinearDynamicalSystem scale_inv"),
-        )
-        self.register_buffer("prior_df", as_tensor(D + 2.0 if df is None else df, ()))
-        self.prior(validate_args=True)
+        super().__init__(name, latent_dim=latent_dim)
+        self.parallel = parallel
+        self._register_dynamics((), init_loc, init_precision, transition_loc, col_precision, scale_inv, df)
 
     # ----- site names -----------------------------------------------------------
 
@@ -453,15 +444,8 @@ class LinearDynamicalSystem(StructuredPrior):
 
     # ----- model side -------------------------------------------------------------
 
-    def prior(self, validate_args=False) -> MatrixNormalWishart:
-        buffers = (self.prior_transition_loc, self.prior_col_precision, self.prior_scale_inv, self.prior_df)
-        build = lambda: MatrixNormalWishart(*buffers, validate_args=validate_args)  # noqa: E731
-        return build() if validate_args else self._memoized("prior", buffers, build)
-
     def _sample_params(self) -> LDSParams:
-        prior = self.prior()
-        noise_precision = pyro.sample(self.noise_precision_site, prior.precision_dist())
-        transition = pyro.sample(self.transition_site, prior.loc_dist(noise_precision))
+        noise_precision, transition = self._sample_conjugate(self.prior(), self.global_sites)
         return LDSParams(transition, noise_precision)
 
     def chain(self, params: LDSParams, num_steps: int, lengths=None) -> GaussianChain:
@@ -483,20 +467,13 @@ class LinearDynamicalSystem(StructuredPrior):
     # ----- conjugate posterior over θ -----------------------------------------------
 
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> LDSGlobalPosterior:
-        return LDSGlobalPosterior(
-            MatrixNormalWishart.from_natural(MatrixNormalWishartNatural(**natural), validate_args=False)
-        )
+        return LDSGlobalPosterior(self._conjugate_from_natural(natural))
 
     def prior_natural(self):
         return self.prior().natural_params._asdict()
 
-    def init_natural(self):
-        return self.prior_natural()
-
     def _sample_global_posterior(self, natural):
-        q = self.global_posterior(natural).matrix_normal_wishart
-        noise_precision = pyro.sample(self.noise_precision_site, q.precision_dist())
-        pyro.sample(self.transition_site, q.loc_dist(noise_precision))
+        self._sample_conjugate(self.global_posterior(natural).matrix_normal_wishart, self.global_sites)
 
     def kl(self, q: LDSGlobalPosterior):
         return q.matrix_normal_wishart.kl_divergence(self.prior())
@@ -505,21 +482,13 @@ class LinearDynamicalSystem(StructuredPrior):
         return q.matrix_normal_wishart.cross_entropy(self.prior())
 
     def natural_domain(self) -> NaturalDomain:
-        D = self.latent_dim
-        return NaturalDomain([MatrixNormalWishartBlock((), D, D + 1)])
+        return NaturalDomain([self._conjugate_block()])
 
     def point_estimate(self, q: LDSGlobalPosterior) -> LDSParams:
         """Posterior means ``E[B] = M`` and ``E[Λ] = ν W``."""
         return LDSParams(q.matrix_normal_wishart.loc, q.expectations.precision)
 
     # ----- SIN factor and posterior ---------------------------------------------------
-
-    def init_factor(self) -> Gaussian:
-        """``log N(x_1; μ₀, P₀⁻¹)`` as an unnormalised Gaussian."""
-        P, m = self.init_precision, self.init_loc
-        info = P @ m
-        log_norm = 0.5 * (torch.logdet(P) - self.latent_dim * _LOG_2PI - (m * info).sum(-1))
-        return Gaussian(log_norm, info, P)
 
     def tied_factor(self, q: LDSGlobalPosterior) -> ChainFactor:
         return ChainFactor(self.init_factor(), regression_factor(q.expectations))
@@ -543,21 +512,12 @@ class LinearDynamicalSystem(StructuredPrior):
         return self.dynamics_factor(LDSParams(params["transition"], tril @ tril.transpose(-1, -2)))
 
     def posterior(self, potential: GaussianPotential, factor: ChainFactor) -> ChainPosterior:
-        if potential.info_vec.dim() < 2 or potential.info_vec.shape[-1] != self.latent_dim:
-            raise ValueError(
-                f"LinearDynamicalSystem '{self.name}' needs per-step potentials of shape "
-                f"(..., T, {self.latent_dim}), got {tuple(potential.info_vec.shape)}"
-            )
-        if potential.lengths is not None and potential.lengths.shape != potential.info_vec.shape[:-2]:
-            raise ValueError(
-                f"LinearDynamicalSystem '{self.name}' needs one length per sequence, shape "
-                f"{tuple(potential.info_vec.shape[:-2])}, got {tuple(potential.lengths.shape)}"
-            )
+        self.check_potential(potential)
         return ChainPosterior(potential, factor, self.parallel)
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
         return pyro.sample(
-            self.name, ChainPosteriorDistribution(record.posterior, validate_args=False), infer={"sin": record}
+            self.name, PosteriorDistribution(record.posterior, validate_args=False), infer={"sin": record}
         )
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
@@ -572,22 +532,17 @@ class LinearDynamicalSystem(StructuredPrior):
         return expected_log_prior
 
     def natural_target(self, posterior: ChainPosterior, scale: float):
-        stats = posterior.regression_stats()
-        batch_dims = tuple(range(stats.count.dim()))
-        total = RegressionStats(
-            *(scale * s.sum(batch_dims) for s in stats)
-        )
-        return regression_conjugate_update(self.prior().natural_params, total)._asdict()
+        return self._dynamics_target(posterior.regression_stats(), scale)._asdict()
 
-    # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------
+    # ----- prediction and evaluation (the interface of SequencePrior) ---------------------
 
     def latent_log_prob(self, params: LDSParams, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """``log p(x_{1:T} | θ)``, shape ``x.shape[:-2]``."""
         return self.chain(params, x.shape[-2], lengths).log_prob(x)
 
-    def proposal(self, posterior: ChainPosterior) -> "ChainPosteriorDistribution":
+    def proposal(self, posterior: ChainPosterior) -> PosteriorDistribution:
         """The SIN posterior as a distribution over ``x_{1:T}`` (an importance-sampling proposal)."""
-        return ChainPosteriorDistribution(posterior)
+        return PosteriorDistribution(posterior)
 
     def forecast(
         self, q: LDSGlobalPosterior, posterior: ChainPosterior, horizon: int, num_samples: int, lengths=None

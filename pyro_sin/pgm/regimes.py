@@ -13,8 +13,9 @@ HMM's emission means, a Matrix-Normal-Wishart for the switching LDS's dynamics).
 :class:`RegimeSwitchingPrior` holds everything about ``q(π) Π_j q(P_j) Π_k q(θ_k)`` that
 does not depend on the family: sites, natural-parameter layout and domain, KL and
 cross-entropy, point estimates and sampling. A subclass names its family through
-:meth:`~RegimeSwitchingPrior.prior`, :meth:`~RegimeSwitchingPrior.regimes_from_natural`
-and :meth:`~RegimeSwitchingPrior.regime_block`.
+``prior``, ``_conjugate_from_natural`` and ``_conjugate_block``, which the mixins
+:class:`~pyro_sin.pgm.mixture.gaussian.NormalWishartGaussians` and
+:class:`~pyro_sin.pgm.lds.AffineGaussianDynamics` provide.
 """
 
 from typing import Dict, NamedTuple, Tuple, Type
@@ -32,7 +33,8 @@ from ..distributions import (
     dirichlet_expected_log,
     dirichlet_kl,
 )
-from .base import StructuredPrior
+from .base import shares_in_use
+from .sequence import SequencePrior
 
 
 class RegimeGlobalPosterior:
@@ -80,7 +82,7 @@ class RegimeMarginals:
         return self.states.marginals.transition_counts
 
 
-class RegimeSwitchingPrior(StructuredPrior):
+class RegimeSwitchingPrior(SequencePrior):
     """
     Base of the priors whose latent sequence switches between ``K`` regimes that follow a
     Markov chain, each regime with its own conjugate parameters.
@@ -88,8 +90,8 @@ class RegimeSwitchingPrior(StructuredPrior):
     A subclass sets :attr:`params_type` (a named tuple ``(init_probs, transition_probs,
     location, precision)``), :attr:`posterior_type` (a :class:`RegimeGlobalPosterior`),
     :attr:`regime_site_suffixes` (the names of the precision and location sites after
-    ``name_``), and implements :meth:`prior`, :meth:`regimes_from_natural` and
-    :meth:`regime_block`.
+    ``name_``), and takes its family's ``prior``, ``_conjugate_from_natural`` and
+    ``_conjugate_block`` from a mixin (see the module's docstring).
     """
 
     params_type: Type[NamedTuple]
@@ -98,28 +100,16 @@ class RegimeSwitchingPrior(StructuredPrior):
 
     def _register_chain_prior(self, init_concentration, transition_concentration):
         K = self.num_states
-
-        def as_tensor(value, shape):
-            return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
-
-        self.register_buffer("prior_init_concentration", as_tensor(init_concentration, (K,)))
-        self.register_buffer("prior_transition_concentration", as_tensor(transition_concentration, (K, K)))
+        self.register_buffer("prior_init_concentration", self._as_tensor(init_concentration, (K,)))
+        self.register_buffer("prior_transition_concentration", self._as_tensor(transition_concentration, (K, K)))
         if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
             raise ValueError(f"the Dirichlet concentrations of a {type(self).__name__} must be positive")
 
-    # ----- what a subclass provides ---------------------------------------------------
-
-    def prior(self, validate_args=False):
-        """``p(θ_k)`` of every regime, batch ``(K,)``."""
-        raise NotImplementedError
+    # ----- the regimes' family ---------------------------------------------------------
 
     def regimes_from_natural(self, natural: Dict[str, torch.Tensor]):
         """The family of batch ``(K,)`` whose natural parameters are the non-Dirichlet entries of ``natural``."""
-        raise NotImplementedError
-
-    def regime_block(self):
-        """The natural-domain block of the regimes' family."""
-        raise NotImplementedError
+        return self._conjugate_from_natural(natural)
 
     # ----- site names -----------------------------------------------------------
 
@@ -153,9 +143,7 @@ class RegimeSwitchingPrior(StructuredPrior):
     def _sample_regime_params(self, init_concentration, transition_concentration, regimes):
         init_probs = pyro.sample(self.init_probs_site, dist.Dirichlet(init_concentration))
         transition_probs = pyro.sample(self.transition_probs_site, dist.Dirichlet(transition_concentration).to_event(1))
-        precision_site, location_site = self.regime_sites
-        precisions = pyro.sample(precision_site, regimes.precision_dist().to_event(1))
-        locations = pyro.sample(location_site, regimes.loc_dist(precisions).to_event(1))
+        precisions, locations = self._sample_conjugate(regimes, self.regime_sites, 1)
         return self.params_type(init_probs, transition_probs, locations, precisions)
 
     def _sample_params(self):
@@ -174,15 +162,6 @@ class RegimeSwitchingPrior(StructuredPrior):
         )
 
     # ----- conjugate posterior over θ -----------------------------------------------
-
-    @staticmethod
-    def _check_concentration(concentration, what):
-        if not (concentration > 0).all():
-            raise ValueError(
-                f"the Dirichlet natural parameter of the {what} must stay positive, got {concentration}; "
-                "natural parameters should only move by convex combinations (NaturalAdam)"
-            )
-        return concentration
 
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> RegimeGlobalPosterior:
         return self.posterior_type(
@@ -210,7 +189,7 @@ class RegimeSwitchingPrior(StructuredPrior):
             [
                 DirichletBlock(K, key="init_concentration"),
                 DirichletBlock(K, (K,), key="transition_concentration"),
-                self.regime_block(),
+                self._conjugate_block(),
             ]
         )
 
@@ -243,6 +222,10 @@ class RegimeSwitchingPrior(StructuredPrior):
         first = posterior.state_probs[..., 0, :].reshape(-1, K).sum(0)
         counts = posterior.transition_counts.reshape(-1, K, K).sum(0)
         return self.prior_init_concentration + scale * first, self.prior_transition_concentration + scale * counts
+
+    def in_use(self, natural, min_share=0.01) -> int:
+        """The regimes whose expected number of steps, ``ν_k - ν₀_k``, is ``min_share`` of the data or more."""
+        return shares_in_use(natural["df"] - self.prior().natural_params.df, min_share)
 
     def kl(self, q: RegimeGlobalPosterior):
         return (

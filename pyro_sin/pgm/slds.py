@@ -32,43 +32,49 @@ through the sweeps either unrolled or by implicit differentiation at the fixed p
 (see :class:`SLDSPosterior`).
 """
 
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch.distributions import constraints
 
 import pyro
 import pyro.distributions as dist
-from pyro.ops.gaussian import Gaussian, mvn_to_gaussian
+from pyro.ops.gaussian import Gaussian
 from pyro.ops.indexing import Vindex
 from pyro.ops.tensor_utils import precision_to_scale_tril
 
 from ..distributions import (
     MarkovChain,
     MatrixNormalWishart,
-    MatrixNormalWishartBlock,
-    MatrixNormalWishartNatural,
     RegressionStats,
     expected_regression_log_likelihood,
     regression_conjugate_update,
-    spd_matrix,
 )
+from ..initialization import draws_from_potentials, kmeans
 from ..ops.markov import forward_backward, markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
 from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .lds import (
+    AffineGaussianDynamics,
     ChainFactor,
     ChainPosterior,
-    ChainPosteriorDistribution,
     gaussian_expectation,
     pair_regression_stats,
     point_expectations,
     regression_factor,
 )
+from .sequence import PosteriorDistribution, SequenceDistribution, after_end_to_zero, last_step, sum_transitions
 
 #: how gradients pass through the mean-field sweeps
 GRADIENT_MODES = ("unrolled", "implicit")
+
+
+def _check_mean_field(num_sweeps: int, gradient: str):
+    if num_sweeps < 1:
+        raise ValueError(f"the mean field needs num_sweeps >= 1, got {num_sweeps}")
+    if gradient not in GRADIENT_MODES:
+        raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
 
 
 class SLDSParams(NamedTuple):
@@ -190,10 +196,7 @@ class SLDSPosterior(RegimeMarginals):
         adjoint_iterations: Optional[int] = None,
         parallel: bool = True,
     ):
-        if num_sweeps < 1:
-            raise ValueError(f"the mean field needs num_sweeps >= 1, got {num_sweeps}")
-        if gradient not in GRADIENT_MODES:
-            raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
+        _check_mean_field(num_sweeps, gradient)
         self.potential, self.factor, self.parallel = potential, factor, parallel
         self.num_steps, self.dim = potential.info_vec.shape[-2:]
         self.num_states = factor.init_logits.shape[-1]
@@ -316,7 +319,7 @@ class SLDSPosterior(RegimeMarginals):
         return self.states.log_prob(states) + self.continuous.log_prob(x)
 
 
-class SwitchingGaussianChain(dist.TorchDistribution):
+class SwitchingGaussianChain(SequenceDistribution):
     r"""
     ``p(x_{1:T} | z_{1:T}, θ)``: a Gaussian chain whose dynamics change from step to step,
 
@@ -331,10 +334,6 @@ class SwitchingGaussianChain(dist.TorchDistribution):
     :param torch.Tensor lengths: optional, integers in ``[1, T]``, shape ``(...)``.
     """
 
-    arg_constraints = {}
-    support = constraints.independent(constraints.real, 2)
-    has_rsample = True
-
     def __init__(self, init_loc, init_precision, transitions, noise_precisions, lengths=None, validate_args=None):
         D = init_loc.shape[-1]
         T = transitions.shape[-3] + 1
@@ -346,19 +345,6 @@ class SwitchingGaussianChain(dist.TorchDistribution):
         self.init_loc, self.init_precision = init_loc, init_precision
         self.transitions, self.noise_precisions, self.lengths = transitions, noise_precisions, lengths
         super().__init__(batch_shape, torch.Size((T, D)), validate_args=validate_args)
-
-    def expand(self, batch_shape, _instance=None):
-        return dist.ExpandedDistribution(self, batch_shape)
-
-    @property
-    def step_mask(self):
-        if self.lengths is None:
-            return None
-        return torch.arange(self.event_shape[0], device=self.lengths.device) < self.lengths[..., None]
-
-    def _after_end_to_zero(self, x):
-        mask = self.step_mask
-        return x if mask is None else torch.where(mask[..., None], x, x.new_zeros(()))
 
     def rsample(self, sample_shape=torch.Size()):
         shape = torch.Size(sample_shape) + self.batch_shape
@@ -372,7 +358,7 @@ class SwitchingGaussianChain(dist.TorchDistribution):
         for t in range(self.event_shape[0] - 1):
             x = (A[..., t, :, :] @ x[..., None] + scale_tril[..., t, :, :] @ noise[..., t, :, :])[..., 0] + b[..., t, :]
             steps.append(x)
-        return self._after_end_to_zero(torch.stack(steps, -2))
+        return after_end_to_zero(torch.stack(steps, -2), self.step_mask, 1)
 
     def log_prob(self, value):
         D = self.event_shape[-1]
@@ -381,24 +367,18 @@ class SwitchingGaussianChain(dist.TorchDistribution):
         if self.event_shape[0] > 1:
             loc = (self.transitions[..., :D] @ value[..., :-1, :, None])[..., 0] + self.transitions[..., D]
             steps = dist.MultivariateNormal(loc, precision_matrix=self.noise_precisions, validate_args=False)
-            result = result + self._sum_steps(steps.log_prob(value[..., 1:, :]))
+            result = result + sum_transitions(steps.log_prob(value[..., 1:, :]), self.step_mask)
         return result
 
-    def _sum_steps(self, per_transition):
-        mask = self.step_mask
-        if mask is not None:
-            per_transition = torch.where(mask[..., 1:], per_transition, per_transition.new_zeros(()))
-        return per_transition.sum(-1)
 
-
-class SwitchingLDS(RegimeSwitchingPrior):
+class SwitchingLDS(AffineGaussianDynamics, RegimeSwitchingPrior):
     r"""
     A switching linear dynamical system prior on latent sequences: ``K`` regimes following
     a Markov chain with Dirichlet priors on the initial distribution and on each row of
     the transition matrix, each regime with its own affine dynamics and noise under a
     Matrix-Normal-Wishart prior, and a fixed initial state distribution.
 
-    Model-side use inside a Pyro program (or through :class:`~pyro_sin.models.DeepLatentLDS`,
+    Model-side use inside a Pyro program (or through :class:`~pyro_sin.models.DeepLatentSequence`,
     which calls the same methods)::
 
         params = slds.sample_params()          # sites x_init_probs, x_transition_probs,
@@ -409,9 +389,7 @@ class SwitchingLDS(RegimeSwitchingPrior):
     The regimes of a sequence are one site whose value is the whole path (a
     :class:`~pyro_sin.distributions.MarkovChain`), so the model and the SIN emit ordinary
     sites: Pyro's ``Trace_ELBO`` estimates the same bound as :class:`~pyro_sin.SINELBO`
-    and ``Predictive`` samples the model. Sequences padded to ``T`` steps pass their lengths,
-    ``slds.sample_latent(params, T, lengths)``, and the encoder returns them in its
-    :class:`~pyro_sin.potential.GaussianPotential`: padding then changes nothing.
+    and ``Predictive`` samples the model. Padded sequences: see :class:`~pyro_sin.pgm.sequence.SequencePrior`.
 
     The SIN posterior is a structured mean field ``q(z) q(x)`` (:class:`SLDSPosterior`); the
     guide's draw of ``x`` does not depend on its draw of ``z``, so SINELBO adds no
@@ -464,62 +442,20 @@ class SwitchingLDS(RegimeSwitchingPrior):
         adjoint_iterations: Optional[int] = None,
         parallel: bool = True,
     ):
-        super().__init__(name)
-        K, D = num_states, latent_dim
-        if K < 1 or D < 1:
-            raise ValueError(f"need num_states >= 1 and latent_dim >= 1, got {K}, {D}")
-        if num_sweeps < 1:
-            raise ValueError(f"the mean field needs num_sweeps >= 1, got {num_sweeps}")
-        if gradient not in GRADIENT_MODES:
-            raise ValueError(f"gradient must be one of {GRADIENT_MODES}, got {gradient!r}")
-        self.num_states, self.latent_dim = K, D
+        super().__init__(name, num_states=num_states, latent_dim=latent_dim)
+        _check_mean_field(num_sweeps, gradient)
         self.init_transition_noise, self.parallel = init_transition_noise, parallel
         self.num_sweeps, self.gradient, self.adjoint_iterations = num_sweeps, gradient, adjoint_iterations
-        dtype = torch.get_default_dtype()
-
-        def as_tensor(value, shape):
-            return torch.as_tensor(value, dtype=dtype).expand(shape).clone()
-
         self._register_chain_prior(init_concentration, transition_concentration)
-        if transition_loc is None:
-            transition_loc = torch.cat([torch.eye(D, dtype=dtype), torch.zeros(D, 1, dtype=dtype)], -1)
-        self.register_buffer("init_loc", as_tensor(init_loc, (D,)))
-        self.register_buffer(
-            "init_precision", spd_matrix(1.0 if init_precision is None else init_precision, D, (), "init_precision")
-        )
-        self.register_buffer("prior_transition_loc", as_tensor(transition_loc, (K, D, D + 1)))
-        self.register_buffer(
-            "prior_col_precision",
-            spd_matrix(1.0 if col_precision is None else col_precision, D + 1, (K,), "SwitchingLDS col_precision"),
-        )
-        self.register_buffer(
-            "prior_scale_inv",
-            spd_matrix(0.1 * (D + 2) if scale_inv is None else scale_inv, D, (K,), "SwitchingLDS scale_inv"),
-        )
-        self.register_buffer("prior_df", as_tensor(D + 2.0 if df is None else df, (K,)))
-        self.prior(validate_args=True)
+        self._register_dynamics((num_states,), init_loc, init_precision, transition_loc, col_precision, scale_inv, df)
 
     # ----- site names -----------------------------------------------------------
-
-    @property
-    def noise_precisions_site(self):
-        return self.regime_sites[0]
-
-    @property
-    def transitions_site(self):
-        return self.regime_sites[1]
 
     @property
     def decoupled_sites(self):
         return (self.states_site,)
 
     # ----- model side -------------------------------------------------------------
-
-    def prior(self, validate_args=False) -> MatrixNormalWishart:
-        """``p(B_k, Λ_k)`` of the regimes' dynamics, batch ``(K,)``; validated once, at construction."""
-        buffers = (self.prior_transition_loc, self.prior_col_precision, self.prior_scale_inv, self.prior_df)
-        build = lambda: MatrixNormalWishart(*buffers, validate_args=validate_args)  # noqa: E731
-        return build() if validate_args else self._memoized("prior", buffers, build)
 
     def dynamics(self, params: SLDSParams, states: torch.Tensor, lengths=None) -> SwitchingGaussianChain:
         """``p(x_{1:T} | z_{1:T}, θ)`` for regime paths ``states`` of shape ``(..., T)``."""
@@ -590,14 +526,8 @@ class SwitchingLDS(RegimeSwitchingPrior):
         """
         sample_shape = torch.Size(sample_shape)
         lengths = posterior.lengths if lengths is None else lengths
-        x = posterior.rsample(sample_shape)  # (S..., B..., T, D)
-        probs = posterior.state_probs
-        if lengths is None:
-            x_last, probs_last = x[..., -1, :], probs[..., -1, :]
-        else:
-            index = (lengths - 1)[..., None, None]
-            x_last = torch.gather(x, -2, index.expand(x.shape[:-2] + (1, self.latent_dim)))[..., 0, :]
-            probs_last = torch.gather(probs, -2, index.expand(probs.shape[:-2] + (1, self.num_states)))[..., 0, :]
+        x_last = last_step(posterior.rsample(sample_shape), lengths)  # (S..., B..., D)
+        probs_last = last_step(posterior.state_probs, lengths)  # (B..., K)
         states = dist.Categorical(probs=probs_last, validate_args=False).sample(sample_shape)
         return self.rollout(params, states, x_last, horizon)
 
@@ -609,14 +539,14 @@ class SwitchingLDS(RegimeSwitchingPrior):
         transitions, noise_precisions = q.matrix_normal_wishart.rsample(sample_shape)  # (S..., K, D, D+1), (S..., K, D, D)
         return SLDSParams(init_probs, transition_probs, transitions, noise_precisions)
 
-    # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------
+    # ----- prediction and evaluation (the interface of SequencePrior) ---------------------
 
-    def proposal(self, posterior: SLDSPosterior) -> ChainPosteriorDistribution:
+    def proposal(self, posterior: SLDSPosterior) -> PosteriorDistribution:
         r"""
         The continuous block ``q(x_{1:T})`` of the mean field as a distribution over ``x_{1:T}``
         (an importance-sampling proposal: :meth:`latent_log_prob` sums the regimes out exactly).
         """
-        return ChainPosteriorDistribution(posterior.continuous, validate_args=False)
+        return PosteriorDistribution(posterior.continuous, validate_args=False)
 
     def forecast(
         self, q: SLDSGlobalPosterior, posterior: SLDSPosterior, horizon: int, num_samples: int, lengths=None
@@ -636,31 +566,54 @@ class SwitchingLDS(RegimeSwitchingPrior):
 
     # ----- conjugate posterior over θ -----------------------------------------------
 
-    def regimes_from_natural(self, natural: Dict[str, torch.Tensor]) -> MatrixNormalWishart:
-        return MatrixNormalWishart.from_natural(
-            MatrixNormalWishartNatural(natural["cross"], natural["col_precision"], natural["scale"], natural["df"]),
-            validate_args=False,
-        )
-
-    def regime_block(self):
-        return MatrixNormalWishartBlock((self.num_states,), self.latent_dim, self.latent_dim + 1)
-
     def init_natural(self):
         prior = self.prior()
         loc = prior.loc + self.init_transition_noise * torch.randn_like(prior.loc)
         start = MatrixNormalWishart(loc, prior.col_precision, prior.scale_inv, prior.df, validate_args=False)
         return self._pack(self.prior_init_concentration, self.prior_transition_concentration, start.natural_params)
 
-    # ----- SIN factor and posterior ---------------------------------------------------
+    @torch.no_grad()
+    def encoded_start(self, encoder, data, generator=None, iterations: int = 20, pseudo_pairs: float = 10.0):
+        r"""
+        The prior's Dirichlets, and the regimes' dynamics fitted to the pairs ``(x_{t-1}, x_t)`` of
+        the encoded training sequences ``data`` (draws from the encoder's potentials) by hard EM over
+        regressions: each pair goes to the regime whose ``A_k x_{t-1} + b_k`` lies nearest ``x_t``
+        (starting from k-means on the steps ``x_t - x_{t-1}``) and each regime's conjugate posterior
+        is refitted to its pairs, until no pair moves. Each regime then keeps at most
+        ``pseudo_pairs (D + 1)`` pairs' worth of confidence, so that the natural step soon replaces
+        the start by what the SIN says.
 
-    def init_factor(self) -> Gaussian:
-        """``log N(x_1; μ₀, P₀⁻¹)`` as an unnormalised Gaussian."""
-        buffers = (self.init_loc, self.init_precision)
-        return self._memoized(
-            "init_factor",
-            buffers,
-            lambda: mvn_to_gaussian(dist.MultivariateNormal(self.init_loc, precision_matrix=self.init_precision)),
-        )
+        :param int iterations: the most reassignment rounds.
+        """
+        x = draws_from_potentials(encoder, data, generator)  # (N, T, D)
+        K, D = self.num_states, self.latent_dim
+        before, after = x[:, :-1].reshape(-1, D), x[:, 1:].reshape(-1, D)  # (M, D)
+        inputs = torch.cat([before, torch.ones_like(before[:, :1])], -1)  # (M, D + 1)
+        prior = self.prior().natural_params
+        _, assignment = kmeans(after - before, K, generator)
+
+        def regimes(weights):  # (M, K) -> the regimes' conjugate posteriors given weighted pairs
+            stats = RegressionStats(
+                weights.sum(0),
+                torch.einsum("mk,mi,mj->kij", weights, after, inputs),
+                torch.einsum("mk,mi,mj->kij", weights, inputs, inputs),
+                torch.einsum("mk,mi,mj->kij", weights, after, after),
+            )
+            return regression_conjugate_update(prior, stats)
+
+        for _ in range(iterations):
+            loc = self.regimes_from_natural(regimes(torch.nn.functional.one_hot(assignment, K).to(x))._asdict()).loc
+            distance = (after[:, None, :] - torch.einsum("kij,mj->mki", loc, inputs)).square().sum(-1)  # (M, K)
+            moved = distance.argmin(-1)
+            if (moved == assignment).all():
+                break
+            assignment = moved
+        weights = torch.nn.functional.one_hot(assignment, K).to(x)
+        cap = pseudo_pairs * (D + 1)
+        weights = weights * (cap / weights.sum(0).clamp(min=cap))  # at most `cap` pairs per regime
+        return self._pack(self.prior_init_concentration, self.prior_transition_concentration, regimes(weights))
+
+    # ----- SIN factor and posterior ---------------------------------------------------
 
     def tied_factor(self, q: SLDSGlobalPosterior) -> SLDSFactor:
         return SLDSFactor(
@@ -697,16 +650,7 @@ class SwitchingLDS(RegimeSwitchingPrior):
         )
 
     def posterior(self, potential: GaussianPotential, factor: SLDSFactor) -> SLDSPosterior:
-        if potential.info_vec.dim() < 2 or potential.info_vec.shape[-1] != self.latent_dim:
-            raise ValueError(
-                f"SwitchingLDS '{self.name}' needs per-step potentials of shape (..., T, {self.latent_dim}), "
-                f"got {tuple(potential.info_vec.shape)}"
-            )
-        if potential.lengths is not None and potential.lengths.shape != potential.info_vec.shape[:-2]:
-            raise ValueError(
-                f"SwitchingLDS '{self.name}' needs one length per sequence, shape "
-                f"{tuple(potential.info_vec.shape[:-2])}, got {tuple(potential.lengths.shape)}"
-            )
+        self.check_potential(potential)
         return SLDSPosterior(
             potential, factor, self.num_sweeps, self.gradient, self.adjoint_iterations, self.parallel
         )
@@ -715,7 +659,7 @@ class SwitchingLDS(RegimeSwitchingPrior):
         post = record.posterior
         pyro.sample(self.states_site, post.states)
         return pyro.sample(
-            self.name, ChainPosteriorDistribution(post.continuous, validate_args=False), infer={"sin": record}
+            self.name, PosteriorDistribution(post.continuous, validate_args=False), infer={"sin": record}
         )
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
@@ -735,10 +679,6 @@ class SwitchingLDS(RegimeSwitchingPrior):
         return result
 
     def natural_target(self, posterior: SLDSPosterior, scale: float):
-        stats = posterior.regression_stats()  # batch (..., K)
-        batch_dims = tuple(range(stats.count.dim() - 1))
-        total = RegressionStats(*(scale * s.sum(batch_dims) for s in stats))
         return self._pack(
-            *self.chain_natural_target(posterior, scale),
-            regression_conjugate_update(self.prior().natural_params, total),
+            *self.chain_natural_target(posterior, scale), self._dynamics_target(posterior.regression_stats(), scale)
         )

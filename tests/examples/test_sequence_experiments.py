@@ -70,7 +70,7 @@ def test_learned_log_likelihood_of_the_lds_benchmark_is_the_kalman_filter():
     """With the true system loaded into SAN-LDS's model, its exact likelihood is the benchmark's."""
     data = lds_benchmark.linear_gaussian_benchmark(4, 30, 2, 3, 1.0, 0.1, seed=1, system_seed=1)
     system = data.system
-    model = lds_benchmark.DeepLatentLDS(
+    model = lds_benchmark.DeepLatentSequence(
         lds_benchmark.LinearDynamicalSystem(2, init_precision=torch.linalg.inv(system.transition @ system.transition.T + system.dynamics_cov)),
         lds_benchmark.LinearGaussianDecoder(2, data.frames),
         4,

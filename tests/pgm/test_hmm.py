@@ -10,7 +10,7 @@ import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 
 import pyro_sin
-from pyro_sin.models import DeepLatentLDS
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import LatentHMM
 from pyro_sin.pgm.hmm import HMMParams
@@ -200,7 +200,7 @@ def test_closed_form_bound_passes_gradcheck():
 def tiny_hmm_model(N=5, T=3, P=2, lengths=None):
     pyro.set_rng_seed(0)
     y = torch.randn(N, T, P)
-    model = DeepLatentLDS(random_hmm(K=2, D=2), GaussianDecoder(2, P, (8,)), N)
+    model = DeepLatentSequence(random_hmm(K=2, D=2), GaussianDecoder(2, P, (8,)), N)
     guide = model.make_guide(GaussianEncoder(P, 2, (8,)))
     return model, guide, y
 
@@ -258,7 +258,7 @@ def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor):
     mask[0, 2:4] = 0
     L = torch.tensor(lengths)
     hmm = random_hmm(K=3, D=D)
-    model = DeepLatentLDS(hmm, ConstantDecoder(P), len(lengths))
+    model = DeepLatentSequence(hmm, ConstantDecoder(P), len(lengths))
     guide = model.make_guide(GaussianEncoder(P, D, (8,)), factor=factor)
     elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
     padded_loss = elbo.loss(model, guide, y, mask, L)
@@ -353,7 +353,7 @@ def test_learning_segments_a_synthetic_hmm_beyond_any_per_frame_classifier(facto
     encoder = GaussianEncoder(P, 2, (20,), init_precision=4.0, init_scale=scale)
     with torch.no_grad():
         encoder.shortcut.weight.copy_(mirrored.shortcut.weight * 4.0 / scale**2)
-    model = DeepLatentLDS(hmm, decoder, len(y))
+    model = DeepLatentSequence(hmm, decoder, len(y))
     guide = model.make_guide(encoder, factor=factor)
 
     def accuracy():
@@ -380,3 +380,33 @@ def test_bad_inputs_raise():
     natural["transition_concentration"] = -natural["transition_concentration"]
     with pytest.raises(ValueError, match="transition rows"):
         hmm.global_posterior(natural)
+
+
+def test_hmm_states_start_on_the_clusters_of_the_encoded_frames():
+    centres = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
+    labels = torch.arange(3).repeat_interleave(100)
+    points = centres[labels] + torch.randn(300, 2) * torch.tensor([0.5, 1.0, 0.25])[labels, None]
+    frames = points.reshape(6, 50, 2)  # six sequences of fifty frames, each within one blob
+
+    def exact_encoder(y):
+        precision = torch.full_like(y, 1e8)
+        return GaussianPotential(precision * y, precision)
+
+    hmm = LatentHMM(3, 2)
+    natural = hmm.encoded_start(exact_encoder, frames, torch.Generator().manual_seed(0))
+    assert torch.equal(natural["transition_concentration"], hmm.prior_transition_concentration)
+    locs = hmm.point_estimate(hmm.global_posterior(natural)).locs
+    means = torch.stack([points[labels == k].mean(0) for k in range(3)])
+    assert torch.cdist(means, locs).min(1).values.max() < 1e-3
+
+
+@torch.no_grad()
+def test_states_in_use_are_read_off_the_expected_counts_of_the_natural_target():
+    hmm = random_hmm(K=3)
+    posterior = hmm.posterior(random_potential(4, 5, 2), factor_of(hmm, "tied"))
+    natural = hmm.natural_target(posterior, 2.0)
+    shares = posterior.state_probs.sum((0, 1)) / 20  # every step of every sequence counts
+    ordered = shares.sort().values
+    for k, min_share in enumerate([0.0, (ordered[0] + ordered[1]) / 2, (ordered[1] + ordered[2]) / 2]):
+        assert hmm.in_use(natural, float(min_share)) == 3 - k
+    assert hmm.in_use(hmm.prior_natural()) == 3  # nothing assigned yet

@@ -230,7 +230,7 @@ def test_bad_potential_shape_raises():
 
 def test_sin_with_a_bidirectional_rnn_encoder_and_missing_frames():
     """A recurrent encoder still emits one potential per step; masked frames carry no evidence."""
-    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.models import DeepLatentSequence
     from pyro_sin.nn import SequenceEncoder
 
     pyro.set_rng_seed(0)
@@ -238,7 +238,7 @@ def test_sin_with_a_bidirectional_rnn_encoder_and_missing_frames():
     mask = torch.ones(6, 7)
     mask[:, 2:4] = 0
     lds = LinearDynamicalSystem(2)
-    model = DeepLatentLDS(lds, GaussianDecoder(2, 3, (8,)), 6)
+    model = DeepLatentSequence(lds, GaussianDecoder(2, 3, (8,)), 6)
     guide = model.make_guide(SequenceEncoder(3, 2, (8,), rnn_dim=4))
     potential = guide.encode((y, mask))
     assert potential.info_vec.shape == (6, 7, 2)
@@ -250,12 +250,12 @@ def test_sin_with_a_bidirectional_rnn_encoder_and_missing_frames():
 @pytest.mark.parametrize("seed", range(4))
 def test_guide_sets_up_on_long_sequences_whose_prior_draws_diverge(seed):
     """T = 10,000: about half of the prior's dynamics draws overflow float64 over the sequence."""
-    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.models import DeepLatentSequence
 
     T = 10_000
     y = torch.randn(2, T, 3)
     lds = LinearDynamicalSystem(2)
-    model = DeepLatentLDS(lds, GaussianDecoder(2, 3, (4,)), 2)
+    model = DeepLatentSequence(lds, GaussianDecoder(2, 3, (4,)), 2)
     guide = model.make_guide(GaussianEncoder(3, 2, (4,)))
     pyro.set_rng_seed(seed)
     assert math.isfinite(pyro_sin.SINELBO(max_plate_nesting=1).loss(model, guide, y))
@@ -287,13 +287,13 @@ def ragged_batch(lengths, T, P):
 @pytest.mark.parametrize("factor", ["tied", "free"])
 def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor, encoder):
     """A padded batch against each sequence run unpadded: same numbers to 1e-6 (float64)."""
-    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.models import DeepLatentSequence
     from pyro_sin.nn import SequenceEncoder
 
     lengths, T, P, D = [20, 7, 1, 13], 60, 3, 2
     y, mask, L = ragged_batch(lengths, T, P)
     lds = random_lds(D)
-    model = DeepLatentLDS(lds, ConstantDecoder(P), len(lengths))
+    model = DeepLatentSequence(lds, ConstantDecoder(P), len(lengths))
     enc = GaussianEncoder(P, D, (8,)) if encoder == "frames" else SequenceEncoder(P, D, (8,), rnn_dim=4)
     guide = model.make_guide(enc, factor=factor)
     elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
@@ -344,13 +344,13 @@ def test_padded_gaussian_chain_is_the_chain_of_each_sequence():
 
 
 def test_predict_continues_each_padded_sequence_from_its_own_end():
-    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.models import DeepLatentSequence
 
     lengths, T, P, D = [9, 4], 12, 3, 2
     y, _, L = ragged_batch(lengths, T, P)
     y = y + 10 * torch.arange(T)[:, None] / T  # frames drift away from zero, so ends differ
     lds = random_lds(D)
-    model = DeepLatentLDS(lds, GaussianDecoder(D, P, (8,)), len(lengths))
+    model = DeepLatentSequence(lds, GaussianDecoder(D, P, (8,)), len(lengths))
     concentrated = {k: 1000 * v for k, v in lds.prior_natural().items()}  # q(θ) near a point
     guide = model.make_guide(GaussianEncoder(P, D, (8,)), init_natural=concentrated)
     S = 4000
@@ -364,10 +364,10 @@ def test_predict_continues_each_padded_sequence_from_its_own_end():
 
 def test_sinelbo_agrees_with_trace_elbo_on_padded_sequences():
     """Pyro's own estimator sees the padded model and guide densities: the same bound."""
-    from pyro_sin.models import DeepLatentLDS
+    from pyro_sin.models import DeepLatentSequence
 
     y, mask, L = ragged_batch([6, 2, 4], 8, 3)
-    model = DeepLatentLDS(random_lds(), GaussianDecoder(2, 3, (8,)), 3)
+    model = DeepLatentSequence(random_lds(), GaussianDecoder(2, 3, (8,)), 3)
     guide = model.make_guide(GaussianEncoder(3, 2, (8,)))
     ours = torch.tensor([pyro_sin.SINELBO(num_particles=1000).loss(model, guide, y, mask, L) for _ in range(5)])
     elbo = Trace_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)

@@ -205,3 +205,80 @@ def test_svae_natural_target_uses_the_mean_field_statistics():
     assert_close(target.normal_wishart.kappa, kappa)
     assert_close(target.normal_wishart.loc, (prior.kappa[:, None] * prior.loc + s1) / kappa[:, None])
     assert_close(target.concentration, gmm.prior_concentration + Nk)
+
+
+# ----- the data-driven start (GaussianMixture.natural_from_points, encoded_start) -------------
+
+
+def _blobs(num_per_blob=50):
+    centres = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
+    spreads = torch.tensor([0.5, 1.0, 0.25])
+    points = centres.repeat_interleave(num_per_blob, 0) + torch.randn(3 * num_per_blob, 2) * spreads.repeat_interleave(
+        num_per_blob
+    )[:, None]
+    return points, torch.arange(3).repeat_interleave(num_per_blob), centres, spreads
+
+
+def test_components_start_on_the_clusters_with_their_spread():
+    points, labels, _, spreads = _blobs(200)
+    gmm = GaussianMixture(3, 2)
+    natural = gmm.natural_from_points(points, torch.Generator().manual_seed(1))
+    q = gmm.global_posterior(natural)
+    params = gmm.point_estimate(q)
+    assert torch.allclose(params.weights, torch.full((3,), 1 / 3))
+    for k in range(3):
+        near = torch.cdist(params.locs, points[labels == k].mean(0, keepdim=True))[:, 0].argmin()
+        assert torch.allclose(params.locs[near], points[labels == k].mean(0))
+        # E[Λ] is about the inverse of the cluster's covariance (a little regularised)
+        variance = 1 / params.precisions[near].diagonal()
+        assert torch.allclose(variance, torch.full((2,), float(spreads[k]) ** 2), rtol=0.35)
+
+
+def test_components_from_single_precision_points_in_ten_dimensions():
+    # float32 rounding in the within-cluster scatter once left the Wishart scale a hair asymmetric,
+    # and NormalWishart refused it ("scale_inv must be symmetric")
+    generator = torch.Generator().manual_seed(6)
+    points = (torch.randn(1200, 10, generator=generator) * torch.rand(10, generator=generator) * 30).float()
+    gmm = GaussianMixture(10, 10).float()
+    natural = gmm.natural_from_points(points, torch.Generator().manual_seed(6))
+    assert natural["scale"].dtype == torch.float32
+    assert torch.equal(natural["scale"], natural["scale"].transpose(-1, -2))
+    gmm.global_posterior(natural)  # a valid q(θ)
+
+
+def test_refined_components_follow_elongated_clusters_that_kmeans_cuts_apart():
+    # two long, thin, parallel clusters: k-means's cheapest cut is across them, a full-covariance mixture is not fooled
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(2).repeat_interleave(300)
+    points = torch.randn(600, 2, generator=generator) * torch.tensor([3.0, 0.3])
+    points[:, 1] += 3.0 * labels - 1.5
+    truth = torch.stack([points[labels == k].mean(0) for k in range(2)])
+    gmm = GaussianMixture(2, 2)
+
+    def start_locs(refine):
+        natural = gmm.natural_from_points(points, torch.Generator().manual_seed(0), refine=refine)
+        return gmm.point_estimate(gmm.global_posterior(natural)).locs
+
+    def distance_to_truth(locs):
+        return min((locs - truth).norm(dim=-1).max(), (locs.flip(0) - truth).norm(dim=-1).max())
+
+    assert distance_to_truth(start_locs(0)) > 1.5  # k-means: a left and a right half
+    assert distance_to_truth(start_locs(200)) < 1e-6
+    with pytest.raises(ValueError, match="refine"):
+        gmm.natural_from_points(points, refine=-1)
+
+
+def test_components_from_points_refuse_other_dimensions_and_the_student_t_mixture_starts_as_built():
+    from pyro_sin.pgm import StudentTMixture
+
+    points = torch.randn(50, 2)
+    with pytest.raises(ValueError, match="dimension 3"):
+        GaussianMixture(3, 3).natural_from_points(points)
+    # a Student-t mixture's components are point estimates trained by Adam: no conjugate components to
+    # place, and its start from data is the hook's default, its own initial λ
+    tmm = StudentTMixture(3, 2)
+    assert not hasattr(tmm, "natural_from_points")
+    encoder = lambda y: GaussianPotential(y, torch.ones_like(y))  # noqa: E731
+    start = tmm.encoded_start(encoder, points)
+    assert start.keys() == {"concentration"}
+    assert torch.equal(start["concentration"], tmm.init_natural()["concentration"])

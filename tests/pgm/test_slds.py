@@ -11,7 +11,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 
 import pyro_sin
 from pyro_sin.distributions import GaussianChain
-from pyro_sin.models import DeepLatentLDS
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import SLDSParams, SLDSPosterior, SwitchingLDS
@@ -318,7 +318,7 @@ def test_rollout_and_continued_paths_follow_the_dynamics():
 def tiny_slds_model(N=4, T=4, P=3, K=2, factor="tied"):
     pyro.set_rng_seed(0)
     y = torch.randn(N, T, P)
-    model = DeepLatentLDS(random_slds(K=K, D=2), GaussianDecoder(2, P, (8,)), N)
+    model = DeepLatentSequence(random_slds(K=K, D=2), GaussianDecoder(2, P, (8,)), N)
     guide = model.make_guide(GaussianEncoder(P, 2, (8,)), factor=factor)
     return model, guide, y
 
@@ -369,7 +369,7 @@ def test_sinelbo_adds_no_score_function_for_the_decoupled_regimes():
     P = 3
     y = torch.randn(4, 6, P)
     # regimes close together, so that q(z) is far from deterministic
-    model = DeepLatentLDS(SwitchingLDS(2, 2, init_transition_noise=0.05), ConstantDecoder(P), 4)
+    model = DeepLatentSequence(SwitchingLDS(2, 2, init_transition_noise=0.05), ConstantDecoder(P), 4)
     guide = model.make_guide(GaussianEncoder(P, 2, (8,)))
     paths = [pyro.poutine.trace(guide).get_trace(y).nodes["x_states"]["value"] for _ in range(2)]
     assert (paths[0] != paths[1]).any()
@@ -391,7 +391,7 @@ def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor):
     mask[0, 2:4] = 0
     L = torch.tensor(lengths)
     slds = random_slds(K=3, D=D)
-    model = DeepLatentLDS(slds, ConstantDecoder(P), len(lengths))
+    model = DeepLatentSequence(slds, ConstantDecoder(P), len(lengths))
     guide = model.make_guide(GaussianEncoder(P, D, (8,)), factor=factor)
     elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
     padded_loss = elbo.loss(model, guide, y, mask, L)
@@ -493,7 +493,7 @@ def test_learning_segments_a_two_regime_switching_system():
     slds = SwitchingLDS(2, 1, transition_concentration=1 + 10 * torch.eye(2), num_sweeps=3)
     # confident potentials from the start: posterior std 0.1 data units
     encoder, decoder = mirrored_autoencoder(1, 1, (16,), scale=latent_scale(y.reshape(-1, 1)), posterior_scale=0.1)
-    model = DeepLatentLDS(slds, decoder, len(y))
+    model = DeepLatentSequence(slds, decoder, len(y))
     guide = model.make_guide(encoder)
 
     def accuracy():
@@ -527,3 +527,41 @@ def test_bad_inputs_raise():
     natural["transition_concentration"] = -natural["transition_concentration"]
     with pytest.raises(ValueError, match="transition rows"):
         slds.global_posterior(natural)
+
+
+def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
+    """With an encoder that sees the states exactly, hard EM over regressions finds each regime's (A_k, b_k)."""
+    g = torch.Generator().manual_seed(0)
+    N, T, D, angle = 20, 40, 2, 0.3
+    c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
+    rotations = torch.stack([torch.tensor([[c, -s], [s, c]]), torch.tensor([[c, s], [-s, c]])])  # both senses
+    drifts = torch.tensor([[0.2, 0.0], [0.0, -0.2]])
+    regime = torch.randint(2, (N,), generator=g)
+    x = [torch.randn(N, D, generator=g)]
+    for t in range(1, T):
+        regime = torch.where(torch.rand(N, generator=g) < 0.1, 1 - regime, regime)  # sticky switches
+        x.append((rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + 0.01 * torch.randn(N, D, generator=g))
+    x = torch.stack(x, 1)  # (N, T, D)
+
+    def exact_encoder(y):
+        precision = torch.full_like(y, 1e8)
+        return GaussianPotential(precision * y, precision)
+
+    slds = SwitchingLDS(2, D)
+    natural = slds.encoded_start(exact_encoder, x, torch.Generator().manual_seed(0))
+    loc = slds.regimes_from_natural(natural).loc  # (K, D, D + 1)
+    truth = torch.cat([rotations, drifts[..., None]], -1)
+    error = min((loc - truth[list(order)]).abs().max() for order in ([0, 1], [1, 0]))
+    assert error < 0.05
+
+
+@torch.no_grad()
+def test_regimes_in_use_are_read_off_the_expected_counts_of_the_natural_target():
+    slds = random_slds(K=3)
+    posterior = slds.posterior(random_potential(4, 5, 2), factor_of(slds, "tied"))
+    natural = slds.natural_target(posterior, 2.0)
+    shares = posterior.state_probs[:, 1:].sum((0, 1)) / 16  # the regimes' dynamics count the transitions
+    ordered = shares.sort().values
+    for k, min_share in enumerate([0.0, (ordered[0] + ordered[1]) / 2, (ordered[1] + ordered[2]) / 2]):
+        assert slds.in_use(natural, float(min_share)) == 3 - k
+    assert slds.in_use(slds.prior_natural()) == 3  # nothing assigned yet

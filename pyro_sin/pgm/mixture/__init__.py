@@ -1,7 +1,7 @@
 """
 The mixture family: Gaussian and Student-t mixtures of the latents, their SIN
-factors and closed-form posteriors, and the classic Bayesian Gaussian mixture
-they contain.
+factors and closed-form posteriors, their data-driven start and diagnostics, the
+deep latent mixture model, and the classic Bayesian Gaussian mixture they contain.
 """
 
 from .classic import BayesianGMM, bayesian_gmm
@@ -18,10 +18,12 @@ from .gaussian import (
     select_component,
     take_component,
 )
+from .model import DeepLatentMixture
 from .student_t import StudentTMixture
 
 __all__ = [
     "BayesianGMM",
+    "DeepLatentMixture",
     "GaussianMixture",
     "MeanFieldMixturePosterior",
     "MixtureFactor",

@@ -19,7 +19,7 @@ mixture factor ``f_k(x) = exp(c_k + η_kᵀx - ½ xᵀP_k x)``:
 
 import functools
 import math
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
 import torch
 from torch.distributions import constraints
@@ -45,8 +45,9 @@ from ...distributions import (
     expected_gaussian_log_likelihood,
     spd_matrix,
 )
+from ...initialization import encode, kmeans, normal_wishart_from_clusters, normal_wishart_from_points
 from ...potential import GaussianPotential
-from ..base import SINRecord, StructuredPrior
+from ..base import SINRecord, StructuredPrior, shares_in_use
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -211,25 +212,13 @@ class MixturePrior(StructuredPrior):
     """
 
     def __init__(self, num_components, latent_dim, name="x", *, concentration=None, init_loc_range=5.0):
-        super().__init__(name)
-        K, D = num_components, latent_dim
-        if K < 1 or D < 1:
-            raise ValueError(f"need num_components >= 1 and latent_dim >= 1, got {K}, {D}")
-        self.num_components, self.latent_dim = K, D
+        super().__init__(name, num_components=num_components, latent_dim=latent_dim)
+        K = num_components
         self.init_loc_range = init_loc_range
         concentration = 0.05 / K if concentration is None else concentration
         self.register_buffer("prior_concentration", self._as_tensor(concentration, (K,)))
         if not (self.prior_concentration > 0).all():
             raise ValueError("the Dirichlet concentration must be positive")
-
-    @staticmethod
-    def _as_tensor(value, shape):
-        return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
-
-    def _random_locs(self):
-        like = self.prior_concentration
-        K, D = self.num_components, self.latent_dim
-        return (2 * torch.rand(K, D, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
 
     # ----- site names -----------------------------------------------------------
 
@@ -263,14 +252,6 @@ class MixturePrior(StructuredPrior):
 
     # ----- the weights' conjugate posterior ------------------------------------------
 
-    def _check_concentration(self, concentration):
-        if not (concentration > 0).all():
-            raise ValueError(
-                f"Dirichlet natural parameter must stay positive, got {concentration}; "
-                "natural parameters should only move by convex combinations (NaturalAdam)"
-            )
-        return concentration
-
     def _weights_target(self, posterior: MixturePosterior, scale: float) -> torch.Tensor:
         """``α* = α₀ + scale · Σ_n r_nk``."""
         probs = posterior.probs
@@ -282,11 +263,7 @@ class MixturePrior(StructuredPrior):
         return gaussian_factor(params["loc"], params["precision_tril"], torch.log_softmax(params["logits"], -1))
 
     def posterior(self, potential: GaussianPotential, factor: MixtureFactor) -> MixturePosterior:
-        if potential.info_vec.shape[-1] != self.latent_dim:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}' has latent_dim={self.latent_dim} but the "
-                f"encoder emitted potentials of size {potential.info_vec.shape[-1]}"
-            )
+        self.check_potential(potential)
         return MixturePosterior(potential, factor)
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
@@ -298,6 +275,25 @@ class MixturePrior(StructuredPrior):
             self.name,
             dist.MultivariateNormal(loc, scale_tril=scale_tril, validate_args=False),
             infer={"sin": record},
+        )
+
+    # ----- diagnostics ------------------------------------------------------------------
+
+    def in_use(self, natural, min_share=0.01) -> int:
+        """The components whose expected count under ``q(π) = Dir(α)``, ``α_k - α₀_k``, is ``min_share`` or more."""
+        return shares_in_use(natural["concentration"] - self.prior_concentration, min_share)
+
+    def in_use_warning(self, in_use: int) -> Optional[str]:
+        if self.num_components == 1 or in_use != 1:
+            return None
+        return (
+            f"the posterior collapsed onto one of {self.num_components} mixture components: every "
+            "point is assigned to the same cluster. If the data hold several clusters, standardise them "
+            "(pyro_sin.standardize.standardized_autoencoder), let the networks learn before the natural "
+            "step moves the components (a warm-up, pyro_sin.initialization.warmup_schedule) and start the "
+            "components from the encoded data (GaussianMixture.encoded_start), or lower the learning rate. "
+            "If a few points hold the other components, they are outliers that a Gaussian mixture gives components "
+            "of their own: use pyro_sin.pgm.StudentTMixture, whose heavy tails absorb them."
         )
 
 
@@ -328,7 +324,68 @@ def select_component(components, z):
     raise NotImplementedError(f"cannot select a component of {type(components).__name__}")
 
 
-class GaussianMixture(MixturePrior):
+class NormalWishartGaussians:
+    r"""
+    What the priors whose latents are Gaussians ``N(μ_k, Λ_k⁻¹)`` under a Normal-Wishart
+    ``p(μ_k, Λ_k)`` share (the mixture's components, the HMM's states, the single Gaussian
+    of :mod:`pyro_sin.pgm.gaussian`): the hyperparameters, ``p(μ, Λ)``, ``q(μ, Λ)`` from
+    ``λ``, its scattered start, its free factor and its conjugate update. A mixin of a
+    :class:`~pyro_sin.pgm.base.StructuredPrior` with a ``latent_dim``; the Gaussians' batch
+    shape is that of ``prior_kappa``.
+    """
+
+    def _register_normal_wishart(self, batch_shape, loc, kappa, scale_inv, df, what: str):
+        """Buffers ``m₀, κ₀, W₀⁻¹, ν₀`` (defaults of the last two ``(D + 0.5) I``, ``2D + 0.5``), validated."""
+        D = self.latent_dim
+        scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, batch_shape, f"{what} scale_inv")
+        self.register_buffer("prior_loc", self._as_tensor(loc, batch_shape + (D,)))
+        self.register_buffer("prior_kappa", self._as_tensor(kappa, batch_shape))
+        self.register_buffer("prior_scale_inv", self._as_tensor(scale_inv, batch_shape + (D, D)))
+        self.register_buffer("prior_df", self._as_tensor(2 * D + 0.5 if df is None else df, batch_shape))
+        self.prior(validate_args=True)  # positive definite scale, df > D - 1, kappa > 0
+
+    def prior(self, validate_args=False) -> NormalWishart:
+        """``p(μ, Λ)``; its hyperparameters are validated once, at construction."""
+        buffers = (self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df)
+        return self._conjugate_prior(NormalWishart, buffers, validate_args)
+
+    def _conjugate_block(self) -> NormalWishartBlock:
+        return NormalWishartBlock(self.prior_kappa.shape, self.latent_dim)
+
+    @staticmethod
+    def _conjugate_from_natural(natural: Dict[str, torch.Tensor]) -> NormalWishart:
+        """``q(μ, Λ)`` from the Normal-Wishart entries of ``λ`` (in its domain by construction)."""
+        nw = NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"])
+        return NormalWishart.from_natural(nw, validate_args=False)
+
+    def _scattered_normal_wishart(self) -> NormalWishart:
+        """Weakly confident Gaussians (``κ = 1``, ``ν = 2D + 1``, ``E[Λ] = I``) at means ``~ U(-r, r)^D``."""
+        like, D = self.prior_loc, self.latent_dim
+        batch = like.shape[:-1]
+        locs = (2 * torch.rand(like.shape, dtype=like.dtype, device=like.device) - 1) * self.init_loc_range
+        return NormalWishart(
+            locs,
+            torch.ones(batch, dtype=like.dtype, device=like.device),
+            2 * D * torch.eye(D, dtype=like.dtype, device=like.device).expand(batch + (D, D)),
+            torch.full(batch, 2.0 * D + 1, dtype=like.dtype, device=like.device),
+        )
+
+    @staticmethod
+    def _free_gaussians(normal_wishart: NormalWishart, expectations: NormalWishartExpectations):
+        """A free factor's Gaussians, started at ``E[μ] = m`` and ``E[Λ]``."""
+        return {
+            "loc": (normal_wishart.loc, constraints.real_vector),
+            "precision_tril": (torch.linalg.cholesky(expectations.precision), constraints.lower_cholesky),
+        }
+
+    def _gaussians_target(self, stats: GaussianStats, scale: float) -> NormalWishartNatural:
+        """The conjugate update from the statistics of every point, summed over the points and scaled by ``scale``."""
+        batch_dims = tuple(range(stats.count.dim() - self.prior_kappa.dim()))
+        total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))
+        return conjugate_update(self.prior().natural_params, total)
+
+
+class GaussianMixture(NormalWishartGaussians, MixturePrior):
     r"""
     A Gaussian mixture prior on a latent ``x`` with a Dirichlet / Normal-Wishart
     conjugate prior on its parameters.
@@ -368,14 +425,7 @@ class GaussianMixture(MixturePrior):
         super().__init__(
             num_components, latent_dim, name, concentration=concentration, init_loc_range=init_loc_range
         )
-        K, D = num_components, latent_dim
-        scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, (K,), "GaussianMixture scale_inv")
-        df = 2 * D + 0.5 if df is None else df
-        self.register_buffer("prior_loc", self._as_tensor(loc, (K, D)))
-        self.register_buffer("prior_kappa", self._as_tensor(kappa, (K,)))
-        self.register_buffer("prior_scale_inv", self._as_tensor(scale_inv, (K, D, D)))
-        self.register_buffer("prior_df", self._as_tensor(df, (K,)))
-        self.prior(validate_args=True)  # positive definite scale, df > D - 1, kappa > 0
+        self._register_normal_wishart((num_components,), loc, kappa, scale_inv, df, "GaussianMixture")
 
     @property
     def precisions_site(self):
@@ -391,21 +441,9 @@ class GaussianMixture(MixturePrior):
 
     # ----- model side -------------------------------------------------------------
 
-    def prior(self, validate_args=False) -> NormalWishart:
-        """``p(μ, Λ)``; its hyperparameters are validated once, at construction."""
-        build = lambda: NormalWishart(  # noqa: E731
-            self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df, validate_args=validate_args
-        )
-        if validate_args:
-            return build()
-        buffers = (self.prior_loc, self.prior_kappa, self.prior_scale_inv, self.prior_df)
-        return self._memoized("prior", buffers, build)
-
     def _sample_params(self) -> MixtureParams:
         weights = pyro.sample(self.weights_site, dist.Dirichlet(self.prior_concentration))
-        prior = self.prior()
-        precisions = pyro.sample(self.precisions_site, prior.precision_dist().to_event(1))
-        locs = pyro.sample(self.locs_site, prior.loc_dist(precisions).to_event(1))
+        precisions, locs = self._sample_conjugate(self.prior(), (self.precisions_site, self.locs_site), 1)
         return MixtureParams(weights, locs, precisions)
 
     def components(self, params: MixtureParams) -> dist.MultivariateNormal:
@@ -414,13 +452,8 @@ class GaussianMixture(MixturePrior):
     # ----- conjugate posterior over θ -----------------------------------------------
 
     def global_posterior(self, natural: Dict[str, torch.Tensor]) -> MixtureGlobalPosterior:
-        # λ held by a guide is in the domain by construction (NaturalDomain); the
-        # Cholesky factorisations still refuse anything outside it
-        nw = NormalWishart.from_natural(
-            NormalWishartNatural(natural["loc"], natural["kappa"], natural["scale"], natural["df"]),
-            validate_args=False,
-        )
-        return MixtureGlobalPosterior(self._check_concentration(natural["concentration"]), nw)
+        concentration = self._check_concentration(natural["concentration"], "mixture weights")
+        return MixtureGlobalPosterior(concentration, self._conjugate_from_natural(natural))
 
     @staticmethod
     def _pack(concentration, nw_natural: NormalWishartNatural) -> Dict[str, torch.Tensor]:
@@ -430,15 +463,7 @@ class GaussianMixture(MixturePrior):
         return self._pack(self.prior_concentration, self.prior().natural_params)
 
     def init_natural(self):
-        K, D = self.num_components, self.latent_dim
-        like = self.prior_loc
-        init = NormalWishart(
-            self._random_locs(),
-            torch.ones(K, dtype=like.dtype, device=like.device),
-            2 * D * torch.eye(D, dtype=like.dtype, device=like.device).expand(K, D, D),
-            torch.full((K,), 2.0 * D + 1, dtype=like.dtype, device=like.device),
-        )
-        return self._pack(torch.ones_like(self.prior_concentration), init.natural_params)
+        return self._pack(torch.ones_like(self.prior_concentration), self._scattered_normal_wishart().natural_params)
 
     def point_estimate(self, q: MixtureGlobalPosterior) -> MixtureParams:
         """Posterior means ``E[π]``, ``E[μ_k] = m_k`` and ``E[Λ_k] = ν_k W_k``."""
@@ -447,10 +472,8 @@ class GaussianMixture(MixturePrior):
 
     def _sample_global_posterior(self, natural):
         q = self.global_posterior(natural)
-        nw = q.normal_wishart
         pyro.sample(self.weights_site, dist.Dirichlet(q.concentration))
-        precisions = pyro.sample(self.precisions_site, nw.precision_dist().to_event(1))
-        pyro.sample(self.locs_site, nw.loc_dist(precisions).to_event(1))
+        self._sample_conjugate(q.normal_wishart, (self.precisions_site, self.locs_site), 1)
 
     def kl(self, q: MixtureGlobalPosterior):
         return dirichlet_kl(q.concentration, self.prior_concentration) + q.normal_wishart.kl_divergence(
@@ -463,8 +486,7 @@ class GaussianMixture(MixturePrior):
         ) + q.normal_wishart.cross_entropy(self.prior()).sum(-1)
 
     def natural_domain(self) -> NaturalDomain:
-        K, D = self.num_components, self.latent_dim
-        return NaturalDomain([DirichletBlock(K), NormalWishartBlock((K,), D)])
+        return NaturalDomain([DirichletBlock(self.num_components), self._conjugate_block()])
 
     # ----- SIN factor ------------------------------------------------------------------
 
@@ -473,14 +495,8 @@ class GaussianMixture(MixturePrior):
 
     def init_free_factor(self, natural):
         q = self.global_posterior(natural)
-        return {
-            "logits": (q.expected_log_weights, constraints.real),
-            "loc": (q.normal_wishart.loc, constraints.real_vector),
-            "precision_tril": (
-                torch.linalg.cholesky(q.expectations.precision),
-                constraints.lower_cholesky,
-            ),
-        }
+        logits = {"logits": (q.expected_log_weights, constraints.real)}
+        return {**logits, **self._free_gaussians(q.normal_wishart, q.expectations)}
 
     def mean_field_posterior(
         self, potential: GaussianPotential, q: MixtureGlobalPosterior, num_iterations: int = 20
@@ -531,9 +547,51 @@ class GaussianMixture(MixturePrior):
 
     def natural_target(self, posterior: MixturePosterior, scale: float):
         stats = posterior.weighted_stats
-        batch_dims = tuple(range(stats.count.dim() - 1))
-        total = GaussianStats(*(scale * s.sum(batch_dims) for s in stats))  # (K, ...)
-        return self._pack(
-            self._weights_target(posterior, scale),
-            conjugate_update(self.prior().natural_params, total),
-        )
+        return self._pack(self._weights_target(posterior, scale), self._gaussians_target(stats, scale))
+
+    # ----- data-driven start ----------------------------------------------------------
+
+    def natural_from_points(
+        self, points: torch.Tensor, generator: Optional[torch.Generator] = None, refine: int = 0
+    ) -> Dict[str, torch.Tensor]:
+        """
+        ``λ`` with equal weights and one Normal-Wishart on each k-means cluster of ``points``
+        (:func:`~pyro_sin.initialization.normal_wishart_from_points`). With ``refine > 0`` the
+        clusters are refined by up to ``refine`` coordinate-ascent sweeps of a variational
+        Bayesian Gaussian mixture started from their centres
+        (:func:`~pyro_sin.pgm.mixture.classic.bayesian_gmm`, whose prior follows the points' own scale),
+        and the components start on its soft clusters: k-means cuts elongated clusters into
+        round pieces of equal spread, a mixture with full covariances does not.
+
+        :param points: latent points, shape ``(N, D)``, e.g. the encoder's means.
+        :param int refine: the number of mixture sweeps after k-means (``0``: k-means alone).
+        """
+        K, D = self.num_components, self.latent_dim
+        if points.shape[-1] != D:
+            raise ValueError(f"need latent points of dimension {D}, got shape {tuple(points.shape)}")
+        if refine < 0:
+            raise ValueError(f"refine must be >= 0, got {refine}")
+        if refine and K > 1:
+            from .classic import bayesian_gmm  # the classic mixture is built on this class
+
+            points = points.detach().reshape(-1, D)
+            centres, _ = kmeans(points, K, generator)
+            mixture = bayesian_gmm(points, K, centres, iterations=refine)
+            resp = mixture.log_responsibilities(points).exp()
+            counts = resp.sum(0)
+            # a component the mixture emptied keeps its k-means centre (and borrows the pooled shape)
+            centres = torch.where(counts[:, None] > 1e-6, resp.T @ points / counts.clamp(min=1e-6)[:, None], centres)
+            components = normal_wishart_from_clusters(points, centres, resp)
+        else:
+            components = normal_wishart_from_points(K, points, generator)
+        return self._pack(torch.ones_like(components.df), components.natural_params)
+
+    @torch.no_grad()
+    def encoded_start(self, encoder, data, generator=None, refine: int = 0):
+        """
+        :meth:`natural_from_points` on the means of the encoder's potentials for ``data``:
+        the components on the clusters of the encoded training data.
+
+        :param int refine: mixture sweeps after k-means (see :meth:`natural_from_points`).
+        """
+        return self.natural_from_points(encode(encoder, data).mean, generator, refine)

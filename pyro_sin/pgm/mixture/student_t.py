@@ -91,7 +91,7 @@ class StudentTMixture(MixturePrior):
         if num_samples < 1:
             raise ValueError(f"StudentTMixture num_samples must be at least 1, got {num_samples}")
         self.num_samples = num_samples
-        self.locs = PyroParam(self._random_locs())
+        self.locs = PyroParam((2 * torch.rand(K, D) - 1) * init_loc_range)
         self.scale_tril = PyroParam(
             init_scale * torch.eye(D).expand(K, D, D).clone(), constraints.lower_cholesky
         )
@@ -120,7 +120,7 @@ class StudentTMixture(MixturePrior):
     # ----- the weights' conjugate posterior ------------------------------------------
 
     def global_posterior(self, natural) -> StudentTMixtureGlobalPosterior:
-        concentration = self._check_concentration(natural["concentration"])
+        concentration = self._check_concentration(natural["concentration"], "mixture weights")
         return StudentTMixtureGlobalPosterior(concentration, self._params(None))
 
     def prior_natural(self):

@@ -1,0 +1,248 @@
+r"""
+What the priors over latent sequences share, and the deep model that decodes them.
+
+:class:`SequencePrior` declares the interface that :class:`DeepLatentSequence` and the
+evaluation call (``latent_log_prob``, ``point_estimate``, ``proposal``, ``forecast``) and
+checks the per-step potentials every sequence posterior takes; the linear dynamical system,
+the latent HMM and the switching LDS implement it. The helpers below treat padded
+sequences alike: the steps after a sequence's end do not exist.
+"""
+
+from typing import Optional
+
+import torch
+from torch.distributions import constraints
+
+import pyro
+import pyro.distributions as dist
+
+from .. import evaluation
+from ..guide import SINGuide
+from ..models import data_plate, frame_likelihood, observed_frames, register_decoder
+from ..naming import NameOwner
+from ..potential import GaussianPotential
+from .base import StructuredPrior
+
+
+def step_mask(lengths: Optional[torch.Tensor], num_steps: int) -> Optional[torch.Tensor]:
+    """``(..., T)``: True where a step exists (before its sequence's end); None without lengths."""
+    if lengths is None:
+        return None
+    return torch.arange(num_steps, device=lengths.device) < lengths[..., None]
+
+
+def after_end_to_zero(value: torch.Tensor, mask: Optional[torch.Tensor], event_dims: int) -> torch.Tensor:
+    """``value`` of shape ``(..., T) + event`` with zeros at the steps that do not exist."""
+    if mask is None:
+        return value
+    return torch.where(mask.reshape(mask.shape + (1,) * event_dims), value, value.new_zeros(()))
+
+
+def sum_transitions(per_transition: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The sum over the transitions into the steps that exist, ``(..., T-1) -> (...)``."""
+    return after_end_to_zero(per_transition, None if mask is None else mask[..., 1:], 0).sum(-1)
+
+
+def last_step(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """
+    The last step of each sequence, ``x`` of shape ``(..., T, E)`` whose batch ends in the
+    shape of ``lengths``: the step ``lengths - 1`` of padded sequences; shape ``(..., E)``.
+    """
+    if lengths is None:
+        return x[..., -1, :]
+    index = (lengths - 1)[..., None, None].expand(x.shape[:-2] + (1, x.shape[-1]))
+    return torch.gather(x, -2, index)[..., 0, :]
+
+
+class SequenceDistribution(dist.TorchDistribution):
+    """A distribution over whole (possibly padded, ``self.lengths``) sequences with event shape ``(T, D)``."""
+
+    arg_constraints = {}
+    support = constraints.independent(constraints.real, 2)
+    has_rsample = True
+
+    def expand(self, batch_shape, _instance=None):
+        return dist.ExpandedDistribution(self, batch_shape)
+
+    @property
+    def step_mask(self):
+        return step_mask(self.lengths, self.event_shape[0])
+
+
+class PosteriorDistribution(SequenceDistribution):
+    """
+    The marginal ``q(x_{1:T})`` of a SIN posterior over sequences as a distribution (a sample
+    site of the guide, an importance-sampling proposal): the posterior's ``rsample`` and
+    ``marginal_log_prob``, its ``batch_shape``, ``num_steps`` and ``dim``.
+    """
+
+    def __init__(self, posterior, validate_args=None):
+        self.posterior = posterior
+        event_shape = torch.Size((posterior.num_steps, posterior.dim))
+        super().__init__(posterior.batch_shape, event_shape, validate_args=validate_args)
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.posterior.rsample(sample_shape)
+
+    def log_prob(self, value):
+        return self.posterior.marginal_log_prob(value)
+
+
+class SequencePrior(StructuredPrior):
+    r"""
+    Base of the priors ``p(x_{1:T} | θ) p(θ)`` over latent sequences with event shape ``(T, D)``.
+
+    The model emits ``sample_latent(params, num_steps, lengths=None)`` inside a plate over
+    sequences; the SIN posterior (:meth:`posterior`) takes per-step potentials of shape
+    ``(..., T, D)``, a zero precision marking a step without evidence. Sequences padded to
+    ``T`` steps pass their ``lengths`` to ``sample_latent`` and the encoder returns them in
+    its :class:`~pyro_sin.potential.GaussianPotential`: the steps after a sequence's end
+    then do not exist in the prior, the SIN posterior, the bound or the natural step, so
+    padding changes nothing. Prediction and evaluation
+    (:class:`DeepLatentSequence`) call only :meth:`latent_log_prob`, :meth:`point_estimate`,
+    :meth:`proposal` and :meth:`forecast`.
+
+    """
+
+    def check_potential(self, potential: GaussianPotential):
+        """Refuses potentials that are not per step, ``(..., T, D)``, or lengths that are not one per sequence."""
+        shape, lengths = potential.info_vec.shape, potential.lengths
+        owner, D = f"{type(self).__name__} '{self.name}'", self.latent_dim
+        if len(shape) < 2 or shape[-1] != D:
+            raise ValueError(f"{owner} needs per-step potentials of shape (..., T, {D}), got {tuple(shape)}")
+        if lengths is not None and lengths.shape != shape[:-2]:
+            batch = tuple(shape[:-2])
+            raise ValueError(f"{owner} needs one length per sequence, shape {batch}, got {tuple(lengths.shape)}")
+
+    def latent_log_prob(self, params, x: torch.Tensor, lengths=None) -> torch.Tensor:
+        """``log p(x_{1:T} | θ)`` of the steps up to each sequence's end, shape ``x.shape[:-2]``."""
+        raise NotImplementedError
+
+    def point_estimate(self, global_posterior):
+        """Point parameters from ``q(θ)`` (its means), as :meth:`latent_log_prob` takes them."""
+        raise NotImplementedError
+
+    def proposal(self, posterior) -> dist.TorchDistribution:
+        """The SIN posterior's marginal over ``x_{1:T}`` (event ``(T, D)``), an importance-sampling proposal."""
+        raise NotImplementedError
+
+    def forecast(self, global_posterior, posterior, horizon: int, num_samples: int, lengths=None) -> torch.Tensor:
+        """
+        Draws of ``x_{T+1..T+H}`` after each sequence's end (its own, with ``lengths``) for
+        sequences of batch ``(B,)``: the last steps from the SIN posterior, ``θ ~ q(θ)``, then the
+        prior's dynamics with their noise.
+
+        :returns: shape ``(num_samples, B, horizon, D)``.
+        """
+        raise NotImplementedError
+
+
+class DeepLatentSequence(NameOwner):
+    r"""
+    A neural decoder applied frame by frame to a latent sequence prior,
+
+    .. math:: p(y, x, \theta) = \prod_n \prod_t p_{\theta_{NN}}(y_{nt} \mid x_{nt})\,
+              p(x_{n,1:T} \mid \theta)\; p(\theta).
+
+    Call it as ``model(y, mask=None, lengths=None, indices=None)`` with sequences ``y``
+    of shape ``(B, T, P)``; ``mask`` (``(B, T)``, 1 = observed) marks missing frames,
+    which remain latent steps without evidence; ``lengths`` (``(B,)``, integers) ends
+    sequences padded to ``T`` frames, whose padding then changes nothing: the steps
+    after a sequence's end do not exist. For :func:`~pyro_sin.training.fit`, pass
+    ``data=(y, mask, lengths)`` (a mask of ones when no frame is missing).
+
+    :param SequencePrior pgm: the latent structured prior over sequences (a
+        :class:`~pyro_sin.pgm.lds.LinearDynamicalSystem`, a :class:`~pyro_sin.pgm.hmm.LatentHMM`,
+        a :class:`~pyro_sin.pgm.slds.SwitchingLDS`); :meth:`predict` and :meth:`log_likelihood`
+        call only its prediction interface.
+    :param torch.nn.Module decoder: ``x_t ↦ p(y_t | x_t)``, with a ``distribution(x)`` method
+        returning a Pyro distribution with event dimension 1.
+    :param int num_data: number ``N`` of training sequences.
+    :param str name: prefix of the decoder's parameters in Pyro's param store (default
+        ``"DeepLatentSequence"``, made unique among live models).
+    """
+
+    def __init__(self, pgm: SequencePrior, decoder: torch.nn.Module, num_data: int, name=None):
+        self.pgm = pgm
+        self.decoder = decoder
+        self.num_data = num_data
+        self._claim_name(name, type(self).__name__)
+
+    def __call__(self, y, mask=None, lengths=None, indices=None):
+        register_decoder(self)
+        params = self.pgm.sample_params()
+        with data_plate(self.num_data, y, indices):
+            x = self.pgm.sample_latent(params, y.shape[-2], lengths)
+            pyro.sample("y", frame_likelihood(self.decoder, x, observed_frames(y, mask, lengths)), obs=y)
+
+    def create_plates(self, y, mask=None, lengths=None, indices=None):
+        return data_plate(self.num_data, y, indices)
+
+    @staticmethod
+    def encoder_input(y, mask=None, lengths=None, indices=None):
+        if lengths is None:
+            return y if mask is None else (y, mask)
+        return (y, y.new_ones(y.shape[:-1]) if mask is None else mask, lengths)
+
+    def make_guide(self, encoder, **kwargs) -> SINGuide:
+        """
+        A :class:`~pyro_sin.SINGuide` whose encoder receives ``y``, ``(y, mask)`` or
+        ``(y, mask, lengths)``; with lengths it must return them in its
+        :class:`~pyro_sin.potential.GaussianPotential` (as the encoders of
+        :mod:`pyro_sin.nn` do).
+        """
+        return SINGuide(
+            self, self.pgm, encoder, create_plates=self.create_plates, encoder_input=self.encoder_input, **kwargs
+        )
+
+    # ----- evaluation -------------------------------------------------------------
+
+    @torch.no_grad()
+    def posterior(self, guide: SINGuide, y, mask=None, lengths=None):
+        return guide.local_posterior(self.encoder_input(y, mask, lengths))
+
+    @torch.no_grad()
+    def decode_posterior(self, guide: SINGuide, y, mask=None, num_samples: int = 50, lengths=None):
+        """Mean decoded frames under the SIN posterior, shape ``(B, T, P)`` (meaningless after a sequence's end)."""
+        x = self.posterior(guide, y, mask, lengths).rsample((num_samples,))
+        return evaluation.decoded_mean(self.decoder, x).mean(0)
+
+    @torch.no_grad()
+    def predict(self, guide: SINGuide, y_observed, horizon: int, num_samples: int = 50, mask=None, lengths=None):
+        """
+        Mean decoded frames ``T+1 .. T+horizon`` after the observed ones (after each
+        sequence's own end when ``lengths`` are given): ``x_T`` from the SIN posterior,
+        then the model's dynamics rolled forward with ``θ ~ q(θ)`` and process noise,
+        decoded and averaged over samples.
+
+        :returns: shape ``(B, horizon, P)``.
+        """
+        posterior = self.posterior(guide, y_observed, mask, lengths)
+        future = self.pgm.forecast(guide.global_posterior(), posterior, horizon, num_samples, lengths)  # (S, B, H, D)
+        return evaluation.decoded_mean(self.decoder, future).mean(0)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, guide: SINGuide, y, num_samples: int = 100, mask=None, lengths=None
+    ) -> evaluation.Estimate:
+        r"""
+        ``log p(y_{1:T})`` (of the observed frames) of every sequence under the
+        posterior-mean parameters, by importance sampling with the SIN posterior as
+        proposal (for an HMM its marginal over ``x``, the states summed out; see
+        :func:`~pyro_sin.evaluation.log_likelihood`).
+        """
+        proposal = self.pgm.proposal(self.posterior(guide, y, mask, lengths))
+        params = self.pgm.point_estimate(guide.global_posterior())
+        observed = observed_frames(y, mask, lengths)
+        return evaluation.log_likelihood(
+            y,
+            lambda x: frame_likelihood(self.decoder, x, observed),
+            lambda x: self.pgm.latent_log_prob(params, x, lengths),
+            proposal,
+            num_samples,
+        )
+
+    @torch.no_grad()
+    def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100, mask=None, lengths=None) -> float:
+        """The mean over sequences of :meth:`log_likelihood`."""
+        return self.log_likelihood(guide, y, num_samples, mask, lengths).mean
