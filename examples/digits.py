@@ -1,61 +1,7 @@
 """
-Cluster images of handwritten digits with SAN-GMM and compare it with k-means,
-a Bayesian GMM on principal components, a two-stage VAE + GMM and the SVAE,
-all in one harness; print the metrics tables and write the figures::
-
-    python examples/digits.py                        # 8x8 digits, Gaussian decoder
-    python examples/digits.py --data digits-binary   # binarised digits, Bernoulli decoder
-    python examples/digits.py --data mnist5k         # MNIST-5k (binarised), Bernoulli decoder
-    python examples/digits.py --seeds 5 --out results/digits
-
-The data come with the optional extra ``pip install 'pyro-sin[data]'``.
-``--quick`` (or the environment variable ``CI``) shrinks the run.
-
-The recipe (:class:`Config`), the same for every data set but for the hidden
-layers (50-50 on 8 x 8 digits, 500-500 on 28 x 28 MNIST): networks on
-standardised pixels whose linear shortcuts start on the first ``D = 10``
-principal directions (:func:`~pyro_sin.standardize.standardized_autoencoder`),
-components on the clusters of the encoded training images (k-means refined by
-a variational Bayesian mixture, ``refine``:
-:func:`~pyro_sin.initialization.encoded_components`), the natural step held for
-500 steps, then 2,000 steps of Adam (lr 0.01) and the natural step (0.1) with 3
-particles.
-
-How it was chosen, on digits (median test NMI of SAN-GMM, 2,000 steps): ``D = 5``
-with random shortcuts 0.70, with PCA shortcuts 0.74; ``D = 10`` random 0.71, PCA
-0.80 (10 particles) / 0.81 (3 particles), 3 seeds each. A pre-training phase
-with the components held and then placed again on the encoding
-(:func:`~pyro_sin.initialization.pretrain_components`, ``Config.pretrain``)
-did not help (digits 0.79 vs 0.81 on seed 0; MNIST-5k 0.56 vs 0.57). On the
-initial encoding k-means cuts elongated clusters apart (NMI of the start on the
-training digits 0.67-0.73 over seeds 0-4) where the refined mixture does not
-(0.79-0.80; binarised digits 0.59-0.64 -> 0.70-0.71, MNIST-5k 0.45 -> 0.59);
-after training, digits over seeds 0-4: k-means start 0.805 / 0.797 / 0.777 /
-0.742 / 0.786 (median 0.786), refined 0.806 / 0.813 / 0.807 / 0.725 / 0.786
-(median 0.806); binarised digits: k-means start 0.760 / 0.753 / 0.736 / 0.702 /
-0.796 (median 0.753), refined 0.777 / 0.740 / 0.725 / 0.696 / 0.764 (median 0.740);
-MNIST-5k seed 0: 0.57 either way. The better start thus does not carry through
-training: both differences are within the spread over seeds.
-
-Measured (CPU, one thread; median over seeds of the test NMI, the worst seed's in
-brackets, and of the clustering accuracy)::
-
-    method       digits                digits-binary         MNIST-5k
-    SAN-GMM      0.806 (0.725) / 0.81  0.740 (0.696) / 0.75  0.592 (0.573) / 0.58
-    SVAE         0.806 (0.735) / 0.79* 0.517 (0.478) / 0.44  not run
-    k-means      0.753 (0.730) / 0.76  0.694 (0.653) / 0.77  0.472 (0.461) / 0.50
-    PCA + BGMM   0.823 (0.817) / 0.85  0.724 (0.717) / 0.76  0.580 (0.580) / 0.53
-    VAE + BGMM   0.811 (0.796) / 0.86  0.700 (0.665) / 0.72  diverged (+)
-
-digits and digits-binary: seeds 0-4; MNIST-5k: seeds 0-1. SAN-GMM keeps all ten
-components in use on every seed of the digits, nine on MNIST-5k. (*) With the k-means
-start (``refine=0``): the SVAE shares SAN's start and was not run again with the refined
-one. The SVAE collapses onto 5-7 components on binarised digits. (+) The two-stage VAE
-(lr 0.01, 500-500 networks) diverged at step 518 of seed 0
-(:class:`~pyro_sin.training.DivergenceError`; the harness reports a diverged method and
-goes on). Targets missed: binarised digits (NMI 0.78) and MNIST-5k (accuracy 0.80, NMI
-0.75). SAN's training keeps the clusters of its start and improves them little (MNIST-5k:
-NMI 0.59 at the start, on the training images).
+Cluster images of handwritten digits with SAN-GMM beside k-means, PCA + Bayesian GMM, a two-stage
+VAE + GMM and the SVAE: ``python examples/digits.py [--data digits-binary|mnist5k] [--seeds 5]``
+(extra ``[data]``; ``--quick`` or ``CI``: a short run). How the recipe was tuned: docs/notes/digits_tuning.rst.
 """
 
 import argparse
@@ -109,7 +55,7 @@ METHODS = ("SAN-GMM", "SVAE", "k-means", "PCA+BGMM", "VAE+BGMM")
 
 @dataclass
 class Config:
-    """Settings of one run; the defaults are the measured recipe (see the module's docstring)."""
+    """Settings of one run; the defaults are the measured recipe (docs/notes/digits_tuning.rst)."""
 
     data: str = "digits"
     iterations: int = 2000
