@@ -277,14 +277,18 @@ class PinwheelMethod:
 
     def __init__(self, name: str, config: Config, build: Callable, score: Callable = pinwheel_metrics,
                  eval_steps: Optional[Callable[[int], Sequence[int]]] = None):
-        self.name, self.config, self.build, self.score, self.eval_steps = name, config, build, score, eval_steps
+        self.name, self.config, self.builder, self.score, self.eval_steps = name, config, build, score, eval_steps
+
+    def build(self, train, seed: int):
+        """The untrained model and its trainer, built from nothing with ``seed``."""
+        pyro.clear_param_store()  # parameters are looked up by name: start from nothing
+        pyro.set_rng_seed(seed)
+        return self.builder(replace(self.config, seed=seed), train)
 
     def fit(self, split, seed: int, progress: bool = True):
         """Trains from scratch: ``(trained model, history, seconds per step)``, the time without evaluations."""
         config = replace(self.config, seed=seed)
-        pyro.clear_param_store()  # parameters are looked up by name: start from nothing
-        pyro.set_rng_seed(seed)
-        model, svi = self.build(config, split.train)
+        model, svi = self.build(split.train, seed)
         options = dict(
             iterations=config.iterations,
             batch_size=config.batch_size,

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from pyro_sin.datasets import pinwheel
 import paper
+import pinwheel as pinwheel_experiment
+from pyro_sin.datasets import pinwheel
 
 
 def run(tmp_path, *args):
@@ -60,7 +61,7 @@ def test_fig3_quick(tmp_path):
 
 def test_long_flag_trains_for_ten_thousand_iterations(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(paper, "fig2_curves", lambda out, stem, name, split, names, setting, progress: seen.setdefault("s", setting))
+    monkeypatch.setattr(paper, "fig2_curves", lambda results, name, split, names, setting, progress: seen.setdefault("s", setting))
     paper.main(["fig2a", "--long", "--out", str(tmp_path)])
     assert seen["s"].iterations == paper.LONG_ITERATIONS
     assert paper.eval_steps(paper.LONG_ITERATIONS)[-3:] == [2000, 5000, 10000]
@@ -73,8 +74,9 @@ def test_gmm_test_mse_grows_as_its_components_widen_to_fit_the_data():
     """
     split = pinwheel()
     setting = paper.Setting(iterations=300, seeds=1)
-    fresh = paper.make_method("GMM", setting, split.train, seed=0)
-    trained, _, _, _ = paper.train("GMM", setting, split, seed=0, progress=False)
+    method = paper.make_method("GMM", setting)
+    fresh, _ = method.build(split.train, seed=0)
+    trained, _, _ = method.fit(split, seed=0, progress=False)
 
     def parts(method):
         weights, components = method.gmm._components()
@@ -98,10 +100,10 @@ def test_methods_must_include_san(tmp_path):
 def test_decoder_body_gain_reaches_the_decoder_only():
     split = pinwheel()
     setting = paper.Setting(decoder_body_gain=1.0)
-    encoder, decoder = paper.build_networks(setting, split.train)
+    encoder, decoder = pinwheel_experiment.build_networks(setting, split.train)
     first = decoder.decoder.body[0]  # inside the standardisation
     assert first.weight.std() > 0.3 and encoder.encoder.body[0].weight.std() < 0.05
-    default_encoder, default_decoder = paper.build_networks(paper.Setting(), split.train)
+    default_encoder, default_decoder = pinwheel_experiment.build_networks(paper.Setting(), split.train)
     assert default_decoder.decoder.body[0].weight.std() < 0.05
 
 
@@ -109,9 +111,9 @@ def test_pinwheel_deep_methods_start_from_one_lecun_scaled_decoder():
     split = pinwheel()
     setting = paper.SETTINGS["pinwheel"]
     decoders = {
-        "VAE": paper.make_method("VAE", setting, split.train, 0).vae.decoder,
-        "SVAE": paper.make_method("SVAE", setting, split.train, 0).model.decoder,
-        "SAN": paper.make_method("SAN", setting, split.train, 0).model.decoder,
+        "VAE": paper.make_method("VAE", setting).build(split.train, 0)[0].vae.decoder,
+        "SVAE": paper.make_method("SVAE", setting).build(split.train, 0)[0].model.decoder,
+        "SAN": paper.make_method("SAN", setting).build(split.train, 0)[0].model.decoder,
     }
     reference = decoders["SAN"].state_dict()
     for name, decoder in decoders.items():
