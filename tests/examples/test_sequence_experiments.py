@@ -9,9 +9,9 @@ from sequence_harness import Evaluator, SequenceTask
 
 
 def _check_outputs(tmp_path, methods, figures):
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "results.json").read_text())
     assert set(metrics["metrics"]) == set(methods)
-    assert "Settings" in (tmp_path / "metrics.md").read_text()
+    assert "Settings" in (tmp_path / "results.md").read_text()
     for name in figures:
         assert (tmp_path / name).stat().st_size > 0
     return metrics
@@ -63,7 +63,7 @@ def test_quick_lds_benchmark_run_closes_the_gap(tmp_path):
     # the split of the gap adds up, and the bound stays below the learned model's exact likelihood
     assert row["gap"] == pytest.approx(row["model_gap"] + row["bound_slack"])
     assert row["bound_slack"] > -0.01
-    assert (tmp_path / "metrics.md").stat().st_size > 0
+    assert (tmp_path / "results.md").stat().st_size > 0
 
 
 def test_learned_log_likelihood_of_the_lds_benchmark_is_the_kalman_filter():
