@@ -6,11 +6,11 @@ import bouncing_dot
 def test_quick_bouncing_dot_run_compares_all_methods(tmp_path):
     rows = bouncing_dot.main(["--quick", "--out", str(tmp_path), "--no-progress", "--seconds", "4"])
     assert set(rows) == {"SAN-LDS", "unstructured guide", "two-stage VAE+LDS"}
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "results.json").read_text())
     # the SAN curve starts from an untrained model and must improve within the budget
     start, end = metrics["curves"]["SAN-LDS"][1][0], metrics["curves"]["SAN-LDS"][1][-1]
     assert end < start
-    for name in ("reconstruction_and_prediction.png", "imputation.png", "prediction_vs_time.png", "metrics.md"):
+    for name in ("reconstruction_and_prediction.png", "imputation.png", "prediction_vs_time.png", "results.md"):
         assert (tmp_path / name).stat().st_size > 0
 
 
