@@ -25,7 +25,7 @@ import pyro
 from pyro.infer import SVI, Trace_ELBO
 
 from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
-from harness import Results, Trained, compare, markdown_table, parser
+from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentLDS
@@ -34,6 +34,7 @@ from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
 from plotting import new_figure, plot_curves
 from pyro_sin.training import fit
+from sequence_harness import DeepLatentMethod
 
 
 @dataclass
@@ -71,7 +72,7 @@ def make_data(config: Config):
     test = bouncing_dot(
         config.num_test, config.num_steps + config.horizon, config.num_pixels, seed=config.seed + 1000
     )
-    return tuple(type(d)(*(t.to(config.device) for t in d)) for d in (train, test))
+    return on_device(train, config.device), on_device(test, config.device)
 
 
 class Evaluator:
@@ -107,22 +108,6 @@ class Evaluator:
         }
 
 
-class SANMethod:
-    """SAN-LDS behind the evaluator's interface."""
-
-    def __init__(self, model: DeepLatentLDS, guide):
-        self.model, self.guide = model, guide
-
-    def decode_posterior(self, y, mask, num_samples):
-        return self.model.decode_posterior(self.guide, y, mask, num_samples)
-
-    def predict(self, y, horizon, num_samples):
-        return self.model.predict(self.guide, y, horizon, num_samples)
-
-    def test_log_likelihood(self, y, num_samples):
-        return self.model.test_log_likelihood(self.guide, y, num_samples)
-
-
 def _networks(config: Config, train):
     torch.manual_seed(config.seed)
     encoder, decoder = mirrored_autoencoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2)
@@ -145,8 +130,7 @@ def _fit(config, svi, data, evaluate, desc, progress, batch_size=None):
 
 
 def train_san(config: Config, train, evaluator: Evaluator, progress=True):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     encoder, decoder = _networks(config, train)
     lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
     model = DeepLatentLDS(lds, decoder, len(train.frames))
@@ -157,7 +141,7 @@ def train_san(config: Config, train, evaluator: Evaluator, progress=True):
         NaturalAdam({"lr": config.lr}, natural_lr=config.natural_lr),
         SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
     )
-    method = SANMethod(model, guide)
+    method = DeepLatentMethod(model, guide)
     history = _fit(
         config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(method)}, "SAN-LDS", progress
     )
@@ -165,8 +149,7 @@ def train_san(config: Config, train, evaluator: Evaluator, progress=True):
 
 
 def train_unstructured(config: Config, train, evaluator: Evaluator, progress=True):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     _, decoder = _networks(config, train)
     lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
     model = DeepLatentLDS(lds, decoder, len(train.frames))
@@ -181,8 +164,7 @@ def train_unstructured(config: Config, train, evaluator: Evaluator, progress=Tru
 
 
 def train_two_stage(config: Config, train, evaluator: Evaluator, progress=True):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     encoder, decoder = _networks(config, train)
     frames = train.frames.reshape(-1, config.num_pixels)
     vae = VAE(encoder, decoder, len(frames))

@@ -12,12 +12,11 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-import pyro
 from pyro.infer import SVI
 
 import harness
 from baselines import KMeansBaseline, PCAGMM, VAEGMM
-from harness import Results, Trained, compare, markdown_table, parser
+from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.datasets.digits import digits, mnist5k
 from pyro_sin.elbo import SINELBO
 from pyro_sin.guide import SVAEGuide
@@ -134,11 +133,6 @@ def build_networks(config: Config, train: torch.Tensor):
     )
 
 
-def _fresh(seed: int):
-    pyro.clear_param_store()  # parameters are looked up by name: start from nothing
-    pyro.set_rng_seed(seed)
-
-
 def _svi(config, model, guide, natural_lr):
     return SVI(
         model,
@@ -157,7 +151,7 @@ def train_san(config: Config, split, svae: bool = False, progress: bool = True):
 
     :returns: ``(model, guide, history, seconds)``.
     """
-    _fresh(config.seed)
+    fresh_start(config.seed)
     train, generator = split.train, torch.Generator().manual_seed(config.seed)
     gmm = GaussianMixture(config.num_components, config.latent_dim).to(train)
     encoder, decoder = build_networks(config, train)
@@ -201,7 +195,7 @@ def evaluate_san(model, guide, split, num_samples: int) -> dict:
 
 
 def run_baseline(name: str, config: Config, split, progress: bool = True) -> dict:
-    _fresh(config.seed)
+    fresh_start(config.seed)
     start = time.perf_counter()
     if name == "k-means":
         method = KMeansBaseline(config.num_components, seed=config.seed)
@@ -340,9 +334,7 @@ def main(argv=None):
     results = Results(args.out or Path("results") / args.data)
     device = torch.device(args.device)
 
-    split = load_data(config)
-    split = split._replace(train=split.train.to(device), test=split.test.to(device))
-    split = split._replace(train_labels=split.train_labels.to(device), test_labels=split.test_labels.to(device))
+    split = on_device(load_data(config), device)
     per_seed, figures = {}, None
     for seed in range(args.seeds):
         trained = compare(methods(config), split, seed, args.progress)

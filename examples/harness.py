@@ -7,6 +7,7 @@ The experiment harness of the example scripts, in one place:
 * :class:`Method` — the protocol of a compared method: a ``name`` and ``train(task,
   seed, progress)``, which returns :class:`Trained` (the metrics, the training
   history, the model); :func:`compare` runs several on one task and seed;
+* :func:`fresh_start` and :func:`on_device` — how every method starts, and where its data go;
 * :func:`fit_evaluating_at` — :func:`pyro_sin.training.fit` (the one training loop,
   with its divergence guard) evaluated at chosen steps;
 * :class:`Results` — the one results writer: ``results.md`` (title, Markdown tables,
@@ -23,6 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Pr
 
 import torch
 
+import pyro
 from pyro_sin.training import DivergenceError, History, fit
 
 __all__ = [
@@ -32,8 +34,10 @@ __all__ = [
     "Trained",
     "compare",
     "fit_evaluating_at",
+    "fresh_start",
     "markdown_table",
     "median_rows",
+    "on_device",
     "parser",
 ]
 
@@ -187,6 +191,17 @@ def median_rows(per_seed: Sequence[Dict[str, Dict[str, float]]]) -> Dict[str, Di
 
 
 # ----- training ------------------------------------------------------------------------------
+
+
+def fresh_start(seed: int):
+    """A method starts from nothing: Pyro's parameter store emptied (parameters are looked up by name), every RNG seeded."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+
+
+def on_device(data, device):
+    """A NamedTuple of data (a split, a task) with its tensors on ``device``, its other fields as they are."""
+    return data._replace(**{k: v.to(device) for k, v in data._asdict().items() if torch.is_tensor(v)})
 
 
 class _EvaluateAt:

@@ -26,11 +26,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI
 
-from harness import Results, Trained, compare, markdown_table, parser
+from harness import Results, Trained, compare, fresh_start, markdown_table, parser
 from pyro_sin.datasets import lds_benchmark_settings, linear_gaussian_benchmark
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentLDS
@@ -118,8 +117,7 @@ def linear_gaussian_log_likelihood(
 
 def run_setting(config: Config, setting: dict, progress: bool = True) -> dict:
     """Trains SAN-LDS on one benchmark setting; returns the per-element numbers."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     data = linear_gaussian_benchmark(num_steps=config.num_steps, seed=config.seed, system_seed=config.seed, **setting)
     N, T, P = data.frames.shape
     D = setting["latent_dim"]

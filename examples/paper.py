@@ -49,11 +49,10 @@ from matplotlib.figure import Figure
 
 import pinwheel as pinwheel_experiment
 from baselines import BayesianGMM
-from harness import Results, compare, markdown_table, median_rows, parser
+from harness import Results, compare, markdown_table, median_rows, on_device, parser
 from pinwheel import Config, PinwheelMethod, natural_schedule
 from plotting import new_figure, plot_curves, plot_generative_samples, plot_points_with_range, shared_limits
 from pyro_sin.datasets import auto_mpg, noisy_pinwheel, pinwheel
-from pyro_sin.datasets.pinwheel import LabelledSplit
 from pyro_sin.evaluation import Estimate
 from pyro_sin.metrics import cluster_purity, normalized_mutual_info, sample_coverage
 
@@ -370,7 +369,7 @@ def fig2c(results: Results, setting: Setting, ratios, progress):
     for ratio in ratios:
         used = replace(setting, natural_lr=noisy_natural_lr(ratio))
         configs[f"{ratio:g}"] = asdict(used)
-        _, finals, per_seed, diffs, _ = over_seeds(names, used, _on(noisy_pinwheel(ratio, seed=0), used.device), progress)
+        _, finals, per_seed, diffs, _ = over_seeds(names, used, on_device(noisy_pinwheel(ratio, seed=0), used.device), progress)
         for name in names:
             rows[f"{name} @ {100 * ratio:g}%"] = finals[name]
             runs[name].append([m["test_mse"] for m in per_seed[name]["metrics"]])
@@ -471,10 +470,6 @@ def fig3(results: Results, settings, splits, seed: int, progress):
     return rows
 
 
-def _on(split: LabelledSplit, device) -> LabelledSplit:
-    return LabelledSplit(*(t.to(device) for t in split))
-
-
 _UNSET = object()
 
 
@@ -515,7 +510,7 @@ def main(argv=None):
     results = Results(args.out, stem=args.figure)
 
     def data(split):
-        return _on(split, args.device)
+        return on_device(split, args.device)
 
     def methods(default):
         if args.methods is None:

@@ -24,7 +24,7 @@ import pyro
 from pyro.infer import SVI, Trace_ELBO
 
 from baselines import VAE
-from harness import Results, Trained, compare, fit_evaluating_at, markdown_table, parser
+from harness import Results, Trained, compare, fit_evaluating_at, fresh_start, markdown_table, on_device, parser
 from plotting import new_figure, plot_curves, plot_generative_samples
 from pyro_sin.datasets import pinwheel
 from pyro_sin.distributed import world
@@ -281,8 +281,7 @@ class PinwheelMethod:
 
     def build(self, train, seed: int):
         """The untrained model and its trainer, built from nothing with ``seed``."""
-        pyro.clear_param_store()  # parameters are looked up by name: start from nothing
-        pyro.set_rng_seed(seed)
+        fresh_start(seed)
         return self.builder(replace(self.config, seed=seed), train)
 
     def fit(self, split, seed: int, progress: bool = True):
@@ -342,10 +341,6 @@ def write_figures(results: Results, split, san: TrainedMixture, curves, num_samp
     results.figure(fig, "test_mse.png")
 
 
-def _on(split, device):
-    return split._replace(**{k: v.to(device) for k, v in split._asdict().items()})
-
-
 def run(config: Config, results: Results, progress=True, rank=0, world_size=1):
     """
     Trains, evaluates and writes the outputs. In a process group of ``world_size``
@@ -353,7 +348,7 @@ def run(config: Config, results: Results, progress=True, rank=0, world_size=1):
     minibatch of ``config.batch_size`` and rank 0 evaluates and writes; the VAE
     baseline is trained by a single process only.
     """
-    split = _on(pinwheel(seed=config.data_seed), config.device)
+    split = on_device(pinwheel(seed=config.data_seed), config.device)
     per_process = replace(config, batch_size=config.batch_size // world_size)
     methods = [PinwheelMethod("SAN-GMM", per_process, san)]
     if world_size == 1:

@@ -32,7 +32,7 @@ import pyro
 from pyro.infer import SVI, Trace_ELBO
 
 from baselines import UnstructuredLDSGuide, VectorAutoregression
-from harness import Method, Results, Trained, compare, markdown_table, parser
+from harness import Method, Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.elbo import SINELBO
 from pyro_sin.initialization import encoded_regimes, encoded_states
 from pyro_sin.metrics import clustering_scores
@@ -83,8 +83,7 @@ class SequenceTask(NamedTuple):
 
     def to(self, device) -> "SequenceTask":
         """The same task with its tensors on ``device``."""
-        moved = {k: v.to(device) for k, v in self._asdict().items() if isinstance(v, torch.Tensor)}
-        return self._replace(**moved)
+        return on_device(self, device)
 
 
 @dataclass
@@ -316,8 +315,7 @@ class DeepLatent:
 
     def train(self, task: SequenceTask, seed: int, progress: bool = True) -> Trained:
         config = replace(self.config, seed=seed, **self.overrides)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(config.seed)
+        fresh_start(config.seed)
         encoder, decoder = _networks(config, task.train)
         prior = self.make_prior(config, task).to(task.train.device)
         model = DeepLatentLDS(prior, decoder, len(task.train))
@@ -344,8 +342,7 @@ class UnstructuredGuide:
 
     def train(self, task: SequenceTask, seed: int, progress: bool = True) -> Trained:
         config = replace(self.config, seed=seed)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(config.seed)
+        fresh_start(config.seed)
         frames = task.train.reshape(-1, task.train.shape[-1])
         _, decoder = _networks(config, task.train)
         model = DeepLatentLDS(LinearDynamicalSystem(config.latent_dim).to(frames.device), decoder, len(task.train))
