@@ -249,10 +249,14 @@ class Baseline:
 
 def methods(config: Config):
     """The methods of ``config.methods``."""
-    return [SAN(config, svae=name == "SVAE") if name in ("SAN-GMM", "SVAE") else Baseline(name, config) for name in config.methods]
+    return [
+        SAN(config, svae=name == "SVAE") if name in ("SAN-GMM", "SVAE") else Baseline(name, config)
+        for name in config.methods
+    ]
 
 
-COLUMNS = ("nmi", "ari", "accuracy", "clusters_used", "test_log_likelihood", "reconstruction_error", "seconds", "diverged")
+COLUMNS = ("nmi", "ari", "accuracy", "clusters_used", "test_log_likelihood", "reconstruction_error", "seconds")
+COLUMNS += ("diverged",)  # shown where a method diverged
 
 
 def median_rows(per_seed: Dict[int, Dict[str, dict]]) -> Dict[str, dict]:

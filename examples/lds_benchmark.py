@@ -199,10 +199,8 @@ class SANLDS:
         return Trained(run_setting_with_backoff(replace(self.config, seed=seed), setting, progress))
 
 
-COLUMNS = (
-    "exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack", "lr",
-    "seconds", "diverged",
-)
+COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack")
+COLUMNS += ("lr", "seconds", "diverged")
 
 
 def _label(row):

@@ -220,6 +220,10 @@ def fill_in_baselines(split) -> dict:
 
 def full_metrics(method, split, setting: Setting):
     """:returns: ``(metrics, {"test_log_likelihood": per-point values})``."""
+
+    def impute(y, observed):
+        return method.impute(y, observed, setting.imputation_samples)
+
     error = method.reconstruction_error(split.test, setting.test_samples)
     ll = method.log_likelihood(split.test, setting.test_samples)
     samples, _, _ = method.generate(setting.generated_samples)
@@ -229,7 +233,7 @@ def full_metrics(method, split, setting: Setting):
         "test_log_likelihood": ll.mean,
         "test_log_likelihood_se": ll.stderr,
         "test_log_likelihood_mc_se": float(ll.mc_stderr.pow(2).sum().sqrt() / len(ll.per_point)),
-        "imputation_mse": imputation_error(lambda y, observed: method.impute(y, observed, setting.imputation_samples), split.test),
+        "imputation_mse": imputation_error(impute, split.test),
         "coverage": sample_coverage(split.train, samples, setting.coverage_radius),
         "sample_precision": sample_coverage(samples, split.train, setting.coverage_radius),
     }
@@ -487,7 +491,8 @@ def _gain(text: str) -> Optional[float]:
 
 
 def main(argv=None):
-    command = parser(__doc__, "results/paper", seed=0, seeds=None, iterations=None, methods=["GMM", "VAE", "SVAE", "SAN"])
+    choices = ["GMM", "VAE", "SVAE", "SAN"]  # fig2a's; fig2b's without the SVAE
+    command = parser(__doc__, "results/paper", seed=0, seeds=None, iterations=None, methods=choices)
     command.add_argument("figure", choices=["fig2a", "fig2b", "fig2c", "fig3"])
     command.add_argument("--long", action="store_true", help=f"train for at least {LONG_ITERATIONS} iterations")
     command.add_argument(
@@ -497,7 +502,9 @@ def main(argv=None):
         help=f"LeCun-scaled hidden layers in the decoders with this gain, or 'none' for small weights "
         f"(default: {PINWHEEL_DECODER_BODY_GAIN:g} on pinwheel, none on Auto MPG and the noisy pinwheel)",
     )
-    command.add_argument("--auto-data", help="a file in the format of UCI's auto-mpg.data (default: the copy shipped with pyro_sin)")
+    command.add_argument(
+        "--auto-data", help="a file in the format of UCI's auto-mpg.data (default: the copy shipped with pyro_sin)"
+    )
     args = command.parse_args(argv)
     overrides = dict(QUICK) if args.quick else {}
     overrides["device"] = args.device

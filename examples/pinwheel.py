@@ -275,8 +275,14 @@ class PinwheelMethod:
         every ``config.eval_every`` steps.
     """
 
-    def __init__(self, name: str, config: Config, build: Callable, score: Callable = pinwheel_metrics,
-                 eval_steps: Optional[Callable[[int], Sequence[int]]] = None):
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        build: Callable,
+        score: Callable = pinwheel_metrics,
+        eval_steps: Optional[Callable[[int], Sequence[int]]] = None,
+    ):
         self.name, self.config, self.builder, self.score, self.eval_steps = name, config, build, score, eval_steps
 
     def build(self, train, seed: int):

@@ -22,12 +22,17 @@ from sequence_harness import Config, DeepLatent, SequenceTask, experiment_main, 
 
 def methods(config: Config):
     """The standard methods and SAN-LDS with either factor."""
-    return [DeepLatent("SAN-LDS (tied)", config, make_lds, factor="tied"), DeepLatent("SAN-LDS (free)", config, make_lds, factor="free"),
-            *standard_methods(config)]
+    return [
+        DeepLatent("SAN-LDS (tied)", config, make_lds, factor="tied"),
+        DeepLatent("SAN-LDS (free)", config, make_lds, factor="free"),
+        *standard_methods(config),
+    ]
 
 
-METHODS = ("SAN-LDS (tied)", "SAN-LDS (free)", "latent HMM", "SLDS (SAN)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
-CONFIG = Config(latent_dim=8, num_states=4, batch_size=10, max_iterations=1200, eval_every=300, seconds=1800.0, methods=METHODS)
+METHODS = ("SAN-LDS (tied)", "SAN-LDS (free)", "latent HMM", "SLDS (SAN)", "unstructured guide")
+METHODS += ("VAR(1)", "VAR(2)", "training mean")
+CONFIG = Config(latent_dim=8, num_states=4, batch_size=10, max_iterations=1200, eval_every=300, seconds=1800.0)
+CONFIG = replace(CONFIG, methods=METHODS)
 QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)
 HORIZON, GAP = 15, (40, 50)
 

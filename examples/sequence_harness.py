@@ -307,8 +307,13 @@ class DeepLatent:
     """
 
     def __init__(
-        self, name: str, config: Config, make_prior: Callable[[Config, SequenceTask], object], factor_key: str = "factor",
-        init=None, **overrides,
+        self,
+        name: str,
+        config: Config,
+        make_prior: Callable[[Config, SequenceTask], object],
+        factor_key: str = "factor",
+        init=None,
+        **overrides,
     ):
         self.name, self.config, self.make_prior, self.factor_key, self.init = name, config, make_prior, factor_key, init
         self.overrides = overrides
@@ -442,7 +447,7 @@ def _matched_labels(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 def plot_segmentation(results: Results, evaluator: Evaluator, methods: Dict[str, object], num_sequences: int = 4):
-    """``segmentation.png``: true regimes against each method's ``argmax_k q(z_t = k)`` over time, for the first test sequences."""
+    """``segmentation.png``: the true regimes and each method's ``argmax_k q(z_t = k)`` in the first test sequences."""
     task = evaluator.task
     segmenting = {name: evaluator.segment(m) for name, m in methods.items()}
     segmenting = {name: s for name, s in segmenting.items() if s is not None}
@@ -470,8 +475,13 @@ def plot_segmentation(results: Results, evaluator: Evaluator, methods: Dict[str,
     return True
 
 
-def plot_forecasts(results: Results, evaluator: Evaluator, methods: Dict[str, object], channels=(0,), sequence: int = 0, samples=50):
-    """``forecast_and_imputation.png``: a test sequence's observed frames (with the imputation gap), the true future and each method's forecast and imputation."""
+def plot_forecasts(
+    results: Results, evaluator: Evaluator, methods: Dict[str, object], channels=(0,), sequence: int = 0, samples=50
+):
+    """
+    ``forecast_and_imputation.png``: a test sequence's observed frames (with the imputation gap),
+    the true future and each method's forecast and imputation.
+    """
     task = evaluator.task
     T, H = task.num_steps, task.horizon
     observed = evaluator.observed[sequence : sequence + 1]
@@ -522,7 +532,8 @@ def experiment_main(
     :param make_task: ``(config, quick) -> SequenceTask``.
     :param methods: ``config -> methods`` to choose from (default :func:`standard_methods`).
     """
-    command = parser(description, default_out, seed=0, iterations=None, seconds=None, methods=[m.name for m in methods(config)])
+    names = [method.name for method in methods(config)]
+    command = parser(description, default_out, seed=0, iterations=None, seconds=None, methods=names)
     command.add_argument("--factor", choices=["tied", "free"], help="SAN-LDS's SIN factor")
     command.add_argument("--latent-dim", type=int)
     args = command.parse_args(argv)
