@@ -14,15 +14,17 @@ Segmentation scores compare ``argmax_k q(z_t = k)`` with the true direction; for
 from dataclasses import replace
 
 from pyro_sin.datasets import bouncing_ball
-from sequence_harness import METHODS, Config, SequenceTask, deep_latent_builder, experiment_main, hmm_natural_from_encoded, make_hmm
+from sequence_harness import Config, DeepLatent, SequenceTask, experiment_main, hmm_natural_from_encoded, make_hmm, standard_methods
+
+
+def methods(config: Config):
+    """The standard methods and, since one frame holds the position only (a per-frame encoder cannot
+    see the direction, the regime), the latent HMM with a bidirectional GRU encoder, which can."""
+    gru = DeepLatent("latent HMM (GRU encoder)", config, make_hmm, "hmm_factor", hmm_natural_from_encoded, encoder="rnn")
+    return [*standard_methods(config), gru]
+
 
 CONFIG = Config(latent_dim=2, num_states=2, max_iterations=500)
-# one frame holds the position only: a per-frame encoder cannot see the direction (the regime),
-# a bidirectional GRU encoder can
-BUILDERS = {
-    **METHODS,
-    "latent HMM (GRU encoder)": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded, encoder="rnn"),
-}
 CONFIG = replace(CONFIG, methods=("SAN-LDS", "latent HMM", "latent HMM (GRU encoder)", *CONFIG.methods[2:]))
 QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)
 NUM_STEPS, HORIZON = 100, 10
@@ -47,7 +49,7 @@ def main(argv=None):
         "1-D bouncing ball",
         channels=(0,),
         default_out="results/bouncing_ball",
-        methods={name: BUILDERS[name] for name in CONFIG.methods},
+        methods=methods,
     )
 
 

@@ -7,7 +7,7 @@ the baselines a Pyro user would build today with the same generative model:
 * **two-stage** — a VAE with an i.i.d. prior on frames, then an LDS fitted to its
   latent means.
 
-Every method trains for the same wall-clock time; we report reconstruction,
+Every method trains for the same wall-clock time (``--iterations`` caps the steps too); we report reconstruction,
 multi-step prediction of future frames, imputation of missing frames and the
 importance-sampled test log-likelihood, and write figures::
 
@@ -16,11 +16,8 @@ importance-sampled test log-likelihood, and write figures::
 ``--quick`` (or the environment variable ``CI``) shrinks the run.
 """
 
-import argparse
-import json
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -28,6 +25,7 @@ import pyro
 from pyro.infer import SVI, Trace_ELBO
 
 from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
+from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentSequence
@@ -36,7 +34,7 @@ from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
 from plotting import new_figure, plot_curves
 from pyro_sin.training import fit
-from pinwheel import markdown_table
+from sequence_harness import DeepLatentMethod
 
 
 @dataclass
@@ -74,7 +72,7 @@ def make_data(config: Config):
     test = bouncing_dot(
         config.num_test, config.num_steps + config.horizon, config.num_pixels, seed=config.seed + 1000
     )
-    return tuple(type(d)(*(t.to(config.device) for t in d)) for d in (train, test))
+    return on_device(train, config.device), on_device(test, config.device)
 
 
 class Evaluator:
@@ -110,22 +108,6 @@ class Evaluator:
         }
 
 
-class SANMethod:
-    """SAN-LDS behind the evaluator's interface."""
-
-    def __init__(self, model: DeepLatentSequence, guide):
-        self.model, self.guide = model, guide
-
-    def decode_posterior(self, y, mask, num_samples):
-        return self.model.decode_posterior(self.guide, y, mask, num_samples)
-
-    def predict(self, y, horizon, num_samples):
-        return self.model.predict(self.guide, y, horizon, num_samples)
-
-    def test_log_likelihood(self, y, num_samples):
-        return self.model.test_log_likelihood(self.guide, y, num_samples)
-
-
 def _networks(config: Config, train):
     torch.manual_seed(config.seed)
     encoder, decoder = mirrored_autoencoder(config.num_pixels, config.latent_dim, (config.hidden,) * 2)
@@ -148,8 +130,7 @@ def _fit(config, svi, data, evaluate, desc, progress, batch_size=None):
 
 
 def train_san(config: Config, train, evaluator: Evaluator, progress=True):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     encoder, decoder = _networks(config, train)
     lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
     model = DeepLatentSequence(lds, decoder, len(train.frames))
@@ -160,7 +141,7 @@ def train_san(config: Config, train, evaluator: Evaluator, progress=True):
         NaturalAdam({"lr": config.lr}, natural_lr=config.natural_lr),
         SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
     )
-    method = SANMethod(model, guide)
+    method = DeepLatentMethod(model, guide)
     history = _fit(
         config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(method)}, "SAN-LDS", progress
     )
@@ -168,8 +149,7 @@ def train_san(config: Config, train, evaluator: Evaluator, progress=True):
 
 
 def train_unstructured(config: Config, train, evaluator: Evaluator, progress=True):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     _, decoder = _networks(config, train)
     lds = LinearDynamicalSystem(config.latent_dim).to(config.device)
     model = DeepLatentSequence(lds, decoder, len(train.frames))
@@ -184,8 +164,7 @@ def train_unstructured(config: Config, train, evaluator: Evaluator, progress=Tru
 
 
 def train_two_stage(config: Config, train, evaluator: Evaluator, progress=True):
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     encoder, decoder = _networks(config, train)
     frames = train.frames.reshape(-1, config.num_pixels)
     vae = VAE(encoder, decoder, len(frames))
@@ -203,7 +182,40 @@ def train_two_stage(config: Config, train, evaluator: Evaluator, progress=True):
     return method, history
 
 
-def _image_rows(path: Path, rows, edges, xlabel):
+class Task(NamedTuple):
+    """The training sequences and the evaluator of the test sequences."""
+
+    train: object  # BouncingDot
+    evaluator: Evaluator
+
+
+class TimedMethod:
+    """
+    A method of this comparison in the harness's protocol (:class:`harness.Method`): trained by
+    ``train(config, train, evaluator, progress) -> (method, history)`` for ``config.seconds``,
+    scored by the evaluator, with the iterations and seconds it took.
+    """
+
+    def __init__(self, name: str, config: Config, train: Callable):
+        self.name, self.config, self._train = name, config, train
+
+    def train(self, task: Task, seed: int, progress: bool = True) -> Trained:
+        method, history = self._train(replace(self.config, seed=seed), task.train, task.evaluator, progress)
+        row = task.evaluator(method)
+        row["iterations"] = float(history.eval_steps[-1])
+        row["seconds"] = float(history.eval_seconds[-1])
+        return Trained(row, history, method)
+
+
+def methods(config: Config):
+    return [
+        TimedMethod("SAN-LDS", config, train_san),
+        TimedMethod("unstructured guide", config, train_unstructured),
+        TimedMethod("two-stage VAE+LDS", config, train_two_stage),
+    ]
+
+
+def _image_rows(results: Results, filename: str, rows, edges, xlabel):
     """Sequences as grey images (pixels × frames), one row each, with red lines at ``edges``."""
     fig = new_figure(ncols=1, width=8, height=1.3 * len(rows))
     fig.clear()
@@ -215,10 +227,10 @@ def _image_rows(path: Path, rows, edges, xlabel):
         ax.set_ylabel(name, rotation=0, ha="right", fontsize="small")
         ax.set_yticks([])
     axes[-1].set_xlabel(xlabel)
-    fig.savefig(path, dpi=120)
+    results.figure(fig, filename, dpi=120)
 
 
-def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, histories):
+def write_figures(results: Results, config: Config, evaluator: Evaluator, methods, histories):
     T, H, samples = config.num_steps, config.horizon, config.eval_samples
     test, k = evaluator.test, 0
     observed = evaluator.observed[k : k + 1]
@@ -228,7 +240,8 @@ def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, hist
         pred = method.predict(observed, H, samples)[0]
         rows.append((name, torch.cat([recon, pred]).cpu().numpy()))
     _image_rows(
-        out / "reconstruction_and_prediction.png",
+        results,
+        "reconstruction_and_prediction.png",
         rows,
         [T - 0.5],
         f"frame (reconstruction left of the red line, {H}-step prediction right of it)",
@@ -238,7 +251,8 @@ def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, hist
     for name, method in methods.items():
         rows.append((name, method.decode_posterior(observed * mask[..., None], mask, samples)[0].cpu().numpy()))
     _image_rows(
-        out / "imputation.png",
+        results,
+        "imputation.png",
         rows,
         [config.missing_from - 0.5, config.missing_to - 0.5],
         "frame (frames between the red lines are missing)",
@@ -249,57 +263,34 @@ def write_figures(out: Path, config: Config, evaluator: Evaluator, methods, hist
     plot_curves(
         fig.axes[0], curves, ylabel=f"test prediction MSE (1..{H} steps ahead)", xlabel="training time (s)"
     )
-    fig.savefig(out / "prediction_vs_time.png", dpi=120)
+    results.figure(fig, "prediction_vs_time.png", dpi=120)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, help="training time per method (default 60)")
-    parser.add_argument("--factor", choices=["tied", "free"], default="free")
-    parser.add_argument("--latent-dim", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train and evaluate")
-    parser.add_argument("--out", type=Path, default=Path("results/bouncing_dot"))
-    parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    command = parser(__doc__, "results/bouncing_dot", seed=0, seconds=None, iterations=None)
+    command.add_argument("--factor", choices=["tied", "free"], default="free")
+    command.add_argument("--latent-dim", type=int, default=2)
+    args = command.parse_args(argv)
     overrides = {"factor": args.factor, "latent_dim": args.latent_dim, "seed": args.seed, "device": args.device}
     if args.seconds is not None:
         overrides["seconds"] = args.seconds
-    config = Config.quick(**overrides) if args.quick or "CI" in os.environ else Config(**overrides)
-    progress = not args.no_progress
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.iterations is not None:  # a cap beside the time
+        overrides["max_iterations"] = args.iterations
+    config = Config.quick(**overrides) if args.quick else Config(**overrides)
+    results = Results(args.out)
 
     train, test = make_data(config)
     evaluator = Evaluator(config, test)
-    san, san_history = train_san(config, train, evaluator, progress)
-    unstructured, unstructured_history = train_unstructured(config, train, evaluator, progress)
-    two_stage, two_stage_history = train_two_stage(config, train, evaluator, progress)
-    methods = {"SAN-LDS": san, "unstructured guide": unstructured, "two-stage VAE+LDS": two_stage}
-    histories = {"SAN-LDS": san_history, "unstructured guide": unstructured_history, "two-stage VAE+LDS": two_stage_history}
-    rows = {}
-    for name, method in methods.items():
-        rows[name] = evaluator(method)
-        rows[name]["iterations"] = float(histories[name].eval_steps[-1])
-        rows[name]["seconds"] = float(histories[name].eval_seconds[-1])
-    columns = list(next(iter(rows.values())))
-    table = markdown_table(rows, columns)
-    print(f"\nBouncing dot, {config.seconds:g} s of training per method:\n{table}")
-    write_figures(args.out, config, evaluator, methods, histories)
-    (args.out / "metrics.md").write_text(table + "\n")
-    (args.out / "metrics.json").write_text(
-        json.dumps(
-            {
-                "config": asdict(config),
-                "metrics": rows,
-                "curves": {n: [h.eval_seconds, [e["prediction_mse"] for e in h.evals]] for n, h in histories.items()},
-            },
-            indent=2,
-        )
+    trained = compare(methods(config), Task(train, evaluator), config.seed, args.progress, keep_going=False)
+    rows = {name: t.metrics for name, t in trained.items()}
+    histories = {name: t.history for name, t in trained.items()}
+    write_figures(results, config, evaluator, {name: t.model for name, t in trained.items()}, histories)
+    curves = {n: [h.eval_seconds, [e["prediction_mse"] for e in h.evals]] for n, h in histories.items()}
+    results.write(
+        f"Bouncing dot, {config.seconds:g} s of training per method",
+        [markdown_table(rows)],
+        {"config": asdict(config), "metrics": rows, "curves": curves},
     )
-    print(f"figures and metrics written to {args.out}/")
     return rows
 
 

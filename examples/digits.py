@@ -1,67 +1,9 @@
 """
-Cluster images of handwritten digits with SAN-GMM and compare it with k-means,
-a Bayesian GMM on principal components, a two-stage VAE + GMM and the SVAE,
-all in one harness; print the metrics tables and write the figures::
-
-    python examples/digits.py                        # 8x8 digits, Gaussian decoder
-    python examples/digits.py --data digits-binary   # binarised digits, Bernoulli decoder
-    python examples/digits.py --data mnist5k         # MNIST-5k (binarised), Bernoulli decoder
-    python examples/digits.py --seeds 5 --out results/digits
-
-The data come with the optional extra ``pip install 'pyro-sin[data]'``.
-``--quick`` (or the environment variable ``CI``) shrinks the run.
-
-The recipe (:class:`Config`), the same for every data set but for the hidden
-layers (50-50 on 8 x 8 digits, 500-500 on 28 x 28 MNIST): networks on
-standardised pixels whose linear shortcuts start on the first ``D = 10``
-principal directions (:func:`~pyro_sin.standardize.standardized_autoencoder`),
-components on the clusters of the encoded training images (k-means refined by
-a variational Bayesian mixture, ``refine``:
-:meth:`~pyro_sin.pgm.GaussianMixture.encoded_start`), the natural step held for
-500 steps, then 2,000 steps of Adam (lr 0.01) and the natural step (0.1) with 3
-particles.
-
-How it was chosen, on digits (median test NMI of SAN-GMM, 2,000 steps): ``D = 5``
-with random shortcuts 0.70, with PCA shortcuts 0.74; ``D = 10`` random 0.71, PCA
-0.80 (10 particles) / 0.81 (3 particles), 3 seeds each. A pre-training phase
-with the components held and then placed again on the encoding
-(:func:`~pyro_sin.initialization.pretrain_components`, ``Config.pretrain``)
-did not help (digits 0.79 vs 0.81 on seed 0; MNIST-5k 0.56 vs 0.57). On the
-initial encoding k-means cuts elongated clusters apart (NMI of the start on the
-training digits 0.67-0.73 over seeds 0-4) where the refined mixture does not
-(0.79-0.80; binarised digits 0.59-0.64 -> 0.70-0.71, MNIST-5k 0.45 -> 0.59);
-after training, digits over seeds 0-4: k-means start 0.805 / 0.797 / 0.777 /
-0.742 / 0.786 (median 0.786), refined 0.806 / 0.813 / 0.807 / 0.725 / 0.786
-(median 0.806); binarised digits: k-means start 0.760 / 0.753 / 0.736 / 0.702 /
-0.796 (median 0.753), refined 0.777 / 0.740 / 0.725 / 0.696 / 0.764 (median 0.740);
-MNIST-5k seed 0: 0.57 either way. The better start thus does not carry through
-training: both differences are within the spread over seeds.
-
-Measured (CPU, one thread; median over seeds of the test NMI, the worst seed's in
-brackets, and of the clustering accuracy)::
-
-    method       digits                digits-binary         MNIST-5k
-    SAN-GMM      0.806 (0.725) / 0.81  0.740 (0.696) / 0.75  0.592 (0.573) / 0.58
-    SVAE         0.806 (0.735) / 0.79* 0.517 (0.478) / 0.44  not run
-    k-means      0.753 (0.730) / 0.76  0.694 (0.653) / 0.77  0.472 (0.461) / 0.50
-    PCA + BGMM   0.823 (0.817) / 0.85  0.724 (0.717) / 0.76  0.580 (0.580) / 0.53
-    VAE + BGMM   0.811 (0.796) / 0.86  0.700 (0.665) / 0.72  diverged (+)
-
-digits and digits-binary: seeds 0-4; MNIST-5k: seeds 0-1. SAN-GMM keeps all ten
-components in use on every seed of the digits, nine on MNIST-5k. (*) With the k-means
-start (``refine=0``): the SVAE shares SAN's start and was not run again with the refined
-one. The SVAE collapses onto 5-7 components on binarised digits. (+) The two-stage VAE
-(lr 0.01, 500-500 networks) diverged at step 518 of seed 0
-(:class:`~pyro_sin.training.DivergenceError`; the harness reports a diverged method and
-goes on). Targets missed: binarised digits (NMI 0.78) and MNIST-5k (accuracy 0.80, NMI
-0.75). SAN's training keeps the clusters of its start and improves them little (MNIST-5k:
-NMI 0.59 at the start, on the training images).
+Cluster images of handwritten digits with SAN-GMM beside k-means, PCA + Bayesian GMM, a two-stage
+VAE + GMM and the SVAE: ``python examples/digits.py [--data digits-binary|mnist5k] [--seeds 5]``
+(extra ``[data]``; ``--quick`` or ``CI``: a short run). How the recipe was tuned: docs/notes/digits_tuning.rst.
 """
 
-import argparse
-import json
-import os
-import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -70,10 +12,11 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-import pyro
 from pyro.infer import SVI
 
+import harness
 from baselines import KMeansBaseline, PCAGMM, VAEGMM
+from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.datasets.digits import digits, mnist5k
 from pyro_sin.elbo import SINELBO
 from pyro_sin.guide import SVAEGuide
@@ -85,7 +28,7 @@ from pyro_sin.pgm import GaussianMixture
 from plotting import component_colours, new_figure, plot_curves
 from plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
 from pyro_sin.standardize import standardized_autoencoder
-from pyro_sin.training import DivergenceError, fit
+from pyro_sin.training import fit
 
 
 @dataclass(frozen=True)
@@ -109,7 +52,7 @@ METHODS = ("SAN-GMM", "SVAE", "k-means", "PCA+BGMM", "VAE+BGMM")
 
 @dataclass
 class Config:
-    """Settings of one run; the defaults are the measured recipe (see the module's docstring)."""
+    """Settings of one run; the defaults are the measured recipe (docs/notes/digits_tuning.rst)."""
 
     data: str = "digits"
     iterations: int = 2000
@@ -190,11 +133,6 @@ def build_networks(config: Config, train: torch.Tensor):
     )
 
 
-def _fresh(seed: int):
-    pyro.clear_param_store()  # parameters are looked up by name: start from nothing
-    pyro.set_rng_seed(seed)
-
-
 def _svi(config, model, guide, natural_lr):
     return SVI(
         model,
@@ -213,7 +151,7 @@ def train_san(config: Config, split, svae: bool = False, progress: bool = True):
 
     :returns: ``(model, guide, history, seconds)``.
     """
-    _fresh(config.seed)
+    fresh_start(config.seed)
     train, generator = split.train, torch.Generator().manual_seed(config.seed)
     gmm = GaussianMixture(config.num_components, config.latent_dim).to(train)
     encoder, decoder = build_networks(config, train)
@@ -257,7 +195,7 @@ def evaluate_san(model, guide, split, num_samples: int) -> dict:
 
 
 def run_baseline(name: str, config: Config, split, progress: bool = True) -> dict:
-    _fresh(config.seed)
+    fresh_start(config.seed)
     start = time.perf_counter()
     if name == "k-means":
         method = KMeansBaseline(config.num_components, seed=config.seed)
@@ -282,83 +220,56 @@ def run_baseline(name: str, config: Config, split, progress: bool = True) -> dic
     return {**result, "seconds": seconds}
 
 
-def run_seed(config: Config, split, progress: bool = True):
-    """
-    Every method of ``config.methods`` on one seed: ``(rows, (model, guide, history) of SAN, history of the SVAE)``.
+class SAN:
+    """SAN-GMM (or the SVAE, ``svae=True``) in the harness's protocol (:class:`harness.Method`)."""
 
-    A method whose training diverges (:class:`~pyro_sin.training.DivergenceError`) is reported
-    with ``{"diverged": 1}`` and a warning, and the others go on.
-    """
-    rows, san, svae_history = {}, None, None
-    for name in config.methods:
-        try:
-            if name in ("SAN-GMM", "SVAE"):
-                model, guide, history, seconds = train_san(config, split, svae=name == "SVAE", progress=progress)
-                rows[name] = {
-                    **evaluate_san(model, guide, split, config.test_samples),
-                    "components_in_use": history.components[-1] if history.components else None,
-                    "seconds": seconds,
-                }
-                if name == "SAN-GMM":
-                    san = (model, guide, history)
-                else:
-                    svae_history = history
-            else:
-                rows[name] = run_baseline(name, config, split, progress)
-        except DivergenceError as error:  # one method's failure is a result, not the end of the experiment
-            warnings.warn(str(error), RuntimeWarning)
-            rows[name] = {"diverged": 1}
-    return rows, san, svae_history
+    def __init__(self, config: Config, svae: bool = False):
+        self.config, self.svae, self.name = config, svae, "SVAE" if svae else "SAN-GMM"
+
+    def train(self, split, seed: int, progress: bool = True) -> Trained:
+        config = replace(self.config, seed=seed)
+        model, guide, history, seconds = train_san(config, split, svae=self.svae, progress=progress)
+        metrics = {
+            **evaluate_san(model, guide, split, config.test_samples),
+            "components_in_use": history.components[-1] if history.components else None,
+            "seconds": seconds,
+        }
+        return Trained(metrics, history, (model, guide))
+
+
+class Baseline:
+    """A clustering baseline (:func:`run_baseline`) in the harness's protocol."""
+
+    def __init__(self, name: str, config: Config):
+        self.name, self.config = name, config
+
+    def train(self, split, seed: int, progress: bool = True) -> Trained:
+        return Trained(run_baseline(self.name, replace(self.config, seed=seed), split, progress))
+
+
+def methods(config: Config):
+    """The methods of ``config.methods``."""
+    return [
+        SAN(config, svae=name == "SVAE") if name in ("SAN-GMM", "SVAE") else Baseline(name, config)
+        for name in config.methods
+    ]
 
 
 COLUMNS = ("nmi", "ari", "accuracy", "clusters_used", "test_log_likelihood", "reconstruction_error", "seconds")
-
-
-def _cell(value, stderr=None):
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4g}" + (f" ± {stderr:.2g}" if stderr is not None else "")
-
-
-def markdown_table(rows: Dict[str, dict], columns=COLUMNS, label="method") -> str:
-    """
-    One row per entry; a column ``c`` with a ``c_stderr`` shows it after ``±``; the
-    column ``diverged`` is added where a method diverged.
-    """
-    if any(row.get("diverged") for row in rows.values()) and "diverged" not in columns:
-        columns = tuple(columns) + ("diverged",)
-    lines = [f"| {label} | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, row in rows.items():
-        cells = [_cell(row.get(c), row.get(f"{c}_stderr")) for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+COLUMNS += ("diverged",)  # shown where a method diverged
 
 
 def median_rows(per_seed: Dict[int, Dict[str, dict]]) -> Dict[str, dict]:
     """
-    The median over seeds of every metric of every method, with the worst NMI (``nmi_min``);
-    seeds on which a method diverged are left out of its medians and counted in ``diverged``.
+    :func:`harness.median_rows` (seeds on which a method diverged left out and counted in
+    ``diverged``), with the fewest clusters used and the worst NMI (``nmi_min``) over seeds.
     """
-    methods = next(iter(per_seed.values())).keys()
-    medians = {}
-    for method in methods:
-        rows = [seed_rows[method] for seed_rows in per_seed.values()]
-        diverged = sum(1 for row in rows if row.get("diverged"))
-        rows = [row for row in rows if not row.get("diverged")]
-        if not rows:
-            medians[method] = {"diverged": diverged}
-            continue
-        medians[method] = {
-            key: statistics.median(row[key] for row in rows)
-            for key in rows[0]
-            if key != "clusters_used" and all(isinstance(row.get(key), (int, float)) for row in rows)
-        }
-        medians[method]["clusters_used"] = min(row["clusters_used"] for row in rows)
-        medians[method]["nmi_min"] = min(row["nmi"] for row in rows)
-        if diverged:
-            medians[method]["diverged"] = diverged
+    medians = harness.median_rows(list(per_seed.values()))
+    for method, median in medians.items():
+        rows = [seed_rows[method] for seed_rows in per_seed.values() if not seed_rows[method].get("diverged")]
+        if rows:
+            median["clusters_used"] = min(row["clusters_used"] for row in rows)
+            median["nmi_min"] = min(row["nmi"] for row in rows)
     return medians
 
 
@@ -370,7 +281,7 @@ def latent_means(guide, y) -> torch.Tensor:
 
 
 @torch.no_grad()
-def write_figures(out: Path, config: Config, split, model, guide, histories, samples_per_component: int = 10):
+def write_figures(results: Results, config: Config, split, model, guide, histories, samples_per_component: int = 10):
     """
     ``component_means.png`` (the decoded mean of each component), ``component_samples.png``
     (decoded samples of each component, a row each), ``embedding.png`` (the test set's latent
@@ -383,7 +294,7 @@ def write_figures(out: Path, config: Config, split, model, guide, histories, sam
     K = len(weights)
     fig = new_figure(width=min(1.1 * K, 14), height=2.0)
     plot_component_means(fig.axes[0], model.component_means(guide), weights, shape, f"SAN-GMM on {config.data}: decoded component means (id: weight)")
-    fig.savefig(out / "component_means.png", dpi=150)
+    results.figure(fig, "component_means.png")
 
     ids = order.repeat_interleave(samples_per_component)
     samples, _, _ = model.generate(guide, component_ids=ids.to(weights.device))
@@ -394,7 +305,7 @@ def write_figures(out: Path, config: Config, split, model, guide, histories, sam
         label_colours=[component_colours(K)[int(k)] for k in order],
         title="samples of each component (decoder means)",
     )
-    fig.savefig(out / "component_samples.png", dpi=150)
+    results.figure(fig, "component_samples.png")
 
     points = latent_means(guide, split.test)
     clusters = model.cluster(guide, split.test)
@@ -405,65 +316,49 @@ def write_figures(out: Path, config: Config, split, model, guide, histories, sam
     fig = new_figure(ncols=2, width=4.5, height=4.5)
     plot_embedding(fig.axes[0], xy, clusters, K, f"test set by SAN cluster ({how} of latent means)")
     plot_embedding(fig.axes[1], xy, split.test_labels, 10, "test set by true digit", labels=split.test_labels)
-    fig.savefig(out / "embedding.png", dpi=150)
+    results.figure(fig, "embedding.png")
 
     fig = new_figure()
     curves = {name: (h.eval_steps, [e["nmi"] for e in h.evals]) for name, h in histories.items() if h is not None}
     plot_curves(fig.axes[0], curves, ylabel="test NMI", log=False)
     fig.axes[0].set_title(f"{config.data}: test NMI during training (after pre-training)")
-    fig.savefig(out / "nmi.png", dpi=150)
+    results.figure(fig, "nmi.png")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=sorted(DATASETS), default="digits")
-    parser.add_argument("--seeds", type=int, default=1, help="run seeds 0 .. N-1 (default 1)")
-    parser.add_argument("--iterations", type=int, help="training iterations after pre-training (default 2000)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, help="a subset of the methods (default all)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    parser.add_argument("--out", type=Path, help="default results/<data>")
-    parser.add_argument("--quick", action="store_true", help="a short run on a slice (also when CI is set)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    quick = args.quick or "CI" in os.environ
+    command = parser(__doc__, None, seeds=1, iterations=None, methods=METHODS)
+    command.add_argument("--data", choices=sorted(DATASETS), default="digits")
+    args = command.parse_args(argv)
     overrides = {"data": args.data}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
     if args.methods:
         overrides["methods"] = tuple(args.methods)
-    config = Config.quick(**overrides) if quick else Config(**overrides)
-    out = args.out or Path("results") / args.data
-    out.mkdir(parents=True, exist_ok=True)
-    progress = not args.no_progress
+    config = Config.quick(**overrides) if args.quick else Config(**overrides)
+    results = Results(args.out or Path("results") / args.data)
     device = torch.device(args.device)
 
-    split = load_data(config)
-    split = split._replace(train=split.train.to(device), test=split.test.to(device))
-    split = split._replace(train_labels=split.train_labels.to(device), test_labels=split.test_labels.to(device))
+    split = on_device(load_data(config), device)
     per_seed, figures = {}, None
     for seed in range(args.seeds):
-        seeded = replace(config, seed=seed)
-        rows, san, svae_history = run_seed(seeded, split, progress)
-        per_seed[seed] = rows
-        print(f"\n{config.data}, seed {seed}:\n{markdown_table(rows)}", flush=True)
-        if seed == 0 and san is not None:
-            figures = (san, svae_history)
+        trained = compare(methods(config), split, seed, args.progress)
+        per_seed[seed] = {name: t.metrics for name, t in trained.items()}
+        print(f"\n{config.data}, seed {seed}:\n{markdown_table(per_seed[seed], COLUMNS)}", flush=True)
+        if seed == 0 and "SAN-GMM" in trained and trained["SAN-GMM"].model is not None:
+            svae = trained.get("SVAE")
+            figures = (trained["SAN-GMM"], svae.history if svae is not None else None)
     medians = median_rows(per_seed)
-    title = f"{config.data}: median over {args.seeds} seed(s)"
-    table = markdown_table(medians, COLUMNS + ("nmi_min",))
-    print(f"\n{title}\n{table}")
-    seed_tables = "\n\n".join(f"Seed {seed}:\n\n{markdown_table(rows)}" for seed, rows in per_seed.items())
-    (out / "metrics.md").write_text(f"{title}\n\n{table}\n\n{seed_tables}\n")
-    (out / "metrics.json").write_text(
-        json.dumps({"config": asdict(config), "seeds": args.seeds, "device": str(device), "median": medians,
-                    "per_seed": per_seed}, indent=2)
+    seed_tables = [f"Seed {seed}:\n\n{markdown_table(rows, COLUMNS)}" for seed, rows in per_seed.items()]
+    results.write(
+        f"{config.data}: median over {args.seeds} seed(s)",
+        [markdown_table(medians, COLUMNS + ("nmi_min",)), *seed_tables],
+        {"config": asdict(config), "seeds": args.seeds, "device": str(device), "median": medians, "per_seed": per_seed},
     )
     if figures is not None:
-        (model, guide, history), svae_history = figures
+        san, svae_history = figures
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # matplotlib's layout notes on tiny figures
-            write_figures(out, config, split, model, guide, {"SAN-GMM": history, "SVAE": svae_history})
-    print(f"figures and metrics written to {out}/")
+            write_figures(results, config, split, *san.model, {"SAN-GMM": san.history, "SVAE": svae_history})
     return medians, per_seed
 
 

@@ -19,7 +19,7 @@ from sequence_harness import Config, SequenceTask, experiment_main
 # the switching LDS's regime allocation is still changing at 500 steps (docs/mathematics.rst)
 CONFIG = Config(latent_dim=2, num_states=4, max_iterations=1500, eval_every=300, seconds=1800.0)
 QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)
-NUM_STEPS, HORIZON, GAP = 100, 10, (45, 55)
+NUM_STEPS, HORIZON = 100, 10
 
 
 def make_task(config: Config, quick: bool = False) -> SequenceTask:

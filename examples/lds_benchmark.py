@@ -18,22 +18,18 @@ slack below it::
 ``--quick`` (or the environment variable ``CI``) shrinks the run.
 """
 
-import argparse
-import json
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI
 
+from harness import Results, Trained, compare, fresh_start, markdown_table, parser
 from pyro_sin.datasets import lds_benchmark_settings, linear_gaussian_benchmark
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentSequence
@@ -42,7 +38,6 @@ from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import LDSParams
 from pyro_sin.training import DivergenceError, fit
-from sequence_harness import markdown_table
 
 TARGET = dict(latent_dim=3, emission_dim=5, emission_noise=1.0, dynamics_noise=0.1, num_sequences=100)
 
@@ -122,8 +117,7 @@ def linear_gaussian_log_likelihood(
 
 def run_setting(config: Config, setting: dict, progress: bool = True) -> dict:
     """Trains SAN-LDS on one benchmark setting; returns the per-element numbers."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
+    fresh_start(config.seed)
     data = linear_gaussian_benchmark(num_steps=config.num_steps, seed=config.seed, system_seed=config.seed, **setting)
     N, T, P = data.frames.shape
     D = setting["latent_dim"]
@@ -193,7 +187,20 @@ def run_setting_with_backoff(config: Config, setting: dict, progress: bool = Tru
             config = replace(config, lr=config.lr / 3)
 
 
-COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack", "lr", "seconds")
+class SANLDS:
+    """SAN-LDS on a benchmark setting (the task), in the harness's protocol; :func:`run_setting_with_backoff`."""
+
+    name = "SAN-LDS"
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def train(self, setting: dict, seed: int, progress: bool = True) -> Trained:
+        return Trained(run_setting_with_backoff(replace(self.config, seed=seed), setting, progress))
+
+
+COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack")
+COLUMNS += ("lr", "seconds", "diverged")
 
 
 def _label(row):
@@ -204,45 +211,31 @@ def _label(row):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", action="store_true", help="every setting of LDS_BENCHMARK_GRID")
-    parser.add_argument("--iterations", type=int)
-    parser.add_argument("--factor", choices=["tied", "free"], default="tied")
-    parser.add_argument("--encoder-hidden", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("results/lds_benchmark"))
-    parser.add_argument("--device", default="cpu", help="where to train: cpu, cuda or cuda:N")
-    parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
+    command = parser(__doc__, "results/lds_benchmark", seed=0, iterations=None)
+    command.add_argument("--grid", action="store_true", help="every setting of LDS_BENCHMARK_GRID")
+    command.add_argument("--factor", choices=["tied", "free"], default="tied")
+    command.add_argument("--encoder-hidden", type=int, default=0)
+    args = command.parse_args(argv)
     overrides = {"factor": args.factor, "encoder_hidden": args.encoder_hidden, "seed": args.seed, "device": args.device}
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
-    quick = args.quick or "CI" in os.environ
-    config = Config.quick(**overrides) if quick else Config(**overrides)
+    config = Config.quick(**overrides) if args.quick else Config(**overrides)
     settings = list(lds_benchmark_settings()) if args.grid else [TARGET]
-    if quick and args.grid:
+    if args.quick and args.grid:
         settings = settings[:2]
-    progress = not args.no_progress
+    results = Results(args.out)
     rows = {}
-    for setting in tqdm(settings, desc="settings", disable=not progress or len(settings) == 1):
-        row = run_setting_with_backoff(config, setting, progress)
+    for setting in tqdm(settings, desc="settings", disable=not args.progress or len(settings) == 1):
+        row = compare([SANLDS(config)], setting, config.seed, args.progress)[SANLDS.name].metrics
         rows[_label(row)] = row
         outcome = "diverged" if "diverged" in row else f"gap {row['gap']:.4f} nats per element"
         print(f"{_label(row)}: {outcome} (lr {row['lr']:.3g})", flush=True)
-    table = markdown_table(rows, COLUMNS)
     title = "Synthetic LDS benchmark: SAN-LDS bound per data element against the exact log-likelihood"
-    args.out.mkdir(parents=True, exist_ok=True)
-    text = (
-        f"# {title}\n\n{table}\n\ngap = exact − ELBO; model_gap = exact − learned model's exact LL; "
-        f"bound_slack = learned model's LL − ELBO (all nats per data element, training sequences).\n\n"
-        f"Settings: `{json.dumps(asdict(config))}`\n"
+    notes = (
+        "gap = exact − ELBO; model_gap = exact − learned model's exact LL; "
+        "bound_slack = learned model's LL − ELBO (all nats per data element, training sequences)."
     )
-    (args.out / "metrics.md").write_text(text)
-    (args.out / "metrics.json").write_text(json.dumps({"title": title, "config": asdict(config), "rows": rows}, indent=2))
-    print(f"\n{table}\nwritten to {args.out}/")
+    results.write(title, [markdown_table(rows, COLUMNS), notes], {"title": title, "config": asdict(config), "rows": rows})
     return rows
 
 

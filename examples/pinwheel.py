@@ -5,15 +5,16 @@ with the same networks; print the metrics and write the figures::
     python examples/pinwheel.py --out results/pinwheel [--device cuda]
     python examples/pinwheel.py --nproc 2     # SAN in 2 processes (or under torchrun)
 
-``--quick`` (or the environment variable ``CI``) shrinks the run.
+``--quick`` (or the environment variable ``CI``) shrinks the run. The settings
+(:class:`Config`), networks and methods here are also those of ``paper.py``.
 """
 
-import argparse
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,22 +24,29 @@ import pyro
 from pyro.infer import SVI, Trace_ELBO
 
 from baselines import VAE
+from harness import Results, Trained, compare, fit_evaluating_at, fresh_start, markdown_table, on_device, parser
+from plotting import new_figure, plot_curves, plot_generative_samples
 from pyro_sin.datasets import pinwheel
+from pyro_sin.distributed import world
 from pyro_sin.elbo import SINELBO
+from pyro_sin.evaluation import Estimate
+from pyro_sin.guide import SVAEGuide
+from pyro_sin.initialization import warmup_schedule
 from pyro_sin.metrics import cluster_purity, normalized_mutual_info
 from pyro_sin.models import DeepLatentMixture
-from pyro_sin.initialization import warmup_schedule
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.optim import NaturalAdam
-from pyro_sin.pgm import GaussianMixture
-from plotting import new_figure, plot_curves, plot_generative_samples
+from pyro_sin.pgm import GaussianMixture, StudentTMixture
 from pyro_sin.standardize import standardized_autoencoder
-from pyro_sin.training import fit
+from pyro_sin.training import History, components_in_use, fit
 
 
 @dataclass
 class Config:
-    """The paper's pinwheel settings (docs/mathematics.rst, *Evaluation and the paper's settings*)."""
+    """
+    The paper's pinwheel settings (docs/mathematics.rst, *Evaluation and the paper's settings*):
+    the one definition of the deep methods' settings, which ``paper.py`` extends per data set.
+    """
 
     iterations: int = 2000
     num_components: int = 10
@@ -47,31 +55,59 @@ class Config:
     batch_size: int = 100
     lr: float = 0.01
     natural_lr: float = 0.1
+    natural_decay: float = 1.0  # β_t = natural_lr · natural_decay^(t / 1000) after the warm-up
     num_particles: int = 10
-    test_samples: int = 100
-    curve_samples: int = 10
-    eval_every: int = 50
     factor: str = "tied"
     decoder_estimator: str = "sample"
+    student_t_df: float = 5.0  # the Student-t mixture's degrees of freedom (SAN-TMM)
     init: str = "standardized"  # "mirrored" (raw data units) or "independent": the paper code's random shortcuts
     # "standardized" networks (measured in issue 7; all relative to the data's spread):
     spread: float = 5.0  # spread of the networks' inputs and outputs
     min_scale: float = 0.01  # the Gaussian decoder's floor
     init_noise: float = 0.135  # initial posterior and decoder spread (one unit of the paper's pinwheel)
+    decoder_body_gain: Optional[float] = None  # LeCun-scaled hidden layers in the decoder (pyro_sin.nn.TwoHeadedMLP)
     warmup: int = 200  # steps before the natural step moves the mixture components
     component_init: str = "kmeans"  # components on the encoded data, or "random"
+    # evaluation
+    test_samples: int = 100
+    curve_samples: int = 10
+    eval_every: int = 50
     seed: int = 0
     data_seed: int = 0
+    device: str = "cpu"
 
     @classmethod
     def quick(cls, **kwargs):
         return cls(**{"iterations": 200, "eval_every": 50, "test_samples": 20, "warmup": 50, **kwargs})
 
 
+class NaturalSchedule:
+    r"""``β_t = 0`` for ``t <`` warm-up, then ``natural_lr · decay^(t / 1000)``."""
+
+    def __init__(self, natural_lr: float, decay: float = 1.0, warmup: int = 0):
+        if not (0 < natural_lr <= 1 and 0 < decay <= 1 and warmup >= 0):
+            raise ValueError("need 0 < natural_lr <= 1, 0 < decay <= 1 and warmup >= 0")
+        self.natural_lr, self.decay, self.warmup = natural_lr, decay, warmup
+
+    def __call__(self, step: int) -> float:
+        return 0.0 if step < self.warmup else self.natural_lr * math.pow(self.decay, step / 1000)
+
+
+def natural_schedule(config: Config, warmup: bool = True) -> NaturalSchedule:
+    """The natural step of ``config``, held at 0 for ``config.warmup`` steps unless ``warmup=False``."""
+    return NaturalSchedule(config.natural_lr, config.natural_decay, config.warmup if warmup else 0)
+
+
+# ----- the models ------------------------------------------------------------------------------
+
+
 def build_networks(config: Config, train: torch.Tensor):
-    """The encoder and decoder, the same for SAN and the VAE."""
+    """The encoder and decoder, the same for SAN, the SVAE and the VAE."""
     data_dim, hidden = train.shape[-1], (config.hidden,) * 2
+    if config.decoder_body_gain is not None and config.init != "standardized":
+        raise ValueError("decoder_body_gain needs the standardized networks")
     if config.init == "standardized":
+        gain = {} if config.decoder_body_gain is None else {"body_gain": config.decoder_body_gain}
         encoder, decoder = standardized_autoencoder(
             train,
             config.latent_dim,
@@ -79,6 +115,7 @@ def build_networks(config: Config, train: torch.Tensor):
             spread=config.spread,
             min_scale=config.min_scale,
             init_noise=config.init_noise,
+            **gain,
         )
     elif config.init == "mirrored":
         encoder, decoder = mirrored_autoencoder(
@@ -92,214 +129,298 @@ def build_networks(config: Config, train: torch.Tensor):
     return encoder.to(train.device), decoder.to(train.device)
 
 
-def build_san(config: Config, train: torch.Tensor):
-    """The deep latent GMM, its SIN guide (components on the encoded data) and the SVI object."""
-    gmm = GaussianMixture(config.num_components, config.latent_dim).to(train.device)
+def build_san(config: Config, train: torch.Tensor, mixture: str = "gmm", svae: bool = False):
+    """
+    The deep latent mixture, its guide (components on the encoded data) and the SVI object.
+
+    :param str mixture: ``"gmm"`` (Gaussian) or ``"tmm"`` (Student-t, whose components
+        are learned by Adam: start them at random, ``component_init="random"``).
+    :param bool svae: the SVAE's guide instead of SAN's SIN guide.
+    :returns: ``(model, guide, svi)``.
+    """
+    K, D = config.num_components, config.latent_dim
+    if mixture == "gmm":
+        prior = GaussianMixture(K, D)
+    elif mixture == "tmm":
+        prior = StudentTMixture(K, D, df=config.student_t_df)
+    else:
+        raise ValueError(f"unknown mixture {mixture!r}; choose 'gmm' or 'tmm'")
+    prior = prior.to(train.device)
     encoder, decoder = build_networks(config, train)
-    model = DeepLatentMixture(gmm, decoder, len(train))
+    model = DeepLatentMixture(prior, decoder, len(train))
     if config.component_init == "kmeans":
-        init_natural = gmm.encoded_start(encoder, train, torch.Generator().manual_seed(config.seed))
+        if mixture != "gmm":
+            raise ValueError("k-means components need a Gaussian mixture (the Student-t components are learned by Adam)")
+        init_natural = prior.encoded_start(encoder, train, torch.Generator().manual_seed(config.seed))
     elif config.component_init == "random":
         init_natural = None
     else:
         raise ValueError(f"unknown component_init {config.component_init!r}")
-    guide = model.make_guide(encoder, factor=config.factor, init_natural=init_natural)
-    natural_lr = warmup_schedule(config.natural_lr, config.warmup) if config.warmup else config.natural_lr
+    if svae:
+        guide = SVAEGuide(model, prior, encoder, create_plates=model.create_plates, init_natural=init_natural)
+    else:
+        guide = model.make_guide(encoder, factor=config.factor, init_natural=init_natural)
     svi = SVI(
         model,
         guide,
-        NaturalAdam({"lr": config.lr}, natural_lr=natural_lr),
-        SINELBO(
-            num_particles=config.num_particles,
-            decoder_estimator=config.decoder_estimator,
-            max_plate_nesting=1,
-        ),
+        NaturalAdam({"lr": config.lr}, natural_lr=natural_schedule(config)),
+        SINELBO(num_particles=config.num_particles, decoder_estimator=config.decoder_estimator, max_plate_nesting=1),
     )
     return model, guide, svi
 
 
 def build_vae(config: Config, train: torch.Tensor):
+    """A plain VAE with the same networks as SAN: ``(vae, svi)``."""
     vae = VAE(*build_networks(config, train), len(train))
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     return vae, SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": config.lr}), elbo)
 
 
-def _train(config: Config, split, svi, test_mse, desc, progress):
-    """Minibatch training with a test-MSE curve; returns the history and seconds per step (evaluations excluded)."""
-    history = fit(
-        svi,
-        split.train,
-        iterations=config.iterations,
-        batch_size=config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed),
-        evaluate=lambda: {"test_mse": test_mse(split.test, config.curve_samples)},
-        eval_every=config.eval_every,
-        progress=progress,
-        desc=f"{desc} seed {config.seed}",
-    )
-    seconds = history.eval_seconds[-1] / config.iterations if history.eval_seconds else float("nan")  # rank > 0
-    return history, seconds
+class TrainedMixture:
+    """A trained deep latent mixture (SAN or the SVAE) and its guide, behind the scores of the pinwheel experiments."""
+
+    def __init__(self, model: DeepLatentMixture, guide, config: Config):
+        self.model, self.guide, self.config = model, guide, config
+
+    def test_mse(self, y, num_samples) -> float:
+        return self.model.test_mse(self.guide, y, num_samples)
+
+    def reconstruction_error(self, y, num_samples) -> Estimate:
+        return self.model.reconstruction_error(self.guide, y, num_samples)
+
+    def log_likelihood(self, y, num_samples) -> Estimate:
+        return self.model.log_likelihood(self.guide, y, num_samples)
+
+    def cluster(self, y):
+        return self.model.cluster(self.guide, y)
+
+    def components_in_use(self):
+        return components_in_use(self.guide)
+
+    def generate(self, num_samples):
+        """``(samples, components, weights)``."""
+        return self.model.generate(self.guide, num_samples)
+
+    def impute(self, y, observed, num_samples):
+        return self.model.impute(self.guide, y, observed, num_samples).values
 
 
-def _fresh(config: Config):
-    pyro.clear_param_store()  # parameters are looked up by name: start from nothing
-    pyro.set_rng_seed(config.seed)
+class TrainedVAE:
+    """A trained :class:`~baselines.VAE` behind the same scores (no clusters)."""
+
+    def __init__(self, vae: VAE, config: Config):
+        self.vae, self.config = vae, config
+
+    def test_mse(self, y, num_samples) -> float:
+        return self.vae.test_mse(y, num_samples)
+
+    def reconstruction_error(self, y, num_samples) -> Estimate:
+        return self.vae.reconstruction_error(y, num_samples)
+
+    def log_likelihood(self, y, num_samples) -> Estimate:
+        return self.vae.log_likelihood(y, num_samples)
+
+    def cluster(self, y):
+        return None
+
+    def components_in_use(self):
+        return None
+
+    @torch.no_grad()
+    def generate(self, num_samples):
+        like = next(self.vae.decoder.parameters())  # the prior's dtype and device
+        mean = self.vae.decoder.distribution(self.vae.prior(like).sample((num_samples,))).mean
+        return mean, torch.zeros(num_samples, dtype=torch.long, device=mean.device), mean.new_ones(1)
+
+    def impute(self, y, observed, num_samples):
+        return self.vae.impute(y, observed, num_samples).values
+
+
+def san(config: Config, train: torch.Tensor, mixture: str = "gmm", svae: bool = False):
+    """SAN (or the SVAE) for :class:`PinwheelMethod`: ``(trained model, svi)``."""
+    model, guide, svi = build_san(config, train, mixture, svae)
+    return TrainedMixture(model, guide, config), svi
+
+
+def vae(config: Config, train: torch.Tensor):
+    """The VAE for :class:`PinwheelMethod`: ``(trained model, svi)``."""
+    model, svi = build_vae(config, train)
+    return TrainedVAE(model, config), svi
+
+
+# ----- the methods -------------------------------------------------------------------------
+
+
+def pinwheel_metrics(trained, split, config: Config):
+    """Test MSE and log-likelihood, and for a mixture the purity and NMI of its clusters: ``(metrics, None)``."""
+    clusters = trained.cluster(split.test)
+    metrics = {
+        "test_mse": trained.test_mse(split.test, config.test_samples),
+        "test_log_likelihood": trained.log_likelihood(split.test, config.test_samples).mean,
+    }
+    if clusters is not None:
+        metrics["purity"] = cluster_purity(clusters, split.test_labels)
+        metrics["nmi"] = normalized_mutual_info(clusters, split.test_labels)
+    return metrics, None
+
+
+class PinwheelMethod:
+    """
+    A method of the pinwheel experiments (this script's and ``paper.py``'s), in the harness's
+    protocol: built afresh by ``build(config, train) -> (trained model, svi)``, trained by
+    :func:`~pyro_sin.training.fit` with the test MSE as its curve, scored by
+    ``score(trained model, split, config) -> (metrics, per-point scores)``.
+
+    :param eval_steps: ``iterations -> steps`` at which the curve is evaluated; default
+        every ``config.eval_every`` steps.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        build: Callable,
+        score: Callable = pinwheel_metrics,
+        eval_steps: Optional[Callable[[int], Sequence[int]]] = None,
+    ):
+        self.name, self.config, self.builder, self.score, self.eval_steps = name, config, build, score, eval_steps
+
+    def build(self, train, seed: int):
+        """The untrained model and its trainer, built from nothing with ``seed``."""
+        fresh_start(seed)
+        return self.builder(replace(self.config, seed=seed), train)
+
+    def fit(self, split, seed: int, progress: bool = True):
+        """Trains from scratch: ``(trained model, history, seconds per step)``, the time without evaluations."""
+        config = replace(self.config, seed=seed)
+        model, svi = self.build(split.train, seed)
+        options = dict(
+            iterations=config.iterations,
+            batch_size=config.batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            progress=progress,
+            desc=f"{self.name} seed {seed}",
+        )
+
+        def evaluate():
+            return {"test_mse": model.test_mse(split.test, config.curve_samples)}
+
+        if self.eval_steps is None:
+            history = fit(svi, split.train, evaluate=evaluate, eval_every=config.eval_every, **options)
+        else:
+            history = fit_evaluating_at(svi, split.train, self.eval_steps(config.iterations), evaluate, **options)
+        # in a process group only rank 0 evaluates, and so records the time
+        seconds = history.eval_seconds[-1] / max(config.iterations, 1) if history.eval_seconds else math.nan
+        return model, history, seconds
+
+    def train(self, split, seed: int, progress: bool = True) -> Trained:
+        model, history, seconds = self.fit(split, seed, progress)
+        if world()[0] != 0:  # rank 0 scores
+            return Trained({}, history, model)
+        metrics, per_point = self.score(model, split, replace(self.config, seed=seed))
+        return Trained({**metrics, "ms_per_step": 1e3 * seconds}, history, model, per_point)
 
 
 def train_san(config: Config, split, progress=True):
-    """:returns: ``(model, guide, history, seconds per step)``."""
-    _fresh(config)
-    model, guide, svi = build_san(config, split.train)
-    history, seconds = _train(
-        config, split, svi, lambda y, n: model.test_mse(guide, y, n), "SAN-GMM", progress
-    )
-    return model, guide, history, seconds
+    """SAN-GMM with ``config.seed``: ``(model, guide, history, seconds per step)``."""
+    trained, history, seconds = PinwheelMethod("SAN-GMM", config, san).fit(split, config.seed, progress)
+    return trained.model, trained.guide, history, seconds
 
 
-def train_vae(config: Config, split, progress=True):
-    """:returns: ``(vae, history, seconds per step)``."""
-    _fresh(config)
-    vae, svi = build_vae(config, split.train)
-    history, seconds = _train(config, split, svi, vae.test_mse, "VAE", progress)
-    return vae, history, seconds
+# ----- the experiment ----------------------------------------------------------------------
 
 
-def evaluate_san(model, guide, split, num_samples):
-    clusters = model.cluster(guide, split.test)
-    return {
-        "test_mse": model.test_mse(guide, split.test, num_samples),
-        "test_log_likelihood": model.test_log_likelihood(guide, split.test, num_samples),
-        "purity": cluster_purity(clusters, split.test_labels),
-        "nmi": normalized_mutual_info(clusters, split.test_labels),
-    }
+def _curve(history: History):
+    return [history.eval_steps, [e["test_mse"] for e in history.evals]]
 
 
-def evaluate_vae(vae, split, num_samples):
-    return {
-        "test_mse": vae.test_mse(split.test, num_samples),
-        "test_log_likelihood": vae.test_log_likelihood(split.test, num_samples),
-    }
-
-
-def markdown_table(rows, columns):
-    lines = ["| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for name, row in rows.items():
-        cells = [f"{row[c]:.4g}" if isinstance(row.get(c), float) else "—" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_figures(out: Path, split, model, guide, san_history, vae_history=None, num_samples=3000):
-    samples, components, weights = model.generate(guide, num_samples)
+def write_figures(results: Results, split, san: TrainedMixture, curves, num_samples=3000):
+    samples, components, weights = san.generate(num_samples)
     fig = new_figure()
     plot_generative_samples(
         fig.axes[0], split.train, samples, components, weights, "SAN-GMM: samples of the learned model"
     )
-    fig.savefig(out / "generative_samples.png", dpi=150)
+    results.figure(fig, "generative_samples.png")
     fig = new_figure()
-    curves = {"SAN-GMM": (san_history.eval_steps, [e["test_mse"] for e in san_history.evals])}
-    if vae_history is not None:
-        curves["VAE"] = (vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals])
     plot_curves(fig.axes[0], curves)
     fig.axes[0].set_title("Pinwheel: test MSE")
-    fig.savefig(out / "test_mse.png", dpi=150)
+    results.figure(fig, "test_mse.png")
 
 
-def _on(split, device):
-    return split._replace(**{k: v.to(device) for k, v in split._asdict().items()})
-
-
-def run(config: Config, out: Path, device="cpu", progress=True, rank=0, world_size=1):
+def run(config: Config, results: Results, progress=True, rank=0, world_size=1):
     """
     Trains, evaluates and writes the outputs. In a process group of ``world_size``
     (``--nproc`` or ``torchrun``) every process trains SAN on its share of each
     minibatch of ``config.batch_size`` and rank 0 evaluates and writes; the VAE
     baseline is trained by a single process only.
     """
-    split = _on(pinwheel(seed=config.data_seed), device)
+    split = on_device(pinwheel(seed=config.data_seed), config.device)
     per_process = replace(config, batch_size=config.batch_size // world_size)
-    model, guide, san_history, san_step = train_san(per_process, split, progress and rank == 0)
+    methods = [PinwheelMethod("SAN-GMM", per_process, san)]
+    if world_size == 1:
+        methods.append(PinwheelMethod("VAE", config, vae))
+    trained = compare(methods, split, config.seed, progress and rank == 0, keep_going=False)
     if rank != 0:
         return None
-    rows = {"SAN-GMM": {**evaluate_san(model, guide, split, config.test_samples), "ms_per_step": 1e3 * san_step}}
-    curves = {"SAN-GMM": [san_history.eval_steps, [e["test_mse"] for e in san_history.evals]]}
-    vae_history = None
-    if world_size == 1:
-        vae, vae_history, vae_step = train_vae(config, split, progress)
-        rows["VAE"] = {**evaluate_vae(vae, split, config.test_samples), "ms_per_step": 1e3 * vae_step}
-        curves["VAE"] = [vae_history.eval_steps, [e["test_mse"] for e in vae_history.evals]]
-    columns = ["test_mse", "test_log_likelihood", "purity", "nmi", "ms_per_step"]
-    table = markdown_table(rows, columns)
-    where = f"{world_size} processes" if world_size > 1 else device
-    print(f"\nPinwheel after {config.iterations} iterations (seed {config.seed}, {where}):\n{table}")
-    write_figures(out, split, model, guide, san_history, vae_history)
-    (out / "metrics.md").write_text(table + "\n")
-    settings = {**asdict(config), "device": str(device), "processes": world_size}
-    (out / "metrics.json").write_text(json.dumps({"config": settings, "metrics": rows, "curves": curves}, indent=2))
-    print(f"figures and metrics written to {out}/")
+    rows = {name: t.metrics for name, t in trained.items()}
+    curves = {name: _curve(t.history) for name, t in trained.items()}
+    table = markdown_table(rows, ["test_mse", "test_log_likelihood", "purity", "nmi", "ms_per_step"])
+    where = f"{world_size} processes" if world_size > 1 else config.device
+    write_figures(results, split, trained["SAN-GMM"].model, curves)
+    settings = {**asdict(config), "processes": world_size}
+    results.write(
+        f"Pinwheel after {config.iterations} iterations (seed {config.seed}, {where})",
+        [table],
+        {"config": settings, "metrics": rows, "curves": curves},
+    )
     return rows
 
 
-def _process(rank, world_size, init_file, config, out, device, progress):
+def _process(rank, world_size, init_file, config, results, progress):
     """One process of a ``--nproc`` run."""
-    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+    backend = "nccl" if torch.device(config.device).type == "cuda" else "gloo"
     if backend == "nccl":
-        device = f"cuda:{rank % torch.cuda.device_count()}"
+        config = replace(config, device=f"cuda:{rank % torch.cuda.device_count()}")
     dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        run(config, out, device, progress, rank, world_size)
+        run(config, results, progress, rank, world_size)
     finally:
         dist.destroy_process_group()
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, help="training iterations (default 2000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--factor", choices=["tied", "free"], default="tied")
-    parser.add_argument("--decoder-estimator", choices=["sample", "enumerate"], default="sample")
-    parser.add_argument("--init", choices=["standardized", "mirrored", "independent"], default="standardized")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument(
+    command = parser(__doc__, "results/pinwheel", seed=0, iterations=None)
+    command.add_argument("--factor", choices=["tied", "free"], default="tied")
+    command.add_argument("--decoder-estimator", choices=["sample", "enumerate"], default="sample")
+    command.add_argument("--init", choices=["standardized", "mirrored", "independent"], default="standardized")
+    command.add_argument(
         "--nproc", type=int, default=1, help="train SAN in N processes (torch.distributed: gloo on CPU, nccl on CUDA)"
     )
-    parser.add_argument("--out", type=Path, default=Path("results/pinwheel"))
-    parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    quick = args.quick or "CI" in os.environ
-    overrides = {
-        "seed": args.seed,
-        "factor": args.factor,
-        "decoder_estimator": args.decoder_estimator,
-        "init": args.init,
-    }
+    args = command.parse_args(argv)
+    overrides = dict(
+        seed=args.seed, factor=args.factor, decoder_estimator=args.decoder_estimator, init=args.init, device=args.device
+    )
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
-    config = Config.quick(**overrides) if quick else Config(**overrides)
-    progress = not args.no_progress
-    args.out.mkdir(parents=True, exist_ok=True)
+    config = Config.quick(**overrides) if args.quick else Config(**overrides)
+    results = Results(args.out)
     if args.nproc > 1:
         if config.batch_size % args.nproc:
-            parser.error(f"--nproc must divide the minibatch of {config.batch_size}")
+            command.error(f"--nproc must divide the minibatch of {config.batch_size}")
         with tempfile.TemporaryDirectory() as tmp:
-            mp.spawn(
-                _process,
-                args=(args.nproc, f"{tmp}/init", config, args.out, args.device, progress),
-                nprocs=args.nproc,
-                join=True,
-            )
-        return json.loads((args.out / "metrics.json").read_text())["metrics"]
+            mp.spawn(_process, args=(args.nproc, f"{tmp}/init", config, results, args.progress), nprocs=args.nproc, join=True)
+        return json.loads((args.out / "results.json").read_text())["metrics"]
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # launched by torchrun
         backend = "nccl" if torch.device(args.device).type == "cuda" else "gloo"
         dist.init_process_group(backend)
         rank, world_size = dist.get_rank(), dist.get_world_size()
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}" if backend == "nccl" else args.device
+        if backend == "nccl":
+            config = replace(config, device=f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
         try:
-            return run(config, args.out, device, progress, rank, world_size)
+            return run(config, results, args.progress, rank, world_size)
         finally:
             dist.destroy_process_group()
-    return run(config, args.out, args.device, progress)
+    return run(config, results, args.progress)
 
 
 if __name__ == "__main__":

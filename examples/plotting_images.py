@@ -7,7 +7,6 @@ display needed): images tiled into a grid, one row per mixture component, and a
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
 
 from plotting import _as_array, component_colours
 
@@ -157,8 +156,3 @@ def plot_embedding(ax, points, clusters, num_clusters: Optional[int] = None, tit
     ax.set_xticks([])
     ax.set_yticks([])
 
-
-def as_images(values, image_shape: Sequence[int]) -> torch.Tensor:
-    """``(..., H * W)`` as ``(..., H, W)``, on the CPU."""
-    values = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(values)
-    return values.reshape(values.shape[:-1] + tuple(image_shape))

@@ -17,31 +17,24 @@ shrinks the run.
 from dataclasses import replace
 
 from pyro_sin.datasets import basic_motions
-from sequence_harness import (
-    METHODS,
-    Config,
-    SequenceTask,
-    build_training_mean,
-    deep_latent_builder,
-    experiment_main,
-    make_lds,
-    var_builder,
-)
+from sequence_harness import Config, DeepLatent, SequenceTask, experiment_main, make_lds, standard_methods
 
+
+def methods(config: Config):
+    """The standard methods and SAN-LDS with either factor."""
+    return [
+        DeepLatent("SAN-LDS (tied)", config, make_lds, factor="tied"),
+        DeepLatent("SAN-LDS (free)", config, make_lds, factor="free"),
+        *standard_methods(config),
+    ]
+
+
+METHODS = ("SAN-LDS (tied)", "SAN-LDS (free)", "latent HMM", "SLDS (SAN)", "unstructured guide")
+METHODS += ("VAR(1)", "VAR(2)", "training mean")
 CONFIG = Config(latent_dim=8, num_states=4, batch_size=10, max_iterations=1200, eval_every=300, seconds=1800.0)
+CONFIG = replace(CONFIG, methods=METHODS)
 QUICK = replace(CONFIG, max_iterations=30, eval_every=10, eval_samples=10)
 HORIZON, GAP = 15, (40, 50)
-
-BUILDERS = {
-    "SAN-LDS (tied)": deep_latent_builder(make_lds, factor="tied"),
-    "SAN-LDS (free)": deep_latent_builder(make_lds, factor="free"),
-    "latent HMM": METHODS["latent HMM"],
-    "SLDS (SAN)": METHODS["SLDS (SAN)"],
-    "unstructured guide": METHODS["unstructured guide"],
-    "VAR(1)": var_builder(1),
-    "VAR(2)": var_builder(2),
-    "training mean": build_training_mean,
-}
 
 
 def make_task(config: Config, quick: bool = False) -> SequenceTask:
@@ -62,7 +55,7 @@ def main(argv=None):
         "BasicMotions (real 6-channel sensor recordings)",
         channels=(0, 3),
         default_out="results/real_sequences",
-        methods=BUILDERS,
+        methods=methods,
     )
 
 

@@ -10,22 +10,20 @@ sequences, through four calls:
   (importance-sampled for latent-variable models, exact for the VAR);
 * ``state_probs(y)`` (optional) — ``q(z_t = k)``, ``(B, T, K)``, for segmentation.
 
-Methods are built by the functions in :data:`METHODS`, each
-``build(config, task, evaluator, progress) -> (method, history)``. A structured prior that
-runs inside :class:`~pyro_sin.models.DeepLatentSequence` (with ``forecast``, ``proposal`` and
-``latent_log_prob``; ``state_probs`` on its posterior for segmentation) becomes one more
-method with :func:`deep_latent_builder`::
+The methods follow the harness's protocol (:class:`harness.Method`: ``name`` and
+``train(task, seed, progress)``); :func:`standard_methods` lists them. A structured prior
+that runs inside :class:`~pyro_sin.models.DeepLatentSequence` (with ``forecast``, ``proposal``
+and ``latent_log_prob``; ``state_probs`` on its posterior for segmentation) becomes one
+more method with :class:`DeepLatent`::
 
-    METHODS["SLDS (SAN)"] = deep_latent_builder(make_slds, "slds_factor", slds_natural_from_encoded)
+    DeepLatent("SLDS (SAN)", config, make_slds, "slds_factor", slds_natural_from_encoded)
 """
 
-import json
 import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +32,7 @@ import pyro
 from pyro.infer import SVI, Trace_ELBO
 
 from baselines import UnstructuredLDSGuide, VectorAutoregression
+from harness import Method, Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.elbo import SINELBO
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentSequence
@@ -46,13 +45,16 @@ from pyro_sin.training import DivergenceError, History, fit
 
 __all__ = [
     "Config",
+    "DeepLatent",
     "DeepLatentMethod",
     "Evaluator",
-    "METHODS",
+    "FittedInClosedForm",
     "SequenceTask",
     "TrainingMean",
-    "deep_latent_builder",
+    "UnstructuredGuide",
+    "experiment_main",
     "run_methods",
+    "standard_methods",
 ]
 
 
@@ -80,8 +82,7 @@ class SequenceTask(NamedTuple):
 
     def to(self, device) -> "SequenceTask":
         """The same task with its tensors on ``device``."""
-        moved = {k: v.to(device) for k, v in self._asdict().items() if isinstance(v, torch.Tensor)}
-        return self._replace(**moved)
+        return on_device(self, device)
 
 
 @dataclass
@@ -292,12 +293,11 @@ def make_slds(config: Config, task: SequenceTask) -> SwitchingLDS:
     return SwitchingLDS(K, config.latent_dim, transition_concentration=sticky, num_sweeps=config.slds_sweeps)
 
 
-def deep_latent_builder(
-    make_prior: Callable[[Config, SequenceTask], object], factor_key: str = "factor", init=None, **overrides
-):
+class DeepLatent:
     """
-    A builder for a structured prior inside :class:`~pyro_sin.models.DeepLatentSequence`, trained
-    with :class:`~pyro_sin.SINELBO` and :class:`~pyro_sin.optim.NaturalAdam`.
+    A structured prior inside :class:`~pyro_sin.models.DeepLatentSequence`, trained with
+    :class:`~pyro_sin.SINELBO` and :class:`~pyro_sin.optim.NaturalAdam`: a
+    :class:`harness.Method` of the sequence experiments.
 
     :param make_prior: ``(config, task) -> prior``.
     :param str factor_key: the field of :class:`Config` that holds the SIN factor (``"tied"``/``"free"``).
@@ -305,15 +305,26 @@ def deep_latent_builder(
     :param overrides: fields of :class:`Config` to change for this method (e.g. ``factor="free"``).
     """
 
-    def build(config: Config, task: SequenceTask, evaluator: Evaluator, progress: bool = True, desc: str = "SAN"):
-        config = replace(config, **overrides)
-        pyro.clear_param_store()
-        pyro.set_rng_seed(config.seed)
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        make_prior: Callable[[Config, SequenceTask], object],
+        factor_key: str = "factor",
+        init=None,
+        **overrides,
+    ):
+        self.name, self.config, self.make_prior, self.factor_key, self.init = name, config, make_prior, factor_key, init
+        self.overrides = overrides
+
+    def train(self, task: SequenceTask, seed: int, progress: bool = True) -> Trained:
+        config = replace(self.config, seed=seed, **self.overrides)
+        fresh_start(config.seed)
         encoder, decoder = _networks(config, task.train)
-        prior = make_prior(config, task).to(task.train.device)
+        prior = self.make_prior(config, task).to(task.train.device)
         model = DeepLatentSequence(prior, decoder, len(task.train))
-        init_natural = None if init is None else init(prior, encoder, task.train, config.seed)
-        guide = model.make_guide(encoder, factor=getattr(config, factor_key), init_natural=init_natural)
+        init_natural = None if self.init is None else self.init(prior, encoder, task.train, config.seed)
+        guide = model.make_guide(encoder, factor=getattr(config, self.factor_key), init_natural=init_natural)
         svi = SVI(
             model,
             guide,
@@ -321,109 +332,105 @@ def deep_latent_builder(
             SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
         )
         method = DeepLatentMethod(model, guide)
-        return method, _fit(config, svi, task.train, evaluator, method, desc, progress)
+        evaluator = Evaluator(task, config.eval_samples)
+        return _scored(evaluator, method, _fit(config, svi, task.train, evaluator, method, self.name, progress))
 
-    return build
 
-
-def build_unstructured(config: Config, task: SequenceTask, evaluator: Evaluator, progress=True, desc="unstructured"):
+class UnstructuredGuide:
     """The same generative model as SAN-LDS with a bidirectional-GRU guide and point dynamics (``Trace_ELBO``, Adam)."""
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.seed)
-    frames = task.train.reshape(-1, task.train.shape[-1])
-    _, decoder = _networks(config, task.train)
-    model = DeepLatentSequence(LinearDynamicalSystem(config.latent_dim).to(frames.device), decoder, len(task.train))
-    rnn = SequenceEncoder(frames.shape[-1], config.latent_dim, (config.hidden,) * 2)
-    encoder = StandardizedEncoder(rnn, Standardization.fit(frames, spread=config.spread)).to(frames.device)
-    guide = UnstructuredLDSGuide(model, encoder)
-    elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
-    return guide, _fit(config, svi, task.train, evaluator, guide, desc, progress)
+
+    name = "unstructured guide"
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def train(self, task: SequenceTask, seed: int, progress: bool = True) -> Trained:
+        config = replace(self.config, seed=seed)
+        fresh_start(config.seed)
+        frames = task.train.reshape(-1, task.train.shape[-1])
+        _, decoder = _networks(config, task.train)
+        model = DeepLatentSequence(LinearDynamicalSystem(config.latent_dim).to(frames.device), decoder, len(task.train))
+        rnn = SequenceEncoder(frames.shape[-1], config.latent_dim, (config.hidden,) * 2)
+        encoder = StandardizedEncoder(rnn, Standardization.fit(frames, spread=config.spread)).to(frames.device)
+        guide = UnstructuredLDSGuide(model, encoder)
+        elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
+        evaluator = Evaluator(task, config.eval_samples)
+        return _scored(evaluator, guide, _fit(config, svi, task.train, evaluator, guide, self.name, progress))
 
 
-def var_builder(order: int):
-    def build(config: Config, task: SequenceTask, evaluator: Evaluator, progress=True, desc=None):
-        method = VectorAutoregression(order).fit(task.train)
-        error = evaluator.forecast_error(method)
-        return method, History([], [0], [0.0], [{"forecast_mse": error}], [])
-
-    return build
-
-
-def build_training_mean(config: Config, task: SequenceTask, evaluator: Evaluator, progress=True, desc=None):
-    method = TrainingMean(task.train)
-    return method, History([], [0], [0.0], [{"forecast_mse": evaluator.forecast_error(method)}], [])
-
-
-#: name -> ``build(config, task, evaluator, progress, desc) -> (method, History)``
-METHODS: Dict[str, Callable] = {
-    "SAN-LDS": deep_latent_builder(make_lds),
-    "latent HMM": deep_latent_builder(make_hmm, "hmm_factor", hmm_natural_from_encoded),
-    "SLDS (SAN)": deep_latent_builder(make_slds, "slds_factor", slds_natural_from_encoded),
-    # with the tied factor the switching LDS's SIN is the SVAE's local step (a structured mean
-    # field against q(θ)'s expectations); the free factor gives the SIN its own parameters
-    "SLDS (free factor)": deep_latent_builder(make_slds, "slds_factor", slds_natural_from_encoded, slds_factor="free"),
-    "unstructured guide": build_unstructured,
-    "VAR(1)": var_builder(1),
-    "VAR(2)": var_builder(2),
-    "training mean": build_training_mean,
-}
-
-
-def run_methods(config: Config, task: SequenceTask, progress: bool = True, methods=None):
+class FittedInClosedForm:
     """
-    Trains and scores every method of ``config.methods`` (or ``methods``, a dict name -> builder).
+    A baseline fitted in closed form (``fit(train) -> predictor``: a vector autoregression,
+    the training mean); its history is one evaluation at step 0.
+    """
+
+    def __init__(self, name: str, config: Config, fit_predictor: Callable[[torch.Tensor], object]):
+        self.name, self.config, self.fit_predictor = name, config, fit_predictor
+
+    def train(self, task: SequenceTask, seed: int, progress: bool = True) -> Trained:
+        method = self.fit_predictor(task.train)
+        evaluator = Evaluator(task, self.config.eval_samples)
+        return _scored(evaluator, method, History([], [0], [0.0], [{"forecast_mse": evaluator.forecast_error(method)}], []))
+
+
+def autoregression(order: int, config: Config) -> FittedInClosedForm:
+    """VAR(``order``) by least squares (exact Kalman-smoother imputation)."""
+    return FittedInClosedForm(f"VAR({order})", config, VectorAutoregression(order).fit)
+
+
+def training_mean(config: Config) -> FittedInClosedForm:
+    return FittedInClosedForm("training mean", config, TrainingMean)
+
+
+def _scored(evaluator: Evaluator, method, history: History) -> Trained:
+    """The evaluator's metrics of a trained method, with its training steps and time (and where it diverged)."""
+    row = evaluator(method)
+    row["iterations"] = float(history.eval_steps[-1])
+    row["seconds"] = float(history.eval_seconds[-1])
+    if "diverged_at" in history.evals[-1]:
+        row["diverged_at"] = history.evals[-1]["diverged_at"]
+    return Trained(row, history, method)
+
+
+def standard_methods(config: Config) -> List[Method]:
+    """Every method of the sequence experiments; ``config.methods`` chooses among them by name."""
+    return [
+        DeepLatent("SAN-LDS", config, make_lds),
+        DeepLatent("latent HMM", config, make_hmm, "hmm_factor", hmm_natural_from_encoded),
+        DeepLatent("SLDS (SAN)", config, make_slds, "slds_factor", slds_natural_from_encoded),
+        # with the tied factor the switching LDS's SIN is the SVAE's local step (a structured mean
+        # field against q(θ)'s expectations); the free factor gives the SIN its own parameters
+        DeepLatent("SLDS (free factor)", config, make_slds, "slds_factor", slds_natural_from_encoded, slds_factor="free"),
+        UnstructuredGuide(config),
+        autoregression(1, config),
+        autoregression(2, config),
+        training_mean(config),
+    ]
+
+
+def run_methods(config: Config, task: SequenceTask, progress: bool = True, methods: Optional[Sequence[Method]] = None):
+    """
+    Trains and scores ``methods`` (default: those of :func:`standard_methods` named in ``config.methods``).
 
     A method whose training diverges (:class:`~pyro_sin.training.DivergenceError`) after its
     first evaluation is scored with the parameters of its last evaluation before the divergence,
     its row noting ``diverged_at``; one that diverges earlier is reported with ``{"diverged": 1}``
     and a warning. The others go on either way.
 
-    :returns: ``(rows, trained, histories)``: metrics per method, the methods, their histories.
+    :returns: ``(rows, trained, histories)``: metrics per method, the trained methods, their histories.
     """
     task = task.to(config.device)
-    evaluator = Evaluator(task, config.eval_samples)
-    builders = methods or {name: METHODS[name] for name in config.methods}
-    rows, trained, histories = {}, {}, {}
-    for name, build in builders.items():
-        try:
-            method, history = build(config, task, evaluator, progress, desc=name)
-        except DivergenceError as error:  # one method's failure is a result, not the end of the experiment
-            warnings.warn(str(error), RuntimeWarning)
-            rows[name] = {"diverged": 1.0}
-            continue
-        trained[name], histories[name] = method, history
-        rows[name] = evaluator(method)
-        rows[name]["iterations"] = float(history.eval_steps[-1])
-        rows[name]["seconds"] = float(history.eval_seconds[-1])
-        if "diverged_at" in history.evals[-1]:
-            rows[name]["diverged_at"] = history.evals[-1]["diverged_at"]
-    return rows, trained, histories
+    if methods is None:
+        available = {method.name: method for method in standard_methods(config)}
+        methods = [available[name] for name in config.methods]
+    trained = compare(methods, task, config.seed, progress)
+    rows = {name: t.metrics for name, t in trained.items()}
+    models = {name: t.model for name, t in trained.items() if t.model is not None}
+    return rows, models, {name: t.history for name, t in trained.items() if t.history is not None}
 
 
-# ----- tables and figures -------------------------------------------------------------------
-
-
-def markdown_table(rows: Dict[str, Dict[str, float]], columns=None) -> str:
-    columns = columns or list(dict.fromkeys(c for row in rows.values() for c in row))
-    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for name, row in rows.items():
-        cells = [f"{row[c]:.4g}" if c in row else "–" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_results(out: Path, title: str, config, rows, histories, extra: Optional[dict] = None) -> str:
-    """``metrics.md`` (the settings and the table) and ``metrics.json`` (the same, with the training curves)."""
-    out.mkdir(parents=True, exist_ok=True)
-    settings = asdict(config) if not isinstance(config, dict) else config
-    table = markdown_table(rows)
-    text = f"# {title}\n\n{table}\n\nSettings: `{json.dumps(settings, default=str)}`\n"
-    (out / "metrics.md").write_text(text)
-    curves = {n: [h.eval_seconds, [e["forecast_mse"] for e in h.evals]] for n, h in histories.items() if h.evals}
-    payload = {"title": title, "config": settings, "metrics": rows, "curves": curves, **(extra or {})}
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
-    return table
+# ----- figures -----------------------------------------------------------------------------
 
 
 def _matched_labels(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -438,8 +445,8 @@ def _matched_labels(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.array([mapping.get(k, k) for k in pred.reshape(-1)]).reshape(pred.shape)
 
 
-def plot_segmentation(path: Path, evaluator: Evaluator, methods: Dict[str, object], num_sequences: int = 4):
-    """True regimes against each method's ``argmax_k q(z_t = k)`` over time, for the first test sequences."""
+def plot_segmentation(results: Results, evaluator: Evaluator, methods: Dict[str, object], num_sequences: int = 4):
+    """``segmentation.png``: the true regimes and each method's ``argmax_k q(z_t = k)`` in the first test sequences."""
     task = evaluator.task
     segmenting = {name: evaluator.segment(m) for name, m in methods.items()}
     segmenting = {name: s for name, s in segmenting.items() if s is not None}
@@ -463,12 +470,17 @@ def plot_segmentation(path: Path, evaluator: Evaluator, methods: Dict[str, objec
         ax.set_yticklabels(labels, fontsize="small")
         ax.set_ylabel(f"seq. {i}", fontsize="small")
     axes[-1].set_xlabel("time step (colour = regime; inferred labels matched to the true ones)")
-    fig.savefig(path, dpi=120)
+    results.figure(fig, "segmentation.png", dpi=120)
     return True
 
 
-def plot_forecasts(path: Path, evaluator: Evaluator, methods: Dict[str, object], channels=(0,), sequence: int = 0, samples=50):
-    """A test sequence's observed frames (with the imputation gap), the true future and each method's forecast and imputation."""
+def plot_forecasts(
+    results: Results, evaluator: Evaluator, methods: Dict[str, object], channels=(0,), sequence: int = 0, samples=50
+):
+    """
+    ``forecast_and_imputation.png``: a test sequence's observed frames (with the imputation gap),
+    the true future and each method's forecast and imputation.
+    """
     task = evaluator.task
     T, H = task.num_steps, task.horizon
     observed = evaluator.observed[sequence : sequence + 1]
@@ -492,47 +504,39 @@ def plot_forecasts(path: Path, evaluator: Evaluator, methods: Dict[str, object],
         ax.set_ylabel(f"channel {c}")
     axes[0].legend(fontsize="x-small", ncol=4, loc="upper left")
     axes[-1].set_xlabel("time step (grey: hidden frames, dashed: imputation; right of the red line: forecast)")
-    fig.savefig(path, dpi=120)
+    results.figure(fig, "forecast_and_imputation.png", dpi=120)
 
 
-def plot_training_curves(path: Path, histories: Dict[str, History], horizon: int):
+def plot_training_curves(results: Results, histories: Dict[str, History], horizon: int):
+    """``training_curves.png``: the test forecast error against training time."""
     fig = new_figure()
     curves = {n: (h.eval_seconds, [e["forecast_mse"] for e in h.evals]) for n, h in histories.items() if len(h.evals) > 1}
     if not curves:
         return False
     plot_curves(fig.axes[0], curves, ylabel=f"test forecast MSE (1..{horizon} steps)", xlabel="training time (s)")
-    fig.savefig(path, dpi=120)
+    results.figure(fig, "training_curves.png", dpi=120)
     return True
 
 
-def experiment_main(argv, description: str, make_task, config: Config, quick_config: Config, title: str, channels=(0,), default_out="results/sequences", methods=None):
+def experiment_main(
+    argv, description: str, make_task, config: Config, quick_config: Config, title: str, channels=(0,),
+    default_out="results/sequences", methods: Callable[[Config], List[Method]] = standard_methods,
+):
     """
-    The command line of a sequence experiment: trains every method, prints and writes the
-    metrics table (``metrics.md``, ``metrics.json``) and the figures (``segmentation.png``
-    where the data have regimes, ``forecast_and_imputation.png``, ``training_curves.png``).
+    The command line of a sequence experiment: trains the methods of ``config.methods``
+    (or ``--methods``), prints and writes the metrics table (``results.md``, ``results.json``)
+    and the figures (``segmentation.png`` where the data have regimes,
+    ``forecast_and_imputation.png``, ``training_curves.png``).
 
     :param make_task: ``(config, quick) -> SequenceTask``.
-    :param methods: optional dict name -> builder, instead of :data:`METHODS` by name.
+    :param methods: ``config -> methods`` to choose from (default :func:`standard_methods`).
     """
-    import argparse
-    import os
-
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, help=f"training steps per method (default {config.max_iterations})")
-    parser.add_argument("--seconds", type=float, help=f"a cap on the training time per method (default {config.seconds:g})")
-    parser.add_argument("--factor", choices=["tied", "free"], help="SAN-LDS's SIN factor")
-    parser.add_argument("--latent-dim", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", help="a subset of the methods")
-    parser.add_argument("--out", type=Path, default=Path(default_out))
-    parser.add_argument("--device", default="cpu", help="where to train and evaluate: cpu, cuda or cuda:N")
-    parser.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    quick = args.quick or "CI" in os.environ
-    config = quick_config if quick else config
+    names = [method.name for method in methods(config)]
+    command = parser(description, default_out, seed=0, iterations=None, seconds=None, methods=names)
+    command.add_argument("--factor", choices=["tied", "free"], help="SAN-LDS's SIN factor")
+    command.add_argument("--latent-dim", type=int)
+    args = command.parse_args(argv)
+    config = quick_config if args.quick else config
     overrides = {"seed": args.seed, "device": args.device}
     for key in ("seconds", "factor", "latent_dim"):
         if getattr(args, key) is not None:
@@ -540,22 +544,19 @@ def experiment_main(argv, description: str, make_task, config: Config, quick_con
     if args.iterations is not None:
         overrides["max_iterations"] = args.iterations
     config = replace(config, **overrides)
-    builders = methods or {name: METHODS[name] for name in config.methods}
     if args.methods:
-        unknown = set(args.methods) - set(builders)
-        if unknown:
-            raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {sorted(builders)}")
-        builders = {name: builders[name] for name in args.methods}
-    config = replace(config, methods=tuple(builders))
+        config = replace(config, methods=tuple(args.methods))
+    available = {method.name: method for method in methods(config)}
+    chosen = [available[name] for name in config.methods]
+    results = Results(args.out)
     pyro.set_rng_seed(config.seed)
-    task = make_task(config, quick).to(config.device)
-    rows, trained, histories = run_methods(config, task, not args.no_progress, builders)
-    table = write_results(args.out, title, config, rows, histories)
-    print(f"\n{title}\n{table}")
+    task = make_task(config, args.quick).to(config.device)
+    rows, trained, histories = run_methods(config, task, args.progress, chosen)
+    curves = {n: [h.eval_seconds, [e["forecast_mse"] for e in h.evals]] for n, h in histories.items() if h.evals}
     evaluator = Evaluator(task, config.eval_samples)
-    plot_segmentation(args.out / "segmentation.png", evaluator, trained)
+    plot_segmentation(results, evaluator, trained)
     shown = {n: m for n, m in trained.items() if n != "training mean"}
-    plot_forecasts(args.out / "forecast_and_imputation.png", evaluator, shown, channels, samples=config.eval_samples)
-    plot_training_curves(args.out / "training_curves.png", histories, task.horizon)
-    print(f"figures and metrics written to {args.out}/")
+    plot_forecasts(results, evaluator, shown, channels, samples=config.eval_samples)
+    plot_training_curves(results, histories, task.horizon)
+    results.write(title, [markdown_table(rows)], {"title": title, "config": asdict(config), "metrics": rows, "curves": curves})
     return rows

@@ -120,10 +120,6 @@ class VectorAutoregression:
 
     # ----- state-space form ---------------------------------------------------------
 
-    @property
-    def state_dim(self) -> int:
-        return self.order * self.coefficients.shape[-1]
-
     def companion(self):
         """``(F, offset, noise)``: the state's transition ``(pP, pP)``, offset ``(pP,)`` and noise covariance ``(pP, pP)``."""
         self._check_fitted()
