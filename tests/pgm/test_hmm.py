@@ -17,6 +17,7 @@ from pyro_sin.pgm.hmm import HMMParams
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
 from tests.helpers import random_spd
+from tests.pgm.reference import hmm_paths
 
 
 def random_hmm(K=2, D=2):
@@ -48,51 +49,6 @@ def factor_of(hmm, mode):
     return hmm.tied_factor(hmm.global_posterior(hmm.init_natural())) if mode == "tied" else free_factor(hmm)
 
 
-def brute_force(potential, factor, lengths=None):
-    """
-    Every state path of every sequence: the joint Gaussian of x_{1:L} given the path assembled
-    densely over L·D dimensions. Returns log Z, q(z_t), q(z_{t-1}, z_t), the entropy and
-    E[x_t], E[x_t x_tᵀ] per state weighted by q(z_t = k).
-    """
-    h, J = potential.info_vec, potential.precision
-    B, T, D = h.shape
-    K = factor.init_logits.shape[-1]
-    em = factor.emission
-    out = dict(
-        log_z=torch.empty(B), marg=torch.zeros(B, T, K), pair=torch.zeros(B, T - 1, K, K), entropy=torch.empty(B),
-        count=torch.zeros(B, K), sum=torch.zeros(B, K, D), outer=torch.zeros(B, K, D, D),
-    )
-    for b in range(B):
-        L = T if lengths is None else int(lengths[b])
-        weights, entropies, moments = [], [], []
-        for z in itertools.product(range(K), repeat=L):
-            P = torch.block_diag(*[torch.diag(J[b, t]) + em.precision[z[t]] for t in range(L)])
-            eta = torch.cat([h[b, t] + em.info_loc[z[t]] for t in range(L)])
-            const = factor.init_logits[z[0]] + sum(factor.transition_logits[z[t - 1], z[t]] for t in range(1, L))
-            const = const + sum(em.log_weight[z[t]] for t in range(L))
-            cov = torch.linalg.inv(P)
-            mean = cov @ eta
-            n = L * D
-            weights.append(const + 0.5 * eta @ mean + 0.5 * n * math.log(2 * math.pi) - 0.5 * torch.logdet(P))
-            entropies.append(0.5 * torch.logdet(2 * math.pi * math.e * cov))
-            moments.append((z, mean.reshape(L, D), cov))
-        weights = torch.stack(weights)
-        log_z = torch.logsumexp(weights, 0)
-        probs = (weights - log_z).exp()
-        out["log_z"][b] = log_z
-        out["entropy"][b] = -(probs * (weights - log_z)).sum() + (probs * torch.stack(entropies)).sum()
-        for p, (z, mean, cov) in zip(probs, moments):
-            for t in range(L):
-                out["marg"][b, t, z[t]] += p
-                block = cov[t * D : (t + 1) * D, t * D : (t + 1) * D]
-                out["count"][b, z[t]] += p
-                out["sum"][b, z[t]] += p * mean[t]
-                out["outer"][b, z[t]] += p * (block + torch.outer(mean[t], mean[t]))
-            for t in range(1, L):
-                out["pair"][b, t - 1, z[t - 1], z[t]] += p
-    return out
-
-
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("mode", ["tied", "free"])
@@ -103,7 +59,7 @@ def test_posterior_matches_brute_force_over_all_paths(mode, parallel, padded):
     lengths = torch.tensor([4, 2, 1]) if padded else None
     potential = random_potential(3, 4, 2, lengths)
     post = hmm.posterior(potential, factor)
-    exact = brute_force(potential, factor, lengths)
+    exact = hmm_paths(potential, factor, lengths)
     assert_close(post.log_normalizer, exact["log_z"])
     assert_close(post.state_probs, exact["marg"])
     assert_close(post.states.marginals.pair_marginals, exact["pair"])
@@ -294,7 +250,7 @@ def test_full_natural_step_is_the_conjugate_update():
     guide(y[idx], indices=idx)
     with torch.no_grad():
         potential = guide.encode(y[idx])
-        exact = brute_force(potential, guide.factor())
+        exact = hmm_paths(potential, guide.factor())
     hmm, scale = guide.pgm, 6 / 3
     # Dirichlets: prior plus expected counts
     alpha = hmm.prior_init_concentration + scale * exact["marg"][:, 0].sum(0)

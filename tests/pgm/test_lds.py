@@ -14,6 +14,7 @@ from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import ChainPosterior
 from pyro_sin.potential import GaussianPotential
+from tests.pgm.reference import chain_joint
 
 
 def random_lds(D=2):
@@ -31,23 +32,9 @@ def random_potential(B, T, D):
 
 
 def dense_chain(post):
-    """The joint Gaussian of x_{1:T} assembled densely: log Z, mean, covariance."""
-    B, T, D = post.init.batch_shape[0], post.num_steps, post.dim
-    n = T * D
-    P = torch.zeros(B, n, n)
-    h = torch.zeros(B, n)
-    c = post.init.log_normalizer.clone()
-    P[:, :D, :D] += post.init.precision
-    h[:, :D] += post.init.info_vec
-    for t in range(T - 1):
-        s = slice(t * D, (t + 2) * D)
-        P[:, s, s] += post.trans.precision[:, t]
-        h[:, s] += post.trans.info_vec[:, t]
-        c = c + post.trans.log_normalizer[:, t]
-    L = torch.linalg.cholesky(P)
-    mean = torch.cholesky_solve(h[..., None], L)[..., 0]
-    log_z = c + 0.5 * (h * mean).sum(-1) + 0.5 * n * math.log(2 * math.pi) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return log_z, mean.reshape(B, T, D), torch.cholesky_inverse(L)
+    """The joint Gaussian of x_{1:T} of each sequence assembled densely: log Z, mean, covariance."""
+    joints = [chain_joint(post.init[(b,)], post.trans[(b,)], post.num_steps) for b in range(post.batch_shape[0])]
+    return tuple(torch.stack(part) for part in zip(*joints))
 
 
 @pytest.mark.parametrize("parallel", [True, False])
