@@ -25,11 +25,11 @@ from tests.helpers import random_spd
 from tests.pgm import reference
 
 NAN, INF = float("nan"), float("inf")
-NOT_POSITIVE_DEFINITE = [[1.0, 3.0], [3.0, 1.0]]  # symmetric, eigenvalues -2 and 4
+NOT_POSITIVE_DEFINITE = torch.tensor([[1.0, 3.0], [3.0, 1.0]])  # symmetric, eigenvalues -2 and 4
 
 
 class DeepLatentPoints(NameOwner):
-    """``y_n ~ p(y | x_n)`` with a neural decoder, ``x_n ~ p(x | θ)``, ``θ ~ p(θ)``: the deep model of any per-point prior."""
+    """``y_n ~ p(y | x_n)`` (a neural decoder), ``x_n ~ p(x | θ)``, ``θ ~ p(θ)``: any per-point prior's deep model."""
 
     def __init__(self, pgm, decoder, num_data, name=None):
         self.pgm, self.decoder, self.num_data = pgm, decoder, num_data
@@ -100,7 +100,7 @@ class Family:
 
 
 def _mixture_statistics(potential, factor, scale):
-    """Responsibilities and the scaled statistics ``Σ r``, ``Σ r x̄``, ``Σ r E[x xᵀ]`` per component, by dense algebra."""
+    """The scaled statistics ``Σ r``, ``Σ r x̄``, ``Σ r E[x xᵀ]`` per component, by dense algebra."""
     log_z, mean, cov = reference.gaussian_components(potential, factor)
     r = torch.softmax(log_z, -1)  # (B, K)
     count = scale * r.sum(0)
@@ -157,7 +157,7 @@ GMM = Family(
     conjugate_update=_gaussian_mixture_update,
     standard_parameters=lambda q: {"concentration": q.concentration, **_normal_wishart_parameters(q.normal_wishart)},
     bad_arguments=(
-        (dict(scale_inv=torch.tensor(NOT_POSITIVE_DEFINITE)), "GaussianMixture scale_inv must be symmetric positive definite"),
+        (dict(scale_inv=NOT_POSITIVE_DEFINITE), "GaussianMixture scale_inv must be symmetric positive definite"),
         (dict(scale_inv=NAN), "GaussianMixture scale_inv must be finite and symmetric"),
         (dict(df=0.5), "df must exceed D - 1 = 1"),
         (dict(kappa=0.0), "kappa must be positive"),
@@ -202,7 +202,7 @@ GAUSSIAN = Family(
     conjugate_update=_latent_gaussian_update,
     standard_parameters=lambda q: _normal_wishart_parameters(q.normal_wishart),
     bad_arguments=(
-        (dict(scale_inv=torch.tensor(NOT_POSITIVE_DEFINITE)), "LatentGaussian scale_inv must be symmetric positive definite"),
+        (dict(scale_inv=NOT_POSITIVE_DEFINITE), "LatentGaussian scale_inv must be symmetric positive definite"),
         (dict(scale_inv=INF), "LatentGaussian scale_inv must be finite and symmetric"),
         (dict(df=1.0), "df must exceed D - 1 = 1"),
         (dict(kappa=-1.0), "kappa must be positive"),
@@ -265,7 +265,8 @@ def _lds_update(prior, potential, factor, scale):
     D = prior.latent_dim
     count, cross, input_outer, output_outer = 0.0, torch.zeros(D, D + 1), torch.zeros(D + 1, D + 1), torch.zeros(D, D)
     for b, L in enumerate(_lengths_of(potential)):
-        _, mean, cov = reference.chain_joint(factor.init, factor.trans, L, potential.info_vec[b], potential.precision[b])
+        h, J = potential.info_vec[b], potential.precision[b]
+        _, mean, cov = reference.chain_joint(factor.init, factor.trans, L, h, J)
         for t in range(1, L):
             xu, uu, xx = reference.regression_stats(*reference.pair_moments(mean, cov, t))
             count, cross, input_outer, output_outer = count + 1, cross + xu, input_outer + uu, output_outer + xx
@@ -274,7 +275,7 @@ def _lds_update(prior, potential, factor, scale):
 
 
 def _hmm_update(prior, potential, factor, scale):
-    """The exact expected statistics by enumeration over every state path, then the Dirichlet and Normal-Wishart updates."""
+    """The exact expected statistics by enumerating the state paths, then the Dirichlet and Normal-Wishart updates."""
     exact = reference.hmm_paths(potential, factor, potential.lengths)
     return {
         "init_concentration": prior.prior_init_concentration + scale * exact["marg"][:, 0].sum(0),
@@ -331,7 +332,7 @@ LDS = Family(
     conjugate_update=_lds_update,
     standard_parameters=lambda q: _matrix_normal_wishart_parameters(q.matrix_normal_wishart),
     bad_arguments=(
-        (dict(init_precision=torch.tensor(NOT_POSITIVE_DEFINITE)), "init_precision must be symmetric positive definite"),
+        (dict(init_precision=NOT_POSITIVE_DEFINITE), "init_precision must be symmetric positive definite"),
         (dict(col_precision=0.0), "LinearDynamicalSystem col_precision must be symmetric positive definite"),
         (dict(scale_inv=NAN), "LinearDynamicalSystem scale_inv must be finite and symmetric"),
         (dict(df=0.5), "df must exceed D - 1 = 1"),
@@ -379,7 +380,9 @@ SLDS = Family(
     model=DeepLatentSequence,
     sequence=True,
     conjugate_update=_slds_update,
-    standard_parameters=lambda q: {**_chain_parameters(q), **_matrix_normal_wishart_parameters(q.matrix_normal_wishart)},
+    standard_parameters=lambda q: {
+        **_chain_parameters(q), **_matrix_normal_wishart_parameters(q.matrix_normal_wishart)
+    },
     bad_arguments=(
         (dict(transition_concentration=1.0 - torch.eye(3)), "concentrations of a SwitchingLDS must be positive"),
         (dict(transition_concentration=INF), "SwitchingLDS transition_concentration must be finite"),

@@ -271,7 +271,8 @@ def test_the_guide_refuses_factors_the_family_does_not_offer(key):
     prior = family.prior()
     encoder = GaussianEncoder(P, family.latent_dim, (4,))
     for factor in {"tied", "free", "mean-field"} - set(prior.factor_modes):
-        with pytest.raises(ValueError, match=rf"factor must be one of \(.*\) for a {type(prior).__name__}, got '{factor}'"):
+        refused = rf"factor must be one of \(.*\) for a {type(prior).__name__}, got '{factor}'"
+        with pytest.raises(ValueError, match=refused):
             SINGuide(lambda y: None, prior, encoder, factor=factor)
     # by default the guide takes the first factor the prior offers
     assert SINGuide(lambda y: None, prior, encoder).factor_mode == prior.factor_modes[0]
@@ -332,13 +333,14 @@ def test_bad_data_are_refused(key, factor):
     with pytest.raises(ValueError, match="the minibatch is empty"):
         elbo.loss(model, guide, *minibatch(data, torch.arange(0)))
     # rows that are neither the minibatch nor the full data set
-    with pytest.raises(ValueError, match=rf"SINGuide: the data to encode has {N - 1} rows but the plate 'data' holds 2 of {N}"):
+    refused = rf"SINGuide: the data to encode has {N - 1} rows but the plate 'data' holds 2 of {N}"
+    with pytest.raises(ValueError, match=refused):
         guide(*(part[: N - 1] for part in data), torch.arange(2))
 
 
 @pytest.mark.parametrize("key", FAMILIES)
 def test_any_unconstrained_value_maps_into_the_natural_domain(key):
-    """What lets any optimiser train ``λ``: its bijection ``T`` maps all of ``ℝⁿ`` into the domain, and ``T⁻¹`` inverts it."""
+    """What lets any optimiser train ``λ``: its bijection ``T`` maps ``ℝⁿ`` onto the domain; ``T⁻¹`` inverts it."""
     prior = entry(key).prior()
     domain = prior.natural_domain()
     for _ in range(20):
@@ -363,7 +365,7 @@ BAD_LENGTHS = [
     ([3, 0], r"GaussianPotential lengths must lie in \[1, 4\]"),
     ([5, 2], r"GaussianPotential lengths must lie in \[1, 4\]"),
     ([3.0, 2.0], "GaussianPotential lengths must be integers"),
-    ([3], r"GaussianPotential lengths need per-step potentials of shape \(\.\.\., T, D\) and shape \(\.\.\.\), got \(1,\)"),
+    ([3], r"lengths need per-step potentials of shape \(\.\.\., T, D\) and shape \(\.\.\.\), got \(1,\)"),
 ]
 
 

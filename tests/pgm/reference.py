@@ -28,7 +28,8 @@ def gaussian_components(potential, factor):
     info = h[:, None] + factor.info_loc
     cov = torch.linalg.inv(precision)
     mean = (cov @ info[..., None])[..., 0]
-    log_z = factor.log_weight + 0.5 * (info * mean).sum(-1) + 0.5 * h.shape[-1] * _LOG_2PI - 0.5 * torch.logdet(precision)
+    D = h.shape[-1]
+    log_z = factor.log_weight + 0.5 * (info * mean).sum(-1) + 0.5 * D * _LOG_2PI - 0.5 * torch.logdet(precision)
     return log_z, mean, cov
 
 
@@ -137,7 +138,8 @@ def normal_wishart_update(prior, count, total, total_outer):
     """
     kappa = prior.kappa + count
     loc = (prior.kappa[..., None] * prior.loc + total) / kappa[..., None]
-    scale_inv = prior.scale_inv + total_outer + prior.kappa[..., None, None] * outer(prior.loc) - kappa[..., None, None] * outer(loc)
+    scale_inv = prior.scale_inv + total_outer + prior.kappa[..., None, None] * outer(prior.loc)
+    scale_inv = scale_inv - kappa[..., None, None] * outer(loc)
     return {"kappa": kappa, "loc": loc, "scale_inv": scale_inv, "df": prior.df + count}
 
 
