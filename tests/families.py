@@ -16,11 +16,11 @@ import torch
 
 import pyro
 
+from pyro_sin.guide import SINGuide
 from pyro_sin.models import DeepLatentMixture, DeepLatentSequence, data_plate, register_decoder
 from pyro_sin.naming import NameOwner
-from pyro_sin.pgm import GaussianMixture, LatentGaussian, LatentHMM, LinearDynamicalSystem, StudentTMixture
-from pyro_sin.pgm import SwitchingLDS
-from pyro_sin.guide import SINGuide
+from pyro_sin.pgm import FAMILIES, GaussianMixture, LatentGaussian, LatentHMM, LinearDynamicalSystem
+from pyro_sin.pgm import SequencePrior, StudentTMixture, SwitchingLDS
 from tests.helpers import random_spd
 from tests.pgm import reference
 
@@ -59,7 +59,6 @@ class Family:
     :param prior: ``prior(**overrides)``: an instance of the given sizes with random hyperparameters.
     :param model: ``model(prior, decoder, num_data)``: the deep latent model the family serves in,
         with ``make_guide(encoder, **kwargs)``.
-    :param bool sequence: a prior over sequences (event ``(T, D)``) rather than one latent per point.
     :param bad_arguments: constructor keyword arguments the family refuses, each with (a pattern of)
         its error message.
     :param bad_naturals: keys of ``λ`` that ``global_posterior`` checks (the Dirichlets' natural
@@ -81,7 +80,6 @@ class Family:
     model: Callable
     conjugate_update: Callable
     standard_parameters: Callable
-    sequence: bool = False
     bad_arguments: Tuple[Tuple[dict, str], ...] = ()
     bad_naturals: Tuple[Tuple[str, str], ...] = ()
     summaries: Optional[Callable] = None
@@ -92,8 +90,10 @@ class Family:
     def latent_dim(self) -> int:
         return self.sizes["latent_dim"]
 
-    def __str__(self):
-        return self.key
+    @property
+    def sequence(self) -> bool:
+        """A prior over sequences (event ``(T, D)``) rather than one latent per point."""
+        return issubclass(FAMILIES[self.key], SequencePrior)
 
 
 # ----- the per-point families -------------------------------------------------------------
@@ -328,7 +328,6 @@ LDS = Family(
     sizes={"latent_dim": 2},
     prior=_lds,
     model=DeepLatentSequence,
-    sequence=True,
     conjugate_update=_lds_update,
     standard_parameters=lambda q: _matrix_normal_wishart_parameters(q.matrix_normal_wishart),
     bad_arguments=(
@@ -352,7 +351,6 @@ HMM = Family(
     sizes={"num_states": 3, "latent_dim": 2},
     prior=_hmm,
     model=DeepLatentSequence,
-    sequence=True,
     conjugate_update=_hmm_update,
     standard_parameters=lambda q: {**_chain_parameters(q), **_normal_wishart_parameters(q.normal_wishart)},
     bad_arguments=(
@@ -378,7 +376,6 @@ SLDS = Family(
     sizes={"num_states": 3, "latent_dim": 2},
     prior=_slds,
     model=DeepLatentSequence,
-    sequence=True,
     conjugate_update=_slds_update,
     standard_parameters=lambda q: {
         **_chain_parameters(q), **_matrix_normal_wishart_parameters(q.matrix_normal_wishart)
