@@ -98,9 +98,16 @@ class StructuredPrior(PyroModule):
             setattr(self, key, size)
 
     @staticmethod
-    def _as_tensor(value, shape) -> torch.Tensor:
-        """A hyperparameter (a number or a tensor) in the default dtype, broadcast to ``shape`` and owned."""
-        return torch.as_tensor(value, dtype=torch.get_default_dtype()).expand(shape).clone()
+    def _finite(value, what: str):
+        """``value`` (a number or a tensor), refused unless finite; ``what`` names it in the error."""
+        if not torch.isfinite(torch.as_tensor(value)).all():
+            raise ValueError(f"{what} must be finite, got {value}")
+        return value
+
+    @classmethod
+    def _as_tensor(cls, value, shape, what: str = "a hyperparameter") -> torch.Tensor:
+        """A finite hyperparameter (a number or a tensor) in the default dtype, broadcast to ``shape`` and owned."""
+        return torch.as_tensor(cls._finite(value, what), dtype=torch.get_default_dtype()).expand(shape).clone()
 
     def _memoized(self, key: str, tensors, build):
         """

@@ -239,7 +239,7 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         parallel: bool = True,
     ):
         super().__init__(name, num_states=num_states, latent_dim=latent_dim)
-        self.init_loc_range, self.parallel = init_loc_range, parallel
+        self.init_loc_range, self.parallel = self._finite(init_loc_range, "LatentHMM init_loc_range"), parallel
         self._register_chain_prior(init_concentration, transition_concentration)
         self._register_normal_wishart((num_states,), loc, kappa, scale_inv, df, "LatentHMM")
 

@@ -338,16 +338,17 @@ class AffineGaussianDynamics:
         D, what = self.latent_dim, type(self).__name__
         if transition_loc is None:
             transition_loc = torch.cat([torch.eye(D), torch.zeros(D, 1)], -1)
-        self.register_buffer("init_loc", self._as_tensor(init_loc, (D,)))
+        self.register_buffer("init_loc", self._as_tensor(init_loc, (D,), f"{what} init_loc"))
         self.register_buffer(
             "init_precision", spd_matrix(1.0 if init_precision is None else init_precision, D, (), "init_precision")
         )
-        self.register_buffer("prior_transition_loc", self._as_tensor(transition_loc, batch + (D, D + 1)))
+        transition_loc = self._as_tensor(transition_loc, batch + (D, D + 1), f"{what} transition_loc")
+        self.register_buffer("prior_transition_loc", transition_loc)
         col_precision = 1.0 if col_precision is None else col_precision
         self.register_buffer("prior_col_precision", spd_matrix(col_precision, D + 1, batch, f"{what} col_precision"))
         scale_inv = 0.1 * (D + 2) if scale_inv is None else scale_inv
         self.register_buffer("prior_scale_inv", spd_matrix(scale_inv, D, batch, f"{what} scale_inv"))
-        self.register_buffer("prior_df", self._as_tensor(D + 2.0 if df is None else df, batch))
+        self.register_buffer("prior_df", self._as_tensor(D + 2.0 if df is None else df, batch, f"{what} df"))
         self.prior(validate_args=True)
 
     def prior(self, validate_args=False) -> MatrixNormalWishart:

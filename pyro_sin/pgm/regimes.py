@@ -99,9 +99,11 @@ class RegimeSwitchingPrior(SequencePrior):
     regime_site_suffixes: Tuple[str, str]  # (precision, location)
 
     def _register_chain_prior(self, init_concentration, transition_concentration):
-        K = self.num_states
-        self.register_buffer("prior_init_concentration", self._as_tensor(init_concentration, (K,)))
-        self.register_buffer("prior_transition_concentration", self._as_tensor(transition_concentration, (K, K)))
+        K, what = self.num_states, type(self).__name__
+        init_concentration = self._as_tensor(init_concentration, (K,), f"{what} init_concentration")
+        transition_concentration = self._as_tensor(transition_concentration, (K, K), f"{what} transition_concentration")
+        self.register_buffer("prior_init_concentration", init_concentration)
+        self.register_buffer("prior_transition_concentration", transition_concentration)
         if not ((self.prior_init_concentration > 0).all() and (self.prior_transition_concentration > 0).all()):
             raise ValueError(f"the Dirichlet concentrations of a {type(self).__name__} must be positive")
 

@@ -444,7 +444,8 @@ class SwitchingLDS(AffineGaussianDynamics, RegimeSwitchingPrior):
     ):
         super().__init__(name, num_states=num_states, latent_dim=latent_dim)
         _check_mean_field(num_sweeps, gradient)
-        self.init_transition_noise, self.parallel = init_transition_noise, parallel
+        self.init_transition_noise = self._finite(init_transition_noise, "SwitchingLDS init_transition_noise")
+        self.parallel = parallel
         self.num_sweeps, self.gradient, self.adjoint_iterations = num_sweeps, gradient, adjoint_iterations
         self._register_chain_prior(init_concentration, transition_concentration)
         self._register_dynamics((num_states,), init_loc, init_precision, transition_loc, col_precision, scale_inv, df)

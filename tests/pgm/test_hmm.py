@@ -1,3 +1,10 @@
+"""
+The latent HMM's own mathematics: forward-backward against enumeration over all paths, Monte Carlo,
+gradchecks, Pyro's estimators and learning. What every family must do (padding, checkpoints, bad
+input, the full natural step, dtypes and devices) is checked by the conformance suite,
+tests/test_conformance.py.
+"""
+
 import itertools
 import math
 
@@ -17,6 +24,7 @@ from pyro_sin.pgm.hmm import HMMParams
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
 from tests.helpers import random_spd
+from tests.pgm.reference import hmm_paths
 
 
 def random_hmm(K=2, D=2):
@@ -48,51 +56,6 @@ def factor_of(hmm, mode):
     return hmm.tied_factor(hmm.global_posterior(hmm.init_natural())) if mode == "tied" else free_factor(hmm)
 
 
-def brute_force(potential, factor, lengths=None):
-    """
-    Every state path of every sequence: the joint Gaussian of x_{1:L} given the path assembled
-    densely over L·D dimensions. Returns log Z, q(z_t), q(z_{t-1}, z_t), the entropy and
-    E[x_t], E[x_t x_tᵀ] per state weighted by q(z_t = k).
-    """
-    h, J = potential.info_vec, potential.precision
-    B, T, D = h.shape
-    K = factor.init_logits.shape[-1]
-    em = factor.emission
-    out = dict(
-        log_z=torch.empty(B), marg=torch.zeros(B, T, K), pair=torch.zeros(B, T - 1, K, K), entropy=torch.empty(B),
-        count=torch.zeros(B, K), sum=torch.zeros(B, K, D), outer=torch.zeros(B, K, D, D),
-    )
-    for b in range(B):
-        L = T if lengths is None else int(lengths[b])
-        weights, entropies, moments = [], [], []
-        for z in itertools.product(range(K), repeat=L):
-            P = torch.block_diag(*[torch.diag(J[b, t]) + em.precision[z[t]] for t in range(L)])
-            eta = torch.cat([h[b, t] + em.info_loc[z[t]] for t in range(L)])
-            const = factor.init_logits[z[0]] + sum(factor.transition_logits[z[t - 1], z[t]] for t in range(1, L))
-            const = const + sum(em.log_weight[z[t]] for t in range(L))
-            cov = torch.linalg.inv(P)
-            mean = cov @ eta
-            n = L * D
-            weights.append(const + 0.5 * eta @ mean + 0.5 * n * math.log(2 * math.pi) - 0.5 * torch.logdet(P))
-            entropies.append(0.5 * torch.logdet(2 * math.pi * math.e * cov))
-            moments.append((z, mean.reshape(L, D), cov))
-        weights = torch.stack(weights)
-        log_z = torch.logsumexp(weights, 0)
-        probs = (weights - log_z).exp()
-        out["log_z"][b] = log_z
-        out["entropy"][b] = -(probs * (weights - log_z)).sum() + (probs * torch.stack(entropies)).sum()
-        for p, (z, mean, cov) in zip(probs, moments):
-            for t in range(L):
-                out["marg"][b, t, z[t]] += p
-                block = cov[t * D : (t + 1) * D, t * D : (t + 1) * D]
-                out["count"][b, z[t]] += p
-                out["sum"][b, z[t]] += p * mean[t]
-                out["outer"][b, z[t]] += p * (block + torch.outer(mean[t], mean[t]))
-            for t in range(1, L):
-                out["pair"][b, t - 1, z[t - 1], z[t]] += p
-    return out
-
-
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("parallel", [True, False])
 @pytest.mark.parametrize("mode", ["tied", "free"])
@@ -103,7 +66,7 @@ def test_posterior_matches_brute_force_over_all_paths(mode, parallel, padded):
     lengths = torch.tensor([4, 2, 1]) if padded else None
     potential = random_potential(3, 4, 2, lengths)
     post = hmm.posterior(potential, factor)
-    exact = brute_force(potential, factor, lengths)
+    exact = hmm_paths(potential, factor, lengths)
     assert_close(post.log_normalizer, exact["log_z"])
     assert_close(post.state_probs, exact["marg"])
     assert_close(post.states.marginals.pair_marginals, exact["pair"])
@@ -238,87 +201,6 @@ def test_sinelbo_agrees_with_trace_elbo_on_padded_sequences():
     assert abs(ours[0] - theirs[0]) < 4 * (ours[1] ** 2 + theirs[1] ** 2) ** 0.5 + 1e-3 * abs(theirs[0])
 
 
-class ConstantDecoder(torch.nn.Module):
-    """``p(y_t | x_t)`` that ignores ``x_t``: the bound's Monte Carlo term becomes exact."""
-
-    def __init__(self, P):
-        super().__init__()
-        self.loc = torch.nn.Parameter(torch.randn(P))
-
-    def distribution(self, x):
-        shape = x.shape[:-1] + self.loc.shape
-        return dist.Normal(self.loc.expand(shape), torch.ones(shape)).to_event(1)
-
-
-@pytest.mark.parametrize("factor", ["tied", "free"])
-def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor):
-    lengths, T, P, D = [9, 3, 1, 6], 12, 3, 2
-    y = torch.randn(len(lengths), T, P) * 3
-    mask = torch.ones(len(lengths), T)
-    mask[0, 2:4] = 0
-    L = torch.tensor(lengths)
-    hmm = random_hmm(K=3, D=D)
-    model = DeepLatentSequence(hmm, ConstantDecoder(P), len(lengths))
-    guide = model.make_guide(GaussianEncoder(P, D, (8,)), factor=factor)
-    elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
-    padded_loss = elbo.loss(model, guide, y, mask, L)
-    q = guide.global_posterior()
-    post = model.posterior(guide, y, mask, L)
-    target = hmm.natural_target(post, 1.0)
-    prior = hmm.prior_natural()
-    exact = dict(rtol=0, atol=1e-6)
-    unpadded_loss, target_sum = 0.0, {k: v.clone() for k, v in prior.items()}
-    for i, n in enumerate(lengths):
-        post_i = model.posterior(guide, y[i : i + 1, :n], mask[i : i + 1, :n])
-        assert_close(post.state_probs[i, :n], post_i.state_probs[0], **exact)
-        assert_close(post.transition_counts[i], post_i.transition_counts[0], **exact)
-        assert_close(hmm.local_elbo(q, post)[i], hmm.local_elbo(q, post_i)[0], **exact)
-        unpadded_loss += elbo.loss(model, guide, y[i : i + 1, :n], mask[i : i + 1, :n]) / len(lengths)
-        for key, value in hmm.natural_target(post_i, 1.0).items():
-            target_sum[key] += value - prior[key]
-    assert_close(torch.tensor(padded_loss), torch.tensor(unpadded_loss), **exact)
-    for key in prior:
-        assert_close(target[key], target_sum[key], **exact)
-    # transitions counted: L - 1 per sequence, padding not
-    assert_close(target["transition_concentration"].sum() - prior["transition_concentration"].sum(), torch.tensor(float(sum(lengths) - len(lengths))))
-    z = post.sample_states((3,))
-    x = post.rsample((3,))
-    after_end = torch.arange(T) >= L[:, None]
-    assert (z[:, after_end] == 0).all() and (x[:, after_end] == 0).all()
-
-
-def test_full_natural_step_is_the_conjugate_update():
-    """β = 1 lands on the conjugate posterior of the exact expected statistics, computed by enumeration."""
-    model, guide, y = tiny_hmm_model(N=6, T=3)
-    idx = torch.arange(3)
-    guide(y[idx], indices=idx)
-    with torch.no_grad():
-        potential = guide.encode(y[idx])
-        exact = brute_force(potential, guide.factor())
-    hmm, scale = guide.pgm, 6 / 3
-    # Dirichlets: prior plus expected counts
-    alpha = hmm.prior_init_concentration + scale * exact["marg"][:, 0].sum(0)
-    beta = hmm.prior_transition_concentration + scale * exact["pair"].sum((0, 1))
-    # Normal-Wishart per state, by the textbook update from weighted moments
-    n = scale * exact["count"].sum(0)
-    s1 = scale * exact["sum"].sum(0)
-    s2 = scale * exact["outer"].sum(0)
-    prior = hmm.prior()
-    kappa = prior.kappa + n
-    loc = (prior.kappa[:, None] * prior.loc + s1) / kappa[:, None]
-    outer = lambda v: v[..., :, None] * v[..., None, :]  # noqa: E731
-    scale_inv = prior.scale_inv + s2 + prior.kappa[:, None, None] * outer(prior.loc) - kappa[:, None, None] * outer(loc)
-    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.0}, natural_lr=1.0), pyro_sin.SINELBO(num_particles=2))
-    svi.step(y[idx], indices=idx)
-    q = guide.global_posterior()
-    assert_close(q.init_concentration, alpha)
-    assert_close(q.transition_concentration, beta)
-    assert_close(q.normal_wishart.kappa, kappa)
-    assert_close(q.normal_wishart.loc, loc)
-    assert_close(q.normal_wishart.scale_inv, scale_inv)
-    assert_close(q.normal_wishart.df, prior.df + n)
-
-
 def synthetic_hmm(N, T, K=2, P=5, stay=0.9, radius=3.0, noise=0.3, generator=None):
     """Sticky states with Gaussian latents around a circle, seen through a random tanh layer."""
     g = generator
@@ -367,19 +249,6 @@ def test_learning_segments_a_synthetic_hmm_beyond_any_per_frame_classifier(facto
     # the learned chain is about as sticky as the true one
     transitions = hmm.point_estimate(guide.global_posterior()).transition_probs
     assert (transitions.diagonal() - stay).abs().max() < 0.06
-
-
-def test_bad_inputs_raise():
-    hmm = random_hmm()
-    factor = factor_of(hmm, "tied")
-    with pytest.raises(ValueError, match="per-step potentials"):
-        hmm.posterior(GaussianPotential(torch.zeros(3, 3), torch.ones(3, 3)), factor)
-    with pytest.raises(ValueError, match="positive"):
-        LatentHMM(2, 2, transition_concentration=torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
-    natural = hmm.init_natural()
-    natural["transition_concentration"] = -natural["transition_concentration"]
-    with pytest.raises(ValueError, match="transition rows"):
-        hmm.global_posterior(natural)
 
 
 def test_hmm_states_start_on_the_clusters_of_the_encoded_frames():

@@ -1,3 +1,10 @@
+"""
+The linear dynamical system's own mathematics: Kalman smoothing against dense Gaussian algebra,
+Monte Carlo, Pyro's estimators, padded priors and forecasts. What every family must do (padding,
+checkpoints, bad input, the full natural step, dtypes and devices) is checked by the conformance
+suite, tests/test_conformance.py.
+"""
+
 import math
 
 import pytest
@@ -6,7 +13,7 @@ from torch.testing import assert_close
 
 import pyro
 import pyro.distributions as dist
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 
 import pyro_sin
 from pyro_sin.distributions import GaussianChain
@@ -14,6 +21,7 @@ from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import ChainPosterior
 from pyro_sin.potential import GaussianPotential
+from tests.pgm.reference import chain_joint
 
 
 def random_lds(D=2):
@@ -31,23 +39,9 @@ def random_potential(B, T, D):
 
 
 def dense_chain(post):
-    """The joint Gaussian of x_{1:T} assembled densely: log Z, mean, covariance."""
-    B, T, D = post.init.batch_shape[0], post.num_steps, post.dim
-    n = T * D
-    P = torch.zeros(B, n, n)
-    h = torch.zeros(B, n)
-    c = post.init.log_normalizer.clone()
-    P[:, :D, :D] += post.init.precision
-    h[:, :D] += post.init.info_vec
-    for t in range(T - 1):
-        s = slice(t * D, (t + 2) * D)
-        P[:, s, s] += post.trans.precision[:, t]
-        h[:, s] += post.trans.info_vec[:, t]
-        c = c + post.trans.log_normalizer[:, t]
-    L = torch.linalg.cholesky(P)
-    mean = torch.cholesky_solve(h[..., None], L)[..., 0]
-    log_z = c + 0.5 * (h * mean).sum(-1) + 0.5 * n * math.log(2 * math.pi) - L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-    return log_z, mean.reshape(B, T, D), torch.cholesky_inverse(L)
+    """The joint Gaussian of x_{1:T} of each sequence assembled densely: log Z, mean, covariance."""
+    joints = [chain_joint(post.init[(b,)], post.trans[(b,)], post.num_steps) for b in range(post.batch_shape[0])]
+    return tuple(torch.stack(part) for part in zip(*joints))
 
 
 @pytest.mark.parametrize("parallel", [True, False])
@@ -185,49 +179,6 @@ def test_sinelbo_agrees_with_trace_elbo_on_the_lds():
     assert abs(ours.mean() - theirs.mean()) < 4 * se + 1e-3 * abs(theirs.mean())
 
 
-def test_full_natural_step_is_the_conjugate_regression_update():
-    model, guide, y = tiny_lds_model()
-    idx = torch.arange(4)
-    guide(y[idx], idx)
-    with torch.no_grad():
-        post = guide.local_posterior(y[idx])
-        # dense smoothed moments, then Bayesian linear regression by hand
-        _, mean, cov = dense_chain(post)
-        B_, T, D = mean.shape
-        flat = mean.reshape(B_, -1)
-        second = cov + flat[:, :, None] * flat[:, None, :]
-    scale = 8 / 4
-    xu = torch.zeros(D, D + 1)
-    uu = torch.zeros(D + 1, D + 1)
-    xx = torch.zeros(D, D)
-    for b in range(B_):
-        for t in range(1, T):
-            p, n = slice((t - 1) * D, t * D), slice(t * D, (t + 1) * D)
-            xu += torch.cat([second[b, n, p], mean[b, t][:, None]], -1)
-            uu += torch.cat(
-                [torch.cat([second[b, p, p], mean[b, t - 1][:, None]], -1), torch.cat([mean[b, t - 1], torch.ones(1)])[None]], 0
-            )
-            xx += second[b, n, n]
-    prior = guide.pgm.prior()
-    K = prior.col_precision + scale * uu
-    M = (prior.loc @ prior.col_precision + scale * xu) @ torch.linalg.inv(K)
-    S = prior.scale_inv + scale * xx + prior.loc @ prior.col_precision @ prior.loc.T - M @ K @ M.T
-    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.01}, natural_lr=1.0), pyro_sin.SINELBO(num_particles=2))
-    svi.step(y[idx], idx)
-    q = guide.global_posterior().matrix_normal_wishart
-    assert_close(q.col_precision, K)
-    assert_close(q.loc, M)
-    assert_close(q.scale_inv, S)
-    assert_close(q.df, prior.df + scale * B_ * (T - 1))
-
-
-def test_bad_potential_shape_raises():
-    lds = random_lds()
-    factor = lds.tied_factor(lds.global_posterior(lds.init_natural()))
-    with pytest.raises(ValueError, match="per-step potentials"):
-        lds.posterior(GaussianPotential(torch.zeros(3, 3), torch.ones(3, 3)), factor)
-
-
 def test_sin_with_a_bidirectional_rnn_encoder_and_missing_frames():
     """A recurrent encoder still emits one potential per step; masked frames carry no evidence."""
     from pyro_sin.models import DeepLatentSequence
@@ -261,19 +212,6 @@ def test_guide_sets_up_on_long_sequences_whose_prior_draws_diverge(seed):
     assert math.isfinite(pyro_sin.SINELBO(max_plate_nesting=1).loss(model, guide, y))
 
 
-class ConstantDecoder(torch.nn.Module):
-    """``p(y_t | x_t)`` that ignores ``x_t``: the bound's Monte Carlo term becomes exact."""
-
-    def __init__(self, P):
-        super().__init__()
-        self.loc = torch.nn.Parameter(torch.randn(P))
-        self.log_scale = torch.nn.Parameter(torch.randn(P) * 0.1)
-
-    def distribution(self, x):
-        shape = x.shape[:-1] + self.loc.shape
-        return dist.Normal(self.loc.expand(shape), self.log_scale.exp().expand(shape)).to_event(1)
-
-
 def ragged_batch(lengths, T, P):
     """Sequences padded to T with arbitrary values, missing frames inside two of them."""
     y = torch.randn(len(lengths), T, P) * 3
@@ -281,51 +219,6 @@ def ragged_batch(lengths, T, P):
     mask[0, 5:8] = 0  # inside the first sequence
     mask[-1, lengths[-1] - 1] = 0  # the last frame of the last sequence: still a step
     return y, mask, torch.tensor(lengths)
-
-
-@pytest.mark.parametrize("encoder", ["frames", "rnn"])
-@pytest.mark.parametrize("factor", ["tied", "free"])
-def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor, encoder):
-    """A padded batch against each sequence run unpadded: same numbers to 1e-6 (float64)."""
-    from pyro_sin.models import DeepLatentSequence
-    from pyro_sin.nn import SequenceEncoder
-
-    lengths, T, P, D = [20, 7, 1, 13], 60, 3, 2
-    y, mask, L = ragged_batch(lengths, T, P)
-    lds = random_lds(D)
-    model = DeepLatentSequence(lds, ConstantDecoder(P), len(lengths))
-    enc = GaussianEncoder(P, D, (8,)) if encoder == "frames" else SequenceEncoder(P, D, (8,), rnn_dim=4)
-    guide = model.make_guide(enc, factor=factor)
-    elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
-    padded_loss = elbo.loss(model, guide, y, mask, L)
-    q = guide.global_posterior()
-    post = model.posterior(guide, y, mask, L)
-    target = lds.natural_target(post, 1.0)
-    prior = lds.prior_natural()
-    exact = dict(rtol=0, atol=1e-6)
-
-    unpadded_loss, target_sum = 0.0, {k: v.clone() for k, v in prior.items()}
-    for i, n in enumerate(lengths):
-        y_i, mask_i = y[i : i + 1, :n], mask[i : i + 1, :n]
-        post_i = model.posterior(guide, y_i, mask_i)
-        assert_close(post.marginal_means()[i, :n], post_i.marginal_means()[0], **exact)
-        assert_close(post.marginal_covariances()[i, :n], post_i.marginal_covariances()[0], **exact)
-        assert_close(post.log_normalizer[i], post_i.log_normalizer[0], **exact)
-        assert_close(lds.local_elbo(q, post)[i], lds.local_elbo(q, post_i)[0], **exact)
-        x = torch.randn(n, D)
-        x_padded = torch.cat([x, torch.randn(T - n, D)])  # the padding's values do not matter
-        assert_close(post.log_prob(x_padded)[i], post_i.log_prob(x)[0], **exact)
-        unpadded_loss += elbo.loss(model, guide, y_i, mask_i) / len(lengths)  # each scaled by N / 1
-        for key, value in lds.natural_target(post_i, 1.0).items():
-            target_sum[key] += value - prior[key]
-    assert_close(torch.tensor(padded_loss), torch.tensor(unpadded_loss), **exact)
-    for key in prior:
-        assert_close(target[key], target_sum[key], **exact)
-    # degrees of freedom grow by the number of transitions, missing frames included, padding not
-    assert_close(target["df"] - prior["df"], torch.tensor(float(sum(n - 1 for n in lengths))))
-    # nothing exists after a sequence's end
-    after_end = torch.arange(T) >= L[:, None]
-    assert (post.rsample((3,))[:, after_end] == 0).all()
 
 
 def test_padded_gaussian_chain_is_the_chain_of_each_sequence():
@@ -374,18 +267,3 @@ def test_sinelbo_agrees_with_trace_elbo_on_padded_sequences():
     theirs = torch.tensor([elbo.loss(model, guide, y, mask, L) for _ in range(5)])
     se = (ours.var() / 5 + theirs.var() / 5).sqrt()
     assert abs(ours.mean() - theirs.mean()) < 4 * se + 1e-3 * abs(theirs.mean())
-
-
-@pytest.mark.parametrize(
-    "lengths, match",
-    [
-        (torch.tensor([3, 0]), r"lie in \[1, 4\]"),
-        (torch.tensor([5, 2]), r"lie in \[1, 4\]"),
-        (torch.tensor([3.0, 2.0]), "integers"),
-        (torch.tensor([3]), "shape"),
-    ],
-)
-def test_bad_lengths_raise(lengths, match):
-    pot = random_potential(2, 4, 2)
-    with pytest.raises(ValueError, match=match):
-        GaussianPotential(pot.info_vec, pot.precision, lengths).validate()

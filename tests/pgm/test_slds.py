@@ -1,3 +1,10 @@
+"""
+The switching LDS's own mathematics: the mean-field blocks against dense algebra and enumeration,
+gradchecks, Monte Carlo, Pyro's estimators and learning. What every family must do (padding,
+checkpoints, bad input, the full natural step, dtypes and devices) is checked by the conformance
+suite, tests/test_conformance.py.
+"""
+
 import itertools
 import math
 
@@ -383,94 +390,6 @@ def test_sinelbo_adds_no_score_function_for_the_decoupled_regimes():
         assert_close(a, b)
 
 
-@pytest.mark.parametrize("factor", ["tied", "free"])
-def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor):
-    lengths, T, P, D = [7, 3, 1, 5], 9, 3, 2
-    y = torch.randn(len(lengths), T, P) * 3
-    mask = torch.ones(len(lengths), T)
-    mask[0, 2:4] = 0
-    L = torch.tensor(lengths)
-    slds = random_slds(K=3, D=D)
-    model = DeepLatentSequence(slds, ConstantDecoder(P), len(lengths))
-    guide = model.make_guide(GaussianEncoder(P, D, (8,)), factor=factor)
-    elbo = pyro_sin.SINELBO(num_particles=1, max_plate_nesting=1)
-    padded_loss = elbo.loss(model, guide, y, mask, L)
-    q = guide.global_posterior()
-    post = model.posterior(guide, y, mask, L)
-    target = slds.natural_target(post, 1.0)
-    prior = slds.prior_natural()
-    exact = dict(rtol=0, atol=1e-6)
-    unpadded_loss, target_sum = 0.0, {k: v.clone() for k, v in prior.items()}
-    for i, n in enumerate(lengths):
-        post_i = model.posterior(guide, y[i : i + 1, :n], mask[i : i + 1, :n])
-        assert_close(post.state_probs[i, :n], post_i.state_probs[0], **exact)
-        assert_close(post.marginal_means()[i, :n], post_i.marginal_means()[0], **exact)
-        assert_close(slds.local_elbo(q, post)[i], slds.local_elbo(q, post_i)[0], **exact)
-        unpadded_loss += elbo.loss(model, guide, y[i : i + 1, :n], mask[i : i + 1, :n]) / len(lengths)
-        for key, value in slds.natural_target(post_i, 1.0).items():
-            target_sum[key] += value - prior[key]
-    assert_close(torch.tensor(padded_loss), torch.tensor(unpadded_loss), **exact)
-    for key in prior:
-        assert_close(target[key], target_sum[key], **exact)
-    # transitions counted: L - 1 per sequence, padding not
-    counted = target["transition_concentration"].sum() - prior["transition_concentration"].sum()
-    assert_close(counted, torch.tensor(float(sum(lengths) - len(lengths))))
-    assert_close(target["df"].sum() - prior["df"].sum(), counted)
-    z, x = post.sample_states((3,)), post.rsample((3,))
-    after_end = torch.arange(T) >= L[:, None]
-    assert (z[:, after_end] == 0).all() and (x[:, after_end] == 0).all()
-
-
-def test_full_natural_step_is_the_conjugate_update():
-    """β = 1 lands on the textbook conjugate posterior of the mean field's exact expected statistics."""
-    model, guide, y = tiny_slds_model(N=6, T=4)
-    idx = torch.arange(3)
-    guide(y[idx], indices=idx)
-    slds, scale = guide.pgm, 6 / 3
-    K, D = slds.num_states, slds.latent_dim
-    with torch.no_grad():
-        potential = guide.encode(y[idx])
-        post = slds.posterior(potential, guide.factor())
-    # regime-weighted regression statistics, step by step, from q(z_t) and the pair moments of q(x)
-    n = torch.zeros(K)
-    xu, uu, xx = torch.zeros(K, D, D + 1), torch.zeros(K, D + 1, D + 1), torch.zeros(K, D, D)
-    r, m = post.state_probs, post.continuous.moments
-    for b in range(3):
-        for t in range(1, 4):
-            mean, second = m.pair_mean[b, t - 1], m.pair_second[b, t - 1]
-            u_mean = torch.cat([mean[:D], torch.ones(1)])
-            u_second = torch.outer(u_mean, u_mean)
-            u_second[:D, :D] = second[:D, :D]
-            cross = torch.cat([second[D:, :D], mean[D:, None]], -1)
-            for k in range(K):
-                w = scale * r[b, t, k]
-                n[k] += w
-                xu[k] += w * cross
-                uu[k] += w * u_second
-                xx[k] += w * second[D:, D:]
-    prior = slds.prior()
-    col_precision = prior.col_precision + uu
-    loc = torch.linalg.solve(col_precision, (prior.loc @ prior.col_precision + xu).transpose(-1, -2)).transpose(-1, -2)
-    scale_inv = (
-        prior.scale_inv
-        + xx
-        + prior.loc @ prior.col_precision @ prior.loc.transpose(-1, -2)
-        - loc @ col_precision @ loc.transpose(-1, -2)
-    )
-    alpha = slds.prior_init_concentration + scale * r[:, 0].sum(0)
-    beta = slds.prior_transition_concentration + scale * post.transition_counts.sum(0)
-    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.0}, natural_lr=1.0), pyro_sin.SINELBO(num_particles=2))
-    svi.step(y[idx], indices=idx)
-    q = guide.global_posterior()
-    assert_close(q.init_concentration, alpha)
-    assert_close(q.transition_concentration, beta)
-    mnw = q.matrix_normal_wishart
-    assert_close(mnw.col_precision, col_precision)
-    assert_close(mnw.loc, loc)
-    assert_close(mnw.scale_inv, scale_inv)
-    assert_close(mnw.df, prior.df + n)
-
-
 def switching_drifts(N, T, speed=0.3, stay=0.9, generator=None):
     """A 1-D walk that drifts up in regime 1 and down in regime 0, regimes sticky, observed with noise."""
     g = generator
@@ -508,25 +427,6 @@ def test_learning_segments_a_two_regime_switching_system():
     # one regime drifts up, the other down
     drifts = slds.point_estimate(guide.global_posterior()).transitions[:, 0, 1]
     assert drifts.min() < 0 < drifts.max()
-
-
-def test_bad_inputs_raise():
-    slds = random_slds()
-    factor = factor_of(slds, "tied")
-    with pytest.raises(ValueError, match="per-step potentials"):
-        slds.posterior(GaussianPotential(torch.zeros(3, 3), torch.ones(3, 3)), factor)
-    with pytest.raises(ValueError, match="one length per sequence"):
-        slds.posterior(random_potential(2, 3, 2, torch.tensor([3])), factor)
-    with pytest.raises(ValueError, match="positive"):
-        SwitchingLDS(2, 2, transition_concentration=torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
-    with pytest.raises(ValueError, match="num_sweeps"):
-        SwitchingLDS(2, 2, num_sweeps=0)
-    with pytest.raises(ValueError, match="gradient"):
-        SwitchingLDS(2, 2, gradient="backprop")
-    natural = slds.init_natural()
-    natural["transition_concentration"] = -natural["transition_concentration"]
-    with pytest.raises(ValueError, match="transition rows"):
-        slds.global_posterior(natural)
 
 
 def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():

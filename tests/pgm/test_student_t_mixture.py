@@ -1,5 +1,9 @@
+"""
+The Student-t mixture's own mathematics: E[log St] against quadrature, the bound against
+TraceEnum_ELBO, the components trained by Adam. What every family must do is checked by the
+conformance suite, tests/test_conformance.py.
+"""
 
-import pytest
 import torch
 from torch.testing import assert_close
 
@@ -54,24 +58,13 @@ def test_sinelbo_agrees_with_traceenum_on_the_student_t_mixture():
     assert abs(ours.mean() - theirs.mean()) < 4 * se + 1e-3 * abs(theirs.mean())
 
 
-def test_weights_take_the_natural_step_and_components_take_adam():
+def test_components_take_adam_while_the_weights_take_the_natural_step():
+    """The weights' full natural step is the conformance suite's (test_conformance.py, tmm-free)."""
     model, guide, y = tiny_tmm_model()
     idx = torch.arange(5)
     guide(y[idx], idx)
-    with torch.no_grad():
-        probs = guide.local_posterior(y[idx]).probs
-    expected = guide.pgm.prior_concentration + 4.0 * probs.sum(0)
     locs_before = guide.pgm.locs.detach().clone()
     svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.01}, natural_lr=1.0), pyro_sin.SINELBO(num_particles=4))
     svi.step(y[idx], indices=idx)
-    assert_close(guide.global_posterior().concentration, expected)
     moved = (guide.pgm.locs.detach() - locs_before).abs()
     assert_close(moved.max(), torch.tensor(0.01), rtol=1e-3, atol=0)
-
-
-def test_tied_factor_is_refused():
-    tmm = StudentTMixture(2, 2)
-    with pytest.raises(ValueError, match="factor must be one of"):
-        pyro_sin.SINGuide(lambda y: None, tmm, GaussianEncoder(2, 2, (4,)), factor="tied")
-    # by default the guide takes the factor the prior offers
-    assert pyro_sin.SINGuide(lambda y: None, tmm, GaussianEncoder(2, 2, (4,))).factor_mode == "free"

@@ -214,9 +214,10 @@ class MixturePrior(StructuredPrior):
     def __init__(self, num_components, latent_dim, name="x", *, concentration=None, init_loc_range=5.0):
         super().__init__(name, num_components=num_components, latent_dim=latent_dim)
         K = num_components
-        self.init_loc_range = init_loc_range
+        what = type(self).__name__
+        self.init_loc_range = self._finite(init_loc_range, f"{what} init_loc_range")
         concentration = 0.05 / K if concentration is None else concentration
-        self.register_buffer("prior_concentration", self._as_tensor(concentration, (K,)))
+        self.register_buffer("prior_concentration", self._as_tensor(concentration, (K,), f"{what} concentration"))
         if not (self.prior_concentration > 0).all():
             raise ValueError("the Dirichlet concentration must be positive")
 
@@ -338,10 +339,10 @@ class NormalWishartGaussians:
         """Buffers ``m₀, κ₀, W₀⁻¹, ν₀`` (defaults of the last two ``(D + 0.5) I``, ``2D + 0.5``), validated."""
         D = self.latent_dim
         scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, batch_shape, f"{what} scale_inv")
-        self.register_buffer("prior_loc", self._as_tensor(loc, batch_shape + (D,)))
-        self.register_buffer("prior_kappa", self._as_tensor(kappa, batch_shape))
+        self.register_buffer("prior_loc", self._as_tensor(loc, batch_shape + (D,), f"{what} loc"))
+        self.register_buffer("prior_kappa", self._as_tensor(kappa, batch_shape, f"{what} kappa"))
         self.register_buffer("prior_scale_inv", self._as_tensor(scale_inv, batch_shape + (D, D)))
-        self.register_buffer("prior_df", self._as_tensor(2 * D + 0.5 if df is None else df, batch_shape))
+        self.register_buffer("prior_df", self._as_tensor(2 * D + 0.5 if df is None else df, batch_shape, f"{what} df"))
         self.prior(validate_args=True)  # positive definite scale, df > D - 1, kappa > 0
 
     def prior(self, validate_args=False) -> NormalWishart:

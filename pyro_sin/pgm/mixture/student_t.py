@@ -82,11 +82,11 @@ class StudentTMixture(MixturePrior):
             num_components, latent_dim, name, concentration=concentration, init_loc_range=init_loc_range
         )
         K, D = num_components, latent_dim
-        if not df > 0:
+        if not self._finite(df, "StudentTMixture df") > 0:
             raise ValueError(f"StudentTMixture df must be positive, got {df}")
         if learn_df and not df > 2:
             raise ValueError(f"StudentTMixture learns df above 2: the initial df must exceed 2, got {df}")
-        if not init_scale > 0:
+        if not self._finite(init_scale, "StudentTMixture init_scale") > 0:
             raise ValueError(f"StudentTMixture init_scale must be positive, got {init_scale}")
         if num_samples < 1:
             raise ValueError(f"StudentTMixture num_samples must be at least 1, got {num_samples}")
