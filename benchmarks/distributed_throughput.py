@@ -11,8 +11,8 @@ per step (median over steps, after a warm-up) and steps per second.
 """
 
 import argparse
-import sys
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +25,11 @@ import pyro
 
 from pyro_sin.datasets import pinwheel
 from pyro_sin.distributed import broadcast_parameters
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
-from pinwheel import Config, build_san
 from pyro_sin.training import minibatch_indices
+
+from pinwheel import Config, build_san
 
 
 def step_times(rank, world_size, steps, threads, warmup=20):

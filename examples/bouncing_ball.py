@@ -14,7 +14,16 @@ Segmentation scores compare ``argmax_k q(z_t = k)`` with the true direction; for
 from dataclasses import replace
 
 from pyro_sin.datasets import bouncing_ball
-from sequence_harness import METHODS, Config, SequenceTask, deep_latent_builder, experiment_main, hmm_natural_from_encoded, make_hmm
+
+from sequence_harness import (
+    METHODS,
+    Config,
+    SequenceTask,
+    deep_latent_builder,
+    experiment_main,
+    hmm_natural_from_encoded,
+    make_hmm,
+)
 
 CONFIG = Config(latent_dim=2, num_states=2, max_iterations=500)
 # one frame holds the position only: a per-frame encoder cannot see the direction (the regime),

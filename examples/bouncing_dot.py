@@ -27,16 +27,17 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentLDS
 from pyro_sin.nn import SequenceEncoder, mirrored_autoencoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
-from plotting import new_figure, plot_curves
 from pyro_sin.training import fit
+
+from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
 from pinwheel import markdown_table
+from plotting import new_figure, plot_curves
 
 
 @dataclass

@@ -73,7 +73,6 @@ import torch
 import pyro
 from pyro.infer import SVI
 
-from baselines import KMeansBaseline, PCAGMM, VAEGMM
 from pyro_sin.datasets.digits import digits, mnist5k
 from pyro_sin.elbo import SINELBO
 from pyro_sin.guide import SVAEGuide
@@ -82,10 +81,12 @@ from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture
-from plotting import component_colours, new_figure, plot_curves
-from plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
 from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import DivergenceError, fit
+
+from baselines import PCAGMM, VAEGMM, KMeansBaseline
+from plotting import component_colours, new_figure, plot_curves
+from plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ frames) are scored against the noise-free frames. ``--quick`` (or ``CI``) shrink
 from dataclasses import replace
 
 from pyro_sin.datasets import four_regime_system
+
 from sequence_harness import Config, SequenceTask, experiment_main
 
 # the switching LDS's regime allocation is still changing at 500 steps (docs/mathematics.rst)

@@ -42,6 +42,7 @@ from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import LDSParams
 from pyro_sin.training import DivergenceError, fit
+
 from sequence_harness import markdown_table
 
 TARGET = dict(latent_dim=3, emission_dim=5, emission_noise=1.0, dynamics_noise=0.1, num_sequences=100)

@@ -43,8 +43,8 @@ import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Optional
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -54,7 +54,6 @@ from tqdm.auto import tqdm
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import VAE, BayesianGMM
 from pyro_sin.datasets import auto_mpg, noisy_pinwheel, pinwheel
 from pyro_sin.datasets.pinwheel import LabelledSplit
 from pyro_sin.elbo import SINELBO
@@ -66,9 +65,11 @@ from pyro_sin.models import DeepLatentMixture
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture, StudentTMixture
 from pyro_sin.standardize import standardized_autoencoder
-from plotting import new_figure, plot_curves, plot_generative_samples, plot_points_with_range, shared_limits
 from pyro_sin.training import components_in_use, minibatch_indices
+
 import pinwheel as pinwheel_experiment
+from baselines import VAE, BayesianGMM
+from plotting import new_figure, plot_curves, plot_generative_samples, plot_points_with_range, shared_limits
 
 _NETWORKS = pinwheel_experiment.Config()  # the shared networks' defaults, one source of truth
 LONG_ITERATIONS = 10_000

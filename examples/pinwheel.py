@@ -22,18 +22,19 @@ import torch.multiprocessing as mp
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import VAE
 from pyro_sin.datasets import pinwheel
 from pyro_sin.elbo import SINELBO
+from pyro_sin.initialization import encoded_components, warmup_schedule
 from pyro_sin.metrics import cluster_purity, normalized_mutual_info
 from pyro_sin.models import DeepLatentMixture
-from pyro_sin.initialization import encoded_components, warmup_schedule
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture
-from plotting import new_figure, plot_curves, plot_generative_samples
 from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import fit
+
+from baselines import VAE
+from plotting import new_figure, plot_curves, plot_generative_samples
 
 
 @dataclass

@@ -33,7 +33,6 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import UnstructuredLDSGuide, VectorAutoregression
 from pyro_sin.elbo import SINELBO
 from pyro_sin.initialization import encoded_regimes, encoded_states
 from pyro_sin.metrics import clustering_scores
@@ -41,9 +40,11 @@ from pyro_sin.models import DeepLatentLDS
 from pyro_sin.nn import SequenceEncoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
-from plotting import component_colours, new_figure, plot_curves
-from pyro_sin.standardize import StandardizedEncoder, Standardization, standardized_autoencoder
+from pyro_sin.standardize import Standardization, StandardizedEncoder, standardized_autoencoder
 from pyro_sin.training import DivergenceError, History, fit
+
+from baselines import UnstructuredLDSGuide, VectorAutoregression
+from plotting import component_colours, new_figure, plot_curves
 
 __all__ = [
     "Config",

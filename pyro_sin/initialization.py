@@ -13,8 +13,8 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from .pgm.mixture import bayesian_gmm
 from .distributions import NormalWishart, RegressionStats, regression_conjugate_update
+from .pgm.mixture import bayesian_gmm
 from .potential import GaussianPotential
 
 

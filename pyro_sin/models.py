@@ -17,8 +17,8 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.infer import Predictive
 
-from .guide import SINGuide
 from . import evaluation
+from .guide import SINGuide
 from .naming import NameOwner
 from .pgm.lds import last_step, rollout  # noqa: F401  (re-exported: the baselines roll LDS dynamics forward)
 from .pgm.mixture import GaussianMixture

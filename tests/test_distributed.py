@@ -17,7 +17,7 @@ import pyro
 import pyro.distributions as dist_
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.distributed import broadcast_parameters, world
 from pyro_sin.models import DeepLatentLDS, DeepLatentMixture
 from pyro_sin.nn import GaussianEncoder

@@ -6,6 +6,7 @@ import torch
 from torch.testing import assert_close
 
 import pyro.distributions as dist
+
 from pyro_sin.metrics import (
     adjusted_rand_index,
     cluster_purity,

@@ -5,9 +5,10 @@ from torch.testing import assert_close
 import pyro
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.distributions import NormalWishart
 from pyro_sin.optim import NaturalStep, decaying_schedule, is_natural_parameter
+
 from tests.helpers import tiny_mixture_model
 
 

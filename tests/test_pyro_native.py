@@ -16,11 +16,12 @@ import pyro.poutine as poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoGuideList, AutoNormal
 
-from pyro_sin import NaturalAdam, SINELBO, SINGuide
+from pyro_sin import SINELBO, NaturalAdam, SINGuide
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.optim import is_natural_parameter
 from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem, StudentTMixture
+
 from tests.helpers import tiny_mixture_model
 
 
@@ -85,6 +86,7 @@ def test_param_store_and_optimiser_files_resume_a_run_exactly(tmp_path):
 
 def test_state_dict_resume_of_the_main_job_is_bit_identical():
     from pyro_sin.datasets import pinwheel
+
     from pinwheel import Config, build_san
 
     config = Config(iterations=6, num_particles=2, batch_size=50)

@@ -28,6 +28,7 @@ from pyro_sin import evaluation
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.pgm.mixture import BayesianGMM, bayesian_gmm
 from pyro_sin.training import fit as fit_svi
+
 from .vae import VAE
 
 

@@ -3,9 +3,8 @@
 from .base import SINRecord, StructuredPrior
 from .hmm import HMMFactor, HMMParams, HMMPosterior, LatentHMM
 from .lds import LinearDynamicalSystem
+from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior, StudentTMixture
 from .slds import SLDSFactor, SLDSParams, SLDSPosterior, SwitchingLDS
-from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior
-from .mixture import StudentTMixture
 
 __all__ = [
     "GaussianMixture",

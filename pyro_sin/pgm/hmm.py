@@ -49,8 +49,8 @@ from ..distributions import (
 from ..ops.markov import markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
-from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
+from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -40,8 +40,8 @@ from pyro.ops.gaussian import (
 from ..distributions import (
     GaussianChain,
     MatrixNormalWishart,
-    MatrixNormalWishartExpectations,
     MatrixNormalWishartBlock,
+    MatrixNormalWishartExpectations,
     MatrixNormalWishartNatural,
     NaturalDomain,
     RegressionStats,

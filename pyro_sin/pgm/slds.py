@@ -56,7 +56,6 @@ from ..distributions import (
 from ..ops.markov import forward_backward, markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
-from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .lds import (
     ChainFactor,
     ChainPosterior,
@@ -66,6 +65,7 @@ from .lds import (
     point_expectations,
     regression_factor,
 )
+from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 
 #: how gradients pass through the mean-field sweeps
 GRADIENT_MODES = ("unrolled", "implicit")

@@ -8,11 +8,12 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import PCAGMM, VAE, VAEGMM, BayesianGMM, KMeansBaseline, TwoStageLDS
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.metrics import normalized_mutual_info
 from pyro_sin.nn import latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import LinearDynamicalSystem
+
+from baselines import PCAGMM, VAE, VAEGMM, BayesianGMM, KMeansBaseline, TwoStageLDS
 
 
 def test_two_stage_fits_the_dynamics_of_its_latent_means():

@@ -5,9 +5,10 @@ import torch
 
 pytest.importorskip("sklearn", reason="the digits need scikit-learn (pip install 'pyro-sin[data]')")
 
-import digits  # noqa: E402
 from pyro_sin.metrics import normalized_mutual_info  # noqa: E402
 from pyro_sin.training import DivergenceError  # noqa: E402
+
+import digits  # noqa: E402
 
 
 def test_quick_digits_run_learns_and_writes_its_outputs(tmp_path, capsys):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pyro_sin.datasets import pinwheel
+
 import paper
 
 

@@ -3,8 +3,12 @@ import json
 import pytest
 import torch
 
-import bouncing_ball, four_regime, lds_benchmark, real_sequences
 from pyro_sin.pgm.lds import LDSParams
+
+import bouncing_ball
+import four_regime
+import lds_benchmark
+import real_sequences
 from sequence_harness import Evaluator, SequenceTask
 
 

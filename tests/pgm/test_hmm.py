@@ -16,6 +16,7 @@ from pyro_sin.pgm import LatentHMM
 from pyro_sin.pgm.hmm import HMMParams
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
+
 from tests.helpers import random_spd
 
 

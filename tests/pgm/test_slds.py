@@ -11,12 +11,13 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 
 import pyro_sin
 from pyro_sin.distributions import GaussianChain
-from pyro_sin.models import DeepLatentLDS
 from pyro_sin.metrics import clustering_scores
+from pyro_sin.models import DeepLatentLDS
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import SLDSParams, SLDSPosterior, SwitchingLDS
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
+
 from tests.helpers import random_spd
 
 
