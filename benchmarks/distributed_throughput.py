@@ -73,7 +73,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_process, args=(args.nproc, f"{tmp}/init", args.steps, args.threads, f"{tmp}/out"), nprocs=args.nproc)
         several = torch.load(f"{tmp}/out")
-    print(f"SAN-GMM on pinwheel, global minibatch 100, {args.threads} thread(s) per process, CPU ({torch.get_num_threads()} threads here)")
+    print(
+        f"SAN-GMM on pinwheel, global minibatch 100, {args.threads} thread(s) per process, "
+        f"CPU ({torch.get_num_threads()} threads here)"
+    )
     print(f"{'processes':<10}{'batch/process':>14}{'ms/step':>10}{'steps/s':>10}")
     for n, seconds in ((1, single), (args.nproc, several)):
         print(f"{n:<10}{100 // n:>14}{1e3 * seconds:>10.2f}{1 / seconds:>10.1f}")

@@ -179,7 +179,8 @@ def train_unstructured(config: Config, train, evaluator: Evaluator, progress=Tru
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
     history = _fit(
-        config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(guide)}, "unstructured", progress
+        config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(guide)}, "unstructured",
+        progress,
     )
     return guide, history
 
@@ -279,7 +280,9 @@ def main(argv=None):
     unstructured, unstructured_history = train_unstructured(config, train, evaluator, progress)
     two_stage, two_stage_history = train_two_stage(config, train, evaluator, progress)
     methods = {"SAN-LDS": san, "unstructured guide": unstructured, "two-stage VAE+LDS": two_stage}
-    histories = {"SAN-LDS": san_history, "unstructured guide": unstructured_history, "two-stage VAE+LDS": two_stage_history}
+    histories = {
+        "SAN-LDS": san_history, "unstructured guide": unstructured_history, "two-stage VAE+LDS": two_stage_history
+    }
     rows = {}
     for name, method in methods.items():
         rows[name] = evaluator(method)

@@ -170,7 +170,9 @@ class Config:
 def load_data(config: Config):
     split = DATASETS[config.data].load(config.data_seed)
     if config.max_train:
-        split = split._replace(train=split.train[: config.max_train], train_labels=split.train_labels[: config.max_train])
+        split = split._replace(
+            train=split.train[: config.max_train], train_labels=split.train_labels[: config.max_train]
+        )
     if config.max_test:
         split = split._replace(test=split.test[: config.max_test], test_labels=split.test_labels[: config.max_test])
     return split
@@ -383,7 +385,8 @@ def write_figures(out: Path, config: Config, split, model, guide, histories, sam
     order = torch.argsort(weights, descending=True)
     K = len(weights)
     fig = new_figure(width=min(1.1 * K, 14), height=2.0)
-    plot_component_means(fig.axes[0], model.component_means(guide), weights, shape, f"SAN-GMM on {config.data}: decoded component means (id: weight)")
+    title = f"SAN-GMM on {config.data}: decoded component means (id: weight)"
+    plot_component_means(fig.axes[0], model.component_means(guide), weights, shape, title)
     fig.savefig(out / "component_means.png", dpi=150)
 
     ids = order.repeat_interleave(samples_per_component)

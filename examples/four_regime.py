@@ -34,7 +34,8 @@ def make_task(config: Config, quick: bool = False) -> SequenceTask:
 
 def main(argv=None):
     return experiment_main(
-        argv, __doc__, make_task, CONFIG, QUICK, "4-regime switching system", channels=(0, 1), default_out="results/four_regime"
+        argv, __doc__, make_task, CONFIG, QUICK, "4-regime switching system", channels=(0, 1),
+        default_out="results/four_regime",
     )
 
 

@@ -87,7 +87,8 @@ class LinearGaussianDecoder(nn.Module):
 @torch.no_grad()
 def learned_log_likelihood(model: DeepLatentLDS, guide, y: torch.Tensor) -> torch.Tensor:
     """Exact ``log p(y)`` per sequence of the learned model under its posterior-mean dynamics."""
-    return linear_gaussian_log_likelihood(model.pgm, model.decoder, model.pgm.point_estimate(guide.global_posterior()), y)
+    params = model.pgm.point_estimate(guide.global_posterior())
+    return linear_gaussian_log_likelihood(model.pgm, model.decoder, params, y)
 
 
 @torch.no_grad()
@@ -194,7 +195,10 @@ def run_setting_with_backoff(config: Config, setting: dict, progress: bool = Tru
             config = replace(config, lr=config.lr / 3)
 
 
-COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack", "lr", "seconds")
+COLUMNS = (
+    "exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack",
+    "lr", "seconds",
+)
 
 
 def _label(row):
@@ -242,7 +246,8 @@ def main(argv=None):
         f"Settings: `{json.dumps(asdict(config))}`\n"
     )
     (args.out / "metrics.md").write_text(text)
-    (args.out / "metrics.json").write_text(json.dumps({"title": title, "config": asdict(config), "rows": rows}, indent=2))
+    results = {"title": title, "config": asdict(config), "rows": rows}
+    (args.out / "metrics.json").write_text(json.dumps(results, indent=2))
     print(f"\n{table}\nwritten to {args.out}/")
     return rows
 

@@ -200,7 +200,9 @@ class SANMethod:
         init_natural = None
         if setting.component_init == "kmeans":
             if pgm != "gmm":
-                raise ValueError("k-means components need a Gaussian mixture (the Student-t components are learned by Adam)")
+                raise ValueError(
+                    "k-means components need a Gaussian mixture (the Student-t components are learned by Adam)"
+                )
             init_natural = encoded_components(prior, encoder, train, torch.Generator().manual_seed(seed))
         elif setting.component_init != "random":
             raise ValueError(f"unknown component_init {setting.component_init!r}")
@@ -401,7 +403,9 @@ def train(name, setting: Setting, split, seed, progress=True, desc=""):
     curve = [method.test_mse(split.test, setting.curve_samples)]
     batches = minibatch_indices(len(split.train), setting.batch_size, torch.Generator().manual_seed(seed))
     seconds = 0.0
-    bar = tqdm(range(1, setting.iterations + 1), desc=desc or f"{name} seed {seed}", disable=not progress, mininterval=1)
+    bar = tqdm(
+        range(1, setting.iterations + 1), desc=desc or f"{name} seed {seed}", disable=not progress, mininterval=1
+    )
     for t in bar:
         start = time.perf_counter()
         idx = next(batches).to(split.train.device)
@@ -605,7 +609,9 @@ def _pca(data, *others):
 def fig3(out: Path, settings, splits, seed: int, progress):
     """:param splits: ``{setting key: (display name, split)}``."""
     names = ["GMM", "SAN", "VAE"]
-    shown_data = {key: _pca(split.train)[0] if split.train.shape[-1] > 2 else split.train for key, (_, split) in splits.items()}
+    shown_data = {
+        key: _pca(split.train)[0] if split.train.shape[-1] > 2 else split.train for key, (_, split) in splits.items()
+    }
     limits = {key: shared_limits(data) for key, data in shown_data.items()}
     aspect = [(y[1] - y[0]) / (x[1] - x[0]) for x, y in limits.values()]  # rows as tall as their data
     fig = Figure(figsize=(4.6 * len(names), 4.6 * sum(aspect) + 1.2), layout="constrained")
@@ -656,7 +662,11 @@ def fig3(out: Path, settings, splits, seed: int, progress):
         out,
         "fig3",
         f"Generative samples (seed {seed})",
-        [f"Coverage radius {radii} (data units; Auto MPG in its 6 standardised features). Log-likelihood ± s.e. over test points.", table],
+        [
+            f"Coverage radius {radii} (data units; Auto MPG in its 6 standardised features). "
+            "Log-likelihood ± s.e. over test points.",
+            table,
+        ],
         {"figure": "fig3.png", "seed": seed, "config": configs, "metrics": results},
     )
     return results
@@ -699,7 +709,9 @@ def main(argv=None):
         f"(default: {PINWHEEL_DECODER_BODY_GAIN:g} on pinwheel, none on Auto MPG and the noisy pinwheel)",
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to train and evaluate")
-    parser.add_argument("--auto-data", help="a file in the format of UCI's auto-mpg.data (default: the copy shipped with pyro_sin)")
+    parser.add_argument(
+        "--auto-data", help="a file in the format of UCI's auto-mpg.data (default: the copy shipped with pyro_sin)"
+    )
     parser.add_argument("--quick", action="store_true", help="short runs (also when CI is set)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)

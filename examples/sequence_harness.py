@@ -110,7 +110,10 @@ class Config:
     seconds: float = 600.0  # a cap on the training time per method
     eval_every: int = 100
     eval_samples: int = 50
-    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "SLDS (SAN)", "SLDS (free factor)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
+    methods: Tuple[str, ...] = (
+        "SAN-LDS", "latent HMM", "SLDS (SAN)", "SLDS (free factor)", "unstructured guide", "VAR(1)", "VAR(2)",
+        "training mean",
+    )
     seed: int = 0
     device: str = "cpu"  # where the networks train and the metrics are computed
     extra: Dict[str, float] = field(default_factory=dict)
@@ -196,7 +199,9 @@ class Evaluator:
         regimes = self.segment(method)
         if regimes is not None and task.regimes is not None:
             scores = clustering_scores(regimes.reshape(-1), task.regimes.reshape(-1))
-            row.update({"segmentation_nmi": scores["nmi"], "segmentation_ari": scores["ari"], "segmentation_accuracy": scores["accuracy"]})
+            row.update(
+                segmentation_nmi=scores["nmi"], segmentation_ari=scores["ari"], segmentation_accuracy=scores["accuracy"]
+            )
         return row
 
 
@@ -248,11 +253,15 @@ def _fit(config: Config, svi, data, evaluator: Evaluator, method, desc, progress
 
 
 def _networks(config: Config, train: torch.Tensor):
-    """Standardised encoder and decoder (the data's units do not matter); a GRU encoder when ``config.encoder == "rnn"``."""
+    """
+    Standardised encoder and decoder (the data's units do not matter); a GRU encoder when
+    ``config.encoder == "rnn"``.
+    """
     frames = train.reshape(-1, train.shape[-1])
     hidden = (config.hidden,) * 2
     encoder, decoder = standardized_autoencoder(
-        frames, config.latent_dim, hidden, spread=config.spread, min_scale=config.min_scale, init_noise=config.init_noise
+        frames, config.latent_dim, hidden, spread=config.spread, min_scale=config.min_scale,
+        init_noise=config.init_noise,
     )
     if config.encoder == "rnn":
         frame_encoder = encoder.encoder
@@ -272,7 +281,9 @@ def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed:
     return encoded_states(hmm, encoder, train, torch.Generator().manual_seed(seed))
 
 
-def slds_natural_from_encoded(slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
+def slds_natural_from_encoded(
+    slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0
+) -> Dict[str, torch.Tensor]:
     """:func:`~pyro_sin.initialization.encoded_regimes` with a seeded generator."""
     return encoded_regimes(slds, encoder, train, torch.Generator().manual_seed(seed))
 
@@ -469,8 +480,13 @@ def plot_segmentation(path: Path, evaluator: Evaluator, methods: Dict[str, objec
     return True
 
 
-def plot_forecasts(path: Path, evaluator: Evaluator, methods: Dict[str, object], channels=(0,), sequence: int = 0, samples=50):
-    """A test sequence's observed frames (with the imputation gap), the true future and each method's forecast and imputation."""
+def plot_forecasts(
+    path: Path, evaluator: Evaluator, methods: Dict[str, object], channels=(0,), sequence: int = 0, samples=50
+):
+    """
+    A test sequence's observed frames (with the imputation gap), the true future and each method's forecast and
+    imputation.
+    """
     task = evaluator.task
     T, H = task.num_steps, task.horizon
     observed = evaluator.observed[sequence : sequence + 1]
@@ -499,7 +515,9 @@ def plot_forecasts(path: Path, evaluator: Evaluator, methods: Dict[str, object],
 
 def plot_training_curves(path: Path, histories: Dict[str, History], horizon: int):
     fig = new_figure()
-    curves = {n: (h.eval_seconds, [e["forecast_mse"] for e in h.evals]) for n, h in histories.items() if len(h.evals) > 1}
+    curves = {
+        n: (h.eval_seconds, [e["forecast_mse"] for e in h.evals]) for n, h in histories.items() if len(h.evals) > 1
+    }
     if not curves:
         return False
     plot_curves(fig.axes[0], curves, ylabel=f"test forecast MSE (1..{horizon} steps)", xlabel="training time (s)")
@@ -507,7 +525,17 @@ def plot_training_curves(path: Path, histories: Dict[str, History], horizon: int
     return True
 
 
-def experiment_main(argv, description: str, make_task, config: Config, quick_config: Config, title: str, channels=(0,), default_out="results/sequences", methods=None):
+def experiment_main(
+    argv,
+    description: str,
+    make_task,
+    config: Config,
+    quick_config: Config,
+    title: str,
+    channels=(0,),
+    default_out="results/sequences",
+    methods=None,
+):
     """
     The command line of a sequence experiment: trains every method, prints and writes the
     metrics table (``metrics.md``, ``metrics.json``) and the figures (``segmentation.png``
@@ -521,7 +549,9 @@ def experiment_main(argv, description: str, make_task, config: Config, quick_con
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, help=f"training steps per method (default {config.max_iterations})")
-    parser.add_argument("--seconds", type=float, help=f"a cap on the training time per method (default {config.seconds:g})")
+    parser.add_argument(
+        "--seconds", type=float, help=f"a cap on the training time per method (default {config.seconds:g})"
+    )
     parser.add_argument("--factor", choices=["tied", "free"], help="SAN-LDS's SIN factor")
     parser.add_argument("--latent-dim", type=int)
     parser.add_argument("--seed", type=int, default=0)

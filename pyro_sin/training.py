@@ -113,7 +113,10 @@ def components_in_use(guide, min_share: float = 0.01) -> Optional[int]:
     with torch.no_grad():
         natural = guide.natural_params()
         # the Dirichlet's natural parameter is its concentration (cheap, no Normal-Wishart built)
-        concentration = natural["concentration"] if "concentration" in natural else guide.global_posterior().concentration
+        if "concentration" in natural:
+            concentration = natural["concentration"]
+        else:
+            concentration = guide.global_posterior().concentration
         counts = (concentration - pgm.prior_concentration).clamp(min=0)
         total = counts.sum()
         if total <= 0:

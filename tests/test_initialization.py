@@ -178,7 +178,8 @@ def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
     x = [torch.randn(N, D, generator=g)]
     for t in range(1, T):
         regime = torch.where(torch.rand(N, generator=g) < 0.1, 1 - regime, regime)  # sticky switches
-        x.append((rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + 0.01 * torch.randn(N, D, generator=g))
+        noise = 0.01 * torch.randn(N, D, generator=g)
+        x.append((rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + noise)
     x = torch.stack(x, 1)  # (N, T, D)
 
     def exact_encoder(y):

@@ -221,7 +221,9 @@ def test_scale_on_the_model_alone_matches_traceenum(where):
                     x = model.pgm.sample_latent(params)
                 pyro.sample("y", model.decoder.distribution(x), obs=y)
 
-    ours, ours_se = repeated(lambda: SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(scaled, guide, y[idx], idx), 5)
+    ours, ours_se = repeated(
+        lambda: SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(scaled, guide, y[idx], idx), 5
+    )
     enum = TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1)
     theirs, theirs_se = repeated(lambda: enum.loss(scaled, config_enumerate(guide), y[idx], idx), 5)
     unscaled = SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx)
@@ -236,7 +238,8 @@ def test_natural_target_of_a_scaled_model_is_the_optimum_of_the_scaled_bound():
     guide(y[idx], idx)
     elbo = SINELBO(num_particles=2, max_plate_nesting=1)
     scaled = poutine.scale(model, 0.3)  # scales p(θ) as well: the prior's share is scaled too
-    ((domain, _, target),) = elbo.natural_targets(elbo._loss_surrogate_records(scaled, guide, (y[idx], idx), {})[2]).values()
+    records = elbo._loss_surrogate_records(scaled, guide, (y[idx], idx), {})[2]
+    ((domain, _, target),) = elbo.natural_targets(records).values()
     post = guide.local_posterior(y[idx])
     pgm = guide.pgm
     prior = domain.pack(pgm.prior_natural())
@@ -272,10 +275,13 @@ def test_autoguidelist_with_singuide_and_autonormal_matches_traceenum():
     create_plates = lambda y, indices=None: pyro.plate("data", 12, subsample=indices)  # noqa: E731
     guide = AutoGuideList(model, create_plates=create_plates)
     guide.append(AutoNormal(poutine.block(model, hide=list(gmm.global_sites + gmm.local_sites))))
-    guide.append(SINGuide(poutine.block(model, expose=list(gmm.global_sites + gmm.local_sites)), gmm, GaussianEncoder(2, 2, (6,))))
+    pgm_part = poutine.block(model, expose=list(gmm.global_sites + gmm.local_sites))
+    guide.append(SINGuide(pgm_part, gmm, GaussianEncoder(2, 2, (6,))))
     idx = torch.arange(4)
     guide(y[idx], idx)
-    ours, ours_se = repeated(lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5)
+    ours, ours_se = repeated(
+        lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5
+    )
     enum = TraceEnum_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
     theirs, theirs_se = repeated(lambda: enum.loss(model, config_enumerate(guide), y[idx], idx), 5)
     assert abs(ours - theirs) < 4 * (ours_se**2 + theirs_se**2) ** 0.5 + 1e-3 * abs(theirs)
@@ -299,7 +305,9 @@ def test_hand_written_guide_shares_the_plate_for_a_per_point_latent():
             pyro.sample("shift", dist.Normal(loc[indices] if indices is not None else loc, 0.5))
 
     idx = torch.arange(4)
-    ours, ours_se = repeated(lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5)
+    ours, ours_se = repeated(
+        lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5
+    )
     enum = TraceEnum_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
     theirs, theirs_se = repeated(lambda: enum.loss(model, config_enumerate(guide), y[idx], idx), 5)
     assert abs(ours - theirs) < 4 * (ours_se**2 + theirs_se**2) ** 0.5 + 1e-3 * abs(theirs)

@@ -166,7 +166,9 @@ class StructuredPrior(PyroModule):
         """The SIN factor as the mean-field message ``exp E_q(θ)[log p(x | θ)]``."""
         raise NotImplementedError
 
-    def init_free_factor(self, natural: Dict[str, torch.Tensor]) -> Dict[str, Tuple[torch.Tensor, constraints.Constraint]]:
+    def init_free_factor(
+        self, natural: Dict[str, torch.Tensor]
+    ) -> Dict[str, Tuple[torch.Tensor, constraints.Constraint]]:
         """Initial values and constraints of a free SIN factor's parameters."""
         raise NotImplementedError
 

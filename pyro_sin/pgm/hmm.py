@@ -174,9 +174,8 @@ class HMMPosterior(RegimeMarginals):
 
     def _chain(self, log_evidence) -> MarkovChain:
         f = self.factor
-        return MarkovChain(
-            f.init_logits, f.transition_logits[..., None, :, :], self.num_steps, log_evidence, self.lengths, self.parallel
-        )
+        transition_logits = f.transition_logits[..., None, :, :]  # (..., 1, K, K): the same at every step
+        return MarkovChain(f.init_logits, transition_logits, self.num_steps, log_evidence, self.lengths, self.parallel)
 
     @property
     def log_normalizer(self) -> torch.Tensor:

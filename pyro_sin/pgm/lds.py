@@ -63,7 +63,10 @@ class LDSParams(NamedTuple):
 
 
 def rollout(params: LDSParams, x_start: torch.Tensor, horizon: int) -> torch.Tensor:
-    """``x_{T+1..T+H}`` from ``x_T`` (shape ``(..., D)``) under the dynamics ``params``, with process noise; ``(..., H, D)``."""
+    """
+    ``x_{T+1..T+H}`` from ``x_T`` (shape ``(..., D)``) under the dynamics ``params``, with process noise;
+    ``(..., H, D)``.
+    """
     D = x_start.shape[-1]
     A, b = params.transition[..., :D], params.transition[..., D]
     noise = dist.MultivariateNormal(torch.zeros_like(b), precision_matrix=params.noise_precision)

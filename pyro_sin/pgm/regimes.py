@@ -62,7 +62,10 @@ class RegimeGlobalPosterior:
 
 
 class RegimeMarginals:
-    """The regime chain's marginals of a local posterior whose ``states`` is a :class:`~pyro_sin.distributions.MarkovChain`."""
+    """
+    The regime chain's marginals of a local posterior whose ``states`` is a
+    :class:`~pyro_sin.distributions.MarkovChain`.
+    """
 
     @property
     def step_mask(self):

@@ -606,7 +606,8 @@ class SwitchingLDS(RegimeSwitchingPrior):
         sample_shape = torch.Size(sample_shape)
         init_probs = dist.Dirichlet(q.init_concentration).sample(sample_shape)  # (S..., K)
         transition_probs = dist.Dirichlet(q.transition_concentration).sample(sample_shape)  # (S..., K, K)
-        transitions, noise_precisions = q.matrix_normal_wishart.rsample(sample_shape)  # (S..., K, D, D+1), (S..., K, D, D)
+        # (S..., K, D, D+1), (S..., K, D, D)
+        transitions, noise_precisions = q.matrix_normal_wishart.rsample(sample_shape)
         return SLDSParams(init_probs, transition_probs, transitions, noise_precisions)
 
     # ----- prediction and evaluation (the interface of DeepLatentLDS) ---------------------

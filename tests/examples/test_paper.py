@@ -44,7 +44,8 @@ def test_fig2b_quick_on_the_shipped_uci_file(tmp_path):
 def test_fig2c_quick_records_the_natural_steps_used(tmp_path):
     run(tmp_path, "fig2c", "--seeds", "3")
     result = written(tmp_path, "fig2c")
-    assert result["config_by_ratio"]["0.3"]["natural_lr"] == paper.noisy_natural_lr(0.3) != paper.SETTINGS["noisy"].natural_lr
+    natural_lr = result["config_by_ratio"]["0.3"]["natural_lr"]
+    assert natural_lr == paper.noisy_natural_lr(0.3) != paper.SETTINGS["noisy"].natural_lr
     tmm = result["metrics"]["SAN-TMM @ 30%"]["test_mse"]
     gmm = result["metrics"]["SAN-GMM @ 30%"]["test_mse"]
     assert tmm < gmm  # the Student-t mixture shrugs off the outliers
@@ -61,7 +62,9 @@ def test_fig3_quick(tmp_path):
 
 def test_long_flag_trains_for_ten_thousand_iterations(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(paper, "fig2_curves", lambda out, stem, name, split, names, setting, progress: seen.setdefault("s", setting))
+    monkeypatch.setattr(
+        paper, "fig2_curves", lambda out, stem, name, split, names, setting, progress: seen.setdefault("s", setting)
+    )
     paper.main(["fig2a", "--long", "--out", str(tmp_path)])
     assert seen["s"].iterations == paper.LONG_ITERATIONS
     assert paper.eval_steps(paper.LONG_ITERATIONS)[-3:] == [2000, 5000, 10000]

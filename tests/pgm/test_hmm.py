@@ -147,7 +147,8 @@ def test_tied_factor_is_the_expected_log_prior_along_a_path():
     x = torch.randn(3, 2)
     em = factor.emission
     closed = factor.init_logits[z[0]] + factor.transition_logits[z[:-1], z[1:]].sum()
-    closed = closed + (em.log_weight[z] + (em.info_loc[z] * x).sum(-1) - 0.5 * torch.einsum("ti,tij,tj->t", x, em.precision[z], x)).sum()
+    quadratic = torch.einsum("ti,tij,tj->t", x, em.precision[z], x)
+    closed = closed + (em.log_weight[z] + (em.info_loc[z] * x).sum(-1) - 0.5 * quadratic).sum()
     S = 200000
     pi = dist.Dirichlet(q.init_concentration).sample((S,))
     P = dist.Dirichlet(q.transition_concentration).sample((S,))
@@ -217,7 +218,9 @@ def test_sinelbo_agrees_with_pyro_estimators():
     estimates = [
         repeated(lambda: pyro_sin.SINELBO(num_particles=2000).loss(model, guide, y)),
         repeated(lambda: pyro_sin.SINELBO(num_particles=500, decoder_estimator="enumerate").loss(model, guide, y)),
-        repeated(lambda: Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, y)),
+        repeated(
+            lambda: Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, y)
+        ),
         repeated(
             lambda: TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(
                 model, config_enumerate(guide), y
@@ -281,7 +284,8 @@ def test_padding_changes_neither_bound_nor_posterior_nor_natural_target(factor):
     for key in prior:
         assert_close(target[key], target_sum[key], **exact)
     # transitions counted: L - 1 per sequence, padding not
-    assert_close(target["transition_concentration"].sum() - prior["transition_concentration"].sum(), torch.tensor(float(sum(lengths) - len(lengths))))
+    counted = target["transition_concentration"].sum() - prior["transition_concentration"].sum()
+    assert_close(counted, torch.tensor(float(sum(lengths) - len(lengths))))
     z = post.sample_states((3,))
     x = post.rsample((3,))
     after_end = torch.arange(T) >= L[:, None]

@@ -149,7 +149,9 @@ def test_gaussian_chain_density_and_samples():
     for t in range(1, T):
         A[t * D : (t + 1) * D, (t - 1) * D : t * D] = -chain.transition_matrix
     shift = torch.cat([chain.init_loc] + [chain.transition_bias] * (T - 1))
-    noise_cov = torch.block_diag(torch.linalg.inv(chain.init_precision), *[torch.linalg.inv(chain.noise_precision)] * (T - 1))
+    noise_cov = torch.block_diag(
+        torch.linalg.inv(chain.init_precision), *[torch.linalg.inv(chain.noise_precision)] * (T - 1)
+    )
     A_inv = torch.linalg.inv(A)
     joint = dist.MultivariateNormal(A_inv @ shift, covariance_matrix=A_inv @ noise_cov @ A_inv.T)
     assert_close(chain.log_prob(x[:5]), joint.log_prob(x[:5].reshape(5, -1)))
@@ -171,7 +173,9 @@ def tiny_lds_model(N=8, T=6, Dy=3, D=2):
             loc, scale = dec(x)
             pyro.sample("y", dist.Normal(loc, scale).to_event(2), obs=y)
 
-    guide = pyro_sin.SINGuide(model, lds, enc, create_plates=lambda y, idx=None: pyro.plate("sequences", N, subsample=idx))
+    guide = pyro_sin.SINGuide(
+        model, lds, enc, create_plates=lambda y, idx=None: pyro.plate("sequences", N, subsample=idx)
+    )
     return model, guide, y
 
 
@@ -205,7 +209,11 @@ def test_full_natural_step_is_the_conjugate_regression_update():
             p, n = slice((t - 1) * D, t * D), slice(t * D, (t + 1) * D)
             xu += torch.cat([second[b, n, p], mean[b, t][:, None]], -1)
             uu += torch.cat(
-                [torch.cat([second[b, p, p], mean[b, t - 1][:, None]], -1), torch.cat([mean[b, t - 1], torch.ones(1)])[None]], 0
+                [
+                    torch.cat([second[b, p, p], mean[b, t - 1][:, None]], -1),
+                    torch.cat([mean[b, t - 1], torch.ones(1)])[None],
+                ],
+                0,
             )
             xx += second[b, n, n]
     prior = guide.pgm.prior()
