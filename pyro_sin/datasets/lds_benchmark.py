@@ -27,7 +27,7 @@ import pyro.distributions as dist
 
 from ._device import built_on_cpu
 
-#: The benchmark's grid: (latent, emission) dimensions, (emission, dynamics) noise
+#: The benchmark's grid of (latent, emission) dimensions, (emission, dynamics) noise
 #: variances and training-set sizes, each setting in the order the description lists them.
 LDS_BENCHMARK_GRID = {
     "dims": ((3, 5), (5, 10), (10, 20)),

@@ -106,6 +106,7 @@ class NormalWishart:
 
     @property
     def natural_params(self) -> NormalWishartNatural:
+        """The natural parameters ``(cross, kappa, scale, df)``; :meth:`from_natural` inverts them."""
         cross, kappa, scale, df = self._matrix.natural_params
         return NormalWishartNatural(cross[..., 0], kappa[..., 0, 0], scale, df)
 

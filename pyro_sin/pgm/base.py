@@ -105,7 +105,7 @@ class StructuredPrior(PyroModule):
     @property
     def decoupled_sites(self) -> Tuple[str, ...]:
         """
-        Local sites on which the guide's draw of the latent site :attr:`name` does not
+        Local sites on which the guide's draw of the latent site ``name`` does not
         depend (the discrete block of a mean-field posterior). The model's terms outside
         the PGM read only that draw, so :class:`~pyro_sin.SINELBO` adds no score-function
         term for these sites: its expectation is zero, its variance is not.

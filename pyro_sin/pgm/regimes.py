@@ -88,9 +88,9 @@ class RegimeSwitchingPrior(StructuredPrior):
     Base of the priors whose latent sequence switches between ``K`` regimes that follow a
     Markov chain, each regime with its own conjugate parameters.
 
-    A subclass sets :attr:`params_type` (a named tuple ``(init_probs, transition_probs,
+    A subclass sets ``params_type`` (a named tuple ``(init_probs, transition_probs,
     location, precision)``), :attr:`posterior_type` (a :class:`RegimeGlobalPosterior`),
-    :attr:`regime_site_suffixes` (the names of the precision and location sites after
+    ``regime_site_suffixes`` (the names of the precision and location sites after
     ``name_``), and implements :meth:`prior`, :meth:`regimes_from_natural` and
     :meth:`regime_block`.
     """
