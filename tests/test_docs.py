@@ -36,7 +36,15 @@ def built_docs(tmp_path_factory):
 def test_docs_build_with_warnings_as_errors_and_every_reference_resolved(built_docs):
     result, out = built_docs
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (out / "api.html").exists() and (out / "mathematics.html").exists()
+    for page in ("index", "guide", "experiments", "results", "mathematics", "api"):
+        assert (out / f"{page}.html").exists(), page
+
+
+def test_readme_is_short_and_links_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150, "the README holds what, install, the two commands, a quick start and links"
+    for page in ("guide", "experiments", "results", "mathematics", "api"):
+        assert f"(docs/{page}.rst)" in readme and (ROOT / "docs" / f"{page}.rst").exists(), page
 
 
 def _public_objects():
