@@ -11,8 +11,8 @@ per step (median over steps, after a warm-up) and steps per second.
 """
 
 import argparse
-import sys
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +25,11 @@ import pyro
 
 from pyro_sin.datasets import pinwheel
 from pyro_sin.distributed import broadcast_parameters
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
-from pinwheel import Config, build_san
 from pyro_sin.training import minibatch_indices
+
+from pinwheel import Config, build_san
 
 
 def step_times(rank, world_size, steps, threads, warmup=20):
@@ -71,7 +73,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_process, args=(args.nproc, f"{tmp}/init", args.steps, args.threads, f"{tmp}/out"), nprocs=args.nproc)
         several = torch.load(f"{tmp}/out")
-    print(f"SAN-GMM on pinwheel, global minibatch 100, {args.threads} thread(s) per process, CPU ({torch.get_num_threads()} threads here)")
+    print(
+        f"SAN-GMM on pinwheel, global minibatch 100, {args.threads} thread(s) per process, "
+        f"CPU ({torch.get_num_threads()} threads here)"
+    )
     print(f"{'processes':<10}{'batch/process':>14}{'ms/step':>10}{'steps/s':>10}")
     for n, seconds in ((1, single), (args.nproc, several)):
         print(f"{n:<10}{100 // n:>14}{1e3 * seconds:>10.2f}{1 / seconds:>10.1f}")

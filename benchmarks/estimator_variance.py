@@ -19,6 +19,7 @@ import pyro
 
 from pyro_sin.datasets import pinwheel
 from pyro_sin.elbo import SINELBO
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
 from pinwheel import Config, train_san
 

@@ -19,7 +19,7 @@ import torch
 import pyro
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import mirrored_autoencoder

@@ -11,14 +11,17 @@ orthonormal shortcuts, unit encoder precision) instead of the mirrored autoencod
 """
 
 import argparse
-import sys
 import statistics
-import torch
+import sys
 from pathlib import Path
 
+import torch
+
 from pyro_sin.datasets import pinwheel
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the experiments are scripts there
 import pinwheel as experiment
+
 
 def first_step_below(history, bar):
     for step, metrics in zip(history.eval_steps, history.evals):

@@ -28,7 +28,7 @@ import torch
 import pyro
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.datasets import four_regime_system
 from pyro_sin.distributions import RegressionStats, regression_conjugate_update
 from pyro_sin.models import DeepLatentSequence

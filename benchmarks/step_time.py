@@ -16,9 +16,9 @@ over steps is reported. SAN's decoder estimator is the default ("sample").
 """
 
 import argparse
-import sys
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 

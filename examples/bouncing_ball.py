@@ -14,13 +14,24 @@ Segmentation scores compare ``argmax_k q(z_t = k)`` with the true direction; for
 from dataclasses import replace
 
 from pyro_sin.datasets import bouncing_ball
-from sequence_harness import Config, DeepLatent, SequenceTask, experiment_main, hmm_natural_from_encoded, make_hmm, standard_methods
+
+from sequence_harness import (
+    Config,
+    DeepLatent,
+    SequenceTask,
+    experiment_main,
+    hmm_natural_from_encoded,
+    make_hmm,
+    standard_methods,
+)
 
 
 def methods(config: Config):
     """The standard methods and, since one frame holds the position only (a per-frame encoder cannot
     see the direction, the regime), the latent HMM with a bidirectional GRU encoder, which can."""
-    gru = DeepLatent("latent HMM (GRU encoder)", config, make_hmm, "hmm_factor", hmm_natural_from_encoded, encoder="rnn")
+    gru = DeepLatent(
+        "latent HMM (GRU encoder)", config, make_hmm, "hmm_factor", hmm_natural_from_encoded, encoder="rnn"
+    )
     return [*standard_methods(config), gru]
 
 

@@ -24,16 +24,17 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
-from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import SequenceEncoder, mirrored_autoencoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
-from plotting import new_figure, plot_curves
 from pyro_sin.training import fit
+
+from baselines import VAE, TwoStageLDS, UnstructuredLDSGuide
+from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
+from plotting import new_figure, plot_curves
 from sequence_harness import DeepLatentMethod
 
 
@@ -158,7 +159,8 @@ def train_unstructured(config: Config, train, evaluator: Evaluator, progress=Tru
     elbo = Trace_ELBO(num_particles=config.num_particles, vectorize_particles=True, max_plate_nesting=1)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": config.lr}), elbo)
     history = _fit(
-        config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(guide)}, "unstructured", progress
+        config, svi, train.frames, lambda: {"prediction_mse": evaluator.prediction_error(guide)}, "unstructured",
+        progress,
     )
     return guide, history
 

@@ -14,9 +14,6 @@ import torch
 
 from pyro.infer import SVI
 
-import harness
-from baselines import KMeansBaseline, PCAGMM, VAEGMM
-from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.datasets.digits import digits, mnist5k
 from pyro_sin.elbo import SINELBO
 from pyro_sin.guide import SVAEGuide
@@ -25,10 +22,14 @@ from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture
-from plotting import component_colours, new_figure, plot_curves
-from plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
 from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import fit
+
+import harness
+from baselines import PCAGMM, VAEGMM, KMeansBaseline
+from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
+from plotting import component_colours, new_figure, plot_curves
+from plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,9 @@ class Config:
 def load_data(config: Config):
     split = DATASETS[config.data].load(config.data_seed)
     if config.max_train:
-        split = split._replace(train=split.train[: config.max_train], train_labels=split.train_labels[: config.max_train])
+        split = split._replace(
+            train=split.train[: config.max_train], train_labels=split.train_labels[: config.max_train]
+        )
     if config.max_test:
         split = split._replace(test=split.test[: config.max_test], test_labels=split.test_labels[: config.max_test])
     return split
@@ -293,7 +296,13 @@ def write_figures(results: Results, config: Config, split, model, guide, histori
     order = torch.argsort(weights, descending=True)
     K = len(weights)
     fig = new_figure(width=min(1.1 * K, 14), height=2.0)
-    plot_component_means(fig.axes[0], model.component_means(guide), weights, shape, f"SAN-GMM on {config.data}: decoded component means (id: weight)")
+    plot_component_means(
+        fig.axes[0],
+        model.component_means(guide),
+        weights,
+        shape,
+        f"SAN-GMM on {config.data}: decoded component means (id: weight)",
+    )
     results.figure(fig, "component_means.png")
 
     ids = order.repeat_interleave(samples_per_component)

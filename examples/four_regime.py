@@ -14,6 +14,7 @@ frames) are scored against the noise-free frames. ``--quick`` (or ``CI``) shrink
 from dataclasses import replace
 
 from pyro_sin.datasets import four_regime_system
+
 from sequence_harness import Config, SequenceTask, experiment_main
 
 # the switching LDS's regime allocation is still changing at 500 steps (docs/mathematics.rst)
@@ -33,7 +34,8 @@ def make_task(config: Config, quick: bool = False) -> SequenceTask:
 
 def main(argv=None):
     return experiment_main(
-        argv, __doc__, make_task, CONFIG, QUICK, "4-regime switching system", channels=(0, 1), default_out="results/four_regime"
+        argv, __doc__, make_task, CONFIG, QUICK, "4-regime switching system", channels=(0, 1),
+        default_out="results/four_regime",
     )
 
 

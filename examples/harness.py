@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Pr
 import torch
 
 import pyro
+
 from pyro_sin.training import DivergenceError, History, fit
 
 __all__ = [
@@ -54,7 +55,9 @@ _SHARED = {
     "seeds": dict(type=int, help="run seeds 0 .. N-1"),
     "iterations": dict(type=int, help="training iterations"),
     "seconds": dict(type=float, help="a cap on the training time per method"),
-    "methods": dict(type=_names, nargs="+", metavar="METHOD", help="a subset of the methods (spaces or commas between them)"),
+    "methods": dict(
+        type=_names, nargs="+", metavar="METHOD", help="a subset of the methods (spaces or commas between them)"
+    ),
 }
 
 
@@ -116,7 +119,9 @@ def parser(description: str, out: Optional[str], **options) -> ExperimentParser:
         spec = dict(_SHARED["methods"])
         spec["help"] = f"{spec['help']}: {', '.join(methods)} (default: the experiment's)"
         result.add_argument("--methods", **spec)
-    result.add_argument("--out", type=Path, default=None if out is None else Path(out), help=f"results folder (default: {out})")
+    result.add_argument(
+        "--out", type=Path, default=None if out is None else Path(out), help=f"results folder (default: {out})"
+    )
     result.add_argument("--device", default="cpu", help="where to train and evaluate: cpu, cuda or cuda:N")
     result.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     result.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -145,7 +150,9 @@ class Method(Protocol):
         ...
 
 
-def compare(methods: Iterable[Method], task, seed: int = 0, progress: bool = True, keep_going: bool = True) -> Dict[str, Trained]:
+def compare(
+    methods: Iterable[Method], task, seed: int = 0, progress: bool = True, keep_going: bool = True
+) -> Dict[str, Trained]:
     """
     Every method trained on ``task`` with ``seed``, in order.
 
@@ -194,7 +201,10 @@ def median_rows(per_seed: Sequence[Dict[str, Dict[str, float]]]) -> Dict[str, Di
 
 
 def fresh_start(seed: int):
-    """A method starts from nothing: Pyro's parameter store emptied (parameters are looked up by name), every RNG seeded."""
+    """
+    A method starts from nothing: Pyro's parameter store emptied (parameters are looked up
+    by name), every RNG seeded.
+    """
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
 
@@ -205,7 +215,10 @@ def on_device(data, device):
 
 
 class _EvaluateAt:
-    """``evaluate()`` at the chosen steps only, the last metrics in between; ``fit`` calls it at every step, in order."""
+    """
+    ``evaluate()`` at the chosen steps only, the last metrics in between; ``fit`` calls it
+    at every step, in order.
+    """
 
     def __init__(self, evaluate: Callable[[], Dict[str, float]], steps: Iterable[int]):
         self.evaluate, self.steps, self.step, self.last = evaluate, set(steps), 0, {}

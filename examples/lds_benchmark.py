@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 import pyro.distributions as dist
 from pyro.infer import SVI
 
-from harness import Results, Trained, compare, fresh_start, markdown_table, parser
 from pyro_sin.datasets import lds_benchmark_settings, linear_gaussian_benchmark
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentSequence
@@ -38,6 +37,8 @@ from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import LDSParams
 from pyro_sin.training import DivergenceError, fit
+
+from harness import Results, Trained, compare, fresh_start, markdown_table, parser
 
 TARGET = dict(latent_dim=3, emission_dim=5, emission_noise=1.0, dynamics_noise=0.1, num_sequences=100)
 
@@ -81,7 +82,8 @@ class LinearGaussianDecoder(nn.Module):
 @torch.no_grad()
 def learned_log_likelihood(model: DeepLatentSequence, guide, y: torch.Tensor) -> torch.Tensor:
     """Exact ``log p(y)`` per sequence of the learned model under its posterior-mean dynamics."""
-    return linear_gaussian_log_likelihood(model.pgm, model.decoder, model.pgm.point_estimate(guide.global_posterior()), y)
+    params = model.pgm.point_estimate(guide.global_posterior())
+    return linear_gaussian_log_likelihood(model.pgm, model.decoder, params, y)
 
 
 @torch.no_grad()
@@ -199,7 +201,14 @@ class SANLDS:
         return Trained(run_setting_with_backoff(replace(self.config, seed=seed), setting, progress))
 
 
-COLUMNS = ("exact_ll_per_element", "learned_model_ll_per_element", "elbo_per_element", "gap", "model_gap", "bound_slack")
+COLUMNS = (
+    "exact_ll_per_element",
+    "learned_model_ll_per_element",
+    "elbo_per_element",
+    "gap",
+    "model_gap",
+    "bound_slack",
+)
 COLUMNS += ("lr", "seconds", "diverged")
 
 
@@ -235,7 +244,9 @@ def main(argv=None):
         "gap = exact − ELBO; model_gap = exact − learned model's exact LL; "
         "bound_slack = learned model's LL − ELBO (all nats per data element, training sequences)."
     )
-    results.write(title, [markdown_table(rows, COLUMNS), notes], {"title": title, "config": asdict(config), "rows": rows})
+    results.write(
+        title, [markdown_table(rows, COLUMNS), notes], {"title": title, "config": asdict(config), "rows": rows}
+    )
     return rows
 
 

@@ -47,14 +47,15 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from pyro_sin.datasets import auto_mpg, noisy_pinwheel, pinwheel
+from pyro_sin.evaluation import Estimate
+from pyro_sin.metrics import cluster_purity, normalized_mutual_info, sample_coverage
+
 import pinwheel as pinwheel_experiment
 from baselines import BayesianGMM
 from harness import Results, compare, markdown_table, median_rows, on_device, parser
 from pinwheel import Config, PinwheelMethod, natural_schedule
 from plotting import new_figure, plot_curves, plot_generative_samples, plot_points_with_range, shared_limits
-from pyro_sin.datasets import auto_mpg, noisy_pinwheel, pinwheel
-from pyro_sin.evaluation import Estimate
-from pyro_sin.metrics import cluster_purity, normalized_mutual_info, sample_coverage
 
 LONG_ITERATIONS = 10_000
 
@@ -275,7 +276,9 @@ def over_seeds(names, setting: Setting, split, progress=True, reference=None):
     for name in names:
         if name != reference:
             seeds = [
-                _paired_difference(run[reference].per_point["test_log_likelihood"], run[name].per_point["test_log_likelihood"])
+                _paired_difference(
+                    run[reference].per_point["test_log_likelihood"], run[name].per_point["test_log_likelihood"]
+                )
                 for run in runs
             ]
             differences[f"{reference} - {name}"] = {
@@ -373,7 +376,9 @@ def fig2c(results: Results, setting: Setting, ratios, progress):
     for ratio in ratios:
         used = replace(setting, natural_lr=noisy_natural_lr(ratio))
         configs[f"{ratio:g}"] = asdict(used)
-        _, finals, per_seed, diffs, _ = over_seeds(names, used, on_device(noisy_pinwheel(ratio, seed=0), used.device), progress)
+        _, finals, per_seed, diffs, _ = over_seeds(
+            names, used, on_device(noisy_pinwheel(ratio, seed=0), used.device), progress
+        )
         for name in names:
             rows[f"{name} @ {100 * ratio:g}%"] = finals[name]
             runs[name].append([m["test_mse"] for m in per_seed[name]["metrics"]])
@@ -420,7 +425,9 @@ def _pca(data, *others):
 def fig3(results: Results, settings, splits, seed: int, progress):
     """:param splits: ``{setting key: (display name, split)}``."""
     names = ["GMM", "SAN", "VAE"]
-    shown_data = {key: _pca(split.train)[0] if split.train.shape[-1] > 2 else split.train for key, (_, split) in splits.items()}
+    shown_data = {
+        key: _pca(split.train)[0] if split.train.shape[-1] > 2 else split.train for key, (_, split) in splits.items()
+    }
     limits = {key: shared_limits(data) for key, data in shown_data.items()}
     aspect = [(y[1] - y[0]) / (x[1] - x[0]) for x, y in limits.values()]  # rows as tall as their data
     fig = Figure(figsize=(4.6 * len(names), 4.6 * sum(aspect) + 1.2), layout="constrained")
@@ -468,7 +475,11 @@ def fig3(results: Results, settings, splits, seed: int, progress):
     radii = ", ".join(f"{splits[k][0]}: {settings[k].coverage_radius:g}" for k in splits)
     results.write(
         f"Generative samples (seed {seed})",
-        [f"Coverage radius {radii} (data units; Auto MPG in its 6 standardised features). Log-likelihood ± s.e. over test points.", results_table(rows)],
+        [
+            f"Coverage radius {radii} (data units; Auto MPG in its 6 standardised features). "
+            "Log-likelihood ± s.e. over test points.",
+            results_table(rows),
+        ],
         {"figure": "fig3.png", "seed": seed, "config": configs, "metrics": rows},
     )
     return rows

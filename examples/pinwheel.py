@@ -23,15 +23,11 @@ import torch.multiprocessing as mp
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import VAE
-from harness import Results, Trained, compare, fit_evaluating_at, fresh_start, markdown_table, on_device, parser
-from plotting import new_figure, plot_curves, plot_generative_samples
 from pyro_sin.datasets import pinwheel
 from pyro_sin.distributed import world
 from pyro_sin.elbo import SINELBO
 from pyro_sin.evaluation import Estimate
 from pyro_sin.guide import SVAEGuide
-from pyro_sin.initialization import warmup_schedule
 from pyro_sin.metrics import cluster_purity, normalized_mutual_info
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
@@ -39,6 +35,10 @@ from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture, StudentTMixture
 from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import History, components_in_use, fit
+
+from baselines import VAE
+from harness import Results, Trained, compare, fit_evaluating_at, fresh_start, markdown_table, on_device, parser
+from plotting import new_figure, plot_curves, plot_generative_samples
 
 
 @dataclass
@@ -150,7 +150,9 @@ def build_san(config: Config, train: torch.Tensor, mixture: str = "gmm", svae: b
     model = DeepLatentMixture(prior, decoder, len(train))
     if config.component_init == "kmeans":
         if mixture != "gmm":
-            raise ValueError("k-means components need a Gaussian mixture (the Student-t components are learned by Adam)")
+            raise ValueError(
+                "k-means components need a Gaussian mixture (the Student-t components are learned by Adam)"
+            )
         init_natural = prior.encoded_start(encoder, train, torch.Generator().manual_seed(config.seed))
     elif config.component_init == "random":
         init_natural = None
@@ -408,7 +410,9 @@ def main(argv=None):
         if config.batch_size % args.nproc:
             command.error(f"--nproc must divide the minibatch of {config.batch_size}")
         with tempfile.TemporaryDirectory() as tmp:
-            mp.spawn(_process, args=(args.nproc, f"{tmp}/init", config, results, args.progress), nprocs=args.nproc, join=True)
+            mp.spawn(
+                _process, args=(args.nproc, f"{tmp}/init", config, results, args.progress), nprocs=args.nproc, join=True
+            )
         return json.loads((args.out / "results.json").read_text())["metrics"]
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # launched by torchrun
         backend = "nccl" if torch.device(args.device).type == "cuda" else "gloo"

@@ -98,17 +98,24 @@ def plot_generative_samples(
     xlim, ylim = limits if limits is not None else shared_limits(data)
     ax.set_xlim(*xlim)
     ax.set_ylim(*ylim)
-    outside = ~((samples[:, 0] >= xlim[0]) & (samples[:, 0] <= xlim[1]) & (samples[:, 1] >= ylim[0]) & (samples[:, 1] <= ylim[1]))
+    inside_x = (samples[:, 0] >= xlim[0]) & (samples[:, 0] <= xlim[1])
+    outside = ~(inside_x & (samples[:, 1] >= ylim[0]) & (samples[:, 1] <= ylim[1]))
     if outside.any():
-        ax.text(0.02, 0.02, f"{outside.sum()} of {len(samples)} samples outside", transform=ax.transAxes, fontsize="x-small")
+        note = f"{outside.sum()} of {len(samples)} samples outside"
+        ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize="x-small")
     ax.set_aspect("equal", adjustable="box")
     ax.set_title(title, fontsize="medium")
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     if legend:
         handles = [
-            Line2D([], [], ls="", marker="o", ms=6, mfc=class_colours(2)[1], mec="none", label="data (colour: true class)"),
-            Line2D([], [], ls="", marker="o", ms=2.5, mfc="k", mec="none", label="samples (colour: component; faint: low weight)"),
+            Line2D(
+                [], [], ls="", marker="o", ms=6, mfc=class_colours(2)[1], mec="none", label="data (colour: true class)"
+            ),
+            Line2D(
+                [], [], ls="", marker="o", ms=2.5, mfc="k", mec="none",
+                label="samples (colour: component; faint: low weight)",
+            ),
         ]
         ax.legend(handles=handles, loc="upper left", fontsize="x-small", framealpha=0.8)
 

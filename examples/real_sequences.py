@@ -17,6 +17,7 @@ shrinks the run.
 from dataclasses import replace
 
 from pyro_sin.datasets import basic_motions
+
 from sequence_harness import Config, DeepLatent, SequenceTask, experiment_main, make_lds, standard_methods
 
 

@@ -31,17 +31,18 @@ import torch
 import pyro
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import UnstructuredLDSGuide, VectorAutoregression
-from harness import Method, Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from pyro_sin.elbo import SINELBO
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import SequenceEncoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
-from plotting import component_colours, new_figure, plot_curves
-from pyro_sin.standardize import StandardizedEncoder, Standardization, standardized_autoencoder
+from pyro_sin.standardize import Standardization, StandardizedEncoder, standardized_autoencoder
 from pyro_sin.training import DivergenceError, History, fit
+
+from baselines import UnstructuredLDSGuide, VectorAutoregression
+from harness import Method, Results, Trained, compare, fresh_start, markdown_table, on_device, parser
+from plotting import component_colours, new_figure, plot_curves
 
 __all__ = [
     "Config",
@@ -109,7 +110,10 @@ class Config:
     seconds: float = 600.0  # a cap on the training time per method
     eval_every: int = 100
     eval_samples: int = 50
-    methods: Tuple[str, ...] = ("SAN-LDS", "latent HMM", "SLDS (SAN)", "SLDS (free factor)", "unstructured guide", "VAR(1)", "VAR(2)", "training mean")
+    methods: Tuple[str, ...] = (
+        "SAN-LDS", "latent HMM", "SLDS (SAN)", "SLDS (free factor)", "unstructured guide", "VAR(1)", "VAR(2)",
+        "training mean",
+    )
     seed: int = 0
     device: str = "cpu"  # where the networks train and the metrics are computed
     extra: Dict[str, float] = field(default_factory=dict)
@@ -195,7 +199,9 @@ class Evaluator:
         regimes = self.segment(method)
         if regimes is not None and task.regimes is not None:
             scores = clustering_scores(regimes.reshape(-1), task.regimes.reshape(-1))
-            row.update({"segmentation_nmi": scores["nmi"], "segmentation_ari": scores["ari"], "segmentation_accuracy": scores["accuracy"]})
+            row.update(
+                segmentation_nmi=scores["nmi"], segmentation_ari=scores["ari"], segmentation_accuracy=scores["accuracy"]
+            )
         return row
 
 
@@ -247,11 +253,15 @@ def _fit(config: Config, svi, data, evaluator: Evaluator, method, desc, progress
 
 
 def _networks(config: Config, train: torch.Tensor):
-    """Standardised encoder and decoder (the data's units do not matter); a GRU encoder when ``config.encoder == "rnn"``."""
+    """
+    Standardised encoder and decoder (the data's units do not matter); a GRU encoder when
+    ``config.encoder == "rnn"``.
+    """
     frames = train.reshape(-1, train.shape[-1])
     hidden = (config.hidden,) * 2
     encoder, decoder = standardized_autoencoder(
-        frames, config.latent_dim, hidden, spread=config.spread, min_scale=config.min_scale, init_noise=config.init_noise
+        frames, config.latent_dim, hidden, spread=config.spread, min_scale=config.min_scale,
+        init_noise=config.init_noise,
     )
     if config.encoder == "rnn":
         frame_encoder = encoder.encoder
@@ -271,7 +281,9 @@ def hmm_natural_from_encoded(hmm: LatentHMM, encoder, train: torch.Tensor, seed:
     return hmm.encoded_start(encoder, train, torch.Generator().manual_seed(seed))
 
 
-def slds_natural_from_encoded(slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0) -> Dict[str, torch.Tensor]:
+def slds_natural_from_encoded(
+    slds: SwitchingLDS, encoder, train: torch.Tensor, seed: int = 0
+) -> Dict[str, torch.Tensor]:
     """:meth:`~pyro_sin.pgm.SwitchingLDS.encoded_start` with a seeded generator."""
     return slds.encoded_start(encoder, train, torch.Generator().manual_seed(seed))
 
@@ -371,7 +383,9 @@ class FittedInClosedForm:
     def train(self, task: SequenceTask, seed: int, progress: bool = True) -> Trained:
         method = self.fit_predictor(task.train)
         evaluator = Evaluator(task, self.config.eval_samples)
-        return _scored(evaluator, method, History([], [0], [0.0], [{"forecast_mse": evaluator.forecast_error(method)}], []))
+        return _scored(
+            evaluator, method, History([], [0], [0.0], [{"forecast_mse": evaluator.forecast_error(method)}], [])
+        )
 
 
 def autoregression(order: int, config: Config) -> FittedInClosedForm:
@@ -401,7 +415,9 @@ def standard_methods(config: Config) -> List[Method]:
         DeepLatent("SLDS (SAN)", config, make_slds, "slds_factor", slds_natural_from_encoded),
         # with the tied factor the switching LDS's SIN is the SVAE's local step (a structured mean
         # field against q(θ)'s expectations); the free factor gives the SIN its own parameters
-        DeepLatent("SLDS (free factor)", config, make_slds, "slds_factor", slds_natural_from_encoded, slds_factor="free"),
+        DeepLatent(
+            "SLDS (free factor)", config, make_slds, "slds_factor", slds_natural_from_encoded, slds_factor="free"
+        ),
         UnstructuredGuide(config),
         autoregression(1, config),
         autoregression(2, config),
@@ -510,7 +526,9 @@ def plot_forecasts(
 def plot_training_curves(results: Results, histories: Dict[str, History], horizon: int):
     """``training_curves.png``: the test forecast error against training time."""
     fig = new_figure()
-    curves = {n: (h.eval_seconds, [e["forecast_mse"] for e in h.evals]) for n, h in histories.items() if len(h.evals) > 1}
+    curves = {
+        n: (h.eval_seconds, [e["forecast_mse"] for e in h.evals]) for n, h in histories.items() if len(h.evals) > 1
+    }
     if not curves:
         return False
     plot_curves(fig.axes[0], curves, ylabel=f"test forecast MSE (1..{horizon} steps)", xlabel="training time (s)")
@@ -558,5 +576,7 @@ def experiment_main(
     shown = {n: m for n, m in trained.items() if n != "training mean"}
     plot_forecasts(results, evaluator, shown, channels, samples=config.eval_samples)
     plot_training_curves(results, histories, task.horizon)
-    results.write(title, [markdown_table(rows)], {"title": title, "config": asdict(config), "metrics": rows, "curves": curves})
+    results.write(
+        title, [markdown_table(rows)], {"title": title, "config": asdict(config), "metrics": rows, "curves": curves}
+    )
     return rows

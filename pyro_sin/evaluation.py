@@ -144,7 +144,9 @@ def log_likelihood(
     :returns: an :class:`Estimate` of ``log p(y_n)``.
     """
     if proposal.batch_shape != y.shape[:1]:
-        raise ValueError(f"the proposal's batch shape must be (N,) = {tuple(y.shape[:1])}, got {tuple(proposal.batch_shape)}")
+        raise ValueError(
+            f"the proposal's batch shape must be (N,) = {tuple(y.shape[:1])}, got {tuple(proposal.batch_shape)}"
+        )
     log_weights = []
     for size in _sample_chunks(num_samples, y.numel()):
         x = proposal.sample((size,))
@@ -201,7 +203,9 @@ def _observed_mask(y: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     if observed.dtype != torch.bool:
         raise TypeError(f"observed must be a boolean mask, got dtype {observed.dtype}")
     if observed.shape not in (y.shape[-1:], y.shape):
-        raise ValueError(f"observed must have shape {tuple(y.shape[-1:])} or {tuple(y.shape)}, got {tuple(observed.shape)}")
+        raise ValueError(
+            f"observed must have shape {tuple(y.shape[-1:])} or {tuple(y.shape)}, got {tuple(observed.shape)}"
+        )
     return observed.expand(y.shape)
 
 
@@ -250,7 +254,9 @@ def conditional_mean(
     """
     observed = _observed_mask(y, observed)
     if proposal is not None and proposal.batch_shape != y.shape[:1]:
-        raise ValueError(f"the proposal's batch shape must be (N,) = {tuple(y.shape[:1])}, got {tuple(proposal.batch_shape)}")
+        raise ValueError(
+            f"the proposal's batch shape must be (N,) = {tuple(y.shape[:1])}, got {tuple(proposal.batch_shape)}"
+        )
     if prior.batch_shape != torch.Size():
         raise ValueError(f"the prior must have batch shape (), got {tuple(prior.batch_shape)}")
     half = math.log(0.5)

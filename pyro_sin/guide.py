@@ -246,8 +246,8 @@ class SINGuide(AutoGuide, NameOwner):
         if reference is not None and torch.is_tensor(data) and data.is_floating_point():
             if data.dtype != reference.dtype or data.device != reference.device:
                 raise ValueError(
-                    f"SINGuide: dtype or device mismatch: the data are {data.dtype} on {data.device} but the encoder's parameters "
-                    f"are {reference.dtype} on {reference.device}: convert one to match the other "
+                    f"SINGuide: dtype or device mismatch: the data are {data.dtype} on {data.device} but the encoder's "
+                    f"parameters are {reference.dtype} on {reference.device}: convert one to match the other "
                     "(e.g. y.to(torch.float32), or encoder/decoder .double() / .to(device))"
                 )
 

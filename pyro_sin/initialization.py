@@ -74,7 +74,8 @@ def normal_wishart_from_clusters(
     # none in some directions: those get a thousandth of the mean variance, and at least a variance well
     # above the rounding error of the points)
     resolution = 1e3 * torch.finfo(points.dtype).eps * (1 + points.abs().max()) ** 2
-    pooled = pooled + (1e-3 * pooled.diagonal().mean() + resolution) * torch.eye(D, dtype=points.dtype, device=points.device)
+    eye = torch.eye(D, dtype=points.dtype, device=points.device)
+    pooled = pooled + (1e-3 * pooled.diagonal().mean() + resolution) * eye
     # a cluster of few points borrows its shape from the pooled one (D + 1 pseudo-points)
     covariance = (scatter + (D + 1) * pooled) / (counts + D + 1)[:, None, None]
     covariance = 0.5 * (covariance + covariance.transpose(-1, -2))  # exactly symmetric in any precision

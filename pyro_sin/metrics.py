@@ -77,7 +77,9 @@ def normalized_mutual_info(pred: torch.Tensor, true: torch.Tensor) -> float:
 
 def _check_labels(pred: torch.Tensor, true: torch.Tensor):
     if pred.shape != true.shape or pred.dim() != 1:
-        raise ValueError(f"pred and true must be label vectors of one shape, got {tuple(pred.shape)} and {tuple(true.shape)}")
+        raise ValueError(
+            f"pred and true must be label vectors of one shape, got {tuple(pred.shape)} and {tuple(true.shape)}"
+        )
     if len(pred) == 0:
         raise ValueError("cannot score an empty labelling")
 
@@ -129,7 +131,9 @@ def clustering_scores(pred: torch.Tensor, true: torch.Tensor) -> dict:
     """
     pred, true = torch.as_tensor(pred).cpu(), torch.as_tensor(true).cpu()
     if pred.shape != true.shape or pred.dim() != 1:
-        raise ValueError(f"need predictions and labels of one shape (N,), got {tuple(pred.shape)} and {tuple(true.shape)}")
+        raise ValueError(
+            f"need predictions and labels of one shape (N,), got {tuple(pred.shape)} and {tuple(true.shape)}"
+        )
     return {
         "nmi": normalized_mutual_info(pred, true),
         "ari": adjusted_rand_index(pred, true),

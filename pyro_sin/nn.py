@@ -344,8 +344,8 @@ def mirrored_autoencoder(
     An encoder and a decoder whose shortcuts start as inverse maps,
     ``x ≈ Q y / s`` and ``y ≈ s Qᵀ x`` (``Q`` a random partial isometry, or ``basis``), with
     encoder precision ``J = (s / posterior_scale)²`` so that the posterior spread
-    starts at about ``posterior_scale`` data units (one by default). For a Bernoulli decoder the shortcut ``s Qᵀ x`` starts the
-    logits; for a Poisson decoder, the (softplus) rates.
+    starts at about ``posterior_scale`` data units (one by default). For a Bernoulli decoder the
+    shortcut ``s Qᵀ x`` starts the logits; for a Poisson decoder, the (softplus) rates.
 
     :param float scale: ``s``, data units per latent unit; choose it so the data
         span a few units of the latent space, where the PGM prior's

@@ -19,8 +19,17 @@ import pyro
 from pyro_sin.guide import SINGuide
 from pyro_sin.models import DeepLatentMixture, DeepLatentSequence, data_plate, register_decoder
 from pyro_sin.naming import NameOwner
-from pyro_sin.pgm import FAMILIES, GaussianMixture, LatentGaussian, LatentHMM, LinearDynamicalSystem
-from pyro_sin.pgm import SequencePrior, StudentTMixture, SwitchingLDS
+from pyro_sin.pgm import (
+    FAMILIES,
+    GaussianMixture,
+    LatentGaussian,
+    LatentHMM,
+    LinearDynamicalSystem,
+    SequencePrior,
+    StudentTMixture,
+    SwitchingLDS,
+)
+
 from tests.helpers import random_spd
 from tests.pgm import reference
 

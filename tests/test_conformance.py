@@ -36,10 +36,11 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO, SINGuide
+from pyro_sin import SINELBO, NaturalAdam, SINGuide
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, SequenceEncoder
 from pyro_sin.pgm import FAMILIES, SequencePrior
 from pyro_sin.potential import GaussianPotential
+
 from tests.families import CONFORMANCE
 
 P = 3  # data dimension

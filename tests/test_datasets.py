@@ -72,7 +72,9 @@ def test_auto_split_is_standardised_on_the_training_part_and_scaled():
 def test_data_sets_are_built_on_the_cpu_whatever_the_default_device():
     """A CPU generator meets no tensor of another device (on CUDA that is an error), and a seed
     gives the same numbers everywhere; the meta device stands in for CUDA here."""
-    builders = [lambda: pinwheel(seed=1), lambda: noisy_pinwheel(0.3, seed=1), lambda: bouncing_dot(3, 5, seed=1), auto_mpg]
+    builders = [
+        lambda: pinwheel(seed=1), lambda: noisy_pinwheel(0.3, seed=1), lambda: bouncing_dot(3, 5, seed=1), auto_mpg
+    ]
     expected = [builder() for builder in builders]
     torch.set_default_device("meta")
     try:

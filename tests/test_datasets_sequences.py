@@ -107,7 +107,9 @@ def test_lds_benchmark_shapes_and_rotation(dims):
 
 @pytest.mark.parametrize("emission_noise, dynamics_noise", LDS_BENCHMARK_GRID["noise"])
 def test_lds_benchmark_recovers_its_stated_noise_levels(emission_noise, dynamics_noise):
-    data = linear_gaussian_benchmark(100, latent_dim=3, emission_dim=5, emission_noise=emission_noise, dynamics_noise=dynamics_noise)
+    data = linear_gaussian_benchmark(
+        100, latent_dim=3, emission_dim=5, emission_noise=emission_noise, dynamics_noise=dynamics_noise
+    )
     s = data.system
     x = data.latents
     assert_variance(x[:, 1:] - x[:, :-1] @ s.transition.T, dynamics_noise)

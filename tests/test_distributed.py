@@ -17,9 +17,9 @@ import pyro
 import pyro.distributions as dist_
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.distributed import broadcast_parameters, world
-from pyro_sin.models import DeepLatentSequence, DeepLatentMixture
+from pyro_sin.models import DeepLatentMixture, DeepLatentSequence
 from pyro_sin.nn import GaussianEncoder
 from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem
 

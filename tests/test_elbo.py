@@ -8,6 +8,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro_sin import SINELBO
 from pyro_sin.pgm.mixture import MixturePosterior
 from pyro_sin.potential import GaussianPotential
+
 from tests.helpers import tiny_mixture_model
 
 

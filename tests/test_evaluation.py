@@ -8,7 +8,7 @@ from torch.testing import assert_close
 import pyro.distributions as dist
 
 from pyro_sin import evaluation
-from pyro_sin.models import DeepLatentSequence, DeepLatentMixture, frame_likelihood
+from pyro_sin.models import DeepLatentMixture, DeepLatentSequence, frame_likelihood
 from pyro_sin.nn import GaussianEncoder, SequenceEncoder, make_decoder
 from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem
 
@@ -68,7 +68,8 @@ def test_reconstruction_error_matches_the_closed_form_per_component():
     assert estimate.per_point.shape == (N,) and estimate.mean == pytest.approx(float(estimate.per_point.mean()))
     assert estimate.stderr == pytest.approx(float(estimate.per_point.std() / math.sqrt(N)))
     # one component, no weights: the same formula with r = 1
-    single = evaluation.reconstruction_error(decoder, y, dist.MultivariateNormal(loc[:, 0], cov[:, 0]), num_samples=4000)
+    one_component = dist.MultivariateNormal(loc[:, 0], cov[:, 0])
+    single = evaluation.reconstruction_error(decoder, y, one_component, num_samples=4000)
     assert_within(single.per_point, exact_k[:, 0], single.mc_stderr)
 
 

@@ -7,12 +7,13 @@ from torch import nn
 import pyro.distributions as dist
 
 from pyro_sin import evaluation
-from baselines import VAE
-from pyro_sin.pgm.mixture import BayesianGMM
 from pyro_sin.metrics import sample_coverage
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianEncoder
 from pyro_sin.pgm import GaussianMixture
+from pyro_sin.pgm.mixture import BayesianGMM
+
+from baselines import VAE
 
 
 class LinearGaussianDecoder(nn.Module):

@@ -7,11 +7,12 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI, Predictive, TraceEnum_ELBO, config_enumerate
 
-from pyro_sin import NaturalAdam, SINELBO, SINGuide
+from pyro_sin import SINELBO, NaturalAdam, SINGuide
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import GaussianMixture
 from pyro_sin.pgm.mixture import BayesianGMM
 from pyro_sin.training import fit, minibatch_indices
+
 from tests.helpers import tiny_mixture_model
 
 

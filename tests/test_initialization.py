@@ -3,7 +3,7 @@ import torch
 
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.initialization import kmeans, pretrain_components, warmup_schedule
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.pgm import GaussianMixture

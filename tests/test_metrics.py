@@ -6,6 +6,7 @@ import torch
 from torch.testing import assert_close
 
 import pyro.distributions as dist
+
 from pyro_sin.metrics import (
     adjusted_rand_index,
     cluster_purity,
@@ -83,7 +84,10 @@ def test_adjusted_rand_index_extremes():
     assert adjusted_rand_index(torch.zeros(6, dtype=torch.long), torch.zeros(6, dtype=torch.long)) == 1.0
     assert adjusted_rand_index(torch.arange(6), torch.arange(6)) == 1.0
     gen = torch.Generator().manual_seed(0)
-    independent = [adjusted_rand_index(torch.randint(0, 4, (500,), generator=gen), torch.randint(0, 4, (500,), generator=gen)) for _ in range(20)]
+    independent = [
+        adjusted_rand_index(torch.randint(0, 4, (500,), generator=gen), torch.randint(0, 4, (500,), generator=gen))
+        for _ in range(20)
+    ]
     assert abs(sum(independent) / 20) < 0.01
 
 

@@ -5,10 +5,11 @@ from torch.testing import assert_close
 import pyro
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.distributions import NormalWishart
 from pyro_sin.natural import is_natural_parameter
 from pyro_sin.optim import NaturalStep, decaying_schedule
+
 from tests.helpers import tiny_mixture_model
 
 
@@ -40,7 +41,8 @@ def natural_of(guide):
 def test_full_natural_step_is_the_exact_conjugate_update(estimator):
     model, guide, y = tiny_mixture_model(num_data=20)
     idx = torch.arange(5)
-    svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=1.0), SINELBO(num_particles=3, decoder_estimator=estimator))
+    elbo = SINELBO(num_particles=3, decoder_estimator=estimator)
+    svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=1.0), elbo)
     guide(y[idx], idx)
     concentration, nw = expected_conjugate_update(guide, y[idx])
     svi.step(y[idx], idx)

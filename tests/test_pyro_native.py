@@ -18,11 +18,12 @@ import pyro.poutine as poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.infer.autoguide import AutoGuideList, AutoNormal
 
-from pyro_sin import NaturalAdam, SINELBO, SINGuide
+from pyro_sin import SINELBO, NaturalAdam, SINGuide
 from pyro_sin.models import DeepLatentMixture
-from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.natural import is_natural_parameter
+from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import GaussianMixture, LinearDynamicalSystem
+
 from tests.helpers import tiny_mixture_model
 
 
@@ -57,6 +58,7 @@ def test_param_store_round_trip_keeps_natural_parameters_natural():
 
 def test_state_dict_resume_of_the_main_job_is_bit_identical():
     from pyro_sin.datasets import pinwheel
+
     from pinwheel import Config, build_san
 
     config = Config(iterations=6, num_particles=2, batch_size=50)
@@ -174,7 +176,9 @@ def test_scale_on_the_model_alone_matches_traceenum(where):
                     x = model.pgm.sample_latent(params)
                 pyro.sample("y", model.decoder.distribution(x), obs=y)
 
-    ours, ours_se = repeated(lambda: SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(scaled, guide, y[idx], idx), 5)
+    ours, ours_se = repeated(
+        lambda: SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(scaled, guide, y[idx], idx), 5
+    )
     enum = TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1)
     theirs, theirs_se = repeated(lambda: enum.loss(scaled, config_enumerate(guide), y[idx], idx), 5)
     unscaled = SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx)
@@ -189,7 +193,8 @@ def test_natural_target_of_a_scaled_model_is_the_optimum_of_the_scaled_bound():
     guide(y[idx], idx)
     elbo = SINELBO(num_particles=2, max_plate_nesting=1)
     scaled = poutine.scale(model, 0.3)  # scales p(θ) as well: the prior's share is scaled too
-    ((domain, _, target),) = elbo.natural_targets(elbo._loss_surrogate_records(scaled, guide, (y[idx], idx), {})[2]).values()
+    records = elbo._loss_surrogate_records(scaled, guide, (y[idx], idx), {})[2]
+    ((domain, _, target),) = elbo.natural_targets(records).values()
     post = guide.local_posterior(y[idx])
     pgm = guide.pgm
     prior = domain.pack(pgm.prior_natural())
@@ -225,10 +230,13 @@ def test_autoguidelist_with_singuide_and_autonormal_matches_traceenum():
     create_plates = lambda y, indices=None: pyro.plate("data", 12, subsample=indices)  # noqa: E731
     guide = AutoGuideList(model, create_plates=create_plates)
     guide.append(AutoNormal(poutine.block(model, hide=list(gmm.global_sites + gmm.local_sites))))
-    guide.append(SINGuide(poutine.block(model, expose=list(gmm.global_sites + gmm.local_sites)), gmm, GaussianEncoder(2, 2, (6,))))
+    pgm_part = poutine.block(model, expose=list(gmm.global_sites + gmm.local_sites))
+    guide.append(SINGuide(pgm_part, gmm, GaussianEncoder(2, 2, (6,))))
     idx = torch.arange(4)
     guide(y[idx], idx)
-    ours, ours_se = repeated(lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5)
+    ours, ours_se = repeated(
+        lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5
+    )
     enum = TraceEnum_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
     theirs, theirs_se = repeated(lambda: enum.loss(model, config_enumerate(guide), y[idx], idx), 5)
     assert abs(ours - theirs) < 4 * (ours_se**2 + theirs_se**2) ** 0.5 + 1e-3 * abs(theirs)
@@ -252,7 +260,9 @@ def test_hand_written_guide_shares_the_plate_for_a_per_point_latent():
             pyro.sample("shift", dist.Normal(loc[indices] if indices is not None else loc, 0.5))
 
     idx = torch.arange(4)
-    ours, ours_se = repeated(lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5)
+    ours, ours_se = repeated(
+        lambda: SINELBO(num_particles=1000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx), 5
+    )
     enum = TraceEnum_ELBO(num_particles=1000, vectorize_particles=True, max_plate_nesting=1)
     theirs, theirs_se = repeated(lambda: enum.loss(model, config_enumerate(guide), y[idx], idx), 5)
     assert abs(ours - theirs) < 4 * (ours_se**2 + theirs_se**2) ** 0.5 + 1e-3 * abs(theirs)

@@ -1,7 +1,10 @@
 """
-The README's Python code runs as written: its ```python blocks, in order, in one
-fresh interpreter (the blocks may build on each other), from an empty working
-directory, with ``CI`` set so that blocks may shrink their loops.
+The README's and the documentation's Python code runs as written: the README's
+```python blocks, in order, in one fresh interpreter (the blocks may build on
+each other), from an empty working directory, with ``CI`` set so that blocks may
+shrink their loops. A docs page with ``.. code-block:: python`` blocks continues
+the README's quick start: its blocks run after the README's, in the same
+interpreter.
 """
 
 import json
@@ -9,23 +12,26 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
+DOCS_WITH_CODE = sorted(p for p in (ROOT / "docs").rglob("*.rst") if ".. code-block:: python" in p.read_text())
 
 # Runs the blocks in one namespace and names the block that failed.
 RUNNER = """
 import json, sys, traceback
 blocks = json.loads(sys.stdin.read())
 namespace = {"__name__": "__main__"}
-for i, (line, source) in enumerate(blocks):
+for i, (name, line, source) in enumerate(blocks):
     try:
-        exec(compile(source, f"README.md, block {i + 1} (line {line})", "exec"), namespace)
+        exec(compile(source, f"{name}, block {i + 1} (line {line})", "exec"), namespace)
     except BaseException:
         traceback.print_exc()
-        sys.exit(f"README.md: python block {i + 1} of {len(blocks)}, starting at line {line}, failed")
+        sys.exit(f"{name}: python block {i + 1} of {len(blocks)}, starting at line {line}, failed")
 """
 
 
@@ -35,13 +41,27 @@ def python_blocks(markdown: str):
     return [(markdown[: m.start()].count("\n") + 2, m.group(1)) for m in pattern.finditer(markdown)]
 
 
-def run_blocks(markdown: str, cwd: Path):
+def rst_python_blocks(rst: str):
+    """``(line, source)`` of every ``.. code-block:: python`` directive, its body dedented."""
+    # the directive, blank lines, then every line indented deeper than the directive (or blank)
+    pattern = re.compile(
+        r"^([ \t]*)\.\. code-block:: python[ \t]*\n((?:[ \t]*\n)*)((?:\1[ \t]+\S.*\n|[ \t]*\n)+)", re.M
+    )
+    blocks = []
+    for m in pattern.finditer(rst):
+        line = rst[: m.start(3)].count("\n") + 1
+        blocks.append((line, textwrap.dedent(m.group(3)).strip("\n") + "\n"))
+    return blocks
+
+
+def run_blocks(named_blocks, cwd: Path):
+    """Runs ``[(file name, line, source), ...]`` in one interpreter."""
     env = dict(os.environ, CI="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.setdefault("OMP_NUM_THREADS", "1")
     env["MPLBACKEND"] = "Agg"
     return subprocess.run(
         [sys.executable, "-W", "error", "-c", RUNNER],
-        input=json.dumps(python_blocks(markdown)),
+        input=json.dumps(named_blocks),
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -50,18 +70,44 @@ def run_blocks(markdown: str, cwd: Path):
     )
 
 
+def _readme_blocks():
+    return [("README.md", line, source) for line, source in python_blocks(README.read_text())]
+
+
 def test_block_extraction_keeps_order_lines_and_only_python():
     text = "intro\n```python\na = 1\n```\n\n```bash\nrm -rf /\n```\n```python\nb = a + 1\n```\n"
     assert python_blocks(text) == [(3, "a = 1\n"), (10, "b = a + 1\n")]
 
 
+def test_rst_block_extraction_keeps_order_lines_indentation_and_only_python():
+    text = (
+        "Title\n=====\n\n.. code-block:: python\n\n   for i in range(2):\n       a = i\n\n   b = a\n\ntext\n\n"
+        ".. code-block:: bash\n\n   rm -rf /\n\n.. code-block:: python\n\n   c = b + 1\n"
+    )
+    assert rst_python_blocks(text) == [(6, "for i in range(2):\n    a = i\n\nb = a\n"), (19, "c = b + 1\n")]
+
+
 def test_a_failing_block_is_named(tmp_path):
-    result = run_blocks("```python\nx = 1\n```\n```python\nraise ValueError(x)\n```\n", tmp_path)
-    assert result.returncode != 0 and "python block 2 of 2, starting at line 5" in result.stderr
+    markdown = "```python\nx = 1\n```\n```python\nraise ValueError(x)\n```\n"
+    blocks = [("README.md", line, source) for line, source in python_blocks(markdown)]
+    result = run_blocks(blocks, tmp_path)
+    assert result.returncode != 0 and "README.md: python block 2 of 2, starting at line 5" in result.stderr
 
 
 def test_readme_python_blocks_run(tmp_path):
-    blocks = python_blocks(README.read_text())
+    blocks = _readme_blocks()
     assert blocks, "README.md has no ```python block"
-    result = run_blocks(README.read_text(), tmp_path)
+    result = run_blocks(blocks, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_the_user_guide_has_code_to_run():
+    assert ROOT / "docs" / "guide.rst" in DOCS_WITH_CODE
+
+
+@pytest.mark.parametrize("page", DOCS_WITH_CODE, ids=[p.stem for p in DOCS_WITH_CODE])
+def test_docs_python_blocks_run_after_the_readme(page, tmp_path):
+    name = str(page.relative_to(ROOT))
+    blocks = _readme_blocks() + [(name, line, source) for line, source in rst_python_blocks(page.read_text())]
+    result = run_blocks(blocks, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]

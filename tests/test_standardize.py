@@ -6,7 +6,7 @@ import torch
 import pyro
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import GaussianMixture

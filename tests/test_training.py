@@ -6,7 +6,7 @@ import torch
 import pyro
 from pyro.infer import SVI
 
-from pyro_sin import NaturalAdam, SINELBO
+from pyro_sin import SINELBO, NaturalAdam
 from pyro_sin.datasets import pinwheel
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.pgm import GaussianMixture

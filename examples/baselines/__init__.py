@@ -1,11 +1,12 @@
 """Baselines in the same harness as SAN."""
 
-from .clustering import PCAGMM, VAEGMM, ClusteringBaseline, KMeansBaseline, fit_bayesian_gmm
 from pyro_sin.pgm.mixture import BayesianGMM
+
+from .clustering import PCAGMM, VAEGMM, ClusteringBaseline, KMeansBaseline, fit_bayesian_gmm
 from .two_stage import TwoStageLDS
 from .unstructured_lds import UnstructuredLDSGuide
-from .var import SmoothedFrames, VectorAutoregression
 from .vae import VAE
+from .var import SmoothedFrames, VectorAutoregression
 
 __all__ = [
     "PCAGMM",

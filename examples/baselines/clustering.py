@@ -28,6 +28,7 @@ from pyro_sin import evaluation
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.pgm.mixture import BayesianGMM, bayesian_gmm
 from pyro_sin.training import fit as fit_svi
+
 from .vae import VAE
 
 
@@ -66,7 +67,8 @@ def fit_bayesian_gmm(
     """
     if locs is None:
         if init == "kmeans":
-            locs = torch.as_tensor(_kmeans(data, num_components, seed).cluster_centers_, dtype=data.dtype, device=data.device)
+            centres = _kmeans(data, num_components, seed).cluster_centers_
+            locs = torch.as_tensor(centres, dtype=data.dtype, device=data.device)
         elif init == "random":
             generator = torch.Generator().manual_seed(seed)
             locs = data[torch.randperm(len(data), generator=generator)[:num_components].to(data.device)]
@@ -163,7 +165,9 @@ class PCAGMM(ClusteringBaseline):
     :param str init: ``"kmeans"`` or ``"random"`` (see :func:`fit_bayesian_gmm`).
     """
 
-    def __init__(self, num_components: int, latent_dim: int, seed: int = 0, init: str = "kmeans", iterations: int = 500):
+    def __init__(
+        self, num_components: int, latent_dim: int, seed: int = 0, init: str = "kmeans", iterations: int = 500
+    ):
         self.num_components, self.latent_dim = num_components, latent_dim
         self.seed, self.init, self.iterations = seed, init, iterations
         self.mean = self.basis = self.noise_variance = self.gmm = None
@@ -199,7 +203,8 @@ class PCAGMM(ClusteringBaseline):
         if self.noise_variance is not None:
             residual = (y - self.reconstruct(y)).pow(2).sum(-1)
             dim = y.shape[-1] - self.latent_dim
-            result = result - 0.5 * dim * torch.log(2 * math.pi * self.noise_variance) - 0.5 * residual / self.noise_variance
+            noise_variance = self.noise_variance
+            result = result - 0.5 * dim * torch.log(2 * math.pi * noise_variance) - 0.5 * residual / noise_variance
         return _exact(result)
 
     def reconstruction_error(self, y, num_samples: int = 100):
@@ -282,4 +287,5 @@ class VAEGMM(ClusteringBaseline):
     def generate(self, num_samples: Optional[int] = None, component_ids=None) -> evaluation.Samples:
         """Samples of the two-stage model: ``x`` from the fitted mixture, decoded."""
         params = self.gmm.pgm.point_estimate(self.gmm.global_posterior())
-        return evaluation.generate(self.decoder, params.weights, self.gmm.pgm.components(params), num_samples, component_ids)
+        components = self.gmm.pgm.components(params)
+        return evaluation.generate(self.decoder, params.weights, components, num_samples, component_ids)

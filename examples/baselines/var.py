@@ -121,7 +121,10 @@ class VectorAutoregression:
     # ----- state-space form ---------------------------------------------------------
 
     def companion(self):
-        """``(F, offset, noise)``: the state's transition ``(pP, pP)``, offset ``(pP,)`` and noise covariance ``(pP, pP)``."""
+        """
+        ``(F, offset, noise)``: the state's transition ``(pP, pP)``, offset ``(pP,)`` and noise covariance
+        ``(pP, pP)``.
+        """
         self._check_fitted()
         p, P = self.coefficients.shape[:2]
         S = p * P
@@ -158,7 +161,8 @@ class VectorAutoregression:
             chol = torch.linalg.cholesky(innovation_cov)
             gain = torch.cholesky_solve(cov[:, :P, :], chol).transpose(-1, -2)  # (B, S, P) = C Zᵀ (Z C Zᵀ)⁻¹
             white = torch.linalg.solve_triangular(chol, innovation[..., None], upper=False)[..., 0]
-            step_log_likelihood = -0.5 * (white.pow(2).sum(-1) + P * _LOG_2PI) - chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            half_log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            step_log_likelihood = -0.5 * (white.pow(2).sum(-1) + P * _LOG_2PI) - half_log_det
             here = observed[:, t]
             log_likelihood = log_likelihood + torch.where(here, step_log_likelihood, y.new_zeros(()))
             innovation = torch.where(here[:, None], innovation, innovation.new_zeros(()))

@@ -6,13 +6,10 @@ same numbers on every machine; move the tensors with ``.to(device)``.
 """
 
 from .auto_mpg import FEATURES as AUTO_MPG_FEATURES
+from .auto_mpg import auto_mpg, load_auto_mpg, shipped_auto_mpg_path
 from .basic_motions import CHANNELS as BASIC_MOTIONS_CHANNELS
 from .basic_motions import LabelledSequences, basic_motions, load_basic_motions
-from .auto_mpg import auto_mpg, load_auto_mpg, shipped_auto_mpg_path
 from .digits import digits, load_digits, load_mnist5k, mnist5k
-from .pinwheel import LabelledSplit, make_pinwheel, noisy_pinwheel, pinwheel, split
-from .sequences import SequenceData, bouncing_dot
-from .switching import RegimeSequences, bouncing_ball, four_regime_dynamics, four_regime_system, random_observation_map
 from .lds_benchmark import (
     LDS_BENCHMARK_GRID,
     LinearGaussianSequences,
@@ -21,6 +18,9 @@ from .lds_benchmark import (
     linear_gaussian_benchmark,
     random_rotation,
 )
+from .pinwheel import LabelledSplit, make_pinwheel, noisy_pinwheel, pinwheel, split
+from .sequences import SequenceData, bouncing_dot
+from .switching import RegimeSequences, bouncing_ball, four_regime_dynamics, four_regime_system, random_observation_map
 
 __all__ = [
     "AUTO_MPG_FEATURES",

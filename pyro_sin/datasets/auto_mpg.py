@@ -7,10 +7,9 @@ unchanged (``pyro_sin/datasets/data/``, with its source and licence: UCI Machine
 Learning Repository, CC BY 4.0), so loading needs neither a network nor another package.
 """
 
+import os
 from importlib import resources
 from typing import Optional, Union
-
-import os
 
 import torch
 

@@ -27,7 +27,7 @@ import pyro.distributions as dist
 
 from ._device import built_on_cpu
 
-#: The benchmark's grid: (latent, emission) dimensions, (emission, dynamics) noise
+#: The benchmark's grid of (latent, emission) dimensions, (emission, dynamics) noise
 #: variances and training-set sizes, each setting in the order the description lists them.
 LDS_BENCHMARK_GRID = {
     "dims": ((3, 5), (5, 10), (10, 20)),
@@ -39,7 +39,8 @@ LDS_BENCHMARK_GRID = {
 def lds_benchmark_settings() -> Iterator[Dict[str, float]]:
     """Every setting of :data:`LDS_BENCHMARK_GRID` as keyword arguments of :func:`linear_gaussian_benchmark`."""
     grid = LDS_BENCHMARK_GRID
-    for (latent, emission), (obs_var, dyn_var), n in itertools.product(grid["dims"], grid["noise"], grid["num_sequences"]):
+    settings = itertools.product(grid["dims"], grid["noise"], grid["num_sequences"])
+    for (latent, emission), (obs_var, dyn_var), n in settings:
         yield dict(
             latent_dim=latent, emission_dim=emission, emission_noise=obs_var, dynamics_noise=dyn_var, num_sequences=n
         )
@@ -57,7 +58,10 @@ class LinearGaussianSystem(NamedTuple):
     init_cov: torch.Tensor  # (D, D)            Cov[x_0]
 
     def distribution(self, num_steps: int) -> dist.GaussianHMM:
-        """``p(y_{1:T})`` with the states integrated out, as Pyro's :class:`~pyro.distributions.GaussianHMM` (event ``(T, P)``)."""
+        """
+        ``p(y_{1:T})`` with the states integrated out, as Pyro's :class:`~pyro.distributions.GaussianHMM`
+        (event ``(T, P)``).
+        """
         return dist.GaussianHMM(
             dist.MultivariateNormal(self.init_loc, self.init_cov),
             self.transition.T,

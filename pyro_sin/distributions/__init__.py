@@ -14,6 +14,7 @@ from .matrix_normal_wishart import (
     regression_conjugate_update,
     spd_matrix,
 )
+from .natural import DirichletBlock, MatrixNormalWishartBlock, NaturalDomain, NormalWishartBlock
 from .normal_wishart import (
     GaussianStats,
     NormalWishart,
@@ -22,7 +23,6 @@ from .normal_wishart import (
     conjugate_update,
     expected_gaussian_log_likelihood,
 )
-from .natural import DirichletBlock, MatrixNormalWishartBlock, NaturalDomain, NormalWishartBlock
 from .wishart import Wishart
 
 __all__ = [

@@ -168,6 +168,7 @@ class MatrixNormalWishart:
 
     @functools.cached_property
     def natural_params(self) -> MatrixNormalWishartNatural:
+        """The natural parameters ``(cross, col_precision, scale, df)``; :meth:`from_natural` inverts them."""
         cross = self.loc @ self.col_precision
         scale = self.scale_inv + cross @ self.loc.transpose(-1, -2)
         return MatrixNormalWishartNatural(

@@ -92,7 +92,9 @@ class NormalWishart:
     def __init__(self, loc, kappa, scale_inv, df, validate_args=True):
         if validate_args and not (kappa > 0).all():
             raise ValueError(f"NormalWishart kappa must be positive, got {kappa}")
-        self._wrap(MatrixNormalWishart(loc[..., None], kappa[..., None, None], scale_inv, df, validate_args=validate_args))
+        # a Normal-Wishart is a Matrix-Normal-Wishart with one column
+        column = MatrixNormalWishart(loc[..., None], kappa[..., None, None], scale_inv, df, validate_args=validate_args)
+        self._wrap(column)
 
     def _wrap(self, matrix: MatrixNormalWishart):
         self._matrix = matrix
@@ -104,6 +106,7 @@ class NormalWishart:
 
     @property
     def natural_params(self) -> NormalWishartNatural:
+        """The natural parameters ``(cross, kappa, scale, df)``; :meth:`from_natural` inverts them."""
         cross, kappa, scale, df = self._matrix.natural_params
         return NormalWishartNatural(cross[..., 0], kappa[..., 0, 0], scale, df)
 

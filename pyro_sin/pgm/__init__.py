@@ -14,8 +14,7 @@ from .base import SINRecord, StructuredPrior
 from .gaussian import LatentGaussian
 from .hmm import HMMFactor, HMMParams, HMMPosterior, LatentHMM
 from .lds import LinearDynamicalSystem
-from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior
-from .mixture import StudentTMixture
+from .mixture import GaussianMixture, MixtureFactor, MixtureParams, MixturePosterior, MixturePrior, StudentTMixture
 from .sequence import DeepLatentSequence, SequencePrior
 from .slds import SLDSFactor, SLDSParams, SLDSPosterior, SwitchingLDS
 

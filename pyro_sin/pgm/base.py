@@ -163,7 +163,7 @@ class StructuredPrior(PyroModule):
     @property
     def decoupled_sites(self) -> Tuple[str, ...]:
         """
-        Local sites on which the guide's draw of the latent site :attr:`name` does not
+        Local sites on which the guide's draw of the latent site ``name`` does not
         depend (the discrete block of a mean-field posterior). The model's terms outside
         the PGM read only that draw, so :class:`~pyro_sin.SINELBO` adds no score-function
         term for these sites: its expectation is zero, its variance is not.
@@ -224,7 +224,9 @@ class StructuredPrior(PyroModule):
         """The SIN factor as the mean-field message ``exp E_q(θ)[log p(x | θ)]``."""
         raise NotImplementedError
 
-    def init_free_factor(self, natural: Dict[str, torch.Tensor]) -> Dict[str, Tuple[torch.Tensor, constraints.Constraint]]:
+    def init_free_factor(
+        self, natural: Dict[str, torch.Tensor]
+    ) -> Dict[str, Tuple[torch.Tensor, constraints.Constraint]]:
         """Initial values and constraints of a free SIN factor's parameters."""
         raise NotImplementedError
 

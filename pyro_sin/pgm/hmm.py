@@ -46,9 +46,9 @@ from ..initialization import draws_from_potentials, normal_wishart_from_points
 from ..ops.markov import markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
-from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
 from .mixture.gaussian import NormalWishartGaussians
+from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .sequence import PosteriorDistribution, SequenceDistribution, after_end_to_zero, last_step
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -131,9 +131,8 @@ class HMMPosterior(RegimeMarginals):
 
     def _chain(self, log_evidence) -> MarkovChain:
         f = self.factor
-        return MarkovChain(
-            f.init_logits, f.transition_logits[..., None, :, :], self.num_steps, log_evidence, self.lengths, self.parallel
-        )
+        transition_logits = f.transition_logits[..., None, :, :]  # (..., 1, K, K): the same at every step
+        return MarkovChain(f.init_logits, transition_logits, self.num_steps, log_evidence, self.lengths, self.parallel)
 
     @property
     def log_normalizer(self) -> torch.Tensor:

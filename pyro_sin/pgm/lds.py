@@ -40,8 +40,8 @@ from pyro.ops.gaussian import (
 from ..distributions import (
     GaussianChain,
     MatrixNormalWishart,
-    MatrixNormalWishartExpectations,
     MatrixNormalWishartBlock,
+    MatrixNormalWishartExpectations,
     MatrixNormalWishartNatural,
     NaturalDomain,
     RegressionStats,
@@ -64,7 +64,10 @@ class LDSParams(NamedTuple):
 
 
 def rollout(params: LDSParams, x_start: torch.Tensor, horizon: int) -> torch.Tensor:
-    """``x_{T+1..T+H}`` from ``x_T`` (shape ``(..., D)``) under the dynamics ``params``, with process noise; ``(..., H, D)``."""
+    """
+    ``x_{T+1..T+H}`` from ``x_T`` (shape ``(..., D)``) under the dynamics ``params``, with process noise;
+    ``(..., H, D)``.
+    """
     D = x_start.shape[-1]
     A, b = params.transition[..., :D], params.transition[..., D]
     noise = dist.MultivariateNormal(torch.zeros_like(b), precision_matrix=params.noise_precision)

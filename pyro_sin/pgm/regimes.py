@@ -64,7 +64,10 @@ class RegimeGlobalPosterior:
 
 
 class RegimeMarginals:
-    """The regime chain's marginals of a local posterior whose ``states`` is a :class:`~pyro_sin.distributions.MarkovChain`."""
+    """
+    The regime chain's marginals of a local posterior whose ``states`` is a
+    :class:`~pyro_sin.distributions.MarkovChain`.
+    """
 
     @property
     def step_mask(self):
@@ -87,7 +90,7 @@ class RegimeSwitchingPrior(SequencePrior):
     Base of the priors whose latent sequence switches between ``K`` regimes that follow a
     Markov chain, each regime with its own conjugate parameters.
 
-    A subclass sets :attr:`params_type` (a named tuple ``(init_probs, transition_probs,
+    A subclass sets ``params_type`` (a named tuple ``(init_probs, transition_probs,
     location, precision)``), :attr:`posterior_type` (a :class:`RegimeGlobalPosterior`),
     :attr:`regime_site_suffixes` (the names of the precision and location sites after
     ``name_``), and takes its family's ``prior``, ``_conjugate_from_natural`` and

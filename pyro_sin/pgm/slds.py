@@ -54,7 +54,6 @@ from ..initialization import draws_from_potentials, kmeans
 from ..ops.markov import forward_backward, markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
-from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .lds import (
     AffineGaussianDynamics,
     ChainFactor,
@@ -64,6 +63,7 @@ from .lds import (
     point_expectations,
     regression_factor,
 )
+from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .sequence import PosteriorDistribution, SequenceDistribution, after_end_to_zero, last_step, sum_transitions
 
 #: how gradients pass through the mean-field sweeps
@@ -537,7 +537,8 @@ class SwitchingLDS(AffineGaussianDynamics, RegimeSwitchingPrior):
         sample_shape = torch.Size(sample_shape)
         init_probs = dist.Dirichlet(q.init_concentration).sample(sample_shape)  # (S..., K)
         transition_probs = dist.Dirichlet(q.transition_concentration).sample(sample_shape)  # (S..., K, K)
-        transitions, noise_precisions = q.matrix_normal_wishart.rsample(sample_shape)  # (S..., K, D, D+1), (S..., K, D, D)
+        # (S..., K, D, D+1), (S..., K, D, D)
+        transitions, noise_precisions = q.matrix_normal_wishart.rsample(sample_shape)
         return SLDSParams(init_probs, transition_probs, transitions, noise_precisions)
 
     # ----- prediction and evaluation (the interface of SequencePrior) ---------------------

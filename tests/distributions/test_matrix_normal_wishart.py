@@ -3,7 +3,7 @@ import torch
 from torch.testing import assert_close
 
 import pyro.distributions as dist
-from tests.helpers import random_spd
+
 from pyro_sin.distributions import (
     MatrixNormal,
     MatrixNormalWishart,
@@ -11,6 +11,8 @@ from pyro_sin.distributions import (
     RegressionStats,
     regression_conjugate_update,
 )
+
+from tests.helpers import random_spd
 
 
 def random_mnw(batch=(2,), D=2, P=3):

@@ -4,7 +4,7 @@ import torch
 from torch.testing import assert_close
 
 import pyro.distributions as dist
-from tests.helpers import random_spd
+
 from pyro_sin.distributions import (
     GaussianStats,
     NormalWishart,
@@ -15,6 +15,8 @@ from pyro_sin.distributions import (
     dirichlet_kl,
     expected_gaussian_log_likelihood,
 )
+
+from tests.helpers import random_spd
 
 
 def random_nw(batch=(3,), D=2):

@@ -8,11 +8,12 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO
 
-from baselines import PCAGMM, VAE, VAEGMM, BayesianGMM, KMeansBaseline, TwoStageLDS
 from pyro_sin.datasets import bouncing_dot
 from pyro_sin.metrics import normalized_mutual_info
 from pyro_sin.nn import latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import LinearDynamicalSystem
+
+from baselines import PCAGMM, VAE, VAEGMM, BayesianGMM, KMeansBaseline, TwoStageLDS
 
 
 def test_two_stage_fits_the_dynamics_of_its_latent_means():
@@ -84,12 +85,14 @@ def test_bayesian_gmm_matches_scikit_learn():
     ours_order = torch.argsort(q.loc[:, 0] * 10 + q.loc[:, 1])
     theirs_order = np.argsort(theirs.means_[:, 0] * 10 + theirs.means_[:, 1])
     tol = dict(rtol=1e-5, atol=1e-6)
-    assert_close(ours.global_posterior().concentration[ours_order], torch.tensor(theirs.weight_concentration_[theirs_order]), **tol)
+    concentration = ours.global_posterior().concentration
+    assert_close(concentration[ours_order], torch.tensor(theirs.weight_concentration_[theirs_order]), **tol)
     assert_close(q.loc[ours_order], torch.tensor(theirs.means_[theirs_order]), **tol)
     assert_close(q.kappa[ours_order], torch.tensor(theirs.mean_precision_[theirs_order]), **tol)
     assert_close(q.df[ours_order], torch.tensor(theirs.degrees_of_freedom_[theirs_order]), **tol)
     # scikit-learn reports W⁻¹ / ν as "covariances_"
-    assert_close((q.scale_inv / q.df[:, None, None])[ours_order], torch.tensor(theirs.covariances_[theirs_order]), **tol)
+    covariances = q.scale_inv / q.df[:, None, None]
+    assert_close(covariances[ours_order], torch.tensor(theirs.covariances_[theirs_order]), **tol)
 
 
 def test_bayesian_gmm_imputation_is_the_conditional_mean():
@@ -159,7 +162,8 @@ def test_pca_gmm_clusters_blobs_like_scikit_learn():
     theirs = BayesianGaussianMixture(
         n_components=4, weight_concentration_prior_type="dirichlet_distribution", max_iter=500, random_state=0
     ).fit(pca.transform(train.numpy()))
-    agreement = normalized_mutual_info(method.cluster(test), torch.as_tensor(theirs.predict(pca.transform(test.numpy()))))
+    theirs_clusters = torch.as_tensor(theirs.predict(pca.transform(test.numpy())))
+    agreement = normalized_mutual_info(method.cluster(test), theirs_clusters)
     assert agreement > 0.95, sklearn.__version__
 
 

@@ -2,8 +2,9 @@ import pytest
 
 pytest.importorskip("sklearn", reason="the digits need scikit-learn (pip install 'pyro-sin[data]')")
 
-import digits  # noqa: E402
 from pyro_sin.training import DivergenceError  # noqa: E402
+
+import digits  # noqa: E402
 
 
 def test_a_diverging_method_is_reported_and_the_others_go_on(tmp_path, monkeypatch):

@@ -84,7 +84,11 @@ def test_paper_fig2c_records_the_natural_steps_used(tmp_path):
 
     run("paper", tmp_path, "fig2c", "--seeds", "3")
     result = written(tmp_path, "fig2c", ["fig2c.png"])
-    assert result["config_by_ratio"]["0.3"]["natural_lr"] == paper.noisy_natural_lr(0.3) != paper.SETTINGS["noisy"].natural_lr
+    assert (
+        result["config_by_ratio"]["0.3"]["natural_lr"]
+        == paper.noisy_natural_lr(0.3)
+        != paper.SETTINGS["noisy"].natural_lr
+    )
     tmm = result["metrics"]["SAN-TMM @ 30%"]["test_mse"]
     gmm = result["metrics"]["SAN-GMM @ 30%"]["test_mse"]
     assert tmm < gmm  # the Student-t mixture shrugs off the outliers
@@ -129,7 +133,9 @@ def test_bouncing_dot_san_lds_predicts_better_than_the_unstructured_guide(tmp_pa
     rows = run("bouncing_dot", tmp_path, "--iterations", "300", "--seconds", "inf")
     assert set(rows) == {"SAN-LDS", "unstructured guide", "two-stage VAE+LDS"}
     assert all(row["iterations"] == 300 for row in rows.values())
-    metrics = written(tmp_path, figures=["reconstruction_and_prediction.png", "imputation.png", "prediction_vs_time.png"])
+    metrics = written(
+        tmp_path, figures=["reconstruction_and_prediction.png", "imputation.png", "prediction_vs_time.png"]
+    )
     # the SAN curve starts from an untrained model and must improve
     start, end = metrics["curves"]["SAN-LDS"][1][0], metrics["curves"]["SAN-LDS"][1][-1]
     assert end < start

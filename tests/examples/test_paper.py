@@ -1,14 +1,17 @@
 import pytest
 import torch
 
+from pyro_sin.datasets import pinwheel
+
 import paper
 import pinwheel as pinwheel_experiment
-from pyro_sin.datasets import pinwheel
 
 
 def test_long_flag_trains_for_ten_thousand_iterations(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr(paper, "fig2_curves", lambda results, name, split, names, setting, progress: seen.setdefault("s", setting))
+    monkeypatch.setattr(
+        paper, "fig2_curves", lambda results, name, split, names, setting, progress: seen.setdefault("s", setting)
+    )
     paper.main(["fig2a", "--long", "--out", str(tmp_path)])
     assert seen["s"].iterations == paper.LONG_ITERATIONS
     assert paper.eval_steps(paper.LONG_ITERATIONS)[-3:] == [2000, 5000, 10000]

@@ -1,8 +1,10 @@
 import pytest
 import torch
 
-import four_regime, lds_benchmark
 from pyro_sin.pgm.lds import LDSParams
+
+import four_regime
+import lds_benchmark
 from sequence_harness import Evaluator, SequenceTask
 
 
@@ -11,7 +13,9 @@ def test_learned_log_likelihood_of_the_lds_benchmark_is_the_kalman_filter():
     data = lds_benchmark.linear_gaussian_benchmark(4, 30, 2, 3, 1.0, 0.1, seed=1, system_seed=1)
     system = data.system
     model = lds_benchmark.DeepLatentSequence(
-        lds_benchmark.LinearDynamicalSystem(2, init_precision=torch.linalg.inv(system.transition @ system.transition.T + system.dynamics_cov)),
+        lds_benchmark.LinearDynamicalSystem(
+            2, init_precision=torch.linalg.inv(system.transition @ system.transition.T + system.dynamics_cov)
+        ),
         lds_benchmark.LinearGaussianDecoder(2, data.frames),
         4,
     )
@@ -100,9 +104,12 @@ def test_sequence_task_moves_every_tensor():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_sequence_experiments_run_on_cuda(tmp_path):
     methods = ["SAN-LDS", "latent HMM", "SLDS (SAN)", "unstructured guide", "VAR(2)"]
-    rows = four_regime.main(["--quick", "--out", str(tmp_path / "four"), "--no-progress", "--device", "cuda", "--methods", *methods])
+    rows = four_regime.main(
+        ["--quick", "--out", str(tmp_path / "four"), "--no-progress", "--device", "cuda", "--methods", *methods]
+    )
     assert all(torch.isfinite(torch.tensor(rows[m]["forecast_mse_1..10"])) for m in methods)
-    (row,) = lds_benchmark.main(["--quick", "--out", str(tmp_path / "lds"), "--no-progress", "--device", "cuda"]).values()
+    rows = lds_benchmark.main(["--quick", "--out", str(tmp_path / "lds"), "--no-progress", "--device", "cuda"])
+    (row,) = rows.values()
     assert row["gap_curve"][1][-1] < row["gap_curve"][1][0]
 
 

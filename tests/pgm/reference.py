@@ -8,6 +8,7 @@ import itertools
 import math
 
 import torch
+
 from pyro.ops.gaussian import Gaussian
 
 _LOG_2PI = math.log(2 * math.pi)

@@ -13,12 +13,13 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI, Trace_ELBO
 
-from pyro_sin import NaturalAdam, SINELBO, SINGuide
+from pyro_sin import SINELBO, NaturalAdam, SINGuide
 from pyro_sin.models import data_plate
 from pyro_sin.nn import GaussianEncoder
 from pyro_sin.pgm import LatentGaussian
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
+
 from tests.helpers import random_spd
 
 

@@ -23,6 +23,7 @@ from pyro_sin.pgm import LatentHMM
 from pyro_sin.pgm.hmm import HMMParams
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
+
 from tests.helpers import random_spd
 from tests.pgm.reference import hmm_paths
 
@@ -109,7 +110,8 @@ def test_tied_factor_is_the_expected_log_prior_along_a_path():
     x = torch.randn(3, 2)
     em = factor.emission
     closed = factor.init_logits[z[0]] + factor.transition_logits[z[:-1], z[1:]].sum()
-    closed = closed + (em.log_weight[z] + (em.info_loc[z] * x).sum(-1) - 0.5 * torch.einsum("ti,tij,tj->t", x, em.precision[z], x)).sum()
+    quadratic = torch.einsum("ti,tij,tj->t", x, em.precision[z], x)
+    closed = closed + (em.log_weight[z] + (em.info_loc[z] * x).sum(-1) - 0.5 * quadratic).sum()
     S = 200000
     pi = dist.Dirichlet(q.init_concentration).sample((S,))
     P = dist.Dirichlet(q.transition_concentration).sample((S,))
@@ -179,7 +181,9 @@ def test_sinelbo_agrees_with_pyro_estimators():
     estimates = [
         repeated(lambda: pyro_sin.SINELBO(num_particles=2000).loss(model, guide, y)),
         repeated(lambda: pyro_sin.SINELBO(num_particles=500, decoder_estimator="enumerate").loss(model, guide, y)),
-        repeated(lambda: Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, y)),
+        repeated(
+            lambda: Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(model, guide, y)
+        ),
         repeated(
             lambda: TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1).loss(
                 model, config_enumerate(guide), y

@@ -21,6 +21,7 @@ from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import ChainPosterior
 from pyro_sin.potential import GaussianPotential
+
 from tests.pgm.reference import chain_joint
 
 
@@ -143,7 +144,9 @@ def test_gaussian_chain_density_and_samples():
     for t in range(1, T):
         A[t * D : (t + 1) * D, (t - 1) * D : t * D] = -chain.transition_matrix
     shift = torch.cat([chain.init_loc] + [chain.transition_bias] * (T - 1))
-    noise_cov = torch.block_diag(torch.linalg.inv(chain.init_precision), *[torch.linalg.inv(chain.noise_precision)] * (T - 1))
+    noise_cov = torch.block_diag(
+        torch.linalg.inv(chain.init_precision), *[torch.linalg.inv(chain.noise_precision)] * (T - 1)
+    )
     A_inv = torch.linalg.inv(A)
     joint = dist.MultivariateNormal(A_inv @ shift, covariance_matrix=A_inv @ noise_cov @ A_inv.T)
     assert_close(chain.log_prob(x[:5]), joint.log_prob(x[:5].reshape(5, -1)))
@@ -165,7 +168,9 @@ def tiny_lds_model(N=8, T=6, Dy=3, D=2):
             loc, scale = dec(x)
             pyro.sample("y", dist.Normal(loc, scale).to_event(2), obs=y)
 
-    guide = pyro_sin.SINGuide(model, lds, enc, create_plates=lambda y, idx=None: pyro.plate("sequences", N, subsample=idx))
+    guide = pyro_sin.SINGuide(
+        model, lds, enc, create_plates=lambda y, idx=None: pyro.plate("sequences", N, subsample=idx)
+    )
     return model, guide, y
 
 

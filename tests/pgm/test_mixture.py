@@ -14,6 +14,7 @@ from torch.testing import assert_close
 import pyro
 import pyro.distributions as dist
 from pyro.ops.indexing import Vindex
+
 from pyro_sin.pgm import GaussianMixture
 from pyro_sin.potential import GaussianPotential
 

@@ -27,7 +27,10 @@ def test_lds_forecast_mean_is_the_dynamics_applied_to_the_smoothed_last_state():
     noise_precision = torch.tensor([[4.0, 1.0], [1.0, 3.0]])
     q = LDSGlobalPosterior(
         MatrixNormalWishart(
-            torch.cat([A, b[:, None]], -1), CONFIDENT * torch.eye(D + 1), CONFIDENT * torch.linalg.inv(noise_precision), torch.tensor(CONFIDENT)
+            torch.cat([A, b[:, None]], -1),
+            CONFIDENT * torch.eye(D + 1),
+            CONFIDENT * torch.linalg.inv(noise_precision),
+            torch.tensor(CONFIDENT),
         )
     )
     posterior = lds.posterior(random_potential(B, T, D, g), lds.tied_factor(q))
@@ -63,7 +66,10 @@ def test_hmm_forecast_mean_follows_the_chain_from_the_last_state_marginal():
 
 
 def test_hmm_proposal_is_a_normalised_density():
-    """The proposal is q(x_{1:T}) with the states summed out: a normalised density with the posterior's batch and event shapes."""
+    """
+    The proposal is q(x_{1:T}) with the states summed out: a normalised density with the posterior's batch and
+    event shapes.
+    """
     g = torch.Generator().manual_seed(2)
     hmm = LatentHMM(2, 1)
     posterior = hmm.posterior(random_potential(2, 3, 1, g), hmm.tied_factor(hmm.global_posterior(hmm.init_natural())))
@@ -128,7 +134,8 @@ def test_slds_proposal_is_the_mean_field_continuous_block_as_a_normalised_densit
     """The proposal's draws have the continuous block's moments, and its density integrates to one."""
     g = torch.Generator().manual_seed(4)
     slds = SwitchingLDS(2, 1, transition_concentration=1 + 5 * torch.eye(2))
-    posterior = slds.posterior(random_potential(2, 3, 1, g), slds.tied_factor(slds.global_posterior(slds.init_natural())))
+    factor = slds.tied_factor(slds.global_posterior(slds.init_natural()))
+    posterior = slds.posterior(random_potential(2, 3, 1, g), factor)
     proposal = slds.proposal(posterior)
     assert proposal.batch_shape == (2,) and proposal.event_shape == (3, 1)
     torch.manual_seed(0)

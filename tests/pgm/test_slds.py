@@ -18,12 +18,13 @@ from pyro.infer import SVI, Predictive, Trace_ELBO
 
 import pyro_sin
 from pyro_sin.distributions import GaussianChain
-from pyro_sin.models import DeepLatentSequence
 from pyro_sin.metrics import clustering_scores
+from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import SLDSParams, SLDSPosterior, SwitchingLDS
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
+
 from tests.helpers import random_spd
 
 
@@ -440,7 +441,9 @@ def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
     x = [torch.randn(N, D, generator=g)]
     for t in range(1, T):
         regime = torch.where(torch.rand(N, generator=g) < 0.1, 1 - regime, regime)  # sticky switches
-        x.append((rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + 0.01 * torch.randn(N, D, generator=g))
+        x.append(
+            (rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + 0.01 * torch.randn(N, D, generator=g)
+        )
     x = torch.stack(x, 1)  # (N, T, D)
 
     def exact_encoder(y):

@@ -50,7 +50,10 @@ def test_sinelbo_agrees_with_traceenum_on_the_student_t_mixture():
     model, guide, y = tiny_tmm_model()
     idx = torch.arange(5)
     ours = torch.tensor(
-        [pyro_sin.SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx) for _ in range(8)]
+        [
+            pyro_sin.SINELBO(num_particles=2000, decoder_estimator="enumerate").loss(model, guide, y[idx], idx)
+            for _ in range(8)
+        ]
     )
     elbo = TraceEnum_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=1)
     theirs = torch.tensor([elbo.loss(model, config_enumerate(guide), y[idx], idx) for _ in range(8)])

@@ -34,8 +34,8 @@ from ...distributions import (
     DirichletBlock,
     GaussianStats,
     NaturalDomain,
-    NormalWishartBlock,
     NormalWishart,
+    NormalWishartBlock,
     NormalWishartExpectations,
     NormalWishartNatural,
     conjugate_update,
@@ -515,7 +515,8 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         """
         factor = self.tied_factor(q)
         h, J = potential.info_vec, potential.precision
-        log_r = torch.log_softmax(torch.zeros(h.shape[:-1] + factor.log_weight.shape, dtype=h.dtype, device=h.device), -1)
+        uniform = torch.zeros(h.shape[:-1] + factor.log_weight.shape, dtype=h.dtype, device=h.device)
+        log_r = torch.log_softmax(uniform, -1)
 
         def update_x(log_r):
             r = log_r.exp()
