@@ -16,7 +16,6 @@ from pyro.infer import SVI
 
 from pyro_sin.datasets.digits import digits, mnist5k
 from pyro_sin.elbo import SINELBO
-from pyro_sin.guide import SVAEGuide
 from pyro_sin.initialization import pretrain_components, warmup_schedule
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentMixture
@@ -26,7 +25,7 @@ from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import fit
 
 import harness
-from baselines import PCAGMM, VAEGMM, KMeansBaseline
+from baselines import PCAGMM, VAEGMM, KMeansBaseline, SVAEGuide
 from harness import Results, Trained, compare, fresh_start, markdown_table, on_device, parser
 from plotting import component_colours, new_figure, plot_curves
 from plotting_images import embed_2d, plot_component_means, plot_embedding, plot_image_rows

@@ -1,8 +1,8 @@
 r"""
 SAN-LDS on the synthetic linear dynamical system benchmark of Zhao & Linderman
-(:func:`~pyro_sin.datasets.linear_gaussian_benchmark`): the bound per data element
+(``linear_gaussian.linear_gaussian_benchmark``): the bound per data element
 against the exact log-likelihood of the training sequences under the system that made
-them (a Kalman filter, :meth:`~pyro_sin.datasets.LinearGaussianSystem.distribution`),
+them (a Kalman filter, ``LinearGaussianSystem.distribution``),
 
 .. math:: \text{gap} = \frac{\log p_{\rm true}(y) - \mathcal L}{N\,T\,P},
 
@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 import pyro.distributions as dist
 from pyro.infer import SVI
 
-from pyro_sin.datasets import lds_benchmark_settings, linear_gaussian_benchmark
 from pyro_sin.elbo import SINELBO
 from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import GaussianEncoder
@@ -39,6 +38,7 @@ from pyro_sin.pgm.lds import LDSParams
 from pyro_sin.training import DivergenceError, fit
 
 from harness import Results, Trained, compare, fresh_start, markdown_table, parser
+from linear_gaussian import lds_benchmark_settings, linear_gaussian_benchmark
 
 TARGET = dict(latent_dim=3, emission_dim=5, emission_noise=1.0, dynamics_noise=0.1, num_sequences=100)
 

@@ -27,7 +27,6 @@ from pyro_sin.datasets import pinwheel
 from pyro_sin.distributed import world
 from pyro_sin.elbo import SINELBO
 from pyro_sin.evaluation import Estimate
-from pyro_sin.guide import SVAEGuide
 from pyro_sin.metrics import cluster_purity, normalized_mutual_info
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
@@ -36,7 +35,7 @@ from pyro_sin.pgm import GaussianMixture, StudentTMixture
 from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import History, components_in_use, fit
 
-from baselines import VAE
+from baselines import VAE, SVAEGuide
 from harness import Results, Trained, compare, fit_evaluating_at, fresh_start, markdown_table, on_device, parser
 from plotting import new_figure, plot_curves, plot_generative_samples
 

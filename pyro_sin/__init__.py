@@ -7,7 +7,7 @@ pyro-sin: variational message passing with structured inference networks
 # which re-exports them once its helpers are defined
 from . import distributions, models, nn, optim, pgm
 from .elbo import SINELBO
-from .guide import SINGuide, SVAEGuide
+from .guide import SINGuide
 from .optim import NaturalAdam
 from .potential import GaussianPotential
 
@@ -18,7 +18,6 @@ __all__ = [
     "NaturalAdam",
     "SINELBO",
     "SINGuide",
-    "SVAEGuide",
     "distributions",
     "models",
     "nn",

@@ -10,14 +10,6 @@ from .auto_mpg import auto_mpg, load_auto_mpg, shipped_auto_mpg_path
 from .basic_motions import CHANNELS as BASIC_MOTIONS_CHANNELS
 from .basic_motions import LabelledSequences, basic_motions, load_basic_motions
 from .digits import digits, load_digits, load_mnist5k, mnist5k
-from .lds_benchmark import (
-    LDS_BENCHMARK_GRID,
-    LinearGaussianSequences,
-    LinearGaussianSystem,
-    lds_benchmark_settings,
-    linear_gaussian_benchmark,
-    random_rotation,
-)
 from .pinwheel import LabelledSplit, make_pinwheel, noisy_pinwheel, pinwheel, split
 from .sequences import SequenceData, bouncing_dot
 from .switching import RegimeSequences, bouncing_ball, four_regime_dynamics, four_regime_system, random_observation_map
@@ -38,18 +30,12 @@ __all__ = [
     "pinwheel",
     "shipped_auto_mpg_path",
     "split",
-    # switching and linear-Gaussian sequence benchmarks
-    "LDS_BENCHMARK_GRID",
-    "LinearGaussianSequences",
-    "LinearGaussianSystem",
+    # switching sequence benchmarks
     "RegimeSequences",
     "bouncing_ball",
     "four_regime_dynamics",
     "four_regime_system",
-    "lds_benchmark_settings",
-    "linear_gaussian_benchmark",
     "random_observation_map",
-    "random_rotation",
     # real multichannel sensor sequences (extra [data])
     "BASIC_MOTIONS_CHANNELS",
     "LabelledSequences",

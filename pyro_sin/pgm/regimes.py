@@ -92,7 +92,7 @@ class RegimeSwitchingPrior(SequencePrior):
 
     A subclass sets ``params_type`` (a named tuple ``(init_probs, transition_probs,
     location, precision)``), :attr:`posterior_type` (a :class:`RegimeGlobalPosterior`),
-    :attr:`regime_site_suffixes` (the names of the precision and location sites after
+    ``regime_site_suffixes`` (the names of the precision and location sites after
     ``name_``), and takes its family's ``prior``, ``_conjugate_from_natural`` and
     ``_conjugate_block`` from a mixin (see the module's docstring).
     """

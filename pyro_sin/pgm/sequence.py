@@ -93,8 +93,8 @@ class SequencePrior(StructuredPrior):
     Base of the priors ``p(x_{1:T} | θ) p(θ)`` over latent sequences with event shape ``(T, D)``.
 
     The model emits ``sample_latent(params, num_steps, lengths=None)`` inside a plate over
-    sequences; the SIN posterior (:meth:`posterior`) takes per-step potentials of shape
-    ``(..., T, D)``, a zero precision marking a step without evidence. Sequences padded to
+    sequences; the SIN posterior (:meth:`~pyro_sin.pgm.base.StructuredPrior.posterior`) takes
+    per-step potentials of shape ``(..., T, D)``, a zero precision marking a step without evidence. Sequences padded to
     ``T`` steps pass their ``lengths`` to ``sample_latent`` and the encoder returns them in
     its :class:`~pyro_sin.potential.GaussianPotential`: the steps after a sequence's end
     then do not exist in the prior, the SIN posterior, the bound or the natural step, so

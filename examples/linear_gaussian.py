@@ -25,7 +25,7 @@ import torch
 
 import pyro.distributions as dist
 
-from ._device import built_on_cpu
+from pyro_sin.datasets._device import built_on_cpu
 
 #: The benchmark's grid of (latent, emission) dimensions, (emission, dynamics) noise
 #: variances and training-set sizes, each setting in the order the description lists them.
