@@ -28,6 +28,7 @@ class History(NamedTuple):
     eval_seconds: List[float]  # training time (evaluations excluded) at each evaluation
     evals: List[Dict[str, float]]
     components: List[int]  # units (mixture components, states) in use after every step (empty without such units)
+    selected_step: Optional[int] = None  # the step whose parameters fit returned, when it selected them
 
 
 class DivergenceError(FloatingPointError):
@@ -172,6 +173,47 @@ def _guarded_step(svi, guard: Optional[DivergenceGuard], num_data: int, step: in
     return loss
 
 
+class _Best:
+    """The best-scoring parameters seen so far (a copy of Pyro's param store), for :func:`fit`'s ``select``."""
+
+    def __init__(self, select):
+        self.select = select
+        self.score, self.step, self.state, self.stale = -math.inf, None, None, 0
+
+    def consider(self, step: int, metrics: Dict[str, float]):
+        if self.select is None:
+            return
+        rank, _ = world()
+        if rank == 0:  # evaluations run on rank 0 only; the others follow its choice when restoring
+            score = float(metrics[self.select] if isinstance(self.select, str) else self.select())
+            if self.step is None or score > self.score:
+                params = pyro.get_param_store().get_state()["params"]
+                self.score, self.step, self.stale = score, step, 0
+                self.state = {name: value.detach().clone() for name, value in params.items()}
+            else:
+                self.stale += 1
+        else:
+            self.step = step
+
+    @torch.no_grad()
+    def restore(self):
+        if self.state is not None:
+            params = pyro.get_param_store().get_state()["params"]
+            for name, value in self.state.items():
+                params[name].copy_(value)
+        broadcast_parameters()  # (a no-op in one process)
+
+
+def _any_process(flag: bool) -> bool:
+    """``flag`` on any process (rank 0 decides when to stop; every process must stop together)."""
+    _, size = world()
+    if size == 1:
+        return flag
+    flag = torch.tensor(float(flag))
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag)
+
+
 def fit(
     svi,
     data: Union[torch.Tensor, Sequence[torch.Tensor]],
@@ -185,6 +227,8 @@ def fit(
     progress: bool = True,
     desc: str = "SVI",
     guard: Union[bool, DivergenceGuard] = True,
+    select: Union[None, str, Callable[[], float]] = None,
+    patience: Optional[int] = None,
 ) -> History:
     """
     Runs ``svi.step(*batch, indices=idx)`` on random minibatches, where ``batch``
@@ -211,6 +255,13 @@ def fit(
     :param max_seconds: stop early once training (evaluations excluded) has taken this long.
     :param guard: ``True`` (a default :class:`DivergenceGuard`), ``False`` (none:
         plain ``svi.step``), or a guard of your own.
+    :param select: best-checkpoint selection: a score to maximise, e.g. a held-out
+        log-likelihood, either the name of one of ``evaluate``'s metrics or a callable.
+        It is computed at every evaluation, step 0 included, and training returns with
+        the parameters of the best one (:attr:`History.selected_step`), so a run never
+        ends below its start on that score.
+    :param patience: with ``select``, stop once this many evaluations in a row have not
+        improved on the best score.
     :raises DivergenceError: when the loss or a gradient becomes NaN or infinite,
         or the loss explodes; the offending update is not applied.
     """
@@ -220,6 +271,10 @@ def fit(
     num_data = len(parts[0])
     if any(len(part) != num_data for part in parts):
         raise ValueError(f"fit: the tensors in data must share their first dimension, got {[len(p) for p in parts]}")
+    if patience is not None and (select is None or patience < 1):
+        raise ValueError(f"fit: patience needs select and must be at least 1, got {patience}")
+    if isinstance(select, str) and evaluate is None:
+        raise ValueError(f"fit: select={select!r} names a metric of evaluate, but no evaluate was given")
     guard = DivergenceGuard() if guard is True else (guard or None)
     generator = generator or torch.Generator().manual_seed(0)  # the same minibatches on every device
     rank, size = world()
@@ -234,12 +289,15 @@ def fit(
     history = History([], [], [], [], [])
     training_seconds = 0.0
     guide = getattr(svi, "guide", None)
+    best = _Best(select)
 
     def record(step):
+        metrics = evaluate() if evaluate is not None else {}
         if evaluate is not None:
             history.eval_steps.append(step)
             history.eval_seconds.append(training_seconds)
-            history.evals.append(evaluate())
+            history.evals.append(metrics)
+        best.consider(step, metrics)
 
     record(0)
     bar = tqdm(range(1, iterations + 1), desc=desc, disable=not progress, mininterval=0.5)
@@ -259,6 +317,7 @@ def fit(
         out_of_time = max_seconds is not None and training_seconds >= max_seconds
         if step % eval_every == 0 or step == iterations or out_of_time:
             record(step)
+        out_of_patience = patience is not None and best.stale >= patience
         if progress:
             postfix = {"-elbo/pt": f"{running:.3f}"}
             if in_use is not None:
@@ -266,9 +325,12 @@ def fit(
             if history.evals:
                 postfix.update({k: f"{v:.3g}" for k, v in history.evals[-1].items()})
             bar.set_postfix(postfix, refresh=False)
-        if out_of_time:
+        if out_of_time or (patience is not None and _any_process(out_of_patience)):
             break
     bar.close()
+    if best.step is not None:
+        best.restore()
+        history = history._replace(selected_step=best.step)
     advice = guide.pgm.in_use_warning(history.components[-1]) if history.components else None
     if advice:
         warnings.warn(f"{desc}: {advice}", RuntimeWarning, stacklevel=2)

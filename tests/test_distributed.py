@@ -108,24 +108,47 @@ def test_two_processes_take_the_step_of_one_process_with_both_minibatches(struct
     assert any(not torch.allclose(before[k], natural[k].detach()) for k in natural)
 
 
-def train_with_fit(structure, batch_size, seed):
+def train_with_fit(structure, batch_size, seed, iterations=4, best_step=None):
+    """``fit``; with ``best_step``, a score that peaks at that step selects the parameters returned."""
     from pyro_sin.training import fit
 
     y, model, guide, elbo = build(structure, seed)
     svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=0.5), elbo)
-    fit(svi, y, iterations=4, batch_size=batch_size, generator=torch.Generator().manual_seed(7), progress=False)
+    evaluations = iter(range(iterations + 1))  # evaluated at steps 0, 1, ..., in order (on rank 0 only)
+    select = None if best_step is None else (lambda: -abs(next(evaluations) - best_step))
+    generator = torch.Generator().manual_seed(7)
+    fit(
+        svi,
+        y,
+        iterations=iterations,
+        batch_size=batch_size,
+        generator=generator,
+        progress=False,
+        eval_every=1,
+        select=select,
+    )
     store = pyro.get_param_store()
     return {name: store._params[name].detach().clone() for name in sorted(store.keys())}
 
 
-def _fit_worker(rank, store_path, out_path):
+def _fit_worker(rank, store_path, out_path, best_step=None):
     torch.set_default_dtype(torch.float64)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
     try:
-        torch.save(train_with_fit("mixture", BATCH, seed=rank), f"{out_path}.{rank}")
+        torch.save(train_with_fit("mixture", BATCH, seed=rank, best_step=best_step), f"{out_path}.{rank}")
     finally:
         dist.destroy_process_group()
+
+
+def test_fit_in_two_processes_returns_rank_0s_selected_parameters_on_every_process(tmp_path):
+    """With select, every process ends with the parameters of the step rank 0 chose."""
+    mp.spawn(_fit_worker, args=(str(tmp_path / "store"), str(tmp_path / "out"), 2), nprocs=2, join=True)
+    single = train_with_fit("mixture", 2 * BATCH, seed=0, iterations=2)
+    for rank in range(2):
+        result = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=False)
+        for name, value in single.items():
+            assert_close(result[name], value, rtol=1e-6, atol=1e-8)
 
 
 def test_fit_in_two_processes_trains_as_one_process_with_the_global_batch(tmp_path):

@@ -175,3 +175,78 @@ def test_history_counts_the_states_of_an_hmm_and_nothing_for_an_lds():
             assert len(history.components) == 3 and all(1 <= k <= 3 for k in history.components)
         else:  # an LDS has no units to count
             assert history.components == []
+
+
+class _DriftingSVI(_ScriptedSVI):
+    """A _ScriptedSVI whose update moves the parameter ``weight`` by one each step."""
+
+    def optim(self, params):
+        super().optim(params)
+        with torch.no_grad():
+            for p in params:
+                p.add_(1.0)
+
+
+@pytest.mark.parametrize("best_at", [0, 20, 40])
+def test_select_returns_the_parameters_of_the_best_evaluation(best_at):
+    """A held-out score peaking at ``best_at``: fit hands back the parameters it had then, step 0 included."""
+    svi = _DriftingSVI([1.0] * 40)
+    pyro.param("weight", torch.zeros(2))
+    score = lambda: -abs(pyro.param("weight")[0].item() - best_at)  # noqa: E731
+    history = fit(
+        svi,
+        torch.zeros(10, 1),
+        iterations=40,
+        batch_size=10,
+        progress=False,
+        evaluate=lambda: {"s": score()},
+        eval_every=10,
+        select="s",
+    )
+    assert history.selected_step == best_at and history.eval_steps == [0, 10, 20, 30, 40]
+    assert torch.equal(pyro.param("weight"), torch.full((2,), float(best_at)))
+
+
+def test_select_with_patience_stops_once_the_score_has_not_improved():
+    svi = _DriftingSVI([1.0] * 100)
+    pyro.param("weight", torch.zeros(2))
+    history = fit(
+        svi,
+        torch.zeros(10, 1),
+        iterations=100,
+        batch_size=10,
+        progress=False,
+        eval_every=10,
+        select=lambda: -pyro.param("weight")[0].item() if pyro.param("weight")[0].item() > 10 else 0.0,
+        patience=3,
+    )
+    # scores 0 (step 0), 0 (10: not better), -20, -30 -> three evaluations without improvement after step 0
+    assert len(history.losses) == 30 and history.selected_step == 0
+    assert torch.equal(pyro.param("weight"), torch.zeros(2))
+    with pytest.raises(ValueError, match="patience needs select"):
+        fit(svi, torch.zeros(10, 1), iterations=1, batch_size=10, progress=False, patience=2)
+    with pytest.raises(ValueError, match="no evaluate"):
+        fit(svi, torch.zeros(10, 1), iterations=1, batch_size=10, progress=False, select="s")
+
+
+def test_select_never_ends_below_the_start_on_held_out_data():
+    """SAN with an absurd learning rate for the networks: the held-out bound is never worse than at step 0."""
+    split = pinwheel(seed=0)
+    svi = _san(split.train, lr=0.3)
+    # the model scales any batch to the 700 training points: the bound per point divides by 700
+    heldout = lambda: {"bound": -svi.evaluate_loss(split.test) / len(split.train)}  # noqa: E731
+    start = heldout()["bound"]
+    history = fit(
+        svi,
+        split.train,
+        iterations=60,
+        batch_size=100,
+        progress=False,
+        evaluate=heldout,
+        eval_every=20,
+        select="bound",
+        guard=False,
+    )
+    scores = [e["bound"] for e in history.evals]
+    assert history.selected_step == history.eval_steps[scores.index(max(scores))]
+    assert heldout()["bound"] >= start - 0.05 * abs(start)  # the held-out bound is itself a Monte Carlo estimate
