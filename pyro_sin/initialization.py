@@ -50,6 +50,24 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: Optional[torch.Ge
     return centres, assignment
 
 
+def best_kmeans(points: torch.Tensor, num_clusters: int, generator: Optional[torch.Generator] = None, n_init: int = 10):
+    r"""
+    The best of ``n_init`` runs of :func:`kmeans` by within-cluster sum of squares
+    ``Σ_n ‖x_n - c_{a_n}‖²`` (as scikit-learn's ``KMeans(n_init=...)`` chooses).
+
+    :returns: ``(centres, assignment)``, shapes ``(K, D)`` and ``(N,)``.
+    """
+    if n_init < 1:
+        raise ValueError(f"n_init must be at least 1, got {n_init}")
+    best = None
+    for _ in range(n_init):
+        centres, assignment = kmeans(points, num_clusters, generator)
+        inertia = float((points - centres[assignment]).pow(2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, centres, assignment)
+    return best[1], best[2]
+
+
 def normal_wishart_from_clusters(
     points: torch.Tensor, centres: torch.Tensor, responsibilities: torch.Tensor
 ) -> NormalWishart:

@@ -13,7 +13,7 @@ so when ``c`` is a power of two), while the likelihood gains the constant
 ``-D log c``.
 """
 
-from typing import Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -72,16 +72,19 @@ class Standardization(nn.Module):
         rows = data.reshape(-1, data.shape[-1])
         if not torch.isfinite(rows).all():
             raise ValueError("cannot standardise data that contain NaN or inf")
+        rows = rows.double()  # the statistics in double: a large offset does not swamp the spread
         loc = rows.mean(0)
         variance = (rows - loc).pow(2).mean(0)  # (D,)
-        rms = variance.mean().sqrt()
-        if rms == 0:  # constant data: any positive unit will do; keep it in the data's units
-            rms = loc.abs().max().clamp(min=1.0)
+        # one column in huge units must not floor the others: per feature, the floor is relative
+        # to the median spread
+        typical = variance.median().sqrt() if per_feature else variance.mean().sqrt()
+        if typical == 0:  # (nearly all) constant data: any positive unit will do; keep it in the data's units
+            typical = loc.abs().max().clamp(min=1.0)
         if per_feature:
-            scale = variance.sqrt().clamp(min=float(min_relative_scale) * rms)
+            scale = variance.sqrt().clamp(min=float(min_relative_scale) * typical)
         else:
-            scale = rms.expand(loc.shape)
-        return cls(loc, scale / spread)
+            scale = typical.expand(loc.shape)
+        return cls(loc.to(data.dtype), (scale / spread).to(data.dtype))
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``(y - m) / s``."""
@@ -248,3 +251,92 @@ def principal_directions(data: torch.Tensor, num_directions: int) -> torch.Tenso
     centred = (data - data.mean(0)).cpu().double()  # in double: the directions of small spread stay accurate
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)
     return vh[:num_directions].to(torch.get_default_dtype())
+
+
+class LinearStart(NamedTuple):
+    """What :func:`ppca_autoencoder` built: the networks and the probabilistic PCA they start as."""
+
+    encoder: StandardizedEncoder
+    decoder: StandardizedDecoder
+    directions: torch.Tensor  # (D, P): the principal directions of the standardised data, orthonormal rows
+    variances: torch.Tensor  # (D,): the data's variance along each of them
+    noise: float  # σ²: the decoder's initial noise variance, in standardised units
+
+
+def ppca_autoencoder(
+    data: torch.Tensor,
+    latent_dim: int,
+    hidden: Sequence[int] = (50, 50),
+    *,
+    per_feature: bool = True,
+    noise: Optional[float] = None,
+    body_gain: float = 1.0,
+) -> LinearStart:
+    r"""
+    A Gaussian decoder and an encoder whose linear paths start as probabilistic PCA of the
+    standardised data ``u = (y - m) / s`` (:meth:`Standardization.fit`), with their nonlinear
+    parts starting at zero beside them: the heads' weights are zero and the hidden layers
+    start at LeCun's scale (``body_gain``, see :class:`~pyro_sin.nn.TwoHeadedMLP`), so the
+    heads learn from the first step.
+
+    With ``U_D`` the first ``D`` principal directions of ``u`` and ``λ_d`` the variances along
+    them, the decoder starts as
+
+    .. math:: u = \bar u + U_D\,(\Lambda_D - \sigma^2 I)^{1/2}\,x + \epsilon,\qquad
+              \epsilon \sim N(0, \sigma^2 I),
+
+    and the encoder's potential as that decoder's exact likelihood of ``x``: a diagonal
+    precision ``J = (Λ_D - σ²)/σ²`` and mean ``x̂ = (Λ_D - σ²)^{-1/2} U_Dᵀ (u - ū)``. The data are
+    then white in the latent space, and a model with a latent Gaussian mixture is, at its
+    start, the mixture of probabilistic PCA components ``N(ū + W μ_k, W Σ_k Wᵀ + σ² I)``
+    (``W = U_D (Λ_D - σ² I)^{1/2}``); with ``D`` the data's dimension, a Gaussian mixture of the
+    data themselves. ``σ²`` defaults to the mean variance of the discarded directions
+    (probabilistic PCA's maximum-likelihood noise), or a tenth of the smallest variance when
+    none is discarded, and at least ``10⁻⁴`` of the mean variance; the decoder's noise is
+    floored at a quarter of it.
+
+    :param torch.Tensor data: the training data, shape ``(N, P)``.
+    :param int latent_dim: ``D``, at most ``P``.
+    :param bool per_feature: standardise each feature by its own spread (for tables whose
+        columns come in different units; see :meth:`Standardization.fit`).
+    :param float noise: ``σ²`` in standardised units, instead of the default.
+    :returns: a :class:`LinearStart`.
+    """
+    from .nn import GaussianDecoder, GaussianEncoder, _inverse_softplus
+
+    data = as_float_tensor(data)  # the networks are built in the data's dtype
+    if data.dim() != 2 or len(data) < 2:
+        raise ValueError(f"ppca_autoencoder needs data of shape (N, P) with N >= 2, got {tuple(data.shape)}")
+    N, P = data.shape
+    if not 1 <= latent_dim <= P:
+        raise ValueError(f"latent_dim must lie in [1, {P}] (the data's dimension), got {latent_dim}")
+    standardization = Standardization.fit(data, per_feature=per_feature).to(data)
+    u = standardization(data).double()  # the spectrum in double: small variances stay accurate
+    centre = u.mean(0)
+    covariance = (u - centre).T @ (u - centre) / N
+    variances, directions = torch.linalg.eigh(0.5 * (covariance + covariance.T))
+    variances, directions = variances.flip(0).clamp(min=0), directions.flip(1)  # descending
+    D = latent_dim
+    if noise is None:
+        noise = float(variances[D:].mean()) if D < P else 0.1 * float(variances[-1])
+    noise = max(float(noise), 1e-4 * float(variances.mean()), torch.finfo(data.dtype).tiny)
+    gain = (variances[:D] - noise).clamp(min=1e-3 * noise)  # (D,): W = U_D diag(√gain)
+    basis = directions[:, :D]  # (P, D)
+    dtype = data.dtype
+    encoder = GaussianEncoder(P, D, hidden, body_gain=body_gain).to(dtype)
+    decoder = GaussianDecoder(D, P, hidden, init_variance=0.75 * noise, min_scale=0.5 * noise**0.5, body_gain=body_gain)
+    decoder = decoder.to(dtype)
+    with torch.no_grad():
+        for net in (encoder, decoder):  # the nonlinear part starts at zero (its hidden layers do not)
+            net.first.weight.zero_()
+            net.second.weight.zero_()
+        reading = (gain.sqrt() / noise)[:, None] * basis.T  # h = J x̂ = diag(√gain / σ²) U_Dᵀ (u - ū)
+        encoder.shortcut.weight.copy_(reading.to(dtype))
+        encoder.first.bias.copy_((-reading @ centre).to(dtype))
+        encoder.second.bias.copy_(torch.tensor([_inverse_softplus(float(j)) for j in gain / noise], dtype=dtype))
+        decoder.shortcut.weight.copy_((basis * gain.sqrt()).to(dtype))
+        decoder.first.bias.copy_(centre.to(dtype))
+    encoder = StandardizedEncoder(encoder, standardization).to(data.device)
+    decoder = StandardizedDecoder(decoder, standardization).to(data.device)
+    to = dict(dtype=dtype, device=data.device)
+    return LinearStart(encoder, decoder, basis.T.to(**to), variances[:D].to(**to), noise)

@@ -23,11 +23,11 @@ def test_standardization_round_trip_and_statistics():
         assert torch.allclose(u.mean(0), torch.zeros(3), atol=1e-12)
     # one scale keeps the features' relative sizes: the root-mean-square spread is 1
     assert torch.allclose(Standardization.fit(y)(y).var(0, unbiased=False).mean(), torch.tensor(1.0))
-    # one scale per feature floors the smallest at a tenth of the root-mean-square spread
+    # one scale per feature floors the smallest at a tenth of the median spread
     st = Standardization.fit(y, per_feature=True)
-    rms = y.var(0, unbiased=False).mean().sqrt()
-    assert torch.allclose(st.scale[:2], y.std(0, unbiased=False)[:2])
-    assert torch.allclose(st.scale[2], 0.1 * rms)
+    std = y.std(0, unbiased=False)
+    assert torch.allclose(st.scale[:2], std[:2])
+    assert torch.allclose(st.scale[2], torch.maximum(std[2], 0.1 * std.median()))
 
 
 def test_standardization_of_constant_features_and_data():
@@ -164,3 +164,13 @@ def test_networks_name_what_is_wrong_with_the_data():
         built, _ = standardized_autoencoder(data, 2, (8,))
         assert built.standardization.loc.dtype == torch.get_default_dtype()
         assert torch.isfinite(built(torch.as_tensor(np.asarray(data), dtype=torch.get_default_dtype())).mean).all()
+
+
+def test_one_column_in_huge_units_does_not_floor_the_others():
+    """Per feature, a column x 1e12 or offset by 1e12 (float64 or float32) leaves the others their own scale."""
+    y = torch.randn(400, 4, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 0.5, 1.0])
+    for huge in (y * torch.tensor([1.0, 1.0, 1.0, 1e12]), y + torch.tensor([0.0, 0.0, 0.0, 1e12])):
+        for dtype in (torch.float64, torch.float32):
+            data = huge.to(dtype)
+            u = Standardization.fit(data, per_feature=True)(data)
+            assert torch.allclose(u[:, :3].std(0, unbiased=False).double(), torch.ones(3, dtype=torch.float64), atol=1e-4)

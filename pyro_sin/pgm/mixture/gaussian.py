@@ -19,7 +19,7 @@ mixture factor ``f_k(x) = exp(c_k + η_kᵀx - ½ xᵀP_k x)``:
 
 import functools
 import math
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch.distributions import constraints
@@ -45,7 +45,7 @@ from ...distributions import (
     expected_gaussian_log_likelihood,
     spd_matrix,
 )
-from ...initialization import encode, kmeans, normal_wishart_from_clusters, normal_wishart_from_points
+from ...initialization import best_kmeans, encode, kmeans, normal_wishart_from_clusters, normal_wishart_from_points
 from ...potential import GaussianPotential
 from ..base import SINRecord, StructuredPrior, shares_in_use
 
@@ -597,3 +597,57 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         :param int refine: mixture sweeps after k-means (see :meth:`natural_from_points`).
         """
         return self.natural_from_points(encode(encoder, data).mean, generator, refine)
+
+    @torch.no_grad()
+    def fit_to_potentials(
+        self,
+        potential: GaussianPotential,
+        points: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        n_init: int = 10,
+        max_sweeps: int = 1000,
+        tol: float = 1e-9,
+    ) -> Tuple[Dict[str, torch.Tensor], float]:
+        r"""
+        The classic Bayesian Gaussian mixture this prior contains, fitted to fixed potentials
+        ``ψ_n`` by variational Bayes: coordinate ascent that alternates the SIN posterior of
+        every point under the tied factor of ``q(θ | λ)`` and the full natural step ``λ ← λ*``,
+        until the bound
+
+        .. math:: \mathcal L(\lambda) = \textstyle\sum_n \log \int \psi_n(x)\,
+                  e^{E_{q(\theta)}[\log p(x, z_n \mid \theta)]}\,dx - \mathrm{KL}(q(\theta)\,\|\,p(\theta))
+
+        stops rising. When ``ψ_n`` is the exact likelihood of a linear-Gaussian decoder (e.g.
+        :func:`~pyro_sin.standardize.ppca_autoencoder`'s networks at their start), this is
+        variational Bayes for the whole deep model with its networks held at their linear
+        start, and ``L`` is its bound up to a constant. It starts, as scikit-learn starts its
+        mixtures, from the best of ``n_init`` k-means partitions of ``points`` (default: the
+        potentials' means), the components on those clusters.
+
+        :param potential: the potentials of the whole data set, shape ``(N, D)``.
+        :param points: where k-means looks for clusters, shape ``(N, d)`` (any coordinates of
+            the same points, e.g. their unwhitened principal components).
+        :returns: ``(λ, L)``.
+        """
+        self.check_potential(potential)
+        means = potential.mean.reshape(-1, self.latent_dim)
+        points = means if points is None else points.reshape(len(means), -1)
+        K = self.num_components
+        _, assignment = best_kmeans(points, K, generator, n_init)
+        one_hot = torch.nn.functional.one_hot(assignment, K).to(means.dtype)
+        centres = (one_hot.T @ means) / one_hot.sum(0).clamp(min=1)[:, None]
+        start = normal_wishart_from_clusters(means, centres, one_hot)
+
+        def bound_and_posterior(natural):
+            q = self.global_posterior(natural)
+            posterior = self.posterior(potential, self.tied_factor(q))
+            return float(posterior.log_normalizer.sum() - self.kl(q)), posterior
+
+        natural = self._pack(torch.ones_like(start.df), start.natural_params)
+        bound, posterior = bound_and_posterior(natural)
+        for _ in range(max_sweeps):
+            natural = self.natural_target(posterior, 1.0)
+            last, (bound, posterior) = bound, bound_and_posterior(natural)
+            if bound - last <= tol * abs(bound):
+                break
+        return natural, bound
