@@ -128,7 +128,8 @@ class _DeepMixture(ClusterMixin, DensityMixin, BaseEstimator):
         weights = self._weights()
         self.weights_ = weights.numpy()
         self.n_components_ = int((weights >= 0.01).sum())
-        self.labels_ = self.predict(X)
+        with torch.no_grad():
+            self.labels_ = _posterior(trained, data).probs.argmax(-1).numpy()
         self.fit_seconds_ = time.perf_counter() - started
         return self
 

@@ -336,6 +336,7 @@ def ppca_autoencoder(
         encoder.second.bias.copy_(torch.tensor([_inverse_softplus(float(j)) for j in gain / noise], dtype=dtype))
         decoder.shortcut.weight.copy_((basis * gain.sqrt()).to(dtype))
         decoder.first.bias.copy_(centre.to(dtype))
+        decoder.second.bias.fill_(_inverse_softplus(0.75 * noise))  # σ² with the floor's quarter
     encoder = StandardizedEncoder(encoder, standardization).to(data.device)
     decoder = StandardizedDecoder(decoder, standardization).to(data.device)
     to = dict(dtype=dtype, device=data.device)

@@ -174,3 +174,36 @@ def test_one_column_in_huge_units_does_not_floor_the_others():
             data = huge.to(dtype)
             u = Standardization.fit(data, per_feature=True)(data)
             assert torch.allclose(u[:, :3].std(0, unbiased=False).double(), torch.ones(3, dtype=torch.float64), atol=1e-4)
+
+
+@pytest.mark.parametrize("latent_dim", [4, 2])
+def test_ppca_networks_start_as_probabilistic_pca(latent_dim):
+    """Decoder u = ū + W x + N(0, σ²I); the encoder's potential is that decoder's exact likelihood of x."""
+    from pyro_sin.standardize import ppca_autoencoder
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(300, 4, generator=g) @ torch.tensor([[3.0, 0, 0, 0], [1.0, 1.0, 0, 0], [0, 0, 0.2, 0], [0, 2.0, 0, 5.0]])
+    y = y * torch.tensor([1.0, 100.0, 0.01, 1.0]) + 7.0
+    start = ppca_autoencoder(y, latent_dim)
+    st = start.encoder.standardization
+    u = st(y)
+    spectrum = torch.linalg.eigvalsh(torch.cov(u.T, correction=0)).flip(0)
+    noise = spectrum[latent_dim:].mean() if latent_dim < 4 else 0.1 * spectrum[-1]
+    noise = max(noise, 1e-4 * spectrum.mean())  # the floor relative to the mean variance
+    assert abs(start.noise - float(noise)) < 1e-9 and torch.allclose(start.variances, spectrum[:latent_dim])
+    W = start.directions.T * (start.variances - start.noise).clamp(min=1e-3 * start.noise).sqrt()  # (P, D)
+    x = torch.randn(10, latent_dim, generator=g)
+    loc, scale = start.decoder(x)
+    assert torch.allclose(loc, st.inverse(u.mean(0) + x @ W.T))
+    assert torch.allclose(scale, st.scale * start.noise**0.5)
+    # the potential of u: h = Wᵀ(u - ū)/σ², J = WᵀW/σ² (diagonal), from dense algebra
+    potential = start.encoder(y)
+    J = W.T @ W / start.noise
+    assert torch.allclose(torch.diag_embed(potential.precision), J.expand(300, -1, -1), rtol=1e-6)
+    assert torch.allclose(potential.info_vec, (u - u.mean(0)) @ W / start.noise, rtol=1e-6, atol=1e-8)
+    # so the model's covariance of u is probabilistic PCA's, W Wᵀ + σ² I
+    ppca = W @ W.T + start.noise * torch.eye(4)
+    if latent_dim == 4:  # (exact but for the noise floor, which here exceeds the smallest variance)
+        assert torch.allclose(ppca, torch.cov(u.T, correction=0), atol=2 * start.noise)
+    assert start.encoder.standardization.loc.dtype == torch.get_default_dtype()
+    assert ppca_autoencoder(y.float(), latent_dim).decoder.standardization.scale.dtype == torch.float32

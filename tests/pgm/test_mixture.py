@@ -247,3 +247,46 @@ def test_components_from_points_refuse_other_dimensions_and_the_student_t_mixtur
     start = tmm.encoded_start(encoder, points)
     assert start.keys() == {"concentration"}
     assert torch.equal(start["concentration"], tmm.init_natural()["concentration"])
+
+
+@pytest.mark.parametrize("latent_dim", [5, 3])
+def test_the_start_is_the_classic_mixture_it_contains(latent_dim):
+    """
+    Probabilistic-PCA networks and the mixture fitted to their potentials by variational Bayes:
+    SAN's importance-sampled log-likelihood at step 0 is the exact density of the mixture of
+    probabilistic PCA components (a Gaussian mixture of the data when D = P), and λ is a fixed
+    point of the full natural step.
+    """
+    from pyro_sin.initialization import encode
+    from pyro_sin.models import DeepLatentMixture
+    from pyro_sin.potential import GaussianPotential
+    from pyro_sin.standardize import ppca_autoencoder
+
+    g = torch.Generator().manual_seed(3)
+    centres = 4 * torch.randn(3, 5, generator=g)
+    y = centres[torch.randint(3, (240,), generator=g)] + torch.randn(240, 5, generator=g) * torch.rand(5, generator=g)
+    y = y * torch.tensor([1.0, 10.0, 0.1, 3.0, 1.0]) + 2.0
+    start = ppca_autoencoder(y, latent_dim)
+    pgm = GaussianMixture(3, latent_dim, concentration=1.0, df=latent_dim + 2.0, scale_inv=torch.eye(latent_dim))
+    raw = encode(start.encoder, y)
+    potential = GaussianPotential(raw.info_vec.detach(), raw.precision.detach())
+    points = start.encoder.standardization(y) @ start.directions.T
+    natural, bound = pgm.fit_to_potentials(potential, points, torch.Generator().manual_seed(0))
+    # a fixed point of variational Bayes: one more full natural step changes nothing
+    again = pgm.natural_target(pgm.posterior(potential, pgm.tied_factor(pgm.global_posterior(natural))), 1.0)
+    for key in natural:
+        assert torch.allclose(again[key], natural[key], rtol=1e-4, atol=1e-6), key
+    # the classic model: a mixture of N(m + s(ū + W μ_k), s (W Σ_k Wᵀ + σ² I) s)
+    model = DeepLatentMixture(pgm, start.decoder, len(y))
+    guide = model.make_guide(start.encoder, init_natural=natural)
+    params = pgm.point_estimate(guide.global_posterior())
+    st = start.encoder.standardization
+    W = start.directions.T * (start.variances - start.noise).clamp(min=1e-3 * start.noise).sqrt()
+    covariance = W @ torch.linalg.inv(params.precisions) @ W.T + start.noise * torch.eye(5)
+    components = dist.MultivariateNormal(
+        st.inverse(st(y).mean(0) + params.locs @ W.T), st.scale[:, None] * covariance * st.scale
+    )
+    exact = torch.logsumexp(params.weights.log() + components.log_prob(y[:, None, :]), -1)
+    estimate = model.log_likelihood(guide, y, num_samples=200)
+    assert abs(estimate.mean - float(exact.mean())) < 1e-3 + 3 * float(estimate.mc_stderr.mean()) / len(y) ** 0.5
+    assert (estimate.per_point - exact).abs().max() < 0.05

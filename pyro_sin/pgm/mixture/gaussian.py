@@ -606,7 +606,7 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         generator: Optional[torch.Generator] = None,
         n_init: int = 10,
         max_sweeps: int = 1000,
-        tol: float = 1e-9,
+        tol: float = 1e-12,
     ) -> Tuple[Dict[str, torch.Tensor], float]:
         r"""
         The classic Bayesian Gaussian mixture this prior contains, fitted to fixed potentials
