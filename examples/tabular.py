@@ -324,7 +324,7 @@ def _count(key: str) -> Callable[[dict], str]:
 
 
 def _seconds(row: dict) -> str:
-    return f"{row['seconds']['median']:.2f} ({row['seconds']['worst']:.2f})"
+    return f"{row['seconds']['median']:.2g} ({row['seconds']['worst']:.2g})"
 
 
 COLUMNS = (
@@ -385,7 +385,8 @@ def comparison_table(comparisons: Dict[str, Dict[str, object]]) -> str:
 NOTES = """\
 Per table and seed: a stratified 70/30 split seeded by the seed; every feature standardised with the \
 training split's mean and standard deviation; every method fitted on the same standardised training \
-split with `random_state` = the seed. NMI, ARI and accuracy (best one-to-one matching of clusters to \
+split with `random_state` = the seed, the SAN rows with their estimator's default settings (but \
+`san_options` in the settings below). NMI, ARI and accuracy (best one-to-one matching of clusters to \
 classes) on all rows (fitted on the training split, predicted on all); the test log-likelihood is the mean \
 log-density per point of the test split, in the same standardised units for every method, so the numbers \
 compare as they stand (subtract a seed's `log_scale` in the JSON for the table's own units). KMeans has no \
