@@ -173,7 +173,9 @@ def test_one_column_in_huge_units_does_not_floor_the_others():
         for dtype in (torch.float64, torch.float32):
             data = huge.to(dtype)
             u = Standardization.fit(data, per_feature=True)(data)
-            assert torch.allclose(u[:, :3].std(0, unbiased=False).double(), torch.ones(3, dtype=torch.float64), atol=1e-4)
+            assert torch.allclose(
+                u[:, :3].std(0, unbiased=False).double(), torch.ones(3, dtype=torch.float64), atol=1e-4
+            )
 
 
 @pytest.mark.parametrize("latent_dim", [4, 2])
@@ -182,7 +184,9 @@ def test_ppca_networks_start_as_probabilistic_pca(latent_dim):
     from pyro_sin.standardize import ppca_autoencoder
 
     g = torch.Generator().manual_seed(0)
-    y = torch.randn(300, 4, generator=g) @ torch.tensor([[3.0, 0, 0, 0], [1.0, 1.0, 0, 0], [0, 0, 0.2, 0], [0, 2.0, 0, 5.0]])
+    y = torch.randn(300, 4, generator=g) @ torch.tensor(
+        [[3.0, 0, 0, 0], [1.0, 1.0, 0, 0], [0, 0, 0.2, 0], [0, 2.0, 0, 5.0]]
+    )
     y = y * torch.tensor([1.0, 100.0, 0.01, 1.0]) + 7.0
     start = ppca_autoencoder(y, latent_dim)
     st = start.encoder.standardization
