@@ -41,10 +41,11 @@ from .elbo import SINELBO
 from .initialization import encode
 from .metrics import log_mean_exp
 from .optim import NaturalAdam
-from .pgm import GaussianMixture, StudentTMixture
+from .pgm import StudentTMixture
+from .pgm.mixture import classic_start, weak_prior
 from .pgm.mixture.model import DeepLatentMixture
 from .potential import GaussianPotential
-from .standardize import LinearStart, ppca_autoencoder
+from .standardize import LinearStart
 from .training import fit
 
 __all__ = ["DeepGaussianMixture", "DeepStudentTMixture"]
@@ -151,34 +152,35 @@ class _DeepMixture(ClusterMixin, DensityMixin, BaseEstimator):
         # as wide as the data (the model then contains every Gaussian mixture of the data), up to 30
         return min(train.shape[1], 30) if self.latent_dim == "auto" else int(self.latent_dim)
 
-    def _gaussian_prior(self, components, latent_dim):
-        # weak and scale-aware: E[Σ_k] = I in the white latent space, as weak as a proper prior gets
-        D = latent_dim
-        return GaussianMixture(components, D, concentration=1.0, df=D + 2.0, scale_inv=torch.eye(D))
+    def _classic_start(self, data, latent_dim, components, seed) -> _Fitted:
+        """
+        Linear networks and the classic Gaussian mixture they contain
+        (:func:`~pyro_sin.pgm.mixture.classic_start`).
+        """
+        prior = weak_prior(components, latent_dim).double()
+        generator = torch.Generator().manual_seed(seed)
+        start = classic_start(
+            data, components, latent_dim, self.hidden, prior=prior, generator=generator, n_init=self.n_init
+        )
+        return _Fitted(start.networks, start.prior, start.natural, None)
 
-    def _classic(self, start, data, pgm, seed) -> _Fitted:
-        """The classic start: variational Bayes on the potentials of the linear networks."""
-        pgm = pgm.double()
-        potential = _detached(encode(start.encoder, data))
-        points = start.encoder.standardization(data) @ start.directions.T  # principal components (unwhitened)
-        natural, _ = pgm.fit_to_potentials(potential, points, torch.Generator().manual_seed(seed), self.n_init)
-        return _Fitted(start, pgm, natural, None)
+    def _start(self, data, latent_dim, components, seed) -> _Fitted:
+        """The model at its start: linear networks, the latent mixture from the classic fit."""
+        return self._latent_mixture(self._classic_start(data, latent_dim, components, seed))
 
     def _choose_components(self, train, valid, latent_dim, seed) -> int:
         if self.n_components != "auto":
             return int(self.n_components)
-        start = ppca_autoencoder(train, latent_dim, self.hidden)
         largest = max(1, min(10, len(train) // (2 * (latent_dim + 1))))
         best = None
         for K in range(1, largest + 1):
-            fitted = self._classic(start, train, self._gaussian_prior(K, latent_dim), seed)
+            classic = self._classic_start(train, latent_dim, K, seed)
             if len(valid):
-                score = float(_classic_log_density(fitted, valid).mean())
-            else:
-                potential = _detached(encode(start.encoder, train))
-                q = fitted.pgm.global_posterior(fitted.natural)
-                posterior = fitted.pgm.posterior(potential, fitted.pgm.tied_factor(q))
-                score = float(posterior.log_normalizer.sum() - fitted.pgm.kl(q))
+                score = float(_classic_log_density(classic, valid).mean())
+            else:  # the bound of variational Bayes, up to a constant that does not depend on K
+                q = classic.pgm.global_posterior(classic.natural)
+                posterior = _posterior(classic, train)
+                score = float(posterior.log_normalizer.sum() - classic.pgm.kl(q))
             if best is None or score > best[0]:
                 best = (score, K)
         return best[1]
@@ -187,12 +189,6 @@ class _DeepMixture(ClusterMixin, DensityMixin, BaseEstimator):
         if self.max_iter != "auto":
             return int(self.max_iter)
         return 5000
-
-    def _start(self, data, latent_dim, components, seed) -> _Fitted:
-        """The model at its start: linear networks, and the latent mixture from the classic fit."""
-        start = ppca_autoencoder(data, latent_dim, self.hidden)
-        classic = self._classic(start, data, self._gaussian_prior(components, latent_dim), seed)
-        return self._latent_mixture(classic)
 
     def _train(self, train, valid, latent_dim, components, seed):
         """

@@ -19,6 +19,7 @@ from .gaussian import (
     take_component,
 )
 from .model import DeepLatentMixture
+from .start import MixtureStart, classic_start, weak_prior
 from .student_t import StudentTMixture
 
 __all__ = [
@@ -31,10 +32,13 @@ __all__ = [
     "MixtureParams",
     "MixturePosterior",
     "MixturePrior",
+    "MixtureStart",
     "StudentTMixture",
     "bayesian_gmm",
+    "classic_start",
     "expected_gaussian_factor",
     "gaussian_factor",
     "select_component",
     "take_component",
+    "weak_prior",
 ]
