@@ -16,6 +16,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
+
+import pyro
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
@@ -111,3 +114,51 @@ def test_docs_python_blocks_run_after_the_readme(page, tmp_path):
     blocks = _readme_blocks() + [(name, line, source) for line, source in rst_python_blocks(page.read_text())]
     result = run_blocks(blocks, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _quick_start(monkeypatch, data_expression: str, **replacements) -> dict:
+    """Runs the README's first block in this process (short mode) on other data; returns its namespace."""
+    monkeypatch.setenv("CI", "1")
+    _, source = python_blocks(README.read_text())[0]
+    replacements = {"pinwheel(seed=0).train": data_expression, **replacements}
+    for old, new in replacements.items():
+        assert old in source, f"the README's first block no longer contains {old!r}"
+        source = source.replace(old, new)
+    namespace = {"__name__": "__main__"}
+    pyro.set_rng_seed(0)
+    exec(compile(source, "README.md, block 1", "exec"), namespace)
+    return namespace
+
+
+def test_the_quick_start_finds_the_same_clusters_in_any_units(monkeypatch):
+    """The first block on the pinwheel data in thousandths, units and thousands: the same clusters."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from pyro_sin.datasets import pinwheel
+    from pyro_sin.metrics import cluster_purity
+
+    labels = pinwheel(seed=0).train_labels
+    clusters = {}
+    for units in (1e-3, 1.0, 1e3):
+        namespace = _quick_start(monkeypatch, f"(pinwheel(seed=0).train * {units} + {3 * units})")
+        clusters[units] = namespace["clusters"]
+        assert cluster_purity(clusters[units], labels) >= 0.9
+    # the same start in every unit; 20 steps of training on inputs equal up to rounding may move a borderline point
+    for units in (1e-3, 1e3):
+        assert adjusted_rand_score(clusters[units], clusters[1.0]) >= 0.98
+
+
+def test_the_quick_start_clusters_the_digits(monkeypatch):
+    """The same recipe on scikit-learn's digits (a latent dimension of 10 for 64 pixels)."""
+    pytest.importorskip("sklearn")
+    from pyro_sin.datasets import digits
+    from pyro_sin.metrics import normalized_mutual_info
+
+    split = digits(seed=0, dtype=torch.get_default_dtype())
+    namespace = _quick_start(
+        monkeypatch,
+        "digits(seed=0).train",
+        **{"import pinwheel": "import digits", "per_feature=False)": "per_feature=False, latent_dim=10)"},
+    )
+    clusters = namespace["guide"].local_posterior(split.test).probs.argmax(-1)
+    assert normalized_mutual_info(clusters, split.test_labels) >= 0.75
