@@ -30,7 +30,7 @@ napoleon_numpy_docstring = False
 # (no network for intersphinx), so they are let through by name.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(torch|pyro|numpy|scipy|tqdm|collections|typing|os)(\..*)?"),
+    (r"py:.*", r"(torch|pyro|numpy|scipy|sklearn|tqdm|collections|typing|os)(\..*)?"),
     (r"py:.*", r"(Tensor|Module|Size|Generator|ExpandedDistribution|Distribution|Constraint|callable)"),
     (r"py:.*", r"_DependentProperty"),  # the type of a torch Distribution's ``support``
 ]

@@ -60,10 +60,42 @@ class _Fitted(NamedTuple):
     free: Optional[Dict[str, torch.Tensor]]  # a free SIN factor's parameters, or None (tied)
 
 
-class _DeepMixture(ClusterMixin, DensityMixin, BaseEstimator):
-    """The shared estimator; subclasses choose the latent mixture."""
+class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
+    r"""
+    A deep latent Gaussian mixture (SAN; Lin, Hubacher & Khan, 2018) as a scikit-learn
+    estimator: ``z ~ Cat(π)``, ``x | z ~ N(μ_z, Λ_z⁻¹)``, ``y ~ N(f(x), diag σ²(x))`` with neural
+    ``f`` and ``σ``, Dirichlet and Normal-Wishart priors on ``π, μ, Λ``; started at the classic
+    Gaussian mixture it contains and never ending below it on held-out data (see
+    :mod:`pyro_sin.sklearn`).
 
-    _mixture = "gaussian"
+    Defaults decided from the data (each may be set): the latent dimension is the data's (at
+    most 30); the number of components is the one in 1..10 whose classic start has the best
+    held-out log-likelihood (fewer when there are too few points); training stops after
+    ``patience`` evaluations without a better held-out log-likelihood, or ``max_iter`` steps
+    (5,000 for ``"auto"``).
+
+    :param n_components: ``K``, or ``"auto"``.
+    :param latent_dim: ``D``, or ``"auto"``.
+    :param hidden: hidden layer sizes of the encoder and the decoder.
+    :param max_iter: the most training steps (``0``: the classic start alone), or ``"auto"``.
+    :param float validation_fraction: the share of the data held out to choose ``K`` and the
+        training step (no validation, and no training, below 20 points).
+    :param int batch_size: minibatch size.
+    :param float learning_rate: Adam's learning rate for the networks.
+    :param float natural_lr: the natural-gradient step size of ``q(θ)``.
+    :param int num_particles: samples of the local latents per point in training.
+    :param int eval_every: steps between held-out evaluations.
+    :param int patience: evaluations without improvement before training stops.
+    :param int n_init: k-means partitions tried for the classic start.
+    :param int num_samples: importance samples per component for log-likelihoods.
+    :param random_state: seed or ``numpy.random.RandomState``.
+    :param bool verbose: show a progress bar.
+
+    Attributes after :meth:`fit`: ``n_components_`` (components holding at least 1% of the
+    data), ``weights_``, ``latent_dim_``, ``n_iter_`` (training steps taken), ``fit_seconds_``,
+    ``n_features_in_``.
+    """
+
 
     def __init__(
         self,
@@ -304,44 +336,7 @@ class _DeepMixture(ClusterMixin, DensityMixin, BaseEstimator):
         return draws.numpy(), labels.numpy()
 
 
-class DeepGaussianMixture(_DeepMixture):
-    r"""
-    A deep latent Gaussian mixture (SAN; Lin, Hubacher & Khan, 2018) as a scikit-learn
-    estimator: ``z ~ Cat(π)``, ``x | z ~ N(μ_z, Λ_z⁻¹)``, ``y ~ N(f(x), diag σ²(x))`` with neural
-    ``f`` and ``σ``, Dirichlet and Normal-Wishart priors on ``π, μ, Λ``; started at the classic
-    Gaussian mixture it contains and never ending below it on held-out data (see
-    :mod:`pyro_sin.sklearn`).
-
-    Defaults decided from the data (each may be set): the latent dimension is the data's (at
-    most 30); the number of components is the one in 1..10 whose classic start has the best
-    held-out log-likelihood (fewer when there are too few points); training stops after
-    ``patience`` evaluations without a better held-out log-likelihood, or ``max_iter`` steps
-    (5,000 for ``"auto"``).
-
-    :param n_components: ``K``, or ``"auto"``.
-    :param latent_dim: ``D``, or ``"auto"``.
-    :param hidden: hidden layer sizes of the encoder and the decoder.
-    :param max_iter: the most training steps (``0``: the classic start alone), or ``"auto"``.
-    :param float validation_fraction: the share of the data held out to choose ``K`` and the
-        training step (no validation, and no training, below 20 points).
-    :param int batch_size: minibatch size.
-    :param float learning_rate: Adam's learning rate for the networks.
-    :param float natural_lr: the natural-gradient step size of ``q(θ)``.
-    :param int num_particles: samples of the local latents per point in training.
-    :param int eval_every: steps between held-out evaluations.
-    :param int patience: evaluations without improvement before training stops.
-    :param int n_init: k-means partitions tried for the classic start.
-    :param int num_samples: importance samples per component for log-likelihoods.
-    :param random_state: seed or ``numpy.random.RandomState``.
-    :param bool verbose: show a progress bar.
-
-    Attributes after :meth:`fit`: ``n_components_`` (components holding at least 1% of the
-    data), ``weights_``, ``latent_dim_``, ``n_iter_`` (training steps taken), ``fit_seconds_``,
-    ``n_features_in_``.
-    """
-
-
-class DeepStudentTMixture(_DeepMixture):
+class DeepStudentTMixture(DeepGaussianMixture):
     r"""
     :class:`DeepGaussianMixture` with Student-t components, ``x | z ~ St(μ_z, Σ_z, ν = 5)``, whose
     heavy tails absorb outliers: the components start at the classic Gaussian start's (same
@@ -349,7 +344,6 @@ class DeepStudentTMixture(_DeepMixture):
     SIN factor is free. Held-out selection compares against that start.
     """
 
-    _mixture = "student_t"
 
     def _latent_mixture(self, classic: _Fitted):
         gaussian = classic.pgm

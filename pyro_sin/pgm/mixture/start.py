@@ -30,14 +30,15 @@ class MixtureStart(NamedTuple):
     networks: LinearStart  # the probabilistic PCA the networks start as
 
 
-def weak_prior(num_components: int, latent_dim: int, **kwargs) -> GaussianMixture:
+def weak_prior(num_components: int, latent_dim: int, **kwargs):
     r"""
-    A :class:`GaussianMixture` whose prior suits a white latent space: ``E[Σ_k] = I`` with the
-    weakest proper Wishart (``ν₀ = D + 2``), and a flat Dirichlet (``α₀ = 1``), so that the data,
-    not the prior, shape the components (the default prior of :class:`GaussianMixture` is the
-    SAN paper's, tuned for a 2-dimensional latent space).
+    A :class:`~pyro_sin.pgm.GaussianMixture` whose prior suits a white latent space:
+    ``E[Σ_k] = I`` with the weakest proper Wishart (``ν₀ = D + 2``), and a flat Dirichlet
+    (``α₀ = 1``), so that the data, not the prior, shape the components (the mixture's default
+    prior is the SAN paper's, tuned for a 2-dimensional latent space).
 
-    :param kwargs: further arguments of :class:`GaussianMixture`, overriding these.
+    :param kwargs: further arguments of the mixture, overriding these.
+    :returns: a :class:`~pyro_sin.pgm.GaussianMixture`.
     """
     D = latent_dim
     settings = dict(concentration=1.0, df=D + 2.0, scale_inv=torch.eye(D))
@@ -50,7 +51,7 @@ def classic_start(
     latent_dim: Optional[int] = None,
     hidden: Sequence[int] = (50, 50),
     *,
-    prior: Optional[GaussianMixture] = None,
+    prior=None,
     per_feature: bool = True,
     generator: Optional[torch.Generator] = None,
     n_init: int = 10,
