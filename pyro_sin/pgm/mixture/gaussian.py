@@ -606,7 +606,7 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         generator: Optional[torch.Generator] = None,
         n_init: int = 10,
         max_sweeps: int = 1000,
-        tol: float = 1e-12,
+        tol: float = 1e-3,
     ) -> Tuple[Dict[str, torch.Tensor], float]:
         r"""
         The classic Bayesian Gaussian mixture this prior contains, fitted to fixed potentials
@@ -617,7 +617,8 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         .. math:: \mathcal L(\lambda) = \textstyle\sum_n \log \int \psi_n(x)\,
                   e^{E_{q(\theta)}[\log p(x, z_n \mid \theta)]}\,dx - \mathrm{KL}(q(\theta)\,\|\,p(\theta))
 
-        stops rising. When ``ψ_n`` is the exact likelihood of a linear-Gaussian decoder (e.g.
+        rises by less than ``tol`` nats per point in a sweep (scikit-learn's criterion and default).
+        When ``ψ_n`` is the exact likelihood of a linear-Gaussian decoder (e.g.
         :func:`~pyro_sin.standardize.ppca_autoencoder`'s networks at their start), this is
         variational Bayes for the whole deep model with its networks held at their linear
         start, and ``L`` is its bound up to a constant. It starts, as scikit-learn starts its
@@ -648,6 +649,6 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         for _ in range(max_sweeps):
             natural = self.natural_target(posterior, 1.0)
             last, (bound, posterior) = bound, bound_and_posterior(natural)
-            if bound - last <= tol * abs(bound):
+            if bound - last <= tol * len(means):
                 break
         return natural, bound
