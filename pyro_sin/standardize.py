@@ -15,6 +15,7 @@ so when ``c`` is a power of two), while the likelihood gains the constant
 
 from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,7 +25,17 @@ from .potential import GaussianPotential
 
 
 def as_float_tensor(data) -> torch.Tensor:
-    """``data`` (a tensor, array or nested list) as a tensor of torch's default dtype if it is not a float tensor."""
+    """
+    ``data`` (a tensor, a numpy array, a pandas DataFrame or a nested list) as a tensor, of torch's
+    default dtype unless it holds floats already.
+    """
+    if not torch.is_tensor(data):
+        try:
+            data = np.array(data)  # a copy (a DataFrame's values may be read-only), of a list of rows too
+        except ValueError as error:  # rows of different lengths
+            raise TypeError(f"the data must be numbers in a table of one width: {error}") from None
+        if data.dtype == object:
+            raise TypeError("the data must be numbers in a table of one width (got ragged or non-numeric values)")
     data = torch.as_tensor(data)
     return data if data.is_floating_point() else data.to(torch.get_default_dtype())
 

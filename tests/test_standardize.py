@@ -211,3 +211,17 @@ def test_ppca_networks_start_as_probabilistic_pca(latent_dim):
         assert torch.allclose(ppca, torch.cov(u.T, correction=0), atol=2 * start.noise)
     assert start.encoder.standardization.loc.dtype == torch.get_default_dtype()
     assert ppca_autoencoder(y.float(), latent_dim).decoder.standardization.scale.dtype == torch.float32
+
+
+def test_networks_take_numpy_lists_and_data_frames():
+    pandas = pytest.importorskip("pandas")
+    from pyro_sin.pgm.mixture import classic_start
+
+    y = torch.randn(60, 3, generator=torch.Generator().manual_seed(0))
+    reference = classic_start(y, 2, generator=torch.Generator().manual_seed(0))
+    for data in (y.numpy(), y.tolist(), pandas.DataFrame(y.numpy(), columns=list("abc"))):
+        start = classic_start(data, 2, generator=torch.Generator().manual_seed(0))
+        for key, value in reference.natural.items():
+            assert torch.allclose(start.natural[key], value), key
+    with pytest.raises(TypeError, match="numbers in a table"):
+        classic_start([[1.0, 2.0], [3.0]], 2)

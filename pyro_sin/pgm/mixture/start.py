@@ -16,7 +16,7 @@ import torch
 
 from ...initialization import encode
 from ...potential import GaussianPotential
-from ...standardize import LinearStart, ppca_autoencoder
+from ...standardize import LinearStart, as_float_tensor, ppca_autoencoder
 from .gaussian import GaussianMixture
 
 
@@ -59,7 +59,8 @@ def classic_start(
     r"""
     A deep latent Gaussian mixture at the classic Gaussian mixture it contains.
 
-    :param torch.Tensor data: the training data, shape ``(N, P)``, in any units.
+    :param data: the training data, shape ``(N, P)``, in any units (a tensor, numpy array,
+        pandas DataFrame or list of rows).
     :param int num_components: ``K``.
     :param int latent_dim: ``D`` (default: the data's dimension ``P``).
     :param prior: the latent mixture prior (default :func:`weak_prior`).
@@ -68,6 +69,7 @@ def classic_start(
     :param int n_init: k-means partitions tried for the start of variational Bayes.
     :returns: a :class:`MixtureStart`.
     """
+    data = as_float_tensor(data)
     latent_dim = data.shape[-1] if latent_dim is None else latent_dim
     networks = ppca_autoencoder(data, latent_dim, hidden, per_feature=per_feature)
     prior = weak_prior(num_components, latent_dim) if prior is None else prior
