@@ -57,7 +57,7 @@ class _Fitted(NamedTuple):
     start: LinearStart  # the networks (trained) and their standardisation
     pgm: torch.nn.Module  # the latent mixture prior
     natural: Dict[str, torch.Tensor]  # λ of q(θ)
-    free: Optional[Dict[str, torch.Tensor]]  # a free SIN factor's parameters, or None (tied)
+    free: Optional[tuple]  # a free SIN factor (e.g. a MixtureFactor of detached tensors), or None (tied)
 
 
 class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
@@ -95,7 +95,6 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
     data), ``weights_``, ``latent_dim_``, ``n_iter_`` (training steps taken), ``fit_seconds_``,
     ``n_features_in_``.
     """
-
 
     def __init__(
         self,
@@ -279,7 +278,8 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
         natural = {k: v.detach().clone() for k, v in guide.natural_params().items()}
         free = None
         if guide.factor_mode == "free":
-            free = {key: getattr(guide.free, key).detach().clone() for key in guide._free_names}
+            with torch.no_grad():
+                free = type(guide.factor())(*(value.detach().clone() for value in guide.factor()))
         return _Fitted(start, pgm, natural, free)
 
     # ----- prediction --------------------------------------------------------------
@@ -356,7 +356,8 @@ class DeepStudentTMixture(DeepGaussianMixture):
         pgm.locs = params.locs.clone()
         pgm.scale_tril = torch.linalg.cholesky(covariance)
         natural = {"concentration": q.concentration.clone()}
-        free = {key: value for key, (value, _) in pgm.init_free_factor(natural).items()}
+        with torch.no_grad():
+            free = pgm.free_factor({key: value for key, (value, _) in pgm.init_free_factor(natural).items()})
         return _Fitted(classic.start, pgm, natural, free)
 
 
@@ -369,7 +370,7 @@ def _detached(potential: GaussianPotential) -> GaussianPotential:
 
 def _factor(fitted: _Fitted):
     if fitted.free is not None:
-        return fitted.pgm.free_factor(fitted.free)
+        return fitted.free
     return fitted.pgm.tied_factor(fitted.pgm.global_posterior(fitted.natural))
 
 
