@@ -21,6 +21,7 @@ from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture
+from pyro_sin.pgm.mixture import classic_start
 from pyro_sin.standardize import standardized_autoencoder
 from pyro_sin.training import fit
 
@@ -47,7 +48,7 @@ DATASETS: Dict[str, DataSet] = {
     "mnist5k": DataSet(lambda seed: mnist5k(seed, binarize=True), "bernoulli", (28, 28), (500, 500)),
 }
 
-METHODS = ("SAN-GMM", "SVAE", "k-means", "PCA+BGMM", "VAE+BGMM")
+METHODS = ("SAN-GMM", "SAN-GMM (classic start)", "SVAE", "k-means", "PCA+BGMM", "VAE+BGMM")
 
 
 @dataclass
@@ -72,6 +73,11 @@ class Config:
     refine: int = 500  # sweeps of a Bayesian mixture that refine the k-means start of the components
     pretrain: int = 0  # steps with the components held before they are placed again (measured: no gain here)
     warmup: int = 500  # steps before the natural step moves the components
+    # SAN-GMM (classic start): the model at the Gaussian mixture it contains (pyro_sin.pgm.mixture.classic_start),
+    # trained at this rate while the log-likelihood of held-out training images improves
+    classic_lr: float = 1e-3
+    classic_validation: float = 0.15
+    classic_patience: int = 5
     # the baselines
     vae_particles: int = 1
     svae_iterations: int = 10  # the SVAE's inner mean-field sweeps
@@ -142,6 +148,45 @@ def _svi(config, model, guide, natural_lr):
         NaturalAdam({"lr": config.lr}, natural_lr=natural_lr),
         SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
     )
+
+
+def train_san_classic(config: Config, split, progress: bool = True):
+    """
+    SAN-GMM from the classic start (:func:`~pyro_sin.pgm.mixture.classic_start`: probabilistic-PCA
+    networks and the Bayesian Gaussian mixture of their potentials), trained while the
+    log-likelihood of held-out training images improves (:func:`~pyro_sin.training.fit`'s
+    ``select``), the start included.
+
+    :returns: ``(model, guide, history, seconds)``.
+    """
+    if config.likelihood != "gaussian":
+        raise ValueError("the classic start is a Gaussian mixture of the data: it needs the Gaussian likelihood")
+    fresh_start(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(split.train), generator=generator).to(split.train.device)
+    held = int(config.classic_validation * len(order))
+    held_out, train = split.train[order[:held]], split.train[order[held:]]
+    start = time.perf_counter()
+    begin = classic_start(
+        train, config.num_components, config.latent_dim, config.hidden, per_feature=False, generator=generator
+    )
+    model = DeepLatentMixture(begin.prior, begin.decoder, len(train))
+    guide = model.make_guide(begin.encoder, factor=config.factor, init_natural=begin.natural)
+    svi = SVI(
+        model, guide, NaturalAdam({"lr": config.classic_lr}, natural_lr=config.natural_lr),
+        SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
+    )
+
+    def evaluate():
+        nmi = clustering_scores(model.cluster(guide, split.test), split.test_labels)["nmi"]
+        return {"nmi": nmi, "held_out_ll": model.test_log_likelihood(guide, held_out, 16)}
+
+    history = fit(
+        svi, train, iterations=config.iterations, evaluate=evaluate, eval_every=config.eval_every,
+        select="held_out_ll", patience=config.classic_patience, batch_size=min(config.batch_size, len(train)),
+        generator=generator, progress=progress, desc=f"SAN-GMM (classic start) seed {config.seed}",
+    )
+    return model, guide, history, time.perf_counter() - start
 
 
 def train_san(config: Config, split, svae: bool = False, progress: bool = True):
@@ -225,12 +270,16 @@ def run_baseline(name: str, config: Config, split, progress: bool = True) -> dic
 class SAN:
     """SAN-GMM (or the SVAE, ``svae=True``) in the harness's protocol (:class:`harness.Method`)."""
 
-    def __init__(self, config: Config, svae: bool = False):
-        self.config, self.svae, self.name = config, svae, "SVAE" if svae else "SAN-GMM"
+    def __init__(self, config: Config, svae: bool = False, classic: bool = False):
+        self.config, self.svae, self.classic = config, svae, classic
+        self.name = "SVAE" if svae else "SAN-GMM (classic start)" if classic else "SAN-GMM"
 
     def train(self, split, seed: int, progress: bool = True) -> Trained:
         config = replace(self.config, seed=seed)
-        model, guide, history, seconds = train_san(config, split, svae=self.svae, progress=progress)
+        if self.classic:
+            model, guide, history, seconds = train_san_classic(config, split, progress)
+        else:
+            model, guide, history, seconds = train_san(config, split, svae=self.svae, progress=progress)
         metrics = {
             **evaluate_san(model, guide, split, config.test_samples),
             "components_in_use": history.components[-1] if history.components else None,
@@ -251,10 +300,11 @@ class Baseline:
 
 def methods(config: Config):
     """The methods of ``config.methods``."""
-    return [
-        SAN(config, svae=name == "SVAE") if name in ("SAN-GMM", "SVAE") else Baseline(name, config)
-        for name in config.methods
-    ]
+    sans = {"SAN-GMM": {}, "SVAE": {"svae": True}, "SAN-GMM (classic start)": {"classic": True}}
+    names = config.methods
+    if config.likelihood != "gaussian" and names == METHODS:  # the classic start is a Gaussian mixture
+        names = tuple(name for name in names if name != "SAN-GMM (classic start)")
+    return [SAN(config, **sans[name]) if name in sans else Baseline(name, config) for name in names]
 
 
 COLUMNS = ("nmi", "ari", "accuracy", "clusters_used", "test_log_likelihood", "reconstruction_error", "seconds")
