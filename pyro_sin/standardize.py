@@ -281,6 +281,7 @@ def ppca_autoencoder(
     *,
     per_feature: bool = True,
     noise: Optional[float] = None,
+    noise_floor: float = 0.1,
     body_gain: float = 1.0,
 ) -> LinearStart:
     r"""
@@ -302,15 +303,17 @@ def ppca_autoencoder(
     start, the mixture of probabilistic PCA components ``N(ū + W μ_k, W Σ_k Wᵀ + σ² I)``
     (``W = U_D (Λ_D - σ² I)^{1/2}``); with ``D`` the data's dimension, a Gaussian mixture of the
     data themselves. ``σ²`` defaults to the mean variance of the discarded directions
-    (probabilistic PCA's maximum-likelihood noise), or a tenth of the smallest variance when
-    none is discarded, and at least ``10⁻⁴`` of the mean variance; the decoder's noise is
-    floored at a quarter of it.
+    (probabilistic PCA's maximum-likelihood noise), or a hundredth of the smallest variance when
+    none is discarded, and at least ``10⁻⁴`` of the mean variance; the decoder's noise standard
+    deviation is floored at ``noise_floor`` times its initial value (it can learn to shrink, not
+    to vanish).
 
     :param torch.Tensor data: the training data, shape ``(N, P)``.
     :param int latent_dim: ``D``, at most ``P``.
     :param bool per_feature: standardise each feature by its own spread (for tables whose
         columns come in different units; see :meth:`Standardization.fit`).
     :param float noise: ``σ²`` in standardised units, instead of the default.
+    :param float noise_floor: the decoder's least noise standard deviation, relative to ``σ``.
     :returns: a :class:`LinearStart`.
     """
     from .nn import GaussianDecoder, GaussianEncoder, _inverse_softplus
@@ -329,13 +332,14 @@ def ppca_autoencoder(
     variances, directions = variances.flip(0).clamp(min=0), directions.flip(1)  # descending
     D = latent_dim
     if noise is None:
-        noise = float(variances[D:].mean()) if D < P else 0.1 * float(variances[-1])
+        noise = float(variances[D:].mean()) if D < P else 0.01 * float(variances[-1])
     noise = max(float(noise), 1e-4 * float(variances.mean()), torch.finfo(data.dtype).tiny)
     gain = (variances[:D] - noise).clamp(min=1e-3 * noise)  # (D,): W = U_D diag(√gain)
     basis = directions[:, :D]  # (P, D)
     dtype = data.dtype
     encoder = GaussianEncoder(P, D, hidden, body_gain=body_gain).to(dtype)
-    decoder = GaussianDecoder(D, P, hidden, init_variance=0.75 * noise, min_scale=0.5 * noise**0.5, body_gain=body_gain)
+    floor = noise_floor * noise**0.5
+    decoder = GaussianDecoder(D, P, hidden, init_variance=noise - floor**2, min_scale=floor, body_gain=body_gain)
     decoder = decoder.to(dtype)
     with torch.no_grad():
         for net in (encoder, decoder):  # the nonlinear part starts at zero (its hidden layers do not)
@@ -347,7 +351,7 @@ def ppca_autoencoder(
         encoder.second.bias.copy_(torch.tensor([_inverse_softplus(float(j)) for j in gain / noise], dtype=dtype))
         decoder.shortcut.weight.copy_((basis * gain.sqrt()).to(dtype))
         decoder.first.bias.copy_(centre.to(dtype))
-        decoder.second.bias.fill_(_inverse_softplus(0.75 * noise))  # σ² with the floor's quarter
+        decoder.second.bias.fill_(_inverse_softplus(noise - floor**2))  # σ² with the floor's share
     encoder = StandardizedEncoder(encoder, standardization).to(data.device)
     decoder = StandardizedDecoder(decoder, standardization).to(data.device)
     to = dict(dtype=dtype, device=data.device)
