@@ -13,6 +13,12 @@ CHECKS = {
     # the segmentation is scored and drawn for four test sequences, true against inferred
     "regime_segmentation": "assert 0 <= final['nmi'] <= 1 and 0 <= final['accuracy'] <= 1\n"
     "assert len(fig.axes) == 4 and all(len(ax.get_yticklabels()) == 2 for ax in fig.axes)",
+    # SAN's held-out log-likelihood is not below the Bayesian mixture's; the same clusters and a
+    # log-likelihood shifted by the change of units in the table's own units; labelled panels
+    "tabular_clustering": "held_out = results['held-out log-lik. / point']\n"
+    "assert held_out['SAN-GMM'] >= held_out['BayesianGaussianMixture'], held_out\n"
+    "assert same == 1 and abs(shift - np.log(std).sum()) < 1e-6, (same, shift)\n"
+    "assert all(ax.get_xlabel() and ax.get_legend() for ax in fig.axes) and axes[0].get_ylabel()",
     "student_t_outliers": "first, again = build(priors['SAN-TMM'])[0], build(priors['SAN-TMM'])[0]\n"
     "assert torch.equal(first.locs, again.locs) and torch.equal(first.scale_tril, again.scale_tril)",
 }
