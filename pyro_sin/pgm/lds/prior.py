@@ -82,7 +82,8 @@ def rollout(params: LDSParams, x_start: torch.Tensor, horizon: int) -> torch.Ten
     """
     D = x_start.shape[-1]
     A, b = params.transition[..., :D], params.transition[..., D]
-    noise = dist.MultivariateNormal(torch.zeros_like(b), precision_matrix=params.noise_precision)
+    batch = torch.broadcast_shapes(x_start.shape[:-1], b.shape[:-1])  # one noise draw per state, shared dynamics or not
+    noise = dist.MultivariateNormal(b.new_zeros(batch + (D,)), precision_matrix=params.noise_precision)
     steps, x = [], x_start
     for _ in range(horizon):
         x = (A @ x[..., None])[..., 0] + b + noise.sample()
@@ -579,7 +580,7 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
         return self.posterior(potential, self.dynamics_factor(self.point_estimate(q)))
 
     def smoothed_marginals(self, q: LDSGlobalPosterior, potential: GaussianPotential) -> LatentMarginals:
-        """``N(x_t; E[x_t], Cov[x_t])`` given every observed frame: the Kalman smoother under the posterior-mean dynamics."""
+        """``N(x_t; E[x_t], Cov[x_t])`` given the observed frames, smoothed under the posterior-mean dynamics."""
         posterior = self._point_posterior(q, potential)
         return LatentMarginals.gaussian(posterior.marginal_means(), posterior.marginal_covariances())
 
