@@ -26,7 +26,7 @@ from ..naming import NameOwner
 from ..potential import GaussianPotential
 from .base import StructuredPrior
 
-#: draws per prediction where a family has no closed form
+#: draws per prediction where a family has no closed form (or none is asked for)
 DEFAULT_SAMPLES = 50
 
 
@@ -251,32 +251,39 @@ class DeepLatentSequence(NameOwner):
             return self.pgm.smoothed_marginals(guide.global_posterior(), potential)
         return self.pgm.forecast_marginals(guide.global_posterior(), potential, horizon)
 
-    def _decoded(self, marginals: Optional[LatentMarginals], draw, num_samples: Optional[int], return_stderr: bool):
-        if num_samples is None and marginals is not None:
+    def _decoded(self, marginals: Optional[LatentMarginals], draw, num_samples: int, return_stderr: bool):
+        """The decoded mean: from closed-form ``marginals``, or else over ``num_samples`` latent draws ``draw(S)``."""
+        if marginals is not None:
             mean = evaluation.decoded_marginal_mean(self.decoder, marginals)
             return evaluation.Prediction(mean, torch.zeros_like(mean)) if return_stderr else mean
-        num_samples = DEFAULT_SAMPLES if num_samples is None else num_samples
         prediction = evaluation.sampled_mean(evaluation.decoded_mean(self.decoder, draw(num_samples)))
         return prediction if return_stderr else prediction.mean
 
     @torch.no_grad()
     def decode_posterior(
-        self, guide: SINGuide, y, mask=None, num_samples: Optional[int] = None, lengths=None, return_stderr=False
+        self,
+        guide: SINGuide,
+        y,
+        mask=None,
+        num_samples: int = DEFAULT_SAMPLES,
+        lengths=None,
+        closed_form: bool = True,
+        return_stderr: bool = False,
     ):
         """
         ``E[y_t | observed frames]`` for every frame, the missing ones (``mask == 0``) imputed,
         shape ``(B, T, P)`` (meaningless after a sequence's end).
 
-        By default in closed form where the prior has one (:meth:`SequencePrior.smoothed_marginals`:
-        for the LDS, Kalman smoothing under the posterior-mean dynamics), decoded by
+        In closed form where the prior has one (:meth:`SequencePrior.smoothed_marginals`: for the
+        LDS, Kalman smoothing under the posterior-mean dynamics), decoded by
         :func:`~pyro_sin.evaluation.decoded_marginal_mean` (exact for a decoder whose mean is
-        linear in ``x``); otherwise, or with ``num_samples``, the mean over that many draws from
-        the SIN posterior (50 by default).
+        linear in ``x``); otherwise, or with ``closed_form=False``, the mean over ``num_samples``
+        draws from the SIN posterior.
 
         :param bool return_stderr: return an :class:`~pyro_sin.evaluation.Prediction`, the mean
             with its Monte Carlo standard error (zero in closed form).
         """
-        closed = None if num_samples is not None else self._closed_form(guide, y, mask, lengths, None)
+        closed = self._closed_form(guide, y, mask, lengths, None) if closed_form else None
         return self._decoded(
             closed, lambda S: self.posterior(guide, y, mask, lengths).rsample((S,)), num_samples, return_stderr
         )
@@ -287,27 +294,28 @@ class DeepLatentSequence(NameOwner):
         guide: SINGuide,
         y_observed,
         horizon: int,
-        num_samples: Optional[int] = None,
+        num_samples: int = DEFAULT_SAMPLES,
         mask=None,
         lengths=None,
-        return_stderr=False,
+        closed_form: bool = True,
+        return_stderr: bool = False,
     ):
         """
         The mean of frames ``T+1 .. T+horizon`` after the observed ones (after each sequence's own
         end when ``lengths`` are given), shape ``(B, horizon, P)``.
 
-        By default in closed form where the prior has one (:meth:`SequencePrior.forecast_marginals`:
-        for the LDS, the Kalman predictive moments under the posterior-mean dynamics), decoded by
-        :func:`~pyro_sin.evaluation.decoded_marginal_mean`; otherwise, or with ``num_samples``, the
-        mean over that many draws (50 by default) of ``x_T`` from the SIN posterior rolled forward
-        by :meth:`SequencePrior.forecast`, decoded.
+        In closed form where the prior has one (:meth:`SequencePrior.forecast_marginals`: for the
+        LDS, the Kalman predictive moments under the posterior-mean dynamics), decoded by
+        :func:`~pyro_sin.evaluation.decoded_marginal_mean`; otherwise, or with
+        ``closed_form=False``, the mean over ``num_samples`` draws of ``x_T`` from the SIN
+        posterior rolled forward by :meth:`SequencePrior.forecast`, decoded.
 
         :param bool return_stderr: return an :class:`~pyro_sin.evaluation.Prediction`, the mean
             with its Monte Carlo standard error (zero in closed form).
         """
         if horizon < 1:
             raise ValueError(f"horizon must be positive, got {horizon}")
-        closed = None if num_samples is not None else self._closed_form(guide, y_observed, mask, lengths, horizon)
+        closed = self._closed_form(guide, y_observed, mask, lengths, horizon) if closed_form else None
 
         def draw(S):
             posterior = self.posterior(guide, y_observed, mask, lengths)

@@ -175,10 +175,10 @@ def test_an_untrained_lds_forecasts_at_the_data_scale():
     for seed in range(3):
         model, guide, y = _untrained_san_lds(seed=seed)
         context, future = y[:, :40], y[:, 40:]
-        for num_samples in (None, 200):  # the closed form and the sampled route
-            forecast = model.predict(guide, context, 8, num_samples)
+        for closed_form in (True, False):  # the closed form and the sampled route
+            forecast = model.predict(guide, context, 8, 200, closed_form=closed_form)
             assert torch.isfinite(forecast).all()
-            assert (forecast - future).pow(2).mean() < 10, (seed, num_samples)
+            assert (forecast - future).pow(2).mean() < 10, (seed, closed_form)
 
 
 def test_the_default_forecast_and_imputation_are_deterministic():
@@ -221,8 +221,11 @@ def test_closed_form_predictions_are_the_means_of_the_sampled_ones_for_a_linear_
     mask[:, 3:6] = 0
     torch.manual_seed(0)
     for closed, sampled in (
-        (model.predict(guide, y, H), model.predict(guide, y, H, 20000, return_stderr=True)),
-        (model.decode_posterior(guide, y, mask), model.decode_posterior(guide, y, mask, 20000, return_stderr=True)),
+        (model.predict(guide, y, H), model.predict(guide, y, H, 20000, closed_form=False, return_stderr=True)),
+        (
+            model.decode_posterior(guide, y, mask),
+            model.decode_posterior(guide, y, mask, 20000, closed_form=False, return_stderr=True),
+        ),
     ):
         assert (closed - sampled.mean).abs().max() < 5 * sampled.mc_stderr.max() + 1e-3
 
