@@ -1,8 +1,20 @@
 """
 The linear dynamical system family: the LDS prior with its SIN posterior (Kalman smoothing in
-information form) and its closed-form predictions (:mod:`~pyro_sin.pgm.lds.prior`).
+information form) and closed-form predictions (:mod:`~pyro_sin.pgm.lds.prior`), and the classic
+model it contains, a vector autoregression in companion form, from which SAN-LDS starts
+(:mod:`~pyro_sin.pgm.lds.classic`).
 """
 
+from .classic import (
+    Autoregression,
+    AutoregressiveStart,
+    OrderSelection,
+    autoregressive_start,
+    companion_autoencoder,
+    fit_autoregression,
+    lagged_windows,
+    order_by_aic,
+)
 from .prior import (
     AffineGaussianDynamics,
     ChainFactor,
@@ -21,14 +33,22 @@ from .prior import (
 
 __all__ = [
     "AffineGaussianDynamics",
+    "Autoregression",
+    "AutoregressiveStart",
     "ChainFactor",
     "ChainMoments",
     "ChainPosterior",
     "LDSGlobalPosterior",
     "LDSParams",
     "LinearDynamicalSystem",
+    "OrderSelection",
+    "autoregressive_start",
     "chain_log_normalizer",
+    "companion_autoencoder",
+    "fit_autoregression",
     "gaussian_expectation",
+    "lagged_windows",
+    "order_by_aic",
     "pair_regression_stats",
     "point_expectations",
     "regression_factor",
