@@ -188,7 +188,10 @@ def test_real_sequences(tmp_path):
     methods = ["SAN-LDS (tied)", "SLDS (SAN)", "VAR(2)", "training mean"]
     rows = run("real_sequences", tmp_path, "--methods", *methods)
     metrics = _sequence_outputs(tmp_path, methods, ["forecast_and_imputation.png"])
-    assert _learned(metrics, "SAN-LDS (tied)")
+    # SAN-LDS's forecast is closed-form: persistence before training (A = I), already below the training mean's on
+    # these recordings (its sampled forecasts once exploded there, so that any training "improved" them); it stays so
+    curve = metrics["curves"]["SAN-LDS (tied)"][1]
+    assert max(curve) < rows["training mean"]["forecast_mse_1..15"]
     # standardised channels: the training mean forecasts at about unit error, VAR(2) below it
     assert rows["VAR(2)"]["forecast_mse_1..15"] < rows["training mean"]["forecast_mse_1..15"] < 1.5
 
