@@ -274,7 +274,7 @@ class DeepLatentSequence(NameOwner):
         ``E[y_t | observed frames]`` for every frame, the missing ones (``mask == 0``) imputed,
         shape ``(B, T, P)`` (meaningless after a sequence's end).
 
-        In closed form where the prior has one (:meth:`SequencePrior.smoothed_marginals`: for the
+        In closed form where the prior has one (:meth:`~pyro_sin.pgm.sequence.SequencePrior.smoothed_marginals`: for the
         LDS, Kalman smoothing under the posterior-mean dynamics), decoded by
         :func:`~pyro_sin.evaluation.decoded_marginal_mean` (exact for a decoder whose mean is
         linear in ``x``); otherwise, or with ``closed_form=False``, the mean over ``num_samples``
@@ -304,11 +304,11 @@ class DeepLatentSequence(NameOwner):
         The mean of frames ``T+1 .. T+horizon`` after the observed ones (after each sequence's own
         end when ``lengths`` are given), shape ``(B, horizon, P)``.
 
-        In closed form where the prior has one (:meth:`SequencePrior.forecast_marginals`: for the
+        In closed form where the prior has one (:meth:`~pyro_sin.pgm.sequence.SequencePrior.forecast_marginals`: for the
         LDS, the Kalman predictive moments under the posterior-mean dynamics), decoded by
         :func:`~pyro_sin.evaluation.decoded_marginal_mean`; otherwise, or with
         ``closed_form=False``, the mean over ``num_samples`` draws of ``x_T`` from the SIN
-        posterior rolled forward by :meth:`SequencePrior.forecast`, decoded.
+        posterior rolled forward by :meth:`~pyro_sin.pgm.sequence.SequencePrior.forecast`, decoded.
 
         :param bool return_stderr: return an :class:`~pyro_sin.evaluation.Prediction`, the mean
             with its Monte Carlo standard error (zero in closed form).
