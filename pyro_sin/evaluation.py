@@ -57,6 +57,11 @@ def _summarise(per_point: torch.Tensor, mc_stderr: torch.Tensor) -> Estimate:
     return Estimate(float(per_point.mean()), stderr, per_point, mc_stderr)
 
 
+def concatenate(estimates) -> Estimate:
+    """The :class:`Estimate` of several batches of data points as one (its summary over all of them)."""
+    return _summarise(torch.cat([e.per_point for e in estimates]), torch.cat([e.mc_stderr for e in estimates]))
+
+
 def _sample_chunks(num_samples: int, elements_per_sample: int):
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")

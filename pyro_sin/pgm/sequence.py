@@ -333,16 +333,26 @@ class DeepLatentSequence(NameOwner):
         proposal (for an HMM its marginal over ``x``, the states summed out; see
         :func:`~pyro_sin.evaluation.log_likelihood`).
         """
-        proposal = self.pgm.proposal(self.posterior(guide, y, mask, lengths))
         params = self.pgm.point_estimate(guide.global_posterior())
-        observed = observed_frames(y, mask, lengths)
-        return evaluation.log_likelihood(
-            y,
-            lambda x: frame_likelihood(self.decoder, x, observed),
-            lambda x: self.pgm.latent_log_prob(params, x, lengths),
-            proposal,
-            num_samples,
-        )
+        # a draw of x_{1:T} passes through T Gaussians of dimension 2D per sequence: batches of sequences bound that
+        per_sequence = num_samples * y.shape[-2] * (2 * self.pgm.latent_dim) ** 2
+        size = max(1, evaluation.MAX_ELEMENTS // per_sequence)
+        estimates = []
+        for start in range(0, len(y), size):
+            rows = slice(start, start + size)
+            batch_mask, batch_lengths = (None if t is None else t[rows] for t in (mask, lengths))
+            proposal = self.pgm.proposal(self.posterior(guide, y[rows], batch_mask, batch_lengths))
+            observed = observed_frames(y[rows], batch_mask, batch_lengths)
+            estimates.append(
+                evaluation.log_likelihood(
+                    y[rows],
+                    lambda x: frame_likelihood(self.decoder, x, observed),
+                    lambda x: self.pgm.latent_log_prob(params, x, batch_lengths),
+                    proposal,
+                    num_samples,
+                )
+            )
+        return evaluation.concatenate(estimates)
 
     @torch.no_grad()
     def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100, mask=None, lengths=None) -> float:
