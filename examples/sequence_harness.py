@@ -37,6 +37,7 @@ from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import SequenceEncoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import LatentHMM, LinearDynamicalSystem, SwitchingLDS
+from pyro_sin.pgm.lds import autoregressive_start, order_by_aic
 from pyro_sin.standardize import Standardization, StandardizedEncoder, standardized_autoencoder
 from pyro_sin.training import DivergenceError, History, fit
 
@@ -45,6 +46,7 @@ from harness import Method, Results, Trained, compare, fresh_start, markdown_tab
 from plotting import component_colours, new_figure, plot_curves
 
 __all__ = [
+    "AutoregressiveSAN",
     "Config",
     "DeepLatent",
     "DeepLatentMethod",
@@ -346,6 +348,128 @@ class DeepLatent:
         method = DeepLatentMethod(model, guide)
         evaluator = Evaluator(task, config.eval_samples)
         return _scored(evaluator, method, _fit(config, svi, task.train, evaluator, method, self.name, progress))
+
+
+class InDtype:
+    """A trained method behind the harness's interface, fed in ``dtype`` and answering in the dtype it was asked in."""
+
+    def __init__(self, method, dtype: torch.dtype):
+        self.method, self.dtype = method, dtype
+
+    def _call(self, name, y, *args):
+        args = [a.to(self.dtype) if torch.is_tensor(a) else a for a in args]
+        answer = getattr(self.method, name)(y.to(self.dtype), *args)
+        return answer.to(y.dtype) if torch.is_tensor(answer) else answer
+
+    def decode_posterior(self, y, mask=None, num_samples=50):
+        return self._call("decode_posterior", y, mask, num_samples)
+
+    def predict(self, y, horizon, num_samples=50):
+        return self._call("predict", y, horizon, num_samples)
+
+    def test_log_likelihood(self, y, num_samples=100):
+        return self._call("test_log_likelihood", y, num_samples)
+
+
+def held_out_split(train: torch.Tensor, share: float = 0.25) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    ``(fit, held_out)``: every ``1/share``-th training sequence held out, or, with fewer sequences
+    than that, the last ``share`` of every sequence in time (one long series: its end).
+    """
+    every = round(1 / share)
+    if len(train) >= every:
+        held = torch.zeros(len(train), dtype=torch.bool)
+        held[every - 1 :: every] = True
+        return train[~held.to(train.device)], train[held.to(train.device)]
+    cut = train.shape[1] - max(1, round(share * train.shape[1]))
+    return train[:, :cut], train[:, cut:]
+
+
+class AutoregressiveSAN:
+    r"""
+    SAN-LDS started from the VAR it contains (:func:`~pyro_sin.pgm.lds.autoregressive_start`), the
+    data choosing its order and its training length:
+
+    * the VAR's order by AIC on all the training sequences, up to ``max_order`` and no more than
+      keeps the latent dimension ``pP`` at most ``max_latent_dim`` (the Kalman filter's cost grows
+      as its cube);
+    * a quarter of the training data held out (:func:`held_out_split`), SAN-LDS started from the VAR
+      fitted to the rest and trained with ``fit(select=...)`` on the held-out log-likelihood per
+      frame, evaluated on common random numbers; a trained checkpoint replaces step 0 only when it
+      is better by more than ``margin`` nats per frame (smaller differences are the estimate's noise);
+    * when step 0 wins, the start is fitted again to all the training sequences: the classic model
+      itself; otherwise the chosen checkpoint is the model.
+
+    It trains in float64 (see :func:`~pyro_sin.pgm.lds.autoregressive_start`) with the harness's
+    ``max_iterations``, ``eval_every``, ``seconds``, ``batch_size``, ``num_particles``, ``hidden``
+    and ``natural_lr``, its own Adam learning rate ``lr``, and stops after ``patience`` evaluations
+    without a better held-out score.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        name: str = "SAN-LDS",
+        max_order: int = 12,
+        max_latent_dim: int = 36,
+        lr: float = 1e-3,
+        margin: float = 0.02,
+        patience: int = 4,
+    ):
+        self.name, self.config, self.max_order, self.max_latent_dim = name, config, max_order, max_latent_dim
+        self.lr, self.margin, self.patience = lr, margin, patience
+
+    def _model(self, start, num_data: int):
+        model = DeepLatentSequence(start.prior, start.decoder, num_data)
+        return model, model.make_guide(start.encoder, init_natural=start.natural)
+
+    def train(self, task: SequenceTask, seed: int, progress: bool = True) -> Trained:
+        config = replace(self.config, seed=seed)
+        fresh_start(seed)
+        train = task.train.double()
+        P = train.shape[-1]
+        order = order_by_aic(train, max(1, min(self.max_order, self.max_latent_dim // P))).order
+        hidden = (config.hidden,) * 2
+        fit_part, held_out = held_out_split(train)
+        start = autoregressive_start(fit_part, order, hidden=hidden)
+        model, guide = self._model(start, len(fit_part))
+        svi = SVI(
+            model,
+            guide,
+            NaturalAdam({"lr": self.lr}, natural_lr=config.natural_lr),
+            SINELBO(num_particles=config.num_particles, max_plate_nesting=1),
+        )
+        evaluations = []
+
+        def evaluate():
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                score = model.test_log_likelihood(guide, held_out, config.eval_samples) / held_out.shape[1]
+            evaluations.append(score)
+            return {"held_out_log_likelihood": score}
+
+        # step 0 wins unless a trained checkpoint is better by more than the margin
+        selection_score = lambda: evaluations[-1] - (self.margin if len(evaluations) > 1 else 0.0)  # noqa: E731
+        history = fit(
+            svi,
+            fit_part,
+            iterations=config.max_iterations,
+            batch_size=min(config.batch_size, len(fit_part)),
+            generator=torch.Generator().manual_seed(seed),
+            evaluate=evaluate,
+            eval_every=config.eval_every,
+            max_seconds=config.seconds,
+            progress=progress,
+            desc=self.name,
+            select=selection_score,
+            patience=self.patience,
+        )
+        if history.selected_step == 0:  # the classic model, fitted to all the training sequences
+            model, guide = self._model(autoregressive_start(train, order, hidden=hidden), len(train))
+        method = InDtype(DeepLatentMethod(model, guide), torch.float64)
+        trained = _scored(Evaluator(task, config.eval_samples), method, history)
+        trained.metrics.update(order=order, latent_dim=order * P, selected_step=history.selected_step)
+        return trained
 
 
 class UnstructuredGuide:

@@ -14,7 +14,10 @@ conditioning the model on them (importance sampling of the latent variables).
 
 Estimates over a data set come back as an :class:`Estimate`: the mean over
 data points, its standard error over data points, and each point's value with
-its Monte Carlo standard error.
+its Monte Carlo standard error. Predictions come back as a :class:`Prediction`
+with their Monte Carlo standard error where they were sampled
+(:func:`sampled_mean`), or in closed form from Gaussian latent marginals
+(:func:`decoded_marginal_mean`).
 """
 
 import math
@@ -54,6 +57,11 @@ def _summarise(per_point: torch.Tensor, mc_stderr: torch.Tensor) -> Estimate:
     return Estimate(float(per_point.mean()), stderr, per_point, mc_stderr)
 
 
+def concatenate(estimates) -> Estimate:
+    """The :class:`Estimate` of several batches of data points as one (its summary over all of them)."""
+    return _summarise(torch.cat([e.per_point for e in estimates]), torch.cat([e.mc_stderr for e in estimates]))
+
+
 def _sample_chunks(num_samples: int, elements_per_sample: int):
     if num_samples < 1:
         raise ValueError(f"num_samples must be positive, got {num_samples}")
@@ -65,6 +73,62 @@ def _sample_chunks(num_samples: int, elements_per_sample: int):
 def decoded_mean(decoder, x: torch.Tensor) -> torch.Tensor:
     """``E[y | x]`` under the decoder's likelihood, shape ``x.shape[:-1] + (P,)``."""
     return decoder.distribution(x).mean
+
+
+class Prediction(NamedTuple):
+    """A predicted mean and the Monte Carlo standard error of each of its entries (zeros in closed form)."""
+
+    mean: torch.Tensor
+    mc_stderr: torch.Tensor
+
+
+def sampled_mean(draws: torch.Tensor) -> Prediction:
+    """The mean over the leading (sample) dimension of ``draws`` and its Monte Carlo standard error ``std / √S``."""
+    S = draws.shape[0]
+    if S < 2:
+        return Prediction(draws.mean(0), torch.full_like(draws[0], math.nan))
+    return Prediction(draws.mean(0), draws.std(0) / math.sqrt(S))
+
+
+def _symmetric_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """A square root ``L`` with ``L Lᵀ = cov``: its columns are the principal axes scaled by their spread."""
+    values, vectors = torch.linalg.eigh(0.5 * (cov + cov.transpose(-1, -2)))
+    return vectors * values.clamp(min=0).sqrt()[..., None, :]
+
+
+@torch.no_grad()
+def decoded_marginal_mean(decoder, marginals) -> torch.Tensor:
+    r"""
+    ``E[E[y | x]]`` for ``x`` from Gaussian-mixture marginals ``Σ_k w_k N(m_k, V_k)``
+    (a :class:`~pyro_sin.pgm.sequence.LatentMarginals`), without sampling: per component, the
+    sigma points ``m`` and ``m ± √3 l_i`` along the principal axes ``l_i`` of ``V`` with weights
+    ``1 - D/3`` and ``1/6``,
+
+    .. math:: \mathbb E[f(x)] pprox ig(1 - 	frac D3ig) f(m)
+              + 	frac16 \sum_{i=1}^{D} ig(f(m + \sqrt3\, l_i) + f(m - \sqrt3\, l_i)ig),
+
+    the three-point Gauss-Hermite rule along each axis (the unscented transform with
+    ``κ = 3 - D``): exact when the decoder's mean ``f`` is a polynomial of degree at most three in
+    ``x`` (a linear decoder in particular), second-order accurate otherwise.
+
+    :returns: shape ``marginals.weights.shape[:-1] + (P,)``.
+    """
+    weights, locs, covs = marginals
+    D = locs.shape[-1]
+    root = math.sqrt(3.0) * _symmetric_sqrt(covs).transpose(-1, -2)  # (..., K, D, D): row i is √3 l_i
+    centre = locs[..., None, :]
+    points = torch.cat([centre, centre + root, centre - root], -2)  # (..., K, 2D+1, D)
+    point_weights = locs.new_full((2 * D + 1,), 1.0 / 6.0)
+    point_weights[0] = 1.0 - D / 3.0
+    batch = points.shape[:-3]
+    flat = points.reshape((-1,) + points.shape[-3:])  # (n, K, 2D+1, D)
+    chunk = max(1, MAX_ELEMENTS // max(1, flat[0].numel() * 64))  # the decoder's hidden layers hold more than x
+    means = []
+    for start in range(0, len(flat), chunk):
+        decoded = decoded_mean(decoder, flat[start : start + chunk])  # (c, K, 2D+1, P)
+        means.append(torch.einsum("ckjp,j->ckp", decoded, point_weights))
+    component_means = torch.cat(means).reshape(batch + means[0].shape[-2:])  # (..., K, P)
+    return (weights[..., None] * component_means).sum(-2)
 
 
 def cluster(log_probs: torch.Tensor) -> torch.Tensor:

@@ -299,6 +299,15 @@ def fit(
             history.evals.append(metrics)
         best.consider(step, metrics)
 
+    if select is not None and size == 1 and hasattr(svi, "evaluate_loss"):
+        # the model and guide put their networks in the param store on their first call: do it now, away from
+        # the random streams, so that the snapshot of step 0 holds every parameter (else a restore would bring back
+        # λ alone, beside the networks of the last step)
+        first = next(batches)
+        batches = itertools.chain([first], batches)
+        first = first.to(parts[0].device)
+        with torch.random.fork_rng(devices=[parts[0].device] if parts[0].is_cuda else []):
+            svi.evaluate_loss(*(part[first] for part in parts), indices=first)
     record(0)
     bar = tqdm(range(1, iterations + 1), desc=desc, disable=not progress, mininterval=0.5)
     running = None

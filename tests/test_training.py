@@ -229,6 +229,20 @@ def test_select_with_patience_stops_once_the_score_has_not_improved():
         fit(svi, torch.zeros(10, 1), iterations=1, batch_size=10, progress=False, select="s")
 
 
+def test_select_restores_the_networks_of_step_0_that_the_first_step_registers():
+    """The networks enter the param store on the first call of the model and guide; a selected step 0 still has them."""
+    split = pinwheel(seed=0)
+    svi = _san(split.train, lr=0.3)
+    start = {k: v.clone() for k, v in svi.guide.encoder.state_dict().items()}
+    scores = iter([1.0, 0.0, 0.0])
+    history = fit(
+        svi, split.train, iterations=20, batch_size=100, progress=False, eval_every=10, select=lambda: next(scores)
+    )
+    assert history.selected_step == 0
+    for name, value in svi.guide.encoder.state_dict().items():
+        assert torch.equal(value, start[name]), name
+
+
 def test_select_never_ends_below_the_start_on_held_out_data():
     """SAN with an absurd learning rate for the networks: the held-out bound is never worse than at step 0."""
     split = pinwheel(seed=0)

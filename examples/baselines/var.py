@@ -3,7 +3,7 @@ A linear vector autoregression, the baseline every sequence model should beat:
 
 .. math:: y_t = c + \sum_{i=1}^{p} A_i\, y_{t-i} + e_t,\qquad e_t \sim N(0, Q),
 
-fitted by least squares on the training sequences. As a state-space model with
+fitted by least squares on the training sequences (its order given, or chosen by AIC). As a state-space model with
 the companion state ``s_t = (y_t, y_{t-1}, …, y_{t-p+1})`` observed exactly in its
 first block,
 
@@ -20,6 +20,8 @@ import math
 from typing import NamedTuple, Optional
 
 import torch
+
+from pyro_sin.pgm.lds import fit_autoregression, order_by_aic
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -47,36 +49,33 @@ def _check_sequences(y: torch.Tensor, what: str):
 
 class VectorAutoregression:
     r"""
-    VAR(``order``) fitted by least squares, with forecasts, Kalman-smoother
-    imputation and exact log-likelihoods.
+    VAR(``order``) fitted by least squares (:func:`~pyro_sin.pgm.lds.fit_autoregression`, the fit
+    SAN-LDS starts from), with forecasts, Kalman-smoother imputation and exact log-likelihoods.
 
-    :param int order: ``p >= 1``.
+    :param int order: ``p >= 1``, or None: the order with the smallest AIC up to ``max_order``
+        (:func:`~pyro_sin.pgm.lds.order_by_aic`), chosen when fitted.
     :param float ridge: an L2 penalty on the coefficients ``A_i`` (not on ``c``); 0 is
         ordinary least squares.
+    :param int max_order: the largest order the AIC considers.
 
-    After :meth:`fit`: ``coefficients`` ``(p, P, P)`` holds ``A_1 … A_p``, ``intercept``
+    After :meth:`fit`: ``order``, ``coefficients`` ``(p, P, P)`` holds ``A_1 … A_p``, ``intercept``
     ``(P,)`` ``c``, ``noise_cov`` ``(P, P)`` ``Q`` (the residuals' maximum-likelihood
     covariance) and ``init_loc`` / ``init_cov`` the distribution of the first window.
     """
 
-    def __init__(self, order: int = 1, ridge: float = 0.0):
-        if order < 1:
+    def __init__(self, order: Optional[int] = 1, ridge: float = 0.0, max_order: int = 12):
+        if order is not None and order < 1:
             raise ValueError(f"a VAR needs order >= 1, got {order}")
         if ridge < 0:
             raise ValueError(f"ridge must be non-negative, got {ridge}")
-        self.order, self.ridge = order, ridge
-        self.coefficients = None
+        self.order, self.ridge, self.max_order = order, ridge, max_order
+        self.fitted = self.coefficients = None
 
     @property
     def name(self) -> str:
-        return f"VAR({self.order})"
+        return "VAR (AIC)" if self.order is None else f"VAR({self.order})"
 
     # ----- fitting ------------------------------------------------------------------
-
-    def _windows(self, y: torch.Tensor) -> torch.Tensor:
-        """``(B, T-p+1, pP)``: ``(y_t, y_{t-1}, …, y_{t-p+1})`` for every ``t >= p``."""
-        p, T = self.order, y.shape[1]
-        return torch.cat([y[:, p - 1 - i : T - i] for i in range(p)], -1)
 
     def fit(self, y: torch.Tensor) -> "VectorAutoregression":
         """
@@ -86,36 +85,14 @@ class VectorAutoregression:
         _check_sequences(y, "VectorAutoregression.fit")
         if not torch.isfinite(y).all():
             raise ValueError("VectorAutoregression.fit needs complete, finite sequences")
-        p, (T, P) = self.order, y.shape[1:]
-        if T <= p:
-            raise ValueError(f"VAR({p}) needs sequences longer than {p} steps, got {T}")
-        windows = self._windows(y)  # (N, T-p+1, pP)
-        inputs = windows[:, :-1].reshape(-1, p * P)  # (y_{t-1}, …, y_{t-p})
-        targets = y[:, p:].reshape(-1, P)  # y_t
-        design = torch.cat([inputs, inputs.new_ones(len(inputs), 1)], -1)  # (n, pP + 1)
-        gram = design.T @ design
-        penalty = torch.full((p * P + 1,), self.ridge, dtype=y.dtype, device=y.device)
-        penalty[-1] = 0.0
-        gram = gram + torch.diag(penalty)
-        try:
-            solution = torch.cholesky_solve(design.T @ targets, torch.linalg.cholesky(gram))  # (pP + 1, P)
-        except torch.linalg.LinAlgError as error:
-            raise ValueError(
-                f"VAR({p}): the lagged frames are collinear (too few training steps for {p * P} "
-                "regressors, or constant channels); pass ridge > 0"
-            ) from error
-        residuals = targets - design @ solution
-        self.coefficients = solution[:-1].T.reshape(P, p, P).transpose(0, 1).contiguous()  # (p, P, P)
-        self.intercept = solution[-1]
-        self.noise_cov = residuals.T @ residuals / len(residuals)
-        flat = windows.reshape(-1, p * P)
-        self.init_loc = flat.mean(0)
-        centred = flat - self.init_loc
-        self.init_cov = centred.T @ centred / len(flat)
+        if self.order is None:
+            self.order = order_by_aic(y, self.max_order).order
+        self.fitted = fit_autoregression(y, self.order, self.ridge)
+        self.coefficients, self.intercept, self.noise_cov, self.init_loc, self.init_cov = self.fitted[:5]
         return self
 
     def _check_fitted(self):
-        if self.coefficients is None:
+        if self.fitted is None:
             raise RuntimeError(f"{self.name} is not fitted: call fit(y) first")
 
     # ----- state-space form ---------------------------------------------------------
@@ -126,17 +103,7 @@ class VectorAutoregression:
         ``(pP, pP)``.
         """
         self._check_fitted()
-        p, P = self.coefficients.shape[:2]
-        S = p * P
-        like = self.coefficients
-        F = like.new_zeros(S, S)
-        F[:P] = torch.cat(list(self.coefficients), -1)
-        F[P:, : S - P] = torch.eye(S - P, dtype=like.dtype, device=like.device)
-        offset = like.new_zeros(S)
-        offset[:P] = self.intercept
-        noise = like.new_zeros(S, S)
-        noise[:P, :P] = self.noise_cov
-        return F, offset, noise
+        return self.fitted.companion()
 
     def _filter(self, y: torch.Tensor, mask: Optional[torch.Tensor]) -> _Filtered:
         self._check_fitted()

@@ -4,11 +4,14 @@ What the priors over latent sequences share, and the deep model that decodes the
 :class:`SequencePrior` declares the interface that :class:`DeepLatentSequence` and the
 evaluation call (``latent_log_prob``, ``point_estimate``, ``proposal``, ``forecast``) and
 checks the per-step potentials every sequence posterior takes; the linear dynamical system,
-the latent HMM and the switching LDS implement it. The helpers below treat padded
-sequences alike: the steps after a sequence's end do not exist.
+the latent HMM and the switching LDS implement it. A family whose predictions have a closed
+form also offers :meth:`SequencePrior.smoothed_marginals` and
+:meth:`SequencePrior.forecast_marginals`, and :class:`DeepLatentSequence` then predicts without
+sampling. The helpers below treat padded sequences alike: the steps after a sequence's end do
+not exist.
 """
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch.distributions import constraints
@@ -22,6 +25,9 @@ from ..models import data_plate, frame_likelihood, observed_frames, register_dec
 from ..naming import NameOwner
 from ..potential import GaussianPotential
 from .base import StructuredPrior
+
+#: draws per prediction where a family has no closed form (or none is asked for)
+DEFAULT_SAMPLES = 50
 
 
 def step_mask(lengths: Optional[torch.Tensor], num_steps: int) -> Optional[torch.Tensor]:
@@ -52,6 +58,22 @@ def last_step(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.
         return x[..., -1, :]
     index = (lengths - 1)[..., None, None].expand(x.shape[:-2] + (1, x.shape[-1]))
     return torch.gather(x, -2, index)[..., 0, :]
+
+
+class LatentMarginals(NamedTuple):
+    r"""
+    The marginals of latent steps as Gaussian mixtures, ``Σ_k w_k N(x_t; m_{tk}, V_{tk})`` (one
+    component for a Gaussian chain), from which :class:`DeepLatentSequence` computes predictions.
+    """
+
+    weights: torch.Tensor  # (..., K)  w_k, summing to one
+    locs: torch.Tensor  # (..., K, D)
+    covs: torch.Tensor  # (..., K, D, D)
+
+    @classmethod
+    def gaussian(cls, loc: torch.Tensor, cov: torch.Tensor) -> "LatentMarginals":
+        """Gaussian marginals, ``loc`` ``(..., D)`` and ``cov`` ``(..., D, D)``, as one-component mixtures."""
+        return cls(loc.new_ones(loc.shape[:-1] + (1,)), loc[..., None, :], cov[..., None, :, :])
 
 
 class SequenceDistribution(dist.TorchDistribution):
@@ -100,7 +122,8 @@ class SequencePrior(StructuredPrior):
     then do not exist in the prior, the SIN posterior, the bound or the natural step, so
     padding changes nothing. Prediction and evaluation
     (:class:`DeepLatentSequence`) call only :meth:`latent_log_prob`, :meth:`point_estimate`,
-    :meth:`proposal` and :meth:`forecast`.
+    :meth:`proposal` and :meth:`forecast`, and, where a family has them in closed form,
+    :meth:`smoothed_marginals` and :meth:`forecast_marginals`.
 
     """
 
@@ -129,12 +152,32 @@ class SequencePrior(StructuredPrior):
     def forecast(self, global_posterior, posterior, horizon: int, num_samples: int, lengths=None) -> torch.Tensor:
         """
         Draws of ``x_{T+1..T+H}`` after each sequence's end (its own, with ``lengths``) for
-        sequences of batch ``(B,)``: the last steps from the SIN posterior, ``θ ~ q(θ)``, then the
-        prior's dynamics with their noise.
+        sequences of batch ``(B,)``: the last steps from the SIN posterior, then the prior's
+        dynamics with their noise (each family says whether with ``θ`` drawn from ``q(θ)`` or at
+        its :meth:`point_estimate`).
 
         :returns: shape ``(num_samples, B, horizon, D)``.
         """
         raise NotImplementedError
+
+    def smoothed_marginals(self, global_posterior, potential: GaussianPotential) -> Optional[LatentMarginals]:
+        """
+        The marginals of ``x_t`` given the frames behind ``potential`` (per-step, ``(B, T, D)``; no
+        evidence where a frame is missing), under the dynamics at :meth:`point_estimate`, in closed
+        form: batch ``(B, T)``. None (the default) where the family has no closed form; predictions
+        then sample.
+        """
+        return None
+
+    def forecast_marginals(
+        self, global_posterior, potential: GaussianPotential, horizon: int
+    ) -> Optional[LatentMarginals]:
+        """
+        The marginals of ``x_{T+1..T+H}`` after each sequence's end given the frames behind
+        ``potential``, under the dynamics at :meth:`point_estimate`, in closed form: batch
+        ``(B, H)``. None (the default) where the family has no closed form.
+        """
+        return None
 
 
 class DeepLatentSequence(NameOwner):
@@ -195,31 +238,90 @@ class DeepLatentSequence(NameOwner):
             self, self.pgm, encoder, create_plates=self.create_plates, encoder_input=self.encoder_input, **kwargs
         )
 
-    # ----- evaluation -------------------------------------------------------------
+    # ----- evaluation ------------------------------------------------------------------
 
     @torch.no_grad()
     def posterior(self, guide: SINGuide, y, mask=None, lengths=None):
         return guide.local_posterior(self.encoder_input(y, mask, lengths))
 
-    @torch.no_grad()
-    def decode_posterior(self, guide: SINGuide, y, mask=None, num_samples: int = 50, lengths=None):
-        """Mean decoded frames under the SIN posterior, shape ``(B, T, P)`` (meaningless after a sequence's end)."""
-        x = self.posterior(guide, y, mask, lengths).rsample((num_samples,))
-        return evaluation.decoded_mean(self.decoder, x).mean(0)
+    def _closed_form(self, guide: SINGuide, y, mask, lengths, horizon: Optional[int]) -> Optional[LatentMarginals]:
+        """The prior's closed-form marginals of the observed steps (``horizon`` None) or of the future ones."""
+        potential = guide.encode(self.encoder_input(y, mask, lengths))
+        if horizon is None:
+            return self.pgm.smoothed_marginals(guide.global_posterior(), potential)
+        return self.pgm.forecast_marginals(guide.global_posterior(), potential, horizon)
+
+    def _decoded(self, marginals: Optional[LatentMarginals], draw, num_samples: int, return_stderr: bool):
+        """The decoded mean: from closed-form ``marginals``, or else over ``num_samples`` latent draws ``draw(S)``."""
+        if marginals is not None:
+            mean = evaluation.decoded_marginal_mean(self.decoder, marginals)
+            return evaluation.Prediction(mean, torch.zeros_like(mean)) if return_stderr else mean
+        prediction = evaluation.sampled_mean(evaluation.decoded_mean(self.decoder, draw(num_samples)))
+        return prediction if return_stderr else prediction.mean
 
     @torch.no_grad()
-    def predict(self, guide: SINGuide, y_observed, horizon: int, num_samples: int = 50, mask=None, lengths=None):
+    def decode_posterior(
+        self,
+        guide: SINGuide,
+        y,
+        mask=None,
+        num_samples: int = DEFAULT_SAMPLES,
+        lengths=None,
+        closed_form: bool = True,
+        return_stderr: bool = False,
+    ):
         """
-        Mean decoded frames ``T+1 .. T+horizon`` after the observed ones (after each
-        sequence's own end when ``lengths`` are given): ``x_T`` from the SIN posterior,
-        then the model's dynamics rolled forward with ``θ ~ q(θ)`` and process noise,
-        decoded and averaged over samples.
+        ``E[y_t | observed frames]`` for every frame, the missing ones (``mask == 0``) imputed,
+        shape ``(B, T, P)`` (meaningless after a sequence's end).
 
-        :returns: shape ``(B, horizon, P)``.
+        In closed form where the prior has one (:meth:`~pyro_sin.pgm.sequence.SequencePrior.smoothed_marginals`: for the
+        LDS, Kalman smoothing under the posterior-mean dynamics), decoded by
+        :func:`~pyro_sin.evaluation.decoded_marginal_mean` (exact for a decoder whose mean is
+        linear in ``x``); otherwise, or with ``closed_form=False``, the mean over ``num_samples``
+        draws from the SIN posterior.
+
+        :param bool return_stderr: return an :class:`~pyro_sin.evaluation.Prediction`, the mean
+            with its Monte Carlo standard error (zero in closed form).
         """
-        posterior = self.posterior(guide, y_observed, mask, lengths)
-        future = self.pgm.forecast(guide.global_posterior(), posterior, horizon, num_samples, lengths)  # (S, B, H, D)
-        return evaluation.decoded_mean(self.decoder, future).mean(0)
+        closed = self._closed_form(guide, y, mask, lengths, None) if closed_form else None
+        return self._decoded(
+            closed, lambda S: self.posterior(guide, y, mask, lengths).rsample((S,)), num_samples, return_stderr
+        )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        guide: SINGuide,
+        y_observed,
+        horizon: int,
+        num_samples: int = DEFAULT_SAMPLES,
+        mask=None,
+        lengths=None,
+        closed_form: bool = True,
+        return_stderr: bool = False,
+    ):
+        """
+        The mean of frames ``T+1 .. T+horizon`` after the observed ones (after each sequence's own
+        end when ``lengths`` are given), shape ``(B, horizon, P)``.
+
+        In closed form where the prior has one (:meth:`~pyro_sin.pgm.sequence.SequencePrior.forecast_marginals`: for the
+        LDS, the Kalman predictive moments under the posterior-mean dynamics), decoded by
+        :func:`~pyro_sin.evaluation.decoded_marginal_mean`; otherwise, or with
+        ``closed_form=False``, the mean over ``num_samples`` draws of ``x_T`` from the SIN
+        posterior rolled forward by :meth:`~pyro_sin.pgm.sequence.SequencePrior.forecast`, decoded.
+
+        :param bool return_stderr: return an :class:`~pyro_sin.evaluation.Prediction`, the mean
+            with its Monte Carlo standard error (zero in closed form).
+        """
+        if horizon < 1:
+            raise ValueError(f"horizon must be positive, got {horizon}")
+        closed = self._closed_form(guide, y_observed, mask, lengths, horizon) if closed_form else None
+
+        def draw(S):
+            posterior = self.posterior(guide, y_observed, mask, lengths)
+            return self.pgm.forecast(guide.global_posterior(), posterior, horizon, S, lengths)  # (S, B, H, D)
+
+        return self._decoded(closed, draw, num_samples, return_stderr)
 
     @torch.no_grad()
     def log_likelihood(
@@ -231,16 +333,26 @@ class DeepLatentSequence(NameOwner):
         proposal (for an HMM its marginal over ``x``, the states summed out; see
         :func:`~pyro_sin.evaluation.log_likelihood`).
         """
-        proposal = self.pgm.proposal(self.posterior(guide, y, mask, lengths))
         params = self.pgm.point_estimate(guide.global_posterior())
-        observed = observed_frames(y, mask, lengths)
-        return evaluation.log_likelihood(
-            y,
-            lambda x: frame_likelihood(self.decoder, x, observed),
-            lambda x: self.pgm.latent_log_prob(params, x, lengths),
-            proposal,
-            num_samples,
-        )
+        # a draw of x_{1:T} passes through T Gaussians of dimension 2D per sequence: batches of sequences bound that
+        per_sequence = num_samples * y.shape[-2] * (2 * self.pgm.latent_dim) ** 2
+        size = max(1, evaluation.MAX_ELEMENTS // per_sequence)
+        estimates = []
+        for start in range(0, len(y), size):
+            rows = slice(start, start + size)
+            batch_mask, batch_lengths = (None if t is None else t[rows] for t in (mask, lengths))
+            proposal = self.pgm.proposal(self.posterior(guide, y[rows], batch_mask, batch_lengths))
+            observed = observed_frames(y[rows], batch_mask, batch_lengths)
+            estimates.append(
+                evaluation.log_likelihood(
+                    y[rows],
+                    lambda x: frame_likelihood(self.decoder, x, observed),
+                    lambda x: self.pgm.latent_log_prob(params, x, batch_lengths),
+                    proposal,
+                    num_samples,
+                )
+            )
+        return evaluation.concatenate(estimates)
 
     @torch.no_grad()
     def test_log_likelihood(self, guide: SINGuide, y, num_samples: int = 100, mask=None, lengths=None) -> float:

@@ -214,9 +214,25 @@ def test_real_sequences(tmp_path):
     methods = ["SAN-LDS (tied)", "SLDS (SAN)", "VAR(2)", "training mean"]
     rows = run("real_sequences", tmp_path, "--methods", *methods)
     metrics = _sequence_outputs(tmp_path, methods, ["forecast_and_imputation.png"])
-    assert _learned(metrics, "SAN-LDS (tied)")
+    # SAN-LDS's forecast is closed-form: persistence before training (A = I), already below the training mean's on
+    # these recordings (its sampled forecasts once exploded there, so that any training "improved" them); it stays so
+    curve = metrics["curves"]["SAN-LDS (tied)"][1]
+    assert max(curve) < rows["training mean"]["forecast_mse_1..15"]
     # standardised channels: the training mean forecasts at about unit error, VAR(2) below it
     assert rows["VAR(2)"]["forecast_mse_1..15"] < rows["training mean"]["forecast_mse_1..15"] < 1.5
+
+
+def test_sequence_benchmark(tmp_path):
+    pytest.importorskip("statsmodels")
+    pytest.importorskip("sktime")
+    record = run("sequence_benchmark", tmp_path)
+    assert written(tmp_path)["forecasting"].keys() == {"basic_motions", "sunspots", "macro", "elnino"}
+    for name, rows in record["forecasting"].items():
+        # SAN-LDS starts from a VAR: no forecast far above the training mean's; statsmodels' AR is our VAR on one series
+        assert rows["SAN-LDS"]["forecast_mse_1..8"] < 1.5 * rows["training mean"]["forecast_mse_1..8"], name
+        if name != "basic_motions":
+            statsmodels, ours = rows["statsmodels AR/VAR (AIC)"], rows["VAR (AIC)"]
+            assert statsmodels["forecast_mse_1..8"] == pytest.approx(ours["forecast_mse_1..8"], rel=1e-6), name
 
 
 def test_lds_benchmark_closes_the_gap(tmp_path):

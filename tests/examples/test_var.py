@@ -133,3 +133,26 @@ def test_bad_inputs_raise():
     var = VectorAutoregression(1).fit(torch.randn(4, 20, 2))
     with pytest.raises(ValueError, match="channels"):
         var.smooth(torch.zeros(1, 5, 3))
+
+
+def test_statsmodels_baseline_is_the_same_autoregression_as_ours():
+    """
+    statsmodels' AR / VAR fitted by AIC, its forecasts and its Kalman smoother (SARIMAX / VARMAX) against our
+    least-squares VAR of the same order: the same model, so the same forecasts and the same imputed gap.
+    """
+    sm = pytest.importorskip("statsmodels.api")
+    from baselines.statsmodels_ar import StatsmodelsAutoregression
+
+    sunspots = torch.tensor(sm.datasets.sunspots.load_pandas().data[["SUNACTIVITY"]].to_numpy())
+    macro = sm.datasets.macrodata.load_pandas().data[["realgdp", "realcons", "realinv"]].to_numpy()
+    for series in (sunspots / 50, torch.tensor(macro).log().diff(dim=0) * 100):
+        train, test = series[None, :130], series[130:].unfold(0, 40, 10).transpose(1, 2)[:3]
+        theirs = StatsmodelsAutoregression(max_order=12).fit(train)
+        ours = VectorAutoregression(theirs.order).fit(train)
+        torch.testing.assert_close(theirs.predict(test, 5), ours.forecast(test, 5))
+        mask = torch.ones(test.shape[:2])
+        mask[:, 20:25] = 0  # more than p frames after the start: its distribution (ours or the stationary one) is moot
+        hidden = mask == 0
+        imputed = theirs.decode_posterior(test, mask)
+        torch.testing.assert_close(imputed[hidden], ours.smooth(test, mask).mean[hidden])
+        assert torch.equal(imputed[~hidden], test[~hidden])

@@ -18,6 +18,10 @@ Pyro's parallel scan (``pyro.ops.gaussian.sequential_gaussian_tensordot``, depth
 forward filtering and backward sampling, and the smoothed moments
 ``E[x_t]``, ``E[x_t x_tᵀ]``, ``E[x_{t-1} x_tᵀ]`` from the gradient of ``log Z``
 with respect to the chain's natural parameters.
+
+Predictions are closed-form under the posterior-mean dynamics: the Kalman smoother's marginals
+for imputation and the Kalman predictive moments for forecasts
+(:meth:`LinearDynamicalSystem.smoothed_marginals`, :meth:`LinearDynamicalSystem.forecast_marginals`).
 """
 
 import functools
@@ -37,7 +41,7 @@ from pyro.ops.gaussian import (
     sequential_gaussian_tensordot,
 )
 
-from ..distributions import (
+from ...distributions import (
     GaussianChain,
     MatrixNormalWishart,
     MatrixNormalWishartBlock,
@@ -49,9 +53,17 @@ from ..distributions import (
     regression_conjugate_update,
     spd_matrix,
 )
-from ..potential import GaussianPotential
-from .base import SINRecord
-from .sequence import PosteriorDistribution, SequencePrior, after_end_to_zero, last_step, step_mask, sum_transitions
+from ...potential import GaussianPotential
+from ..base import SINRecord
+from ..sequence import (
+    LatentMarginals,
+    PosteriorDistribution,
+    SequencePrior,
+    after_end_to_zero,
+    last_step,
+    step_mask,
+    sum_transitions,
+)
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -70,7 +82,8 @@ def rollout(params: LDSParams, x_start: torch.Tensor, horizon: int) -> torch.Ten
     """
     D = x_start.shape[-1]
     A, b = params.transition[..., :D], params.transition[..., D]
-    noise = dist.MultivariateNormal(torch.zeros_like(b), precision_matrix=params.noise_precision)
+    batch = torch.broadcast_shapes(x_start.shape[:-1], b.shape[:-1])  # one noise draw per state, shared dynamics or not
+    noise = dist.MultivariateNormal(b.new_zeros(batch + (D,)), precision_matrix=params.noise_precision)
     steps, x = [], x_start
     for _ in range(horizon):
         x = (A @ x[..., None])[..., 0] + b + noise.sample()
@@ -553,10 +566,42 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
     ) -> torch.Tensor:
         r"""
         Draws of ``x_{T+1..T+H}`` for sequences of batch ``(B,)``: ``x_T`` from the SIN
-        posterior, ``θ ~ q(θ)``, then the dynamics with process noise.
+        posterior, then the dynamics at :meth:`point_estimate` with their process noise. The
+        dynamics are not drawn from ``q(θ)``: before training ``q(θ)`` is the broad prior, whose
+        draws include explosive ``A`` that would blow a forecast up within a few steps.
 
         :returns: shape ``(num_samples, B, horizon, D)``.
         """
         x_last = last_step(posterior.rsample((num_samples,)), lengths)  # (S, B, D)
-        transition, noise_precision = q.matrix_normal_wishart.rsample((num_samples,))  # (S, D, D+1), (S, D, D)
-        return rollout(LDSParams(transition[:, None], noise_precision[:, None]), x_last, horizon)
+        return rollout(self.point_estimate(q), x_last, horizon)
+
+    def _point_posterior(self, q: LDSGlobalPosterior, potential: GaussianPotential) -> ChainPosterior:
+        """The posterior of ``x_{1:T}`` given the potentials under the dynamics at :meth:`point_estimate`."""
+        return self.posterior(potential, self.dynamics_factor(self.point_estimate(q)))
+
+    def smoothed_marginals(self, q: LDSGlobalPosterior, potential: GaussianPotential) -> LatentMarginals:
+        """``N(x_t; E[x_t], Cov[x_t])`` given the observed frames, smoothed under the posterior-mean dynamics."""
+        posterior = self._point_posterior(q, potential)
+        return LatentMarginals.gaussian(posterior.marginal_means(), posterior.marginal_covariances())
+
+    def forecast_marginals(self, q: LDSGlobalPosterior, potential: GaussianPotential, horizon: int) -> LatentMarginals:
+        r"""
+        The Kalman predictive moments after each sequence's end under the posterior-mean dynamics
+        ``(A, b, Λ)``: from the filtered ``(m_T, V_T)``, ``m_{t+1} = A m_t + b`` and
+        ``V_{t+1} = A V_t Aᵀ + Λ⁻¹``; batch ``(B, horizon)``.
+        """
+        D, lengths = self.latent_dim, potential.lengths
+        posterior = self._point_posterior(q, potential)
+        loc = last_step(posterior.marginal_means(), lengths)  # (B, D)
+        covs = posterior.marginal_covariances()
+        cov = last_step(covs.reshape(covs.shape[:-2] + (D * D,)), lengths).reshape(loc.shape + (D,))  # (B, D, D)
+        params = self.point_estimate(q)
+        A, b = params.transition[..., :D], params.transition[..., D]
+        noise_cov = torch.cholesky_inverse(torch.linalg.cholesky(params.noise_precision))
+        locs, cov_steps = [], []
+        for _ in range(horizon):
+            loc = loc @ A.transpose(-1, -2) + b
+            cov = A @ cov @ A.transpose(-1, -2) + noise_cov
+            locs.append(loc)
+            cov_steps.append(cov)
+        return LatentMarginals.gaussian(torch.stack(locs, -2), torch.stack(cov_steps, -3))
