@@ -40,12 +40,14 @@ from ..distributions import (
     GaussianStats,
     MarkovChain,
     NormalWishart,
+    conjugate_update,
     expected_gaussian_log_likelihood,
 )
-from ..initialization import draws_from_potentials, normal_wishart_from_points
+from ..initialization import encode
 from ..ops.markov import markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
+from .classic_regimes import GaussianHMM, chain_counts
 from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
 from .mixture.gaussian import NormalWishartGaussians
 from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
@@ -273,15 +275,36 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         )
 
     @torch.no_grad()
-    def encoded_start(self, encoder, data, generator=None):
+    def encoded_start(self, encoder, data, generator=None, iterations: int = 100):
         """
-        The prior's Dirichlets, and the states' Gaussians on the k-means clusters of the encoded
-        frames (:func:`~pyro_sin.initialization.normal_wishart_from_points` on draws from the
-        encoder's potentials for the training sequences ``data``).
+        The classic start: a :class:`~pyro_sin.pgm.classic_regimes.GaussianHMM` fitted by EM to
+        the encoded training sequences ``data`` (the means of the encoder's potentials), then
+        ``q(θ)`` given its posterior over the states (:meth:`natural_from_classic`).
+
+        :param torch.Generator generator: the random stream of the EM's k-means start.
+        :param int iterations: the most EM iterations.
         """
-        x = draws_from_potentials(encoder, data, generator)  # (N, T, D)
-        states = normal_wishart_from_points(self.num_states, x, generator)
-        return self._pack(self.prior_init_concentration, self.prior_transition_concentration, states.natural_params)
+        potential = encode(encoder, data)
+        frames, lengths = potential.mean, potential.lengths
+        classic = GaussianHMM(self.num_states, iterations=iterations).fit(frames, lengths, generator=generator)
+        return self.natural_from_classic(classic, frames, lengths)
+
+    @torch.no_grad()
+    def natural_from_classic(self, classic: GaussianHMM, frames: torch.Tensor, lengths=None):
+        r"""
+        ``λ`` of ``q(θ)`` after observing ``frames`` ``(N, T, D)`` with the states distributed as
+        the fitted ``classic`` model says: the prior plus its expected first states and transition
+        counts (the Dirichlets) and its state-weighted Gaussian statistics (the Normal-Wisharts).
+        With many frames ``E[π]``, ``E[P]``, ``E[μ_k]`` and ``E[Λ_k]⁻¹`` are the classic fit's.
+        """
+        marginals = classic.posterior(frames, lengths)
+        counts = chain_counts(marginals)
+        states = conjugate_update(self.prior().natural_params, classic.gaussian_stats(frames, marginals.marginals))
+        return self._pack(
+            self.prior_init_concentration + counts.first,
+            self.prior_transition_concentration + counts.transitions,
+            states,
+        )
 
     # ----- SIN factor and posterior ---------------------------------------------------
 
