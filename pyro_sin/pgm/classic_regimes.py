@@ -19,6 +19,7 @@ families' data-driven starts (``encoded_start``) and the baseline a switching mo
 never end below.
 """
 
+import copy
 import math
 from typing import List, NamedTuple, Optional, Sequence
 
@@ -81,13 +82,13 @@ def _gaussian_m_step(stats: GaussianStats, min_covar: float, previous=None):
 class _RegimeEM:
     """What the two classic models share: the chain's parameters, the EM loop and model selection."""
 
-    def __init__(self, num_states: int, iterations: int, tol: float, min_covar: float, parallel: bool):
+    def __init__(self, num_states: int, iterations: int, tol: float, min_covar: float, restarts: int, parallel: bool):
         if num_states < 1 or iterations < 0 or min_covar < 0:
             raise ValueError(
                 f"need num_states >= 1, iterations >= 0 and min_covar >= 0, got {num_states}, {iterations}, {min_covar}"
             )
         self.num_states, self.iterations, self.tol = num_states, iterations, tol
-        self.min_covar, self.parallel = min_covar, parallel
+        self.min_covar, self.restarts, self.parallel = min_covar, restarts, parallel
         self.init_probs = self.transition_probs = None
         #: the mean log-likelihood per frame after each E-step
         self.history: List[float] = []
@@ -140,16 +141,24 @@ class _RegimeEM:
         self.init_probs = _normalise(counts.first)
         self.transition_probs = _normalise(counts.transitions)
 
-    def _em(self, frames, lengths, state_probs: torch.Tensor):
-        """EM from the states' responsibilities ``state_probs`` (an M-step first)."""
+    def _em(self, frames, lengths, starts: List[torch.Tensor]):
+        """EM from each of the states' responsibilities ``starts`` (an M-step first); the likeliest fit is kept."""
+        fits = [copy.copy(self)._em_from(frames, lengths, probs, self.iterations) for probs in starts]
+        self.__dict__.update(max(fits, key=lambda fit: fit.history[-1]).__dict__)
+        return self
+
+    def _em_from(self, frames, lengths, state_probs: torch.Tensor, iterations: int):
         K = self.num_states
         dtype, device = frames.dtype, frames.device
         self.init_probs = torch.full((K,), 1.0 / K, dtype=dtype, device=device)
         self.transition_probs = torch.full((K, K), 1.0 / K, dtype=dtype, device=device)
         self._m_step_emissions(frames, state_probs, lengths)
-        frames_seen = _num_frames(frames, lengths)
         self.history = []
-        for _ in range(self.iterations):
+        return self._iterate(frames, lengths, iterations)
+
+    def _iterate(self, frames, lengths, iterations: int):
+        frames_seen = _num_frames(frames, lengths)
+        for _ in range(max(iterations, 0)):
             marginals = self.posterior(frames, lengths)
             self.history.append(float(marginals.log_normalizer.sum()) / frames_seen)
             if len(self.history) > 1 and self.history[-1] - self.history[-2] < self.tol:
@@ -157,6 +166,16 @@ class _RegimeEM:
             self._chain_m_step(chain_counts(marginals))
             self._m_step_emissions(frames, marginals.marginals, lengths)
         return self
+
+    def _kmeans_starts(self, points: torch.Tensor, exists: torch.Tensor, shape, generator) -> List[torch.Tensor]:
+        """One-hot responsibilities ``shape + (K,)``, one per k-means run on ``points`` (the ``exists`` frames)."""
+        starts = []
+        for _ in range(max(1, self.restarts)):
+            _, assignment = kmeans(points, self.num_states, generator)
+            probs = points.new_zeros(shape + (self.num_states,))
+            probs[exists] = _one_hot(assignment, self.num_states, points)
+            starts.append(probs)
+        return starts
 
 
 def _num_frames(frames: torch.Tensor, lengths: Optional[torch.Tensor]) -> int:
@@ -190,6 +209,8 @@ class GaussianHMM(_RegimeEM):
     :param int iterations: the most EM iterations.
     :param float tol: stop when the mean log-likelihood per frame rises by less than this.
     :param float min_covar: added to the diagonal of every covariance.
+    :param int restarts: EM runs of the default start, each from its own k-means clusters, the
+        likeliest kept: a poor local optimum less often, at ``restarts`` times the cost.
     :param bool parallel: forward-backward by a parallel scan over time (else sequentially).
 
     After :meth:`fit`: ``init_probs`` ``(K,)``, ``transition_probs`` ``(K, K)`` (rows indexed by
@@ -198,9 +219,9 @@ class GaussianHMM(_RegimeEM):
 
     def __init__(
         self, num_states: int, *, iterations: int = 100, tol: float = 1e-4, min_covar: float = 1e-3,
-        parallel: bool = True,
+        restarts: int = 3, parallel: bool = True,
     ):
-        super().__init__(num_states, iterations, tol, min_covar, parallel)
+        super().__init__(num_states, iterations, tol, min_covar, restarts, parallel)
         self.locs = self.covariances = None
 
     @torch.no_grad()
@@ -215,17 +236,15 @@ class GaussianHMM(_RegimeEM):
         """
         EM on sequences ``frames`` ``(N, T, D)``, started from the states' responsibilities
         ``state_probs`` ``(N, T, K)`` or, by default, from k-means on the frames (the states on
-        the clusters, uniform initial and transition probabilities).
+        the clusters, uniform initial and transition probabilities; ``restarts`` of them, the likeliest kept).
 
         :param torch.Generator generator: the random stream of the k-means start.
         """
         frames = frames.detach()
-        if state_probs is None:
-            weights = _step_weights(frames, lengths).bool()
-            _, assignment = kmeans(frames[weights], self.num_states, generator)
-            state_probs = frames.new_zeros(frames.shape[:-1] + (self.num_states,))
-            state_probs[weights] = _one_hot(assignment, self.num_states, frames)
-        return self._em(frames, lengths, state_probs)
+        if state_probs is not None:
+            return self._em(frames, lengths, [state_probs])
+        exists = _step_weights(frames, lengths).bool()
+        return self._em(frames, lengths, self._kmeans_starts(frames[exists], exists, frames.shape[:-1], generator))
 
     def emission_log_prob(self, frames):
         return gaussian_log_prob(frames, self.locs, self.covariances)
@@ -280,9 +299,9 @@ class AutoregressiveHMM(_RegimeEM):
 
     def __init__(
         self, num_states: int, *, iterations: int = 100, tol: float = 1e-4, min_covar: float = 1e-3,
-        ridge: float = 1e-3, parallel: bool = True,
+        ridge: float = 1e-3, restarts: int = 3, parallel: bool = True,
     ):
-        super().__init__(num_states, iterations, tol, min_covar, parallel)
+        super().__init__(num_states, iterations, tol, min_covar, restarts, parallel)
         self.ridge = ridge
         self.transitions = self.covariances = None
 
@@ -301,13 +320,13 @@ class AutoregressiveHMM(_RegimeEM):
         k-means on the steps ``y_t - y_{t-1}``.
         """
         frames = frames.detach()
-        if state_probs is None:
-            steps = frames[:, 1:] - frames[:, :-1]
-            weights = _step_weights(frames, lengths)[:, 1:].bool()
-            _, assignment = kmeans(steps[weights], self.num_states, generator)
-            state_probs = frames.new_zeros(frames.shape[:-1] + (self.num_states,))
-            state_probs[:, 1:][weights] = _one_hot(assignment, self.num_states, frames)
-        return self._em(frames, lengths, state_probs)
+        if state_probs is not None:
+            return self._em(frames, lengths, [state_probs])
+        steps = frames[:, 1:] - frames[:, :-1]
+        exists = _step_weights(frames, lengths)[:, 1:].bool()
+        starts = self._kmeans_starts(steps[exists], exists, steps.shape[:-1], generator)
+        zero = frames.new_zeros(frames.shape[:1] + (1, self.num_states))  # the first frames carry no regime
+        return self._em(frames, lengths, [torch.cat([zero, probs], 1) for probs in starts])
 
     @staticmethod
     def regression_stats(frames: torch.Tensor, state_probs: torch.Tensor) -> RegressionStats:

@@ -132,7 +132,8 @@ class StateGaussians:
         states = unrolled.entries(factor.precision)  # (K,) each
         diagonal = unrolled.vector_entries(J)
         precision = [[states[i][j] + diagonal[i] if i == j else states[i][j] for j in range(D)] for i in range(D)]
-        info = unrolled.vector_entries(h + factor.info_loc)  # (..., T, K) each
+        self._info = h + factor.info_loc  # (..., T, K, D)
+        info = unrolled.vector_entries(self._info)
         self.cholesky = unrolled.cholesky(precision)  # P = L Lᵀ; entries (..., T, K)
         white = unrolled.solve_lower(self.cholesky, info)
         self.loc = torch.stack(unrolled.solve_lower_transposed(self.cholesky, white), -1)  # (..., T, K, D)
@@ -175,15 +176,18 @@ class StateGaussians:
         loc = self.loc.reshape(-1, K, D) * root[..., None]
         return torch.einsum("mkli,mklj->kij", scaled, scaled) + torch.einsum("mki,mkj->kij", loc, loc)
 
-    def trace_with(self, precision: torch.Tensor, own: bool = False) -> torch.Tensor:
+    def expected_quadratic(self, precision: torch.Tensor, own: bool = False) -> torch.Tensor:
         r"""
-        ``tr(Λ_k Cov[x_t | z_t = k])`` for matrices ``precision`` ``(K, D, D)``, ``(..., T, K)``. With
-        ``own`` (``Λ_k`` is the factor's ``P_k``, as for the tied factor) it is ``D - Σ_i J_ti
-        Cov_ii``, from the covariances' diagonal alone.
+        ``E[x_tᵀ Λ_k x_t | z_t = k] = tr(Λ_k Cov) + mᵀ Λ_k m`` for matrices ``precision`` ``(K, D, D)``,
+        ``(..., T, K)``. With ``own`` (``Λ_k`` is the factor's ``P_k``, as for the tied factor) it is
+        ``D + mᵀ b - Σ_i J_ti (Cov_ii + m_i²)``, since ``P m = b`` for ``P = diag(J_t) + P_k``: no
+        matrix product, only the covariances' diagonal.
         """
         if own:
-            return self.dim - (self._potential_precision * self.covariance_diagonal).sum(-1)
-        return (self.covariance * precision).sum((-1, -2))
+            second = self.covariance_diagonal + self.loc.square()
+            return self.dim + (self.loc * self._info).sum(-1) - (self._potential_precision * second).sum(-1)
+        quadratic = torch.einsum("...tki,kij,...tkj->...tk", self.loc, precision, self.loc)
+        return (self.covariance * precision).sum((-1, -2)) + quadratic
 
     def packed(self) -> torch.Tensor:
         """The means and the factors ``L`` in one tensor ``(..., T, K, D + D (D + 1) / 2)``, to pick states from."""
@@ -300,9 +304,8 @@ class HMMPosterior(RegimeMarginals):
         E, r, loc = expectations, self.state_probs, self.emission.loc
         own = E.precision is self.factor.emission.precision
         count = r.sum(-2)  # (..., K)
-        quadratic = torch.einsum("...tki,kij,...tkj->...tk", loc, E.precision, loc)
-        trace = (r * (self.emission.trace_with(E.precision, own) + quadratic)).sum(-2)  # (..., K)
-        linear = torch.einsum("...tk,...tki,ki->...k", r, loc, E.precision_loc)
+        trace = (r * self.emission.expected_quadratic(E.precision, own)).sum(-2)  # (..., K)
+        linear = (r * (loc * E.precision_loc).sum(-1)).sum(-2)
         D = self.dim
         per_state = (
             linear
