@@ -32,6 +32,7 @@ through the sweeps either unrolled or by implicit differentiation at the fixed p
 (see :class:`SLDSPosterior`).
 """
 
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -295,8 +296,13 @@ class SLDSPosterior(RegimeMarginals):
     def regression_stats(self) -> RegressionStats:
         r"""
         Per-sequence, per-regime transition statistics
-        ``Σ_t q(z_t = k) E_q[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``, batch ``(..., K)``.
+        ``Σ_t q(z_t = k) E_q[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``, batch ``(..., K)``
+        (computed once: the bound and the natural target both read them).
         """
+        return self._regression_stats
+
+    @functools.cached_property
+    def _regression_stats(self) -> RegressionStats:
         m = self.continuous.moments
         weights = self.state_probs[..., 1:, :]  # (..., T-1, K), zero after the end
         return pair_regression_stats(
