@@ -79,7 +79,7 @@ def _gaussian_m_step(stats: GaussianStats, min_covar: float, previous=None):
     return locs, covariances
 
 
-class _RegimeEM:
+class RegimeEM:
     """What the two classic models share: the chain's parameters, the EM loop and model selection."""
 
     def __init__(self, num_states: int, iterations: int, tol: float, min_covar: float, restarts: int, parallel: bool):
@@ -128,7 +128,7 @@ class _RegimeEM:
 
     @property
     def num_parameters(self) -> int:
-        """Free parameters: ``K - 1`` initial, ``K (K - 1)`` transition probabilities, and the emissions'."""
+        """How many free parameters the model has (``K - 1 + K (K - 1)`` in the chain, and the emissions')."""
         K = self.num_states
         return K - 1 + K * (K - 1) + self._emission_parameters()
 
@@ -199,7 +199,7 @@ def _one_hot(assignment: torch.Tensor, num_states: int, like: torch.Tensor) -> t
     return torch.nn.functional.one_hot(assignment, num_states).to(like.dtype)
 
 
-class GaussianHMM(_RegimeEM):
+class GaussianHMM(RegimeEM):
     r"""
     A hidden Markov model with a full-covariance Gaussian per state, fitted by EM
     (Baum-Welch); hmmlearn's ``GaussianHMM(covariance_type="full")`` without its
@@ -284,7 +284,7 @@ def select_num_states(
     return min(fits, key=lambda fit: fit.bic(frames, lengths))
 
 
-class AutoregressiveHMM(_RegimeEM):
+class AutoregressiveHMM(RegimeEM):
     r"""
     A hidden Markov model whose regimes are linear regressions of each frame on the one
     before, ``y_t | y_{t-1}, z_t = k ~ N(A_k y_{t-1} + b_k, Σ_k)``, fitted by EM. The first
