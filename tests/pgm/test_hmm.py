@@ -326,3 +326,27 @@ def test_states_in_use_are_read_off_the_expected_counts_of_the_natural_target():
     for k, min_share in enumerate([0.0, (ordered[0] + ordered[1]) / 2, (ordered[1] + ordered[2]) / 2]):
         assert hmm.in_use(natural, float(min_share)) == 3 - k
     assert hmm.in_use(hmm.prior_natural()) == 3  # nothing assigned yet
+
+
+def test_training_with_selection_never_ends_below_the_classic_start():
+    """fit(select=...) on a held-out bound keeps the start unless a later checkpoint scores higher on it."""
+    y, _, _ = sample_gaussian_hmm(12, 40, torch.Generator().manual_seed(0))
+    train, heldout = y[:10], y[10:]
+    hmm = LatentHMM(3, 2)
+    encoder, decoder = mirrored_autoencoder(2, 2, (8,), scale=latent_scale(train.reshape(-1, 2)))
+    model = DeepLatentSequence(hmm, decoder, len(train))
+    guide = model.make_guide(encoder, init_natural=hmm.encoded_start(encoder, train, torch.Generator().manual_seed(0)))
+    elbo = pyro_sin.SINELBO(num_particles=20)
+
+    def heldout_bound():
+        with torch.random.fork_rng():  # the same draws at every evaluation, training's stream untouched
+            torch.manual_seed(1)
+            return {"bound": -elbo.loss(model, guide, heldout)}
+
+    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.05}, natural_lr=0.5), pyro_sin.SINELBO())
+    history = fit(
+        svi, train, iterations=20, batch_size=5, evaluate=heldout_bound, eval_every=5, select="bound", progress=False
+    )
+    start, best = history.evals[0]["bound"], max(e["bound"] for e in history.evals)
+    assert heldout_bound()["bound"] == pytest.approx(best) and best >= start
+    assert history.selected_step in history.eval_steps
