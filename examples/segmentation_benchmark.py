@@ -25,7 +25,9 @@ classic fits on every training sequence, then trained on four fifths of them wit
 selection on the held-out bound of the last fifth) and hmmlearn's ``GaussianHMM`` (full
 covariances, 100 EM iterations at most, its other defaults). Each runs
 with ``--seeds`` seeds (the joins are the same for all); the table gives the median and the worst
-seed. :func:`run` is the section of the sequence benchmark; ``--quick`` (or ``CI``) shrinks it.
+seed. The number of regimes is the task's (4 in both), or with ``--num-states bic`` the one of 2..8
+whose Gaussian HMM has the lowest BIC on the training sequences. :func:`run` is the section of the
+sequence benchmark; ``--quick`` (or ``CI``) shrinks it.
 """
 
 import time
@@ -41,6 +43,7 @@ from pyro_sin.elbo import SINELBO
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentSequence
 from pyro_sin.optim import NaturalAdam
+from pyro_sin.pgm.classic_regimes import select_num_states
 from pyro_sin.training import fit
 
 from baselines.hmm import HMMLearnGaussianHMM
@@ -146,6 +149,7 @@ class SegmentationConfig:
     methods: Tuple[str, ...] = ("latent HMM", "SLDS (SAN)", "hmmlearn GaussianHMM")
     hmmlearn_iterations: int = 100
     heldout: float = 0.2  # the share of the training sequences that scores the checkpoints
+    num_states: str = "task"  # "task": the number of regimes the task has; "bic": the Gaussian HMM's BIC over 2..8
     max_latent_dim: int = 8  # the deep models' latent dimension: the data's, up to this
     # a precise encoder (init_noise = the decoder's floor), so that q(z) at the start is the classic fit's
     deep: Config = field(
@@ -238,6 +242,9 @@ def run(config: Optional[SegmentationConfig] = None, quick: bool = False, progre
     rows, per_seed = {}, {}
     for task_name in config.tasks:
         task = TASKS[task_name](0)
+        if config.num_states == "bic":
+            chosen = select_num_states(task.train, range(2, 9), generator=torch.Generator().manual_seed(0))
+            task = task._replace(num_states=chosen.num_states)
         for method in config.methods:
             results = []
             for seed in range(config.seeds):
@@ -246,12 +253,12 @@ def run(config: Optional[SegmentationConfig] = None, quick: bool = False, progre
                     shown = ", ".join(f"{k} {results[-1][k]:.3g}" for k in SCORES)
                     print(f"{task_name} / {method} / seed {seed}: {shown}", flush=True)
             per_seed[f"{task_name} / {method}"] = results
-            rows[f"{task_name} / {method}"] = summary(results)
+            rows[f"{task_name} / {method}"] = {**summary(results), "num_states": task.num_states}
     return rows, per_seed
 
 
 COLUMNS = [
-    ("nmi", "NMI"), ("worst_nmi", "worst NMI"), ("ari", "ARI"), ("accuracy", "accuracy"),
+    ("num_states", "K"), ("nmi", "NMI"), ("worst_nmi", "worst NMI"), ("ari", "ARI"), ("accuracy", "accuracy"),
     ("worst_accuracy", "worst accuracy"), ("seconds", "seconds"), ("worst_seconds", "worst seconds"),
     ("iterations", "iterations"), ("selected_step", "selected step"),
 ]
@@ -272,6 +279,9 @@ def main(argv=None):
     command = parser(__doc__, "results/segmentation", seeds=None, iterations=None)
     command.add_argument("--tasks", nargs="+", choices=list(TASKS), help="data sets (default: all)")
     command.add_argument("--methods", nargs="+", choices=list(METHODS), help="methods (default: all)")
+    command.add_argument(
+        "--num-states", choices=["task", "bic"], help="the regimes each task has (default) or the Gaussian HMM's BIC"
+    )
     args = command.parse_args(argv)
     config = QUICK if args.quick else SegmentationConfig()
     if args.seeds is not None:
@@ -282,6 +292,8 @@ def main(argv=None):
         config = replace(config, tasks=tuple(args.tasks))
     if args.methods:
         config = replace(config, methods=tuple(args.methods))
+    if args.num_states:
+        config = replace(config, num_states=args.num_states)
     torch.set_num_threads(1)
     results = Results(args.out)
     rows, per_seed = run(config, args.quick, args.progress)
