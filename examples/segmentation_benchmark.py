@@ -43,7 +43,6 @@ from pyro_sin.elbo import SINELBO
 from pyro_sin.metrics import clustering_scores
 from pyro_sin.models import DeepLatentSequence
 from pyro_sin.optim import NaturalAdam
-from pyro_sin.pgm.classic_regimes import select_num_states
 from pyro_sin.training import fit
 
 from baselines.hmm import HMMLearnGaussianHMM
@@ -243,6 +242,8 @@ def run(config: Optional[SegmentationConfig] = None, quick: bool = False, progre
     for task_name in config.tasks:
         task = TASKS[task_name](0)
         if config.num_states == "bic":
+            from pyro_sin.pgm.classic_regimes import select_num_states
+
             chosen = select_num_states(task.train, range(2, 9), generator=torch.Generator().manual_seed(0))
             task = task._replace(num_states=chosen.num_states)
         for method in config.methods:
