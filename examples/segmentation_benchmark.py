@@ -233,10 +233,15 @@ def summary(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
 
 def run(config: Optional[SegmentationConfig] = None, quick: bool = False, progress: bool = True):
     """
-    Every method on every data set with every seed.
+    Every method on every data set with every seed: the section of the sequence benchmark.
 
-    :returns: ``{"<data set> / <method>": summary}`` (:func:`summary`), and the per-seed rows.
+    :returns: ``{"<data set> / <method>": summary}`` (:func:`summary`; :func:`markdown` writes the table).
     """
+    return run_seeds(config, quick, progress)[0]
+
+
+def run_seeds(config: Optional[SegmentationConfig] = None, quick: bool = False, progress: bool = True):
+    """:func:`run`'s rows, and every seed's row of every method."""
     config = config or (QUICK if quick else SegmentationConfig())
     rows, per_seed = {}, {}
     for task_name in config.tasks:
@@ -297,7 +302,7 @@ def main(argv=None):
         config = replace(config, num_states=args.num_states)
     torch.set_num_threads(1)
     results = Results(args.out)
-    rows, per_seed = run(config, args.quick, args.progress)
+    rows, per_seed = run_seeds(config, args.quick, args.progress)
     record = {"title": "Segmentation", "config": asdict(config), "metrics": rows, "per_seed": per_seed}
     results.write("Segmentation of real multi-regime sequences", [markdown(rows)], record)
     return rows
