@@ -153,7 +153,7 @@ class SegmentationConfig:
     # a precise encoder (init_noise = the decoder's floor), so that q(z) at the start is the classic fit's
     deep: Config = field(
         default_factory=lambda: Config(
-            max_iterations=100, eval_every=10, seconds=600.0, num_particles=1, init_noise=0.05
+            max_iterations=50, eval_every=10, seconds=600.0, num_particles=1, init_noise=0.05
         )
     )
 

@@ -219,7 +219,7 @@ class GaussianHMM(RegimeEM):
 
     def __init__(
         self, num_states: int, *, iterations: int = 100, tol: float = 1e-4, min_covar: float = 1e-3,
-        restarts: int = 3, parallel: bool = True,
+        restarts: int = 5, parallel: bool = True,
     ):
         super().__init__(num_states, iterations, tol, min_covar, restarts, parallel)
         self.locs = self.covariances = None
