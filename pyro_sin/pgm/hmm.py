@@ -20,9 +20,11 @@ parameters) is
     q(x_t \mid z_t = k) = \mathcal N_{\rm info}(h_t + \eta_k,\ J_t + P_k),
 
 where ``q(z_{1:T})`` is a Markov chain with per-step log evidence
-``e_{tk} = log ∫ f_k(x) ψ_t(x) dx`` (the mixture's per-component evidence,
-:class:`~pyro_sin.pgm.mixture.MixturePosterior`), solved exactly by
+``e_{tk} = log ∫ f_k(x) ψ_t(x) dx`` (:class:`StateGaussians`), solved exactly by
 forward-backward (:mod:`pyro_sin.ops.markov`).
+
+The classic model it contains, the Gaussian HMM, is its start: :meth:`LatentHMM.encoded_start`
+fits one by EM to the encoded frames (:mod:`pyro_sin.pgm.classic_regimes`).
 """
 
 import functools

@@ -30,6 +30,10 @@ number, ``q(z) q(x)`` is a distribution and the bound computed with it is a prop
 ELBO, which Pyro's ``Trace_ELBO`` estimates on the same guide. Gradients pass
 through the sweeps either unrolled or by implicit differentiation at the fixed point
 (see :class:`SLDSPosterior`).
+
+The classic model it contains, the autoregressive HMM (the HMM plus per-regime regressions), is
+its start: :meth:`SwitchingLDS.encoded_start` fits one by EM to the encoded frames
+(:mod:`pyro_sin.pgm.classic_regimes`).
 """
 
 import functools
