@@ -3,6 +3,7 @@
 from pyro_sin.pgm.mixture import BayesianGMM
 
 from .clustering import PCAGMM, VAEGMM, ClusteringBaseline, KMeansBaseline, fit_bayesian_gmm
+from .hmm import HMMLearnGaussianHMM
 from .svae import SVAEGuide
 from .two_stage import TwoStageLDS
 from .unstructured_lds import UnstructuredLDSGuide
@@ -15,6 +16,7 @@ __all__ = [
     "VAEGMM",
     "BayesianGMM",
     "ClusteringBaseline",
+    "HMMLearnGaussianHMM",
     "KMeansBaseline",
     "SVAEGuide",
     "TwoStageLDS",

@@ -28,8 +28,6 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-import pyro.distributions as dist
-
 
 class ChainMarginals(NamedTuple):
     """What :func:`forward_backward` returns (zeros at steps after a sequence's end)."""
@@ -206,6 +204,18 @@ def _compose_prefix(maps: torch.Tensor) -> torch.Tensor:
     return maps
 
 
+def _categorical(weights: torch.Tensor, sample_shape: torch.Size) -> torch.Tensor:
+    """
+    Draws ``sample_shape + batch`` from categorical distributions with non-negative ``weights``
+    ``(..., K)`` (not necessarily normalised) by inverting their cumulative sums: one uniform
+    per draw, where ``torch.multinomial`` draws ``K`` exponentials.
+    """
+    cumulative = weights.cumsum(-1)
+    uniform = torch.rand(sample_shape + weights.shape[:-1], dtype=weights.dtype, device=weights.device)
+    below = (cumulative < (uniform * cumulative[..., -1])[..., None]).sum(-1)
+    return below.clamp(max=weights.shape[-1] - 1)
+
+
 def sample_chain(
     marginals: ChainMarginals, sample_shape=torch.Size(), lengths: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
@@ -220,13 +230,13 @@ def sample_chain(
     """
     sample_shape = torch.Size(sample_shape)
     first_probs = marginals.marginals[..., 0, :].detach().clamp(min=0)
-    first = dist.Categorical(probs=first_probs, validate_args=False).sample(sample_shape)
+    first = _categorical(first_probs, sample_shape)
     pair = marginals.pair_marginals.detach().clamp(min=0)
     if pair.shape[-3] == 0:
         return first[..., None]
     # unreachable previous states (zero mass, e.g. after the end) get any valid row
     rows = torch.where(pair.sum(-1, keepdim=True) > 0, pair, pair.new_ones(()))
-    maps = dist.Categorical(probs=rows, validate_args=False).sample(sample_shape)  # (..., T-1, K)
+    maps = _categorical(rows, sample_shape)  # (..., T-1, K)
     prefix = _compose_prefix(maps)
     start = first[..., None, None].expand(prefix.shape[:-1] + (1,))
     path = torch.cat([first[..., None], torch.gather(prefix, -1, start)[..., 0]], -1)

@@ -20,11 +20,14 @@ parameters) is
     q(x_t \mid z_t = k) = \mathcal N_{\rm info}(h_t + \eta_k,\ J_t + P_k),
 
 where ``q(z_{1:T})`` is a Markov chain with per-step log evidence
-``e_{tk} = log ∫ f_k(x) ψ_t(x) dx`` (the mixture's per-component evidence,
-:class:`~pyro_sin.pgm.mixture.MixturePosterior`), solved exactly by
+``e_{tk} = log ∫ f_k(x) ψ_t(x) dx`` (:class:`StateGaussians`), solved exactly by
 forward-backward (:mod:`pyro_sin.ops.markov`).
+
+The classic model it contains, the Gaussian HMM, is its start: :meth:`LatentHMM.encoded_start`
+fits one by EM to the encoded frames (:mod:`pyro_sin.pgm.classic_regimes`).
 """
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -40,13 +43,16 @@ from ..distributions import (
     GaussianStats,
     MarkovChain,
     NormalWishart,
-    expected_gaussian_log_likelihood,
+    NormalWishartExpectations,
+    conjugate_update,
 )
-from ..initialization import draws_from_potentials, normal_wishart_from_points
+from ..initialization import encode
+from ..ops import unrolled
 from ..ops.markov import markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
-from .mixture import MixtureFactor, MixturePosterior, expected_gaussian_factor, gaussian_factor
+from .classic_regimes import GaussianHMM, chain_counts
+from .mixture import MixtureFactor, expected_gaussian_factor, gaussian_factor
 from .mixture.gaussian import NormalWishartGaussians
 from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
 from .sequence import PosteriorDistribution, SequenceDistribution, after_end_to_zero, last_step
@@ -109,6 +115,134 @@ class StepGaussians(SequenceDistribution):
         return after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
 
 
+class StateGaussians:
+    r"""
+    ``q(x_t | z_t = k) = N_info(h_t + η_k, diag(J_t) + P_k)`` for every step ``t`` and state ``k``,
+    and the evidence ``e_tk = log ∫ f_k(x) ψ_t(x) dx = c_k + ½ bᵀ P⁻¹ b - ½ log|P| + ½ D log 2π``
+    (``b = h_t + η_k``, ``P = diag(J_t) + P_k``), batch ``(..., T, K)``.
+
+    Each ``P`` is factorised once, ``P = L Lᵀ``, by the small-matrix algebra of
+    :mod:`pyro_sin.ops.unrolled` (``K`` matrices per frame: the step's cost).
+
+    :param GaussianPotential potential: per-step potentials, shape ``(..., T, D)``.
+    :param MixtureFactor factor: the ``K`` Gaussian components ``f_k``.
+    """
+
+    def __init__(self, potential: GaussianPotential, factor: MixtureFactor):
+        h, J = potential.info_vec[..., None, :], potential.precision[..., None, :]  # (..., T, 1, D)
+        self.dim = D = h.shape[-1]
+        states = unrolled.entries(factor.precision)  # (K,) each
+        diagonal = unrolled.vector_entries(J)
+        precision = [[states[i][j] + diagonal[i] if i == j else states[i][j] for j in range(D)] for i in range(D)]
+        self._info = h + factor.info_loc  # (..., T, K, D)
+        info = unrolled.vector_entries(self._info)
+        self.cholesky = unrolled.cholesky(precision)  # P = L Lᵀ; entries (..., T, K)
+        white = unrolled.solve_lower(self.cholesky, info)
+        self.loc = torch.stack(unrolled.solve_lower_transposed(self.cholesky, white), -1)  # (..., T, K, D)
+        #: ``½ log |Cov[x_t | z_t = k]|``, ``(..., T, K)``
+        self.half_log_det_cov = -sum(self.cholesky.lower[i][i].log() for i in range(D))
+        #: ``e_tk``, ``(..., T, K)``
+        self.log_evidence = (
+            factor.log_weight + 0.5 * sum(w.square() for w in white) + 0.5 * D * _LOG_2PI + self.half_log_det_cov
+        )
+        self._potential_precision = J  # (..., T, 1, D)
+
+    @functools.cached_property
+    def _inverse_lower(self):
+        return unrolled.inverse_lower(self.cholesky)
+
+    @functools.cached_property
+    def covariance_diagonal(self) -> torch.Tensor:
+        """``diag Cov[x_t | z_t = k]``, ``(..., T, K, D)``."""
+        return torch.stack(unrolled.inverse_diagonal(self._inverse_lower), -1)
+
+    @functools.cached_property
+    def covariance(self) -> torch.Tensor:
+        """``Cov[x_t | z_t = k] = P⁻¹``, ``(..., T, K, D, D)``."""
+        return unrolled.inverse_from_factor(self._inverse_lower)
+
+    def second_moment(self) -> torch.Tensor:
+        """``E[x xᵀ | z = k]``, ``(..., T, K, D, D)``."""
+        return self.covariance + self.loc[..., :, None] * self.loc[..., None, :]
+
+    def weighted_second_moment(self, weights: torch.Tensor) -> torch.Tensor:
+        r"""
+        ``Σ_{n,t} w_{ntk} E[x_{nt} x_{nt}ᵀ | z_{nt} = k]`` over every step of the batch, ``(K, D, D)``, for
+        weights ``(..., T, K)``: ``Cov = Xᵀ X`` with ``X = L⁻¹``, so the sum is one matrix product
+        per state over every step's ``√w X``, with no covariance formed.
+        """
+        K, D = weights.shape[-1], self.dim
+        root = weights.reshape(-1, K).clamp(min=0).sqrt()  # (M, K)
+        inverse = unrolled.lower_matrix(self._inverse_lower).expand(weights.shape + (D, D)).reshape(-1, K, D, D)
+        scaled = inverse * root[..., None, None]
+        loc = self.loc.reshape(-1, K, D) * root[..., None]
+        return torch.einsum("mkli,mklj->kij", scaled, scaled) + torch.einsum("mki,mkj->kij", loc, loc)
+
+    def expected_quadratic(self, precision: torch.Tensor, own: bool = False) -> torch.Tensor:
+        r"""
+        ``E[x_tᵀ Λ_k x_t | z_t = k] = tr(Λ_k Cov) + mᵀ Λ_k m`` for matrices ``precision`` ``(K, D, D)``,
+        ``(..., T, K)``. With ``own`` (``Λ_k`` is the factor's ``P_k``, as for the tied factor) it is
+        ``D + mᵀ b - Σ_i J_ti (Cov_ii + m_i²)``, since ``P m = b`` for ``P = diag(J_t) + P_k``: no
+        matrix product, only the covariances' diagonal.
+        """
+        if own:
+            second = self.covariance_diagonal + self.loc.square()
+            return self.dim + (self.loc * self._info).sum(-1) - (self._potential_precision * second).sum(-1)
+        quadratic = torch.einsum("...tki,kij,...tkj->...tk", self.loc, precision, self.loc)
+        return (self.covariance * precision).sum((-1, -2)) + quadratic
+
+    def packed(self) -> torch.Tensor:
+        """The means and the factors ``L`` in one tensor ``(..., T, K, D + D (D + 1) / 2)``, to pick states from."""
+        return torch.cat([self.loc, unrolled.stack_lower(self.cholesky.lower).expand(self.loc.shape[:-1] + (-1,))], -1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(x_t | z_t = k)`` of steps ``x`` ``(..., T, D)`` under every state, ``(..., T, K)``."""
+        return _gaussian_log_prob(x[..., None, :], self.loc, self.cholesky.lower)
+
+
+def _gaussian_log_prob(x: torch.Tensor, loc: torch.Tensor, lower) -> torch.Tensor:
+    r"""``log N(x; m, (L Lᵀ)⁻¹) = Σ_i log L_ii - ½ |Lᵀ (x - m)|² - ½ D log 2π``."""
+    D = loc.shape[-1]
+    white = unrolled.lower_transposed_times(lower, unrolled.vector_entries(x - loc))
+    return sum(lower[i][i].log() for i in range(D)) - 0.5 * sum(w.square() for w in white) - 0.5 * D * _LOG_2PI
+
+
+class StepGaussiansByPrecision(SequenceDistribution):
+    """
+    Independent Gaussians ``x_t ~ N(loc_t, (L_t L_tᵀ)⁻¹)`` over the steps of a sequence, as one
+    distribution with event shape ``(T, D)``: the SIN posterior's ``q(x | z)`` once the states have
+    chosen each step's Gaussian, sampled by one back substitution (``x = m + L⁻ᵀ ε``). Steps after
+    a sequence's end hold zeros and do not count in :meth:`log_prob`.
+
+    :param torch.Tensor packed: the means and the precisions' Cholesky factors of every step,
+        ``(..., T, D + D (D + 1) / 2)`` (:meth:`StateGaussians.packed`, at the chosen states).
+    :param int dim: ``D``.
+    :param torch.Tensor lengths: optional, shape ``(...)``.
+    """
+
+    def __init__(self, packed: torch.Tensor, dim: int, lengths=None, validate_args=None):
+        self.packed, self.dim, self.lengths = packed, dim, lengths
+        self.loc = packed[..., :dim]
+        batch_shape = packed.shape[:-2]
+        if lengths is not None:
+            batch_shape = torch.broadcast_shapes(batch_shape, lengths.shape)
+        super().__init__(batch_shape, packed.shape[-2:-1] + (dim,), validate_args=validate_args)
+
+    @property
+    def _factor(self) -> unrolled.Cholesky:
+        return unrolled.unstack_lower(self.packed[..., self.dim :], self.dim)
+
+    def rsample(self, sample_shape=torch.Size()):
+        shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
+        noise = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
+        x = self.loc + torch.stack(unrolled.solve_lower_transposed(self._factor, unrolled.vector_entries(noise)), -1)
+        return after_end_to_zero(x, self.step_mask, 1)
+
+    def log_prob(self, value):
+        per_step = _gaussian_log_prob(value, self.loc, self._factor.lower)
+        return after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
+
+
 class HMMPosterior(RegimeMarginals):
     r"""
     The closed-form SIN posterior ``q(z_{1:T}) Π_t q(x_t | z_t)`` of a batch of sequences.
@@ -124,7 +258,7 @@ class HMMPosterior(RegimeMarginals):
         self.num_steps, self.dim = potential.info_vec.shape[-2:]
         self.batch_shape, self.lengths = potential.info_vec.shape[:-2], potential.lengths
         #: ``q(x_t | z_t = k)`` and the evidence ``e_tk``, batch ``(..., T, K)``
-        self.emission = MixturePosterior(potential, factor.emission)
+        self.emission = StateGaussians(potential, factor.emission)
         self.factor, self.parallel = factor, parallel
         #: ``q(z_{1:T})``, a :class:`~pyro_sin.distributions.MarkovChain` with event shape ``(T,)``
         self.states = self._chain(self.emission.log_evidence)
@@ -149,15 +283,47 @@ class HMMPosterior(RegimeMarginals):
         r = self.state_probs  # (..., T, K)
         return GaussianStats(
             r.sum(-2),
-            (r[..., None] * self.emission.loc).sum(-3),
-            (r[..., None, None] * self.emission.second_moment()).sum(-4),
+            torch.einsum("...tk,...tki->...ki", r, self.emission.loc),
+            torch.einsum("...tk,...tkij->...kij", r, self.emission.second_moment()),
         )
 
-    def emission_given(self, states: torch.Tensor) -> StepGaussians:
+    def total_gaussian_stats(self) -> GaussianStats:
+        """:meth:`gaussian_stats` summed over the batch, batch ``(K,)``."""
+        r, K, D = self.state_probs, self.state_probs.shape[-1], self.dim
+        return GaussianStats(
+            r.reshape(-1, K).sum(0),
+            torch.einsum("mk,mki->ki", r.reshape(-1, K), self.emission.loc.reshape(-1, K, D)),
+            self.emission.weighted_second_moment(r),
+        )
+
+    def expected_gaussian_log_likelihood(self, expectations: NormalWishartExpectations) -> torch.Tensor:
+        r"""
+        ``Σ_t Σ_k q(z_t = k) E[log N(x_t; μ_k, Λ_k⁻¹)]`` under ``q(μ, Λ)``'s expectations, per sequence
+        ``(...)``: :func:`~pyro_sin.distributions.expected_gaussian_log_likelihood` of
+        :meth:`gaussian_stats`, with ``Σ_t q(z_t = k) tr(E[Λ_k] E[x_t x_tᵀ | k])`` taken from the
+        covariances' diagonal alone when ``E[Λ_k]`` is the factor's own precision (the tied factor).
+        """
+        E, r, loc = expectations, self.state_probs, self.emission.loc
+        own = E.precision is self.factor.emission.precision
+        count = r.sum(-2)  # (..., K)
+        trace = (r * self.emission.expected_quadratic(E.precision, own)).sum(-2)  # (..., K)
+        linear = (r * (loc * E.precision_loc).sum(-1)).sum(-2)
+        D = self.dim
+        per_state = (
+            linear
+            - 0.5 * count * E.loc_precision_loc
+            - 0.5 * trace
+            + 0.5 * count * (E.log_det_precision - D * _LOG_2PI)
+        )
+        return per_state.sum(-1)
+
+    def emission_given(self, states: torch.Tensor) -> StepGaussiansByPrecision:
         """``q(x_{1:T} | z_{1:T})`` for paths ``states`` of shape ``(..., T)``."""
-        loc = Vindex(self.emission.loc)[..., states, :]
-        scale_tril = Vindex(self.emission.scale_tril)[..., states, :, :]
-        return StepGaussians(loc, scale_tril, self.lengths, validate_args=False)
+        packed = self.emission.packed()  # (..., T, K, E)
+        batch = torch.broadcast_shapes(states.shape, packed.shape[:-2])
+        index = states.expand(batch)[..., None, None].expand(batch + (1, packed.shape[-1]))
+        picked = torch.gather(packed.expand(batch + packed.shape[-2:]), -2, index)[..., 0, :]
+        return StepGaussiansByPrecision(picked, self.dim, self.lengths, validate_args=False)
 
     def sample_states(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Exact joint draws of the state paths, shape ``sample_shape + (..., T)``."""
@@ -173,10 +339,8 @@ class HMMPosterior(RegimeMarginals):
 
     def marginal_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         r"""``log q(x_{1:T}) = log Σ_z q(z) q(x | z)``: the chain's normaliser with ``q(x_t | z_t)`` as evidence."""
-        comps = dist.MultivariateNormal(self.emission.loc, scale_tril=self.emission.scale_tril, validate_args=False)
-        log_px = comps.log_prob(x[..., None, :])  # (..., T, K)
         f = self.factor
-        log_evidence = self.emission.log_evidence + log_px
+        log_evidence = self.emission.log_evidence + self.emission.log_prob(x)
         joint = markov_log_normalizer(
             f.init_logits, f.transition_logits[..., None, :, :], log_evidence, self.lengths, self.parallel
         )
@@ -273,15 +437,36 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         )
 
     @torch.no_grad()
-    def encoded_start(self, encoder, data, generator=None):
+    def encoded_start(self, encoder, data, generator=None, iterations: int = 100):
         """
-        The prior's Dirichlets, and the states' Gaussians on the k-means clusters of the encoded
-        frames (:func:`~pyro_sin.initialization.normal_wishart_from_points` on draws from the
-        encoder's potentials for the training sequences ``data``).
+        The classic start: a :class:`~pyro_sin.pgm.classic_regimes.GaussianHMM` fitted by EM to
+        the encoded training sequences ``data`` (the means of the encoder's potentials), then
+        ``q(θ)`` given its posterior over the states (:meth:`natural_from_classic`).
+
+        :param torch.Generator generator: the random stream of the EM's k-means start.
+        :param int iterations: the most EM iterations.
         """
-        x = draws_from_potentials(encoder, data, generator)  # (N, T, D)
-        states = normal_wishart_from_points(self.num_states, x, generator)
-        return self._pack(self.prior_init_concentration, self.prior_transition_concentration, states.natural_params)
+        potential = encode(encoder, data)
+        frames, lengths = potential.mean, potential.lengths
+        classic = GaussianHMM(self.num_states, iterations=iterations).fit(frames, lengths, generator=generator)
+        return self.natural_from_classic(classic, frames, lengths)
+
+    @torch.no_grad()
+    def natural_from_classic(self, classic: GaussianHMM, frames: torch.Tensor, lengths=None):
+        r"""
+        ``λ`` of ``q(θ)`` after observing ``frames`` ``(N, T, D)`` with the states distributed as
+        the fitted ``classic`` model says: the prior plus its expected first states and transition
+        counts (the Dirichlets) and its state-weighted Gaussian statistics (the Normal-Wisharts).
+        With many frames ``E[π]``, ``E[P]``, ``E[μ_k]`` and ``E[Λ_k]⁻¹`` are the classic fit's.
+        """
+        marginals = classic.posterior(frames, lengths)
+        counts = chain_counts(marginals)
+        states = conjugate_update(self.prior().natural_params, classic.gaussian_stats(frames, marginals.marginals))
+        return self._pack(
+            self.prior_init_concentration + counts.first,
+            self.prior_transition_concentration + counts.transitions,
+            states,
+        )
 
     # ----- SIN factor and posterior ---------------------------------------------------
 
@@ -319,13 +504,13 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         .. math:: \sum_k q(z_1{=}k) E[\log\pi_k] + \sum_{jk} \bar n_{jk} E[\log P_{jk}]
                   + \sum_t\sum_k q(z_t{=}k)\, E[\log N(x_t; \mu_k, \Lambda_k^{-1})]
         """
-        return self.expected_log_chain_prior(q, posterior) + expected_gaussian_log_likelihood(
-            q.expectations, posterior.gaussian_stats()
-        ).sum(-1)
+        return self.expected_log_chain_prior(q, posterior) + posterior.expected_gaussian_log_likelihood(q.expectations)
 
     def natural_target(self, posterior: HMMPosterior, scale: float):
+        # the statistics come summed over the batch (a sum over no dimensions would sum over all)
+        total = GaussianStats(*(scale * s for s in posterior.total_gaussian_stats()))
         return self._pack(
-            *self.chain_natural_target(posterior, scale), self._gaussians_target(posterior.gaussian_stats(), scale)
+            *self.chain_natural_target(posterior, scale), conjugate_update(self.prior().natural_params, total)
         )
 
     # ----- prediction and evaluation (the interface of SequencePrior) ---------------------

@@ -30,8 +30,13 @@ number, ``q(z) q(x)`` is a distribution and the bound computed with it is a prop
 ELBO, which Pyro's ``Trace_ELBO`` estimates on the same guide. Gradients pass
 through the sweeps either unrolled or by implicit differentiation at the fixed point
 (see :class:`SLDSPosterior`).
+
+The classic model it contains, the autoregressive HMM (the HMM plus per-regime regressions), is
+its start: :meth:`SwitchingLDS.encoded_start` fits one by EM to the encoded frames
+(:mod:`pyro_sin.pgm.classic_regimes`).
 """
 
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -50,10 +55,11 @@ from ..distributions import (
     expected_regression_log_likelihood,
     regression_conjugate_update,
 )
-from ..initialization import draws_from_potentials, kmeans
+from ..initialization import encode
 from ..ops.markov import forward_backward, markov_log_normalizer
 from ..potential import GaussianPotential
 from .base import SINRecord
+from .classic_regimes import AutoregressiveHMM, GaussianHMM, chain_counts
 from .lds import (
     AffineGaussianDynamics,
     ChainFactor,
@@ -294,8 +300,13 @@ class SLDSPosterior(RegimeMarginals):
     def regression_stats(self) -> RegressionStats:
         r"""
         Per-sequence, per-regime transition statistics
-        ``Σ_t q(z_t = k) E_q[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``, batch ``(..., K)``.
+        ``Σ_t q(z_t = k) E_q[(x_t uᵀ, u uᵀ, x_t x_tᵀ)]``, ``u = (x_{t-1}, 1)``, batch ``(..., K)``
+        (computed once: the bound and the natural target both read them).
         """
+        return self._regression_stats
+
+    @functools.cached_property
+    def _regression_stats(self) -> RegressionStats:
         m = self.continuous.moments
         weights = self.state_probs[..., 1:, :]  # (..., T-1, K), zero after the end
         return pair_regression_stats(
@@ -575,45 +586,50 @@ class SwitchingLDS(AffineGaussianDynamics, RegimeSwitchingPrior):
         return self._pack(self.prior_init_concentration, self.prior_transition_concentration, start.natural_params)
 
     @torch.no_grad()
-    def encoded_start(self, encoder, data, generator=None, iterations: int = 20, pseudo_pairs: float = 10.0):
+    def encoded_start(self, encoder, data, generator=None, iterations: int = 100):
         r"""
-        The prior's Dirichlets, and the regimes' dynamics fitted to the pairs ``(x_{t-1}, x_t)`` of
-        the encoded training sequences ``data`` (draws from the encoder's potentials) by hard EM over
-        regressions: each pair goes to the regime whose ``A_k x_{t-1} + b_k`` lies nearest ``x_t``
-        (starting from k-means on the steps ``x_t - x_{t-1}``) and each regime's conjugate posterior
-        is refitted to its pairs, until no pair moves. Each regime then keeps at most
-        ``pseudo_pairs (D + 1)`` pairs' worth of confidence, so that the natural step soon replaces
-        the start by what the SIN says.
+        The classic start: the HMM plus per-regime regressions. An
+        :class:`~pyro_sin.pgm.classic_regimes.AutoregressiveHMM` (each regime a linear regression
+        of ``x_t`` on ``x_{t-1}``) is fitted by EM to the encoded training sequences ``data`` (the
+        means of the encoder's potentials) twice, started from a
+        :class:`~pyro_sin.pgm.classic_regimes.GaussianHMM`'s states and from k-means on the steps
+        ``x_t - x_{t-1}`` (regimes that differ in their motion, not in where they are); the fit
+        with the higher likelihood gives ``q(θ)`` (:meth:`natural_from_classic`).
 
-        :param int iterations: the most reassignment rounds.
+        :param torch.Generator generator: the random stream of the k-means starts.
+        :param int iterations: the most EM iterations of each fit.
         """
-        x = draws_from_potentials(encoder, data, generator)  # (N, T, D)
-        K, D = self.num_states, self.latent_dim
-        before, after = x[:, :-1].reshape(-1, D), x[:, 1:].reshape(-1, D)  # (M, D)
-        inputs = torch.cat([before, torch.ones_like(before[:, :1])], -1)  # (M, D + 1)
-        prior = self.prior().natural_params
-        _, assignment = kmeans(after - before, K, generator)
+        potential = encode(encoder, data)
+        frames, lengths = potential.mean, potential.lengths
+        K = self.num_states
+        located = GaussianHMM(K, iterations=iterations).fit(frames, lengths, generator=generator)
+        fits = [
+            AutoregressiveHMM(K, iterations=iterations).fit(
+                frames, lengths, state_probs=located.state_probs(frames, lengths)
+            ),
+            AutoregressiveHMM(K, iterations=iterations).fit(frames, lengths, generator=generator),
+        ]
+        best = max(fits, key=lambda fit: fit.history[-1])
+        return self.natural_from_classic(best, frames, lengths)
 
-        def regimes(weights):  # (M, K) -> the regimes' conjugate posteriors given weighted pairs
-            stats = RegressionStats(
-                weights.sum(0),
-                torch.einsum("mk,mi,mj->kij", weights, after, inputs),
-                torch.einsum("mk,mi,mj->kij", weights, inputs, inputs),
-                torch.einsum("mk,mi,mj->kij", weights, after, after),
-            )
-            return regression_conjugate_update(prior, stats)
-
-        for _ in range(iterations):
-            loc = self.regimes_from_natural(regimes(torch.nn.functional.one_hot(assignment, K).to(x))._asdict()).loc
-            distance = (after[:, None, :] - torch.einsum("kij,mj->mki", loc, inputs)).square().sum(-1)  # (M, K)
-            moved = distance.argmin(-1)
-            if (moved == assignment).all():
-                break
-            assignment = moved
-        weights = torch.nn.functional.one_hot(assignment, K).to(x)
-        cap = pseudo_pairs * (D + 1)
-        weights = weights * (cap / weights.sum(0).clamp(min=cap))  # at most `cap` pairs per regime
-        return self._pack(self.prior_init_concentration, self.prior_transition_concentration, regimes(weights))
+    @torch.no_grad()
+    def natural_from_classic(self, classic: AutoregressiveHMM, frames: torch.Tensor, lengths=None):
+        r"""
+        ``λ`` of ``q(θ)`` after observing ``frames`` ``(N, T, D)`` with the regimes distributed as
+        the fitted ``classic`` model says: the prior plus its expected first regimes and transition
+        counts (the Dirichlets) and its regime-weighted regression statistics (the
+        Matrix-Normal-Wisharts). With many frames ``E[B_k]`` and ``E[Λ_k]⁻¹`` are the classic fit's.
+        """
+        marginals = classic.posterior(frames, lengths)
+        counts = chain_counts(marginals)
+        regimes = regression_conjugate_update(
+            self.prior().natural_params, classic.regression_stats(frames, marginals.marginals)
+        )
+        return self._pack(
+            self.prior_init_concentration + counts.first,
+            self.prior_transition_concentration + counts.transitions,
+            regimes,
+        )
 
     # ----- SIN factor and posterior ---------------------------------------------------
 

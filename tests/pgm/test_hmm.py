@@ -20,12 +20,14 @@ import pyro_sin
 from pyro_sin.models import DeepLatentSequence
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.pgm import LatentHMM
+from pyro_sin.pgm.classic_regimes import GaussianHMM
 from pyro_sin.pgm.hmm import HMMParams
 from pyro_sin.potential import GaussianPotential
 from pyro_sin.training import fit
 
 from tests.helpers import random_spd
 from tests.pgm.reference import hmm_paths
+from tests.pgm.test_classic_regimes import sample_gaussian_hmm
 
 
 def random_hmm(K=2, D=2):
@@ -255,22 +257,63 @@ def test_learning_segments_a_synthetic_hmm_beyond_any_per_frame_classifier(facto
     assert (transitions.diagonal() - stay).abs().max() < 0.06
 
 
-def test_hmm_states_start_on_the_clusters_of_the_encoded_frames():
-    centres = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
-    labels = torch.arange(3).repeat_interleave(100)
-    points = centres[labels] + torch.randn(300, 2) * torch.tensor([0.5, 1.0, 0.25])[labels, None]
-    frames = points.reshape(6, 50, 2)  # six sequences of fifty frames, each within one blob
+def exact_encoder(y):
+    """Potentials that pin x_t to y_t."""
+    precision = torch.full_like(y, 1e8)
+    return GaussianPotential(precision * y, precision)
 
-    def exact_encoder(y):
-        precision = torch.full_like(y, 1e8)
+
+def test_classic_start_is_the_gaussian_hmm_fitted_by_em():
+    """With an encoder that passes the frames through, q(θ) starts on the Gaussian HMM that EM fits to them."""
+    y, _, _ = sample_gaussian_hmm(20, 50, torch.Generator().manual_seed(0))
+    hmm = LatentHMM(3, 2, kappa=0.01)  # (the default κ₀ = 0.5 pulls these means, 5-9 units out, noticeably)
+    natural = hmm.encoded_start(exact_encoder, y, torch.Generator().manual_seed(0))
+    classic = GaussianHMM(3).fit(y, generator=torch.Generator().manual_seed(0))
+    params = hmm.point_estimate(hmm.global_posterior(natural))
+    # the conjugate prior's pseudo-counts (ν₀ = 4.5, W₀⁻¹ = 2.5 I, one count per Dirichlet entry)
+    # against some 300 frames a state
+    assert_close(params.locs, classic.locs, atol=0.02, rtol=0)
+    assert_close(torch.linalg.inv(params.precisions), classic.covariances, atol=0.05, rtol=0.02)
+    assert_close(params.transition_probs, classic.transition_probs, atol=0.01, rtol=0)
+
+
+class IdentityEncoder(torch.nn.Module):
+    """Potentials ``N(x_t; y_t, σ² I)``: the exact posterior of the identity decoder's ``x_t`` alone."""
+
+    def __init__(self, noise):
+        super().__init__()
+        self.noise = noise
+
+    def forward(self, y):
+        precision = torch.full_like(y, self.noise**-2)
         return GaussianPotential(precision * y, precision)
 
+
+class IdentityDecoder(IdentityEncoder):
+    def distribution(self, x):
+        return dist.Normal(x, self.noise).to_event(1)
+
+
+def test_from_its_classic_start_the_latent_hmm_with_identity_networks_has_the_gaussian_hmms_likelihood():
+    """
+    A latent HMM whose encoder and decoder are the identity (decoder noise σ = 0.01) contains the
+    Gaussian HMM: from its classic start its held-out log-likelihood at step 0 is the EM fit's, to
+    0.01 nats per frame. What separates them: σ² on every state's covariance (about 1e-4 nats per
+    frame), the conjugate prior's pseudo-counts in the posterior means (about 1e-3) and the
+    importance-sampling error of the estimate (below 1e-4 with the exact posterior as proposal).
+    """
+    g = torch.Generator().manual_seed(0)
+    y, _, _ = sample_gaussian_hmm(40, 50, g)
+    train, test = y[:30], y[30:]
+    noise, encoder = 0.01, IdentityEncoder(0.01)
     hmm = LatentHMM(3, 2)
-    natural = hmm.encoded_start(exact_encoder, frames, torch.Generator().manual_seed(0))
-    assert torch.equal(natural["transition_concentration"], hmm.prior_transition_concentration)
-    locs = hmm.point_estimate(hmm.global_posterior(natural)).locs
-    means = torch.stack([points[labels == k].mean(0) for k in range(3)])
-    assert torch.cdist(means, locs).min(1).values.max() < 1e-3
+    model = DeepLatentSequence(hmm, IdentityDecoder(noise), len(train))
+    guide = model.make_guide(encoder, init_natural=hmm.encoded_start(encoder, train, torch.Generator().manual_seed(0)))
+    classic = GaussianHMM(3).fit(train, generator=torch.Generator().manual_seed(0))
+    frames = test.shape[0] * test.shape[1]
+    ours = model.log_likelihood(guide, test, num_samples=100).per_point.sum() / frames
+    theirs = classic.log_likelihood(test).sum() / frames
+    assert abs(ours - theirs) < 0.01
 
 
 @torch.no_grad()
@@ -283,3 +326,27 @@ def test_states_in_use_are_read_off_the_expected_counts_of_the_natural_target():
     for k, min_share in enumerate([0.0, (ordered[0] + ordered[1]) / 2, (ordered[1] + ordered[2]) / 2]):
         assert hmm.in_use(natural, float(min_share)) == 3 - k
     assert hmm.in_use(hmm.prior_natural()) == 3  # nothing assigned yet
+
+
+def test_training_with_selection_never_ends_below_the_classic_start():
+    """fit(select=...) on a held-out bound keeps the start unless a later checkpoint scores higher on it."""
+    y, _, _ = sample_gaussian_hmm(12, 40, torch.Generator().manual_seed(0))
+    train, heldout = y[:10], y[10:]
+    hmm = LatentHMM(3, 2)
+    encoder, decoder = mirrored_autoencoder(2, 2, (8,), scale=latent_scale(train.reshape(-1, 2)))
+    model = DeepLatentSequence(hmm, decoder, len(train))
+    guide = model.make_guide(encoder, init_natural=hmm.encoded_start(encoder, train, torch.Generator().manual_seed(0)))
+    elbo = pyro_sin.SINELBO(num_particles=20)
+
+    def heldout_bound():
+        with torch.random.fork_rng():  # the same draws at every evaluation, training's stream untouched
+            torch.manual_seed(1)
+            return {"bound": -elbo.loss(model, guide, heldout)}
+
+    svi = SVI(model, guide, pyro_sin.NaturalAdam({"lr": 0.05}, natural_lr=0.5), pyro_sin.SINELBO())
+    history = fit(
+        svi, train, iterations=20, batch_size=5, evaluate=heldout_bound, eval_every=5, select="bound", progress=False
+    )
+    start, best = history.evals[0]["bound"], max(e["bound"] for e in history.evals)
+    assert heldout_bound()["bound"] == pytest.approx(best) and best >= start
+    assert history.selected_step in history.eval_steps

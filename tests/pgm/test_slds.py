@@ -431,9 +431,12 @@ def test_learning_segments_a_two_regime_switching_system():
 
 
 def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
-    """With an encoder that sees the states exactly, hard EM over regressions finds each regime's (A_k, b_k)."""
+    """
+    With an encoder that sees the states exactly, the classic start (the autoregressive HMM fitted
+    by EM) finds each regime's (A_k, b_k), its noise and how often the regimes switch.
+    """
     g = torch.Generator().manual_seed(0)
-    N, T, D, angle = 20, 40, 2, 0.3
+    N, T, D, angle, noise = 20, 40, 2, 0.3, 0.01
     c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
     rotations = torch.stack([torch.tensor([[c, -s], [s, c]]), torch.tensor([[c, s], [-s, c]])])  # both senses
     drifts = torch.tensor([[0.2, 0.0], [0.0, -0.2]])
@@ -442,7 +445,7 @@ def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
     for t in range(1, T):
         regime = torch.where(torch.rand(N, generator=g) < 0.1, 1 - regime, regime)  # sticky switches
         x.append(
-            (rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + 0.01 * torch.randn(N, D, generator=g)
+            (rotations[regime] @ x[-1][..., None])[..., 0] + drifts[regime] + noise * torch.randn(N, D, generator=g)
         )
     x = torch.stack(x, 1)  # (N, T, D)
 
@@ -452,10 +455,15 @@ def test_slds_start_from_encoded_sequences_recovers_the_regimes_dynamics():
 
     slds = SwitchingLDS(2, D)
     natural = slds.encoded_start(exact_encoder, x, torch.Generator().manual_seed(0))
-    loc = slds.regimes_from_natural(natural).loc  # (K, D, D + 1)
+    params = slds.point_estimate(slds.global_posterior(natural))
     truth = torch.cat([rotations, drifts[..., None]], -1)
-    error = min((loc - truth[list(order)]).abs().max() for order in ([0, 1], [1, 0]))
-    assert error < 0.05
+    error = min((params.transitions - truth[list(order)]).abs().max() for order in ([0, 1], [1, 0]))
+    assert error < 0.02
+    # the regimes switch about once in ten steps
+    assert_close(params.transition_probs.diagonal(), torch.full((2,), 0.9), atol=0.05, rtol=0)
+    # E[Λ_k]⁻¹: the noise variance 1e-4, with the prior's pseudo-scatter W₀⁻¹ = 0.4 I over some 400 pairs
+    noise_variance = torch.linalg.inv(params.noise_precisions).diagonal(dim1=-2, dim2=-1)
+    assert (noise_variance < 2e-3).all()
 
 
 @torch.no_grad()
