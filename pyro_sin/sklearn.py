@@ -91,9 +91,12 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
     :param random_state: seed or ``numpy.random.RandomState``.
     :param bool verbose: show a progress bar.
 
-    Attributes after :meth:`fit`: ``n_components_`` (components holding at least 1% of the
-    data), ``weights_``, ``latent_dim_``, ``n_iter_`` (training steps taken), ``fit_seconds_``,
-    ``n_features_in_``.
+    Attributes after :meth:`fit`: ``components_`` (the mixture components that are the most
+    probable for at least one training point: the clusters, in the order of their labels),
+    ``n_components_`` (their number), ``weights_`` (their weights, renormalised), ``labels_``,
+    ``latent_dim_``, ``n_iter_`` (training steps taken), ``fit_seconds_``, ``n_features_in_``.
+    Components that no point chooses keep their sliver of weight in :meth:`score_samples` and
+    :meth:`sample` (label ``-1``).
     """
 
     def __init__(
@@ -157,11 +160,14 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
                 trained = self._start(data, latent_dim, components, seed)
         self._fitted = trained
         self.latent_dim_ = latent_dim
-        weights = self._weights()
-        self.weights_ = weights.numpy()
-        self.n_components_ = int((weights >= 0.01).sum())
         with torch.no_grad():
-            self.labels_ = _posterior(trained, data).probs.argmax(-1).numpy()
+            # the clusters: the components most probable for at least one point, so that the labels
+            # run 0 .. n_components_ - 1 with every label used (scikit-learn's clusterer contract)
+            self.components_ = torch.unique(_posterior(trained, data).probs.argmax(-1)).numpy()
+        weights = self._weights()[self.components_]
+        self.weights_ = (weights / weights.sum()).numpy()
+        self.n_components_ = len(self.components_)
+        self.labels_ = self._cluster_probs(data).argmax(-1).numpy()
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
@@ -295,9 +301,16 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
 
     @torch.no_grad()
     def predict_proba(self, X):
-        """``q(z = k | x)``, the SIN posterior of each point's component, shape ``(n_samples, n_components)``."""
-        data = self._data(X)
-        return _posterior(self._fitted, data).probs.numpy()
+        """
+        ``q(z = k | x)``, the SIN posterior of each point's cluster (renormalised over the clusters
+        ``components_``), shape ``(n_samples, n_components_)``.
+        """
+        return self._cluster_probs(self._data(X)).numpy()
+
+    @torch.no_grad()
+    def _cluster_probs(self, data):
+        probs = _posterior(self._fitted, data).probs[:, torch.as_tensor(self.components_)]
+        return probs / probs.sum(-1, keepdim=True)
 
     def predict(self, X):
         """The most probable component of each point."""
@@ -323,7 +336,8 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
         """
         ``n_samples`` draws from the fitted generative model.
 
-        :returns: ``(X, labels)``: the draws, shape ``(n_samples, n_features)``, and the component of each.
+        :returns: ``(X, labels)``: the draws, shape ``(n_samples, n_features)``, and the cluster of
+            each (``-1`` for a draw from a component that no training point chose).
         """
         check_is_fitted(self, "_fitted")
         if n_samples < 1:
@@ -333,7 +347,9 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
         labels = torch.distributions.Categorical(params.weights).sample((n_samples,))
         x = fitted.pgm.components(params).sample((n_samples,))[torch.arange(n_samples), labels]
         draws = fitted.start.decoder.distribution(x).sample()
-        return draws.numpy(), labels.numpy()
+        label_of = torch.full((len(params.weights),), -1, dtype=torch.long)
+        label_of[torch.as_tensor(self.components_)] = torch.arange(self.n_components_)
+        return draws.numpy(), label_of[labels].numpy()
 
 
 class DeepStudentTMixture(DeepGaussianMixture):

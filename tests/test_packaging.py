@@ -12,12 +12,14 @@ import pyro_sin
 ROOT = Path(__file__).parents[1]
 README_TEST_COMMAND = 'pip install torch==2.13.0 -e ".[test]" && ruff check . && python -m pytest -q tests'
 
-# Imports every module of the installed library and reports which optional packages came with it.
+# Imports every module of the installed library and reports which optional packages came with it;
+# pyro_sin.sklearn, the scikit-learn interface, needs scikit-learn by definition and is left out.
 IMPORT_EVERYTHING = """
 import importlib, pkgutil, sys
 import pyro_sin
 for module in pkgutil.walk_packages(pyro_sin.__path__, "pyro_sin."):
-    importlib.import_module(module.name)
+    if module.name != "pyro_sin.sklearn":
+        importlib.import_module(module.name)
 print(" ".join(sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1:]))))
 """
 OPTIONAL = ["matplotlib", "sklearn", "sktime", "mlxtend", "pandas", "IPython"]

@@ -86,7 +86,9 @@ def test_student_t_components_start_with_the_gaussian_start_covariances():
     X, _ = _blobs(200)
     est = DeepStudentTMixture(n_components=3, max_iter=0, random_state=0).fit(X)
     gauss = DeepGaussianMixture(n_components=3, max_iter=0, random_state=0).fit(X)
-    assert np.array_equal(est.predict(X) == est.predict(X)[0], est.predict(X) == est.predict(X)[0])
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(est.predict(X), gauss.predict(X)) > 0.95  # the same clusters at the start
     assert est.n_components_ == gauss.n_components_ == 3
 
 

@@ -181,6 +181,11 @@ def _learned(metrics, name):
     return errors[-1] < errors[0]
 
 
+def _below_the_training_mean(metrics, name):
+    (baseline,) = metrics["curves"]["training mean"][1]
+    return max(metrics["curves"][name][1]) < baseline
+
+
 def test_four_regime_segments_and_forecasts(tmp_path):
     import four_regime
 
@@ -188,10 +193,11 @@ def test_four_regime_segments_and_forecasts(tmp_path):
     rows = run("four_regime", tmp_path, "--methods", *methods)
     figures = ["segmentation.png", "forecast_and_imputation.png", "training_curves.png"]
     metrics = _sequence_outputs(tmp_path, methods, figures)
-    assert _learned(metrics, "SAN-LDS") and _learned(metrics, "latent HMM")
-    assert 0 <= rows["latent HMM"]["segmentation_nmi"] <= 1
-    for slds in ("SLDS (SAN)", "SLDS (free factor)"):
-        assert _learned(metrics, slds) and 0 <= rows[slds]["segmentation_nmi"] <= 1
+    assert _learned(metrics, "SAN-LDS")
+    # the regime families start from their classic (EM) fits, so their curves start low: they stay below the
+    # training mean's forecast error at every evaluation, from the start on
+    for regimes in ("latent HMM", "SLDS (SAN)", "SLDS (free factor)"):
+        assert _below_the_training_mean(metrics, regimes) and 0 <= rows[regimes]["segmentation_nmi"] <= 1
     # the tied factor against the SIN's own (free) one: same seed, different guides
     assert rows["SLDS (SAN)"]["test_log_likelihood"] != rows["SLDS (free factor)"]["test_log_likelihood"]
     assert "segmentation_nmi" not in rows["VAR(2)"]
