@@ -42,7 +42,7 @@ class CheckpointError(ValueError):
     """A file that is not a checkpoint of this package, or one that does not fit the model being resumed."""
 
 
-def save(path: Union[str, os.PathLike], svi=None, settings: Optional[Dict[str, Any]] = None) -> Path:
+def save(path: Union[str, os.PathLike], svi=None, settings: Optional[Dict[str, Any]] = None) -> None:
     """
     Writes the run's state to ``path`` atomically (a temporary file in the same folder,
     flushed, synced and renamed over the old one).
@@ -52,8 +52,7 @@ def save(path: Union[str, os.PathLike], svi=None, settings: Optional[Dict[str, A
         optimiser itself (anything with ``get_state()``, e.g. :class:`~pyro_sin.optim.NaturalAdam`);
         ``None`` saves the parameters and random states alone.
     :param dict settings: the run's settings (step, learning rates, seeds...), anything
-        :func:`json.dumps` takes; :func:`load` returns them.
-    :returns: the path written.
+        ``json.dumps`` takes; :func:`load` returns them.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -74,7 +73,6 @@ def save(path: Union[str, os.PathLike], svi=None, settings: Optional[Dict[str, A
         "settings": settings_json,
     }
     _write_atomically(state, path)
-    return path
 
 
 def load(path: Union[str, os.PathLike], svi=None, *args, **kwargs) -> Dict[str, Any]:
