@@ -279,7 +279,7 @@ def main(argv=None):
     if args.iterations is not None:  # a cap beside the time
         overrides["max_iterations"] = args.iterations
     config = Config.quick(**overrides) if args.quick else Config(**overrides)
-    results = Results(args.out)
+    results = command.results(args)
 
     train, test = make_data(config)
     evaluator = Evaluator(config, test)

@@ -393,7 +393,7 @@ def main(argv=None):
     if args.methods:
         overrides["methods"] = tuple(args.methods)
     config = Config.quick(**overrides) if args.quick else Config(**overrides)
-    results = Results(args.out or Path("results") / args.data)
+    results = command.results(args, args.out or Path("results") / args.data)
     device = torch.device(args.device)
 
     split = on_device(load_data(config), device)

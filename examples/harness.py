@@ -1,9 +1,10 @@
 """
 The experiment harness of the example scripts, in one place:
 
-* :func:`parser` — the command line every script shares (``--out``, ``--device``,
-  ``--quick``, ``--no-progress`` and, where the script has them, ``--seed``,
-  ``--seeds``, ``--iterations``, ``--seconds``, ``--methods``);
+* :func:`parser` — the command line every script shares (``--out``, ``--overwrite``,
+  ``--device``, ``--quick``, ``--no-progress`` and, where the script has them, ``--seed``,
+  ``--seeds``, ``--iterations``, ``--seconds``, ``--methods``), each value checked by the
+  parser (counts at least 1, known method names) with argparse's error;
 * :class:`Method` — the protocol of a compared method: a ``name`` and ``train(task,
   seed, progress)``, which returns :class:`Trained` (the metrics, the training
   history, the model); :func:`compare` runs several on one task and seed;
@@ -11,7 +12,8 @@ The experiment harness of the example scripts, in one place:
 * :func:`fit_evaluating_at` — :func:`pyro_sin.training.fit` (the one training loop,
   with its divergence guard) evaluated at chosen steps;
 * :class:`Results` — the one results writer: ``results.md`` (title, Markdown tables,
-  settings), ``results.json`` (everything, curves included) and the figures, in ``--out``.
+  settings), ``results.json`` (everything, curves included) and the figures, in ``--out``,
+  which never replaces earlier results unless told to (``--overwrite``).
 """
 
 import argparse
@@ -50,11 +52,36 @@ def _names(text: str) -> List[str]:
     return [name for name in text.split(",") if name]
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
 _SHARED = {
-    "seed": dict(type=int, help="the seed"),
-    "seeds": dict(type=int, help="run seeds 0 .. N-1"),
-    "iterations": dict(type=int, help="training iterations"),
-    "seconds": dict(type=float, help="a cap on the training time per method"),
+    "seed": dict(type=_at_least(0), help="the seed"),
+    "seeds": dict(type=_at_least(1), help="run seeds 0 .. N-1"),
+    "iterations": dict(type=_at_least(1), help="training iterations"),
+    "seconds": dict(type=_positive_float, help="a cap on the training time per method"),
     "methods": dict(
         type=_names, nargs="+", metavar="METHOD", help="a subset of the methods (spaces or commas between them)"
     ),
@@ -90,6 +117,17 @@ class ExperimentParser(argparse.ArgumentParser):
                 self.error(f"--methods: unknown {unknown}; choose from {list(self.method_names)}")
         return parsed
 
+    def results(self, args, out: Union[None, str, Path] = None, stem: str = "results") -> "Results":
+        """
+        The :class:`Results` of this run, its folder created now (before any training), in
+        ``out`` (default ``--out``). A folder that already holds this experiment's results is
+        refused with the parser's error (exit code 2) unless ``--overwrite`` was given.
+        """
+        try:
+            return Results(args.out if out is None else out, stem, overwrite=args.overwrite)
+        except FileExistsError as error:
+            self.error(str(error))
+
 
 def parser(description: str, out: Optional[str], **options) -> ExperimentParser:
     """
@@ -122,6 +160,7 @@ def parser(description: str, out: Optional[str], **options) -> ExperimentParser:
     result.add_argument(
         "--out", type=Path, default=None if out is None else Path(out), help=f"results folder (default: {out})"
     )
+    result.add_argument("--overwrite", action="store_true", help="replace results already in the results folder")
     result.add_argument("--device", default="cpu", help="where to train and evaluate: cpu, cuda or cuda:N")
     result.add_argument("--quick", action="store_true", help="a short run (also when CI is set)")
     result.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -293,10 +332,18 @@ class Results:
 
     :param out: the results folder (``--out``).
     :param str stem: the name of the Markdown and JSON files.
+    :param bool overwrite: replace results already there (``<stem>.md`` or ``<stem>.json``);
+        otherwise they are refused with :class:`FileExistsError`.
     """
 
-    def __init__(self, out: Union[str, Path], stem: str = "results"):
+    def __init__(self, out: Union[str, Path], stem: str = "results", overwrite: bool = False):
         self.out, self.stem = Path(out), stem
+        existing = [p.name for p in (self.out / f"{stem}.md", self.out / f"{stem}.json") if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"--out {self.out} already holds results ({', '.join(existing)}): pass --overwrite to replace "
+                "them, or choose another folder"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
 
     def figure(self, fig, name: str, dpi: int = 150) -> Path:

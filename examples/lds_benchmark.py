@@ -37,7 +37,7 @@ from pyro_sin.pgm import LinearDynamicalSystem
 from pyro_sin.pgm.lds import LDSParams
 from pyro_sin.training import DivergenceError, fit
 
-from harness import Results, Trained, compare, fresh_start, markdown_table, parser
+from harness import Trained, compare, fresh_start, markdown_table, parser
 from linear_gaussian import lds_benchmark_settings, linear_gaussian_benchmark
 
 TARGET = dict(latent_dim=3, emission_dim=5, emission_noise=1.0, dynamics_noise=0.1, num_sequences=100)
@@ -232,7 +232,7 @@ def main(argv=None):
     settings = list(lds_benchmark_settings()) if args.grid else [TARGET]
     if args.quick and args.grid:
         settings = settings[:2]
-    results = Results(args.out)
+    results = command.results(args)
     rows = {}
     for setting in tqdm(settings, desc="settings", disable=not args.progress or len(settings) == 1):
         row = compare([SANLDS(config)], setting, config.seed, args.progress)[SANLDS.name].metrics

@@ -525,7 +525,7 @@ def main(argv=None):
     settings = {k: replace(s, **overrides) for k, s in SETTINGS.items()}
     if args.long:
         settings = {k: replace(s, iterations=max(s.iterations, LONG_ITERATIONS)) for k, s in settings.items()}
-    results = Results(args.out, stem=args.figure)
+    results = command.results(args, stem=args.figure)
 
     def data(split):
         return on_device(split, args.device)

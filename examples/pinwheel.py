@@ -404,7 +404,7 @@ def main(argv=None):
     if args.iterations is not None:
         overrides["iterations"] = args.iterations
     config = Config.quick(**overrides) if args.quick else Config(**overrides)
-    results = Results(args.out)
+    results = command.results(args)
     if args.nproc > 1:
         if config.batch_size % args.nproc:
             command.error(f"--nproc must divide the minibatch of {config.batch_size}")

@@ -46,7 +46,7 @@ from pyro_sin.optim import NaturalAdam
 from pyro_sin.training import fit
 
 from baselines.hmm import HMMLearnGaussianHMM
-from harness import Results, fresh_start, markdown_table, parser
+from harness import fresh_start, markdown_table, parser
 from sequence_harness import Config, _networks, make_hmm, make_slds
 
 SCORES = ("nmi", "ari", "accuracy", "seconds")
@@ -301,7 +301,7 @@ def main(argv=None):
     if args.num_states:
         config = replace(config, num_states=args.num_states)
     torch.set_num_threads(1)
-    results = Results(args.out)
+    results = command.results(args)
     rows, per_seed = run_seeds(config, args.quick, args.progress)
     record = {"title": "Segmentation", "config": asdict(config), "metrics": rows, "per_seed": per_seed}
     results.write("Segmentation of real multi-regime sequences", [markdown(rows)], record)

@@ -142,7 +142,7 @@ def main(argv=None):
     if args.seconds is not None:
         overrides["seconds"] = args.seconds
     config = replace(config, **overrides)
-    results = Results(args.out)
+    results = command.results(args)
     parts, record = [], {"config": asdict(config), "seeds": 1 if args.quick else args.seeds}
     for section in SECTIONS:
         if section.name in args.sections:

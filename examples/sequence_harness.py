@@ -690,7 +690,7 @@ def experiment_main(
         config = replace(config, methods=tuple(args.methods))
     available = {method.name: method for method in methods(config)}
     chosen = [available[name] for name in config.methods]
-    results = Results(args.out)
+    results = command.results(args)
     pyro.set_rng_seed(config.seed)
     task = make_task(config, args.quick).to(config.device)
     rows, trained, histories = run_methods(config, task, args.progress, chosen)

@@ -30,7 +30,7 @@ import torch
 
 from pyro_sin.metrics import clustering_scores
 
-from harness import Results, Trained, compare, markdown_table, parser
+from harness import Trained, compare, markdown_table, parser
 from tabular_data import TABLES, Table, load
 
 METHODS = ("SAN-GMM", "SAN-TMM", "SAN-GMM (K = classes)", "KMeans", "BGMM", "BIC-GMM")
@@ -419,7 +419,7 @@ def main(argv=None):
     seeds = args.seeds if args.seeds is not None else 1 if args.quick else SEEDS
     san_options = {"max_iter": QUICK_SAN_ITERATIONS} if args.quick else {}
     chosen = methods(args.methods or METHODS, san_options)
-    results = Results(args.out)
+    results = command.results(args)
 
     from threadpoolctl import threadpool_limits
 

@@ -5,7 +5,7 @@ pyro-sin: variational message passing with structured inference networks
 
 # models before pgm: the families' models (in pgm) are written with the helpers of models,
 # which re-exports them once its helpers are defined
-from . import distributions, models, nn, optim, pgm
+from . import checkpoint, distributions, models, nn, optim, pgm
 from .elbo import SINELBO
 from .guide import SINGuide
 from .optim import NaturalAdam
@@ -18,6 +18,7 @@ __all__ = [
     "NaturalAdam",
     "SINELBO",
     "SINGuide",
+    "checkpoint",
     "distributions",
     "models",
     "nn",

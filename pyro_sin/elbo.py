@@ -17,6 +17,7 @@ replaced by the closed forms its module provides.
 """
 
 import logging
+import math
 import warnings
 
 import torch
@@ -30,6 +31,7 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape, get_rng_state, set_rng_state, warn_if_nan
 
 from .natural import set_natural_gradient
+from .training import DivergenceError
 
 _logger = logging.getLogger(__name__)
 
@@ -372,7 +374,9 @@ class SINELBO(ELBO):
         :returns: an estimate of the negative ELBO (a float). Back-propagates it into every
             other parameter; on each natural parameter's unconstrained tensor it sets the
             negative natural gradient ``λ - λ*`` for :class:`~pyro_sin.optim.NaturalAdam`,
-            which steps in natural coordinates.
+            which steps in natural coordinates, marked with the loss per data point for
+            NaturalAdam's divergence guard (:func:`~pyro_sin.natural.step_loss`).
+        :raises ~pyro_sin.training.DivergenceError: when the conjugate target is not finite.
         """
         loss, surrogate, records = self._loss_surrogate_records(model, guide, args, kwargs)
         if surrogate.requires_grad:
@@ -380,18 +384,29 @@ class SINELBO(ELBO):
         targets = self.natural_targets(records)
         if is_validation_enabled():
             self._check_previous_natural_step(targets)
+        loss = torch_item(loss)
+        loss_per_point = loss / self._num_data(records[0][0])
         steps = {}
         for param, (domain, natural, target) in targets.items():
             if not torch.isfinite(target).all():
-                raise FloatingPointError(
+                raise DivergenceError(
                     "SINELBO: the conjugate target of the natural parameters is not finite (the "
                     "encoder's potentials or the data contain NaN/inf, or training diverged)"
                 )
-            steps[param] = (natural, set_natural_gradient(param, natural, target))
+            steps[param] = (natural, set_natural_gradient(param, natural, target, loss_per_point))
         # the gradient tensors themselves: averaged across processes in place, they hold
         # the step actually asked for
         self._last_natural_step = steps
-        return torch_item(loss)
+        return loss
+
+    def _num_data(self, guide_trace) -> int:
+        """The number of data points the bound is scaled to: the full sizes of the plates around the SIN site."""
+        particles = -self.max_plate_nesting if self.vectorize_particles and self.num_particles > 1 else None
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample" and "sin" in site["infer"]:
+                frames = site["cond_indep_stack"]
+                return math.prod(f.full_size or f.size for f in frames if f.vectorized and f.dim != particles)
+        return 1
 
     def _check_previous_natural_step(self, targets):
         """Warns if the last update of ``λ`` was not along its natural gradient (a convex step)."""

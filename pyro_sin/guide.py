@@ -28,6 +28,7 @@ from ._pyro_compat import active_plate, isolated, outside
 from .naming import NameOwner
 from .pgm.base import SINRecord, StructuredPrior
 from .potential import GaussianPotential
+from .training import DivergenceError
 
 
 def _first_argument(*args, **kwargs):
@@ -303,7 +304,8 @@ class SINGuide(AutoGuide, NameOwner):
 
     def posterior(self, potential, global_posterior):
         """The local posterior from the encoder's potentials (the SIN: potentials times the factor)."""
-        return self.pgm.posterior(potential, self.factor(global_posterior))
+        with _non_finite_potentials_named(potential):
+            return self.pgm.posterior(potential, self.factor(global_posterior))
 
     def local_posterior(self, data):
         """The posterior of the local latents of ``data`` (no sample sites emitted)."""
@@ -331,7 +333,27 @@ class SINGuide(AutoGuide, NameOwner):
         with contextlib.ExitStack() as stack:
             indices = plate.indices if active is not None else stack.enter_context(plate)
             batch = self._minibatch(data, plate, indices)
-            posterior = self.posterior(self.encode(batch), global_posterior)
+            potential = self.encode(batch)
+            posterior = self.posterior(potential, global_posterior)
             record = SINRecord(self.pgm, self._natural_domain, natural_param, global_posterior, posterior)
-            value = self.pgm.sample_local_posterior(record)
+            with _non_finite_potentials_named(potential):  # (a family may factorise lazily, when sampling)
+                value = self.pgm.sample_local_posterior(record)
         return {self.pgm.name: value}
+
+
+@contextlib.contextmanager
+def _non_finite_potentials_named(potential):
+    """
+    With validation off, non-finite potentials (NaN data) surface as a failed Cholesky factorisation
+    deep inside a family; this names the cause instead. Other factorisation failures pass unchanged.
+    """
+    try:
+        yield
+    except torch.linalg.LinAlgError as error:
+        if bool(torch.isfinite(potential.info_vec).all() and torch.isfinite(potential.precision).all()):
+            raise
+        raise DivergenceError(
+            "SINGuide: the recognition network produced a non-finite Gaussian potential (NaN or inf in the "
+            "data, or a diverged encoder), so the local posterior cannot be formed; check the data with "
+            "torch.isfinite, or turn validation on (pyro.enable_validation) to catch it where it enters"
+        ) from error

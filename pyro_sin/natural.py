@@ -11,8 +11,10 @@ computes the conjugate target ``λ*`` and writes the negative natural gradient
 
 into the gradient slot of ``u`` (:func:`set_natural_gradient`), marked together
 with the ``λ`` it was computed at; the optimiser reads it back
-(:func:`current_natural`) and steps ``λ ← λ - β (λ - λ*)``. The ELBO and the
-optimiser both import this module and not each other.
+(:func:`current_natural`) and steps ``λ ← λ - β (λ - λ*)``. The mark also carries the
+step's loss per data point (:func:`step_loss`), which the optimiser's divergence guard
+checks before it applies the step. The ELBO and the optimiser both import this module
+and not each other.
 """
 
 from typing import Optional
@@ -40,17 +42,20 @@ def is_natural_parameter(param: torch.Tensor) -> bool:
     return natural_domain_of(param) is not None
 
 
-def set_natural_gradient(param: torch.Tensor, natural: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def set_natural_gradient(
+    param: torch.Tensor, natural: torch.Tensor, target: torch.Tensor, loss: Optional[float] = None
+) -> torch.Tensor:
     r"""
     Writes the negative natural gradient ``grad = λ - λ*`` (natural coordinates) into
     the gradient of the unconstrained tensor ``u`` of ``λ = T(u)`` (same shape), marked
     as such together with the current ``λ``. Being linear in the minibatch's statistics,
     such gradients average across processes into the global batch's.
 
+    :param float loss: the step's loss per data point, for :func:`step_loss`.
     :returns: the gradient written.
     """
     grad = (natural - target).to(param.dtype)
-    grad.natural_gradient = (natural, grad._version)
+    grad.natural_gradient = (natural, grad._version, loss)
     param.grad = grad
     return grad
 
@@ -66,12 +71,21 @@ def current_natural(param: torch.Tensor) -> Optional[torch.Tensor]:
     return attached[0]
 
 
+def step_loss(param: torch.Tensor) -> Optional[float]:
+    """
+    The loss per data point that :func:`set_natural_gradient` marked ``param.grad`` with
+    (the step that computed this gradient), or None.
+    """
+    attached = getattr(param.grad, "natural_gradient", None)
+    return None if attached is None else attached[2]
+
+
 def replace_gradient(param: torch.Tensor, value: torch.Tensor) -> None:
     """
     Overwrites ``param.grad`` in place with ``value`` (e.g. its average over processes),
     keeping the mark of :func:`set_natural_gradient` valid if the gradient carried one.
     """
-    natural = current_natural(param)
+    natural, loss = current_natural(param), step_loss(param)
     param.grad.copy_(value)
     if natural is not None:
-        param.grad.natural_gradient = (natural, param.grad._version)
+        param.grad.natural_gradient = (natural, param.grad._version, loss)

@@ -13,11 +13,15 @@ tensor a :class:`NaturalStep` — no momentum, no clipping, no weight decay —
 .. math:: \lambda \leftarrow (1 - \beta_t)\,\lambda + \beta_t\,\lambda^*,
 
 a convex combination that stays inside the natural-parameter domain, and hands
-every other parameter to Adam (or any torch optimiser). Natural parameters are
+every other parameter to Adam (or any torch optimiser). Before it moves anything it
+checks the step with a :class:`~pyro_sin.training.DivergenceGuard` (a non-finite or
+exploding loss, a non-finite gradient), so that plain ``svi.step`` refuses a diverging
+update as :func:`~pyro_sin.training.fit` does. Natural parameters are
 recognised by their constraint, which survives Pyro's param-store
 ``save``/``load``.
 """
 
+import contextlib
 import math
 from typing import Callable, Optional, Union
 
@@ -28,7 +32,8 @@ from pyro.optim import PyroOptim
 
 from .distributed import average_gradients, world
 from .distributions.natural import NaturalDomain
-from .natural import current_natural, is_natural_parameter, natural_domain_of
+from .natural import current_natural, is_natural_parameter, natural_domain_of, step_loss
+from .training import DivergenceGuard, _collective_check
 
 
 def decaying_schedule(initial: float, decay: float, period: float) -> Callable[[int], float]:
@@ -123,6 +128,12 @@ class NaturalAdam(PyroOptim):
     :param bool distributed: average every gradient across the processes of the
         initialised :mod:`torch.distributed` group before stepping (see
         :mod:`pyro_sin.distributed`); by default whenever such a group exists.
+    :param guard: ``True`` (a default :class:`~pyro_sin.training.DivergenceGuard`),
+        ``False`` (none), or a guard of your own: every step is checked before any
+        parameter moves, and a NaN or infinite gradient, or a NaN, infinite or exploding
+        loss per data point (the one :class:`~pyro_sin.SINELBO` marks its natural
+        gradients with), raises :class:`~pyro_sin.training.DivergenceError` with the
+        parameters unchanged. :func:`~pyro_sin.training.fit` uses its own guard instead.
     """
 
     def __init__(
@@ -132,12 +143,15 @@ class NaturalAdam(PyroOptim):
         optim_constructor=torch.optim.Adam,
         clip_args=None,
         distributed: Optional[bool] = None,
+        guard: Union[bool, DivergenceGuard] = True,
     ):
         if not callable(natural_lr) and not 0 < float(natural_lr) <= 1:
             raise ValueError(f"natural_lr must lie in (0, 1], got {natural_lr}")
         self.natural_lr = natural_lr
         super().__init__(optim_constructor, optim_args, clip_args)
         self.distributed = distributed
+        self.guard = DivergenceGuard() if guard is True else (guard or None)
+        self._calls = 0  # the steps asked for, refused ones included (for the guard's messages)
         self._fused = None  # the torch optimiser of every non-natural parameter
         self._fused_params = []
         self._groups = []  # (the optimiser arguments asked for, the parameter group holding them)
@@ -145,8 +159,13 @@ class NaturalAdam(PyroOptim):
         self._loaded_state = {}  # per parameter name, from set_state, until the parameter's optimiser exists
 
     def __call__(self, params, *args, **kwargs):
+        params = list(params)
         if self.distributed or self.distributed is None and world()[1] > 1:
             average_gradients(params)
+        self._calls += 1
+        if self.guard is not None:
+            loss = next((value for value in map(step_loss, params) if value is not None), None)
+            _collective_check(self.guard, self._calls, loss, params, "NaturalAdam")
         natural, others = [], []
         for p in params:
             if p not in self._is_natural:
@@ -155,6 +174,15 @@ class NaturalAdam(PyroOptim):
         super().__call__(natural, *args, **kwargs)
         if others:
             self._step_fused(others)
+
+    @contextlib.contextmanager
+    def unguarded(self):
+        """Steps without the divergence guard inside the block (e.g. under a training loop that guards itself)."""
+        guard, self.guard = self.guard, None
+        try:
+            yield self
+        finally:
+            self.guard = guard
 
     def set_state(self, state_dict):
         # Held here rather than handed to PyroOptim: each parameter's state is taken when its

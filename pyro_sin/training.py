@@ -4,6 +4,7 @@ guard against divergence, and a count of the structure's units (mixture componen
 states) in use.
 """
 
+import contextlib
 import itertools
 import math
 import time
@@ -76,23 +77,25 @@ class DivergenceGuard:
         self.best = math.inf
         self.unit = None
 
-    def check(self, step: int, loss: float, params: Sequence[torch.Tensor], desc: str = "SVI"):
+    def check(self, step: int, loss: Optional[float], params: Sequence[torch.Tensor], desc: str = "SVI"):
         """
-        :param float loss: the loss per data point of this step.
+        :param float loss: the loss per data point of this step (``None``: check the gradients only).
         :param params: the unconstrained parameters whose gradients the optimiser will use.
         :raises DivergenceError: naming what went wrong and the likely causes.
         """
-        if not math.isfinite(loss):
+        if loss is not None and not math.isfinite(loss):
             raise DivergenceError(
                 f"{desc}: the loss became {loss} at step {step}; the update was not applied. {_ADVICE}"
             )
-        bad = [_param_name(p) for p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
-        if bad:
+        if not _all_finite([p.grad for p in params if p.grad is not None]):
+            bad = [_param_name(p) for p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
             shown = ", ".join(sorted(bad)[:5]) + (" ..." if len(bad) > 5 else "")
             raise DivergenceError(
                 f"{desc}: non-finite gradient at step {step} in {len(bad)} parameter(s) ({shown}); "
                 f"the update was not applied. {_ADVICE}"
             )
+        if loss is None:
+            return
         if self.unit is None:
             self.unit = max(1.0, abs(loss))
         if loss - self.best > self.max_rise * self.unit:
@@ -101,6 +104,14 @@ class DivergenceGuard:
                 f"at step {step}; the update was not applied. {_ADVICE}"
             )
         self.best = min(self.best, loss)
+
+
+def _all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether every tensor is finite, read back once for all of them (not once per tensor)."""
+    if not tensors:
+        return True
+    device = tensors[0].device
+    return bool(torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all())
 
 
 def components_in_use(guide, min_share: float = 0.01) -> Optional[int]:
@@ -160,17 +171,22 @@ def _collective_check(guard, step, loss, params, desc):
 
 
 def _guarded_step(svi, guard: Optional[DivergenceGuard], num_data: int, step: int, desc: str, *args, **kwargs):
-    """``svi.step`` with the guard between the gradients and the update; returns the loss per data point."""
-    if guard is None or not hasattr(svi, "loss_and_grads"):
-        return svi.step(*args, **kwargs) / num_data
-    with poutine.trace(param_only=True) as capture:
-        loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
-    params = set(site["value"].unconstrained() for site in capture.trace.nodes.values())
-    loss = torch_item(loss) / num_data  # the bound is scaled to the full data set
-    _collective_check(guard, step, loss, params, desc)
-    svi.optim(params)
-    pyro.infer.util.zero_grads(params)
-    return loss
+    """
+    ``svi.step`` with the guard between the gradients and the update; returns the loss per data point.
+    ``fit``'s guard (or none, if so asked) replaces the optimiser's own (:class:`~pyro_sin.optim.NaturalAdam`'s).
+    """
+    unguarded = getattr(getattr(svi, "optim", None), "unguarded", None)
+    with unguarded() if unguarded is not None else contextlib.nullcontext():
+        if guard is None or not hasattr(svi, "loss_and_grads"):
+            return svi.step(*args, **kwargs) / num_data
+        with poutine.trace(param_only=True) as capture:
+            loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+        params = set(site["value"].unconstrained() for site in capture.trace.nodes.values())
+        loss = torch_item(loss) / num_data  # the bound is scaled to the full data set
+        _collective_check(guard, step, loss, params, desc)
+        svi.optim(params)
+        pyro.infer.util.zero_grads(params)
+        return loss
 
 
 class _Best:
@@ -254,7 +270,8 @@ def fit(
         returns named metrics shown in the progress bar and kept in the history.
     :param max_seconds: stop early once training (evaluations excluded) has taken this long.
     :param guard: ``True`` (a default :class:`DivergenceGuard`), ``False`` (none:
-        plain ``svi.step``), or a guard of your own.
+        plain ``svi.step``), or a guard of your own. Inside ``fit`` it replaces the
+        optimiser's own guard (:class:`~pyro_sin.optim.NaturalAdam`'s ``guard``).
     :param select: best-checkpoint selection: a score to maximise, e.g. a held-out
         log-likelihood, either the name of one of ``evaluate``'s metrics or a callable.
         It is computed at every evaluation, step 0 included, and training returns with
