@@ -17,7 +17,7 @@ import pyro
 import pyro.poutine as poutine
 from pyro.infer.util import torch_item
 
-from .distributed import broadcast_parameters, world
+from .distributed import broadcast_parameters, check_same_sizes, world
 
 
 class History(NamedTuple):
@@ -278,6 +278,7 @@ def fit(
     guard = DivergenceGuard() if guard is True else (guard or None)
     generator = generator or torch.Generator().manual_seed(0)  # the same minibatches on every device
     rank, size = world()
+    check_same_sizes(batch_size, num_data)  # (in one process, nothing to check)
     batches = minibatch_indices(num_data, batch_size, generator, rank, size)
     if size > 1:  # start every process from rank 0's parameters
         first = next(batches)
