@@ -25,11 +25,14 @@ import pyro.distributions as dist
 from .potential import GaussianPotential
 
 
-def as_float_tensor(data) -> torch.Tensor:
+def as_float_tensor(data, like: Optional[torch.Tensor] = None) -> torch.Tensor:
     """
     ``data`` (a tensor, a numpy array, a pandas DataFrame or a nested list) as a tensor, of torch's
-    default dtype unless it holds floats already.
+    default dtype unless it holds floats already; an array-like given with ``like`` (e.g. a network's
+    parameter) takes its dtype and device (a tensor stays as it is: a mismatch is the caller's to report).
     """
+    if like is not None and not torch.is_tensor(data):
+        return as_float_tensor(data).to(dtype=like.dtype, device=like.device)
     if not torch.is_tensor(data):
         try:
             data = np.array(data)  # a copy (a DataFrame's values may be read-only), of a list of rows too
@@ -77,6 +80,20 @@ def _warn_of_extreme_columns(loc: torch.Tensor, std: torch.Tensor, dtype: torch.
             RuntimeWarning,
             stacklevel=3,
         )
+
+
+def check_table(data: torch.Tensor, what: str = "data", min_rows: int = 1) -> torch.Tensor:
+    """Refuses ``data`` that are not a table ``(N, P)`` of at least ``min_rows`` rows, saying how to make one."""
+    if data.dim() == 1:
+        raise ValueError(
+            f"{what} must be a table of shape (N, P), got a vector of shape {tuple(data.shape)}: "
+            "reshape it to (N, 1) for one feature (data.reshape(-1, 1))"
+        )
+    if data.dim() != 2:
+        raise ValueError(f"{what} must be a table of shape (N, P), got shape {tuple(data.shape)}")
+    if len(data) < min_rows or data.shape[1] == 0:
+        raise ValueError(f"{what} needs at least {min_rows} row(s) and one column, got shape {tuple(data.shape)}")
+    return data
 
 
 class Standardization(nn.Module):
@@ -270,7 +287,7 @@ def standardized_autoencoder(
     if shortcut not in ("auto", "pca", "random"):
         raise ValueError(f"shortcut must be 'auto', 'pca' or 'random', got {shortcut!r}")
     # the networks are built in torch's default dtype, and so is their standardisation
-    data = as_float_tensor(data).to(torch.get_default_dtype())
+    data = check_table(as_float_tensor(data).to(torch.get_default_dtype()), "standardized_autoencoder's data", 2)
     standardization = Standardization.fit(data, per_feature=per_feature, spread=spread).to(data.device)
     if shortcut == "auto":
         shortcut = "pca" if latent_dim < min(data.shape[-1], len(data)) else "random"
@@ -368,9 +385,7 @@ def ppca_autoencoder(
     """
     from .nn import GaussianDecoder, GaussianEncoder, _inverse_softplus
 
-    data = as_float_tensor(data)  # the networks are built in the data's dtype
-    if data.dim() != 2 or len(data) < 2:
-        raise ValueError(f"ppca_autoencoder needs data of shape (N, P) with N >= 2, got {tuple(data.shape)}")
+    data = check_table(as_float_tensor(data), "ppca_autoencoder's data", 2)  # networks in the data's dtype
     N, P = data.shape
     if not 1 <= latent_dim <= P:
         raise ValueError(f"latent_dim must lie in [1, {P}] (the data's dimension), got {latent_dim}")
