@@ -310,10 +310,13 @@ class SINGuide(AutoGuide, NameOwner):
             return self.pgm.free_factor({key: getattr(self.free, key) for key in self._free_names})
         return self.pgm.tied_factor(global_posterior or self.global_posterior())
 
-    def _as_encoder_input(self, data):
-        """Array-likes (numpy, lists, pandas) as tensors in the encoder's dtype and on its device."""
+    def as_input(self, data):
+        """
+        ``data`` with its array-likes (numpy, lists, pandas) as tensors in the encoder's dtype and on its
+        device (integers, e.g. lengths, stay integers); tensors as they are.
+        """
         if isinstance(data, tuple):
-            return tuple(self._as_encoder_input(part) for part in data)
+            return tuple(self.as_input(part) for part in data)
         if torch.is_tensor(data) or data is None:
             return data
         reference = next(self.encoder.parameters(), None)
@@ -327,7 +330,7 @@ class SINGuide(AutoGuide, NameOwner):
         The encoder's potentials for a minibatch of data (a tensor or a tuple of encoder inputs;
         numpy arrays, lists and pandas DataFrames are converted to the encoder's dtype and device).
         """
-        data = self._as_encoder_input(data)
+        data = self.as_input(data)
         self._check_matches_encoder(data)
         potential = self.encoder(*data) if isinstance(data, tuple) else self.encoder(data)
         if not isinstance(potential, GaussianPotential):

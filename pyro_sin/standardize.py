@@ -35,7 +35,9 @@ def as_float_tensor(data, like: Optional[torch.Tensor] = None) -> torch.Tensor:
         return as_float_tensor(data).to(dtype=like.dtype, device=like.device)
     if not torch.is_tensor(data):
         try:
-            data = np.array(data)  # a copy (a DataFrame's values may be read-only), of a list of rows too
+            # a copy (a DataFrame's values may be read-only), of a list of rows too, in row-major order
+            # (a DataFrame's are column-major: the same numbers would sum in another order)
+            data = np.array(data, order="C")
         except ValueError as error:  # rows of different lengths
             raise TypeError(f"the data must be numbers in a table of one width: {error}") from None
         if data.dtype == object:
