@@ -32,7 +32,7 @@ from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder, latent_scale, mirrored_autoencoder
 from pyro_sin.optim import NaturalAdam
 from pyro_sin.pgm import GaussianMixture, StudentTMixture
-from pyro_sin.standardize import standardized_autoencoder
+from pyro_sin.standardize import Standardization, StandardizedDecoder, StandardizedEncoder, standardized_autoencoder
 from pyro_sin.training import History, components_in_use, fit
 
 from baselines import VAE, SVAEGuide
@@ -59,7 +59,7 @@ class Config:
     factor: str = "tied"
     decoder_estimator: str = "sample"
     student_t_df: float = 5.0  # the Student-t mixture's degrees of freedom (SAN-TMM)
-    init: str = "standardized"  # "mirrored" (raw data units) or "independent": the paper code's random shortcuts
+    init: str = "standardized"  # "mirrored" or "independent": the paper code's random shortcuts (standardised data)
     # "standardized" networks (measured in issue 7; all relative to the data's spread):
     spread: float = 5.0  # spread of the networks' inputs and outputs
     min_scale: float = 0.01  # the Gaussian decoder's floor
@@ -116,13 +116,18 @@ def build_networks(config: Config, train: torch.Tensor):
             init_noise=config.init_noise,
             **gain,
         )
-    elif config.init == "mirrored":
-        encoder, decoder = mirrored_autoencoder(
-            data_dim, config.latent_dim, hidden, scale=latent_scale(train)
-        )
-    elif config.init == "independent":
-        encoder = GaussianEncoder(data_dim, config.latent_dim, hidden)
-        decoder = GaussianDecoder(config.latent_dim, data_dim, hidden)
+    elif config.init in ("mirrored", "independent"):
+        # the paper code's networks read and answer in standardised units: in the data's own units
+        # they lost the clusters once the data were scaled by 1e3, 1e6 or 1e-3
+        standardization = Standardization.fit(train).to(train.device)
+        if config.init == "mirrored":
+            encoder, decoder = mirrored_autoencoder(
+                data_dim, config.latent_dim, hidden, scale=latent_scale(standardization(train))
+            )
+        else:
+            encoder = GaussianEncoder(data_dim, config.latent_dim, hidden)
+            decoder = GaussianDecoder(config.latent_dim, data_dim, hidden)
+        encoder, decoder = StandardizedEncoder(encoder, standardization), StandardizedDecoder(decoder, standardization)
     else:
         raise ValueError(f"unknown init {config.init!r}")
     return encoder.to(train.device), decoder.to(train.device)

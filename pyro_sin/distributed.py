@@ -13,7 +13,11 @@ because :class:`~pyro_sin.SINELBO` writes the natural gradient ``λ - λ*`` with
           = \lambda - \big(\lambda_0 + \tfrac{N}{R|B|} \textstyle\sum_r \sum_{n\in B_r} E[t(x_n)]\big),
 
 the natural gradient of the global batch, provided every process holds the same
-``λ`` (broadcast once at the start; identical steps keep them equal).
+``λ`` (broadcast once at the start; identical steps keep them equal) and every process
+has the same batch size ``|B_r| = |B|`` of a data set of the same size ``N``. The average
+is not the global batch's step otherwise, so :class:`~pyro_sin.SINELBO` (every step) and
+:func:`~pyro_sin.training.fit` (before the first) refuse processes whose sizes differ
+(:func:`check_same_sizes`).
 
 :class:`~pyro_sin.optim.NaturalAdam` averages automatically once a process
 group is initialised; :func:`broadcast_parameters` makes the processes start
@@ -38,6 +42,32 @@ def world() -> Tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def check_same_sizes(batch_size: int, num_data: int, device=None) -> None:
+    """
+    Refuses, on every process alike, processes whose minibatch size or data-set size differs
+    from the others': their averaged step would not be the step of the global batch.
+    A collective: every process of the group must call it.
+
+    :param int batch_size: ``|B_r|``, this process's number of data points in the step.
+    :param int num_data: ``N``, the size of the data set the minibatch is drawn from.
+    :param device: where the collective runs (a CUDA device for NCCL).
+    """
+    _, size = world()
+    if size == 1:
+        return
+    mine = torch.tensor([int(batch_size), int(num_data)], dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(gathered, mine)
+    batches, data = [int(t[0]) for t in gathered], [int(t[1]) for t in gathered]
+    if len(set(batches)) > 1 or len(set(data)) > 1:
+        raise ValueError(
+            f"the processes hold minibatches of different sizes (batch sizes per rank {batches}, data sizes per "
+            f"rank {data}): the averaged step is the global batch's only when every rank steps with the same "
+            "batch size on a data set of the same size N. Give every rank the same batch_size and the whole data "
+            "set (pyro_sin.training.fit and minibatch_indices hand out equal shares)"
+        )
 
 
 def _by_name(params: Iterable[torch.Tensor]):

@@ -30,6 +30,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_site_shape, get_rng_state, set_rng_state, warn_if_nan
 
+from .distributed import check_same_sizes, world
 from .natural import set_natural_gradient
 from .training import DivergenceError
 
@@ -97,6 +98,15 @@ class _IntegrateOutPGM(Messenger):
         record.model_frames = msg["cond_indep_stack"]
         msg["value"] = self.guide_trace.nodes[pgm.name]["value"]
         msg["done"] = True
+
+
+def _minibatch_sizes(guide_trace):
+    """``(|B|, N)``: the data points in the minibatch around the trace's SIN sites, and in the data set."""
+    for site in guide_trace.nodes.values():
+        if site["type"] == "sample" and "sin" in site["infer"]:
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized and f.name != "num_particles_vectorized"]
+            return math.prod(f.size for f in frames), math.prod(f.full_size or f.size for f in frames)
+    return 0, 0
 
 
 def _scalar(scale, what):
@@ -356,6 +366,9 @@ class SINELBO(ELBO):
         (``o`` the offset of stored from base-measure natural coordinates).
         """
         targets = {}
+        if records and world()[1] > 1:  # the processes' averaged step must be the global batch's
+            param = records[0][1][0][0].natural_param if records[0][1] else None
+            check_same_sizes(*_minibatch_sizes(records[0][0]), device=None if param is None else param.device)
         with torch.no_grad():
             for guide_trace, trace_records in records:
                 for record, local_ratio, global_ratio in trace_records:

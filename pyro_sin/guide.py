@@ -15,6 +15,7 @@ posterior comes out of exact message passing.
 import contextlib
 from typing import Optional
 
+import numpy as np
 import torch
 
 import pyro
@@ -28,6 +29,7 @@ from ._pyro_compat import active_plate, isolated, outside
 from .naming import NameOwner
 from .pgm.base import SINRecord, StructuredPrior
 from .potential import GaussianPotential
+from .standardize import as_float_tensor
 from .training import DivergenceError
 
 
@@ -233,8 +235,14 @@ class SINGuide(AutoGuide, NameOwner):
                 f"SINGuide: the data to encode has {rows} rows but the plate '{plate.name}' "
                 f"holds {plate.subsample_size} of {plate.size} data points"
             )
-        if is_validation_enabled() and not torch.isfinite(batch).all():
-            raise ValueError("SINGuide: the data contain NaN or inf")
+        # checked whatever the validation setting: NaN data would otherwise surface as a failed
+        # factorisation deep in the posterior, and the check is cheap beside the encoder
+        if batch.is_floating_point() and not torch.isfinite(batch).all():
+            rows = (~torch.isfinite(batch.reshape(len(batch), -1))).any(-1).nonzero().flatten()
+            raise ValueError(
+                f"SINGuide: the data contain NaN or inf (minibatch rows {rows[:5].tolist()}): remove or impute "
+                "them; for sequences, fill missing frames with any finite value and mark them 0 in the mask"
+            )
         return batch
 
     def _check_matches_encoder(self, data):
@@ -251,6 +259,17 @@ class SINGuide(AutoGuide, NameOwner):
                     f"parameters are {reference.dtype} on {reference.device}: convert one to match the other "
                     "(e.g. y.to(torch.float32), or encoder/decoder .double() / .to(device))"
                 )
+
+    def _check_stored_natural(self, natural_param):
+        """A clear error for ``λ`` that Pyro's param store holds under this guide's name from another model."""
+        if natural_param.shape[-1:] != (self._natural_domain.size,):
+            raise ValueError(
+                f"SINGuide '{self.param_prefix}': Pyro's param store holds '{self.param_prefix}.natural' with "
+                f"{natural_param.shape[-1]} entries, but this guide's {type(self.pgm).__name__} needs "
+                f"{self._natural_domain.size}: they belong to another model under the same name (e.g. an earlier "
+                "run with another K). Call pyro.clear_param_store() before building the new model, or give the "
+                "guide a fresh name=..."
+            )
 
     # ----- the guide ------------------------------------------------------------------
 
@@ -292,8 +311,27 @@ class SINGuide(AutoGuide, NameOwner):
             return self.pgm.free_factor({key: getattr(self.free, key) for key in self._free_names})
         return self.pgm.tied_factor(global_posterior or self.global_posterior())
 
+    def as_input(self, data):
+        """
+        ``data`` with its array-likes (numpy, lists, pandas) as tensors in the encoder's dtype and on its
+        device (integers, e.g. lengths, stay integers); tensors as they are.
+        """
+        if isinstance(data, tuple):
+            return tuple(self.as_input(part) for part in data)
+        if torch.is_tensor(data) or data is None:
+            return data
+        reference = next(self.encoder.parameters(), None)
+        converted = torch.as_tensor(np.asarray(data))
+        if converted.is_floating_point() or reference is None:
+            return as_float_tensor(data, like=reference)
+        return converted.to(reference.device)  # integers (lengths) stay integers
+
     def encode(self, data) -> GaussianPotential:
-        """The encoder's potentials for a minibatch of data (a tensor or a tuple of encoder inputs)."""
+        """
+        The encoder's potentials for a minibatch of data (a tensor or a tuple of encoder inputs;
+        numpy arrays, lists and pandas DataFrames are converted to the encoder's dtype and device).
+        """
+        data = self.as_input(data)
         self._check_matches_encoder(data)
         potential = self.encoder(*data) if isinstance(data, tuple) else self.encoder(data)
         if not isinstance(potential, GaussianPotential):
@@ -308,7 +346,7 @@ class SINGuide(AutoGuide, NameOwner):
             return self.pgm.posterior(potential, self.factor(global_posterior))
 
     def local_posterior(self, data):
-        """The posterior of the local latents of ``data`` (no sample sites emitted)."""
+        """The posterior of the local latents of ``data`` (no sample sites emitted; array-likes converted)."""
         return self.posterior(self.encode(data), self.global_posterior())
 
     def forward(self, *args, **kwargs):
@@ -322,6 +360,7 @@ class SINGuide(AutoGuide, NameOwner):
             if active is not None:  # θ is global even when called inside the data plate
                 stack.enter_context(outside(active))
             natural_param = self.natural
+            self._check_stored_natural(natural_param)
             natural = self._natural_domain.unpack(natural_param)
             self.pgm.sample_global_posterior(natural)  # skipped by SINELBO, which integrates θ
         global_posterior = self.pgm.global_posterior({k: v.detach() for k, v in natural.items()})

@@ -26,7 +26,7 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: Optional[torch.Ge
     """
     N = len(points)
     if not 1 <= num_clusters <= N:
-        raise ValueError(f"need 1 <= num_clusters <= {N} points, got {num_clusters}")
+        raise ValueError(f"K={num_clusters} clusters need at least {num_clusters} points (and K >= 1), got {N}")
     generator = generator or torch.Generator().manual_seed(0)
     first = torch.randint(N, (1,), generator=generator).to(points.device)
     centres = points[first]

@@ -16,6 +16,20 @@ def data_plate(num_data: int, y: torch.Tensor, indices=None) -> pyro.plate:
     The plate over data points: ``y`` is the minibatch, ``indices`` its rows in
     the full data set (random ones when omitted; only the scale ``N/|B|`` matters then).
     """
+    if indices is not None:
+        indices = torch.as_tensor(indices, device=y.device if torch.is_tensor(y) else None)
+        if indices.dim() != 1 or indices.is_floating_point():
+            raise ValueError(
+                f"indices must be a 1-D integer tensor, one row number per data point of the minibatch, got "
+                f"{indices.dtype} of shape {tuple(indices.shape)}: e.g. idx.reshape(-1) for a single point"
+            )
+        if len(indices) != len(y):
+            raise ValueError(
+                f"the minibatch has {len(y)} rows but {len(indices)} indices: pass the minibatch's rows, "
+                "y[indices], with their indices"
+            )
+        if len(indices) and not (0 <= int(indices.min()) and int(indices.max()) < num_data):
+            raise ValueError(f"indices must lie in [0, {num_data}) (num_data), got {indices.min()}..{indices.max()}")
     size = len(y) if indices is None else len(indices)
     if size == 0:
         raise ValueError("the minibatch is empty: pass at least one data point")

@@ -12,7 +12,9 @@ for param-store checkpoints across processes).
 A live owner counts as holding its name until it has run once and the param
 store then no longer holds anything under it (``pyro.clear_param_store()``),
 so a model rebuilt after clearing the store gets its old name back and picks
-up a checkpoint loaded into the store.
+up a checkpoint loaded into the store. An owner gone (an earlier run in the same
+process, e.g. a notebook cell run twice) keeps its name taken while the store still
+holds the very tensors it trained, so that a new run never warm-starts from them.
 """
 
 import weakref
@@ -22,6 +24,8 @@ import pyro
 from ._pyro_compat import MODULE_NAMESPACE_DIVIDER
 
 _OWNERS = weakref.WeakSet()
+#: id -> tensor: the param store's tensors that owners gone since left there (an earlier run in this process)
+_LEFTOVERS = weakref.WeakValueDictionary()
 
 
 class NameOwner:
@@ -33,17 +37,35 @@ class NameOwner:
         """Sets ``param_prefix`` to ``name``, or else to a unique variant of ``default``."""
         self.param_prefix = name if name is not None else unique_name(default)
         _OWNERS.add(self)
+        finalizer = weakref.finalize(self, _record_leftovers, self.param_prefix)
+        finalizer.atexit = False
 
     def _mark_registered(self):
         self._registered_params = True
 
 
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + MODULE_NAMESPACE_DIVIDER)
+
+
 def _holds_parameters(prefix: str) -> bool:
     store = pyro.get_param_store()
-    return any(
-        key == prefix or key.startswith(prefix + ".") or key.startswith(prefix + MODULE_NAMESPACE_DIVIDER)
-        for key in store.keys()
-    )
+    return any(_under(key, prefix) for key in store.keys())
+
+
+def _stored(prefix: str):
+    """The param store's (unconstrained) tensors under ``prefix``."""
+    return [value for key, value in pyro.get_param_store().get_state()["params"].items() if _under(key, prefix)]
+
+
+def _record_leftovers(prefix: str) -> None:
+    """When an owner is gone: what it left in the store under its name is an earlier run's, not a checkpoint."""
+    for value in _stored(prefix):
+        _LEFTOVERS[id(value)] = value
+
+
+def _holds_leftovers(prefix: str) -> bool:
+    return any(_LEFTOVERS.get(id(value)) is value for value in _stored(prefix))
 
 
 def unique_name(base: str) -> str:
@@ -54,7 +76,10 @@ def unique_name(base: str) -> str:
         if not owner._registered_params or _holds_parameters(owner.param_prefix)
     }
     name, count = base, 1
-    while name in taken:
+    # a name whose parameters an earlier, finished run left in the store is taken too: adopting them would
+    # warm-start this run from that one's trained values (or clash with another K); a checkpoint loaded
+    # into the store (new tensors) is adopted
+    while name in taken or _holds_leftovers(name):
         count += 1
         name = f"{base}_{count}"
     return name

@@ -13,6 +13,7 @@ so when ``c`` is a power of two), while the likelihood gains the constant
 ``-D log c``.
 """
 
+import warnings
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -24,20 +25,77 @@ import pyro.distributions as dist
 from .potential import GaussianPotential
 
 
-def as_float_tensor(data) -> torch.Tensor:
+def as_float_tensor(data, like: Optional[torch.Tensor] = None) -> torch.Tensor:
     """
     ``data`` (a tensor, a numpy array, a pandas DataFrame or a nested list) as a tensor, of torch's
-    default dtype unless it holds floats already.
+    default dtype unless it holds floats already; an array-like given with ``like`` (e.g. a network's
+    parameter) takes its dtype and device (a tensor stays as it is: a mismatch is the caller's to report).
     """
+    if like is not None and not torch.is_tensor(data):
+        return as_float_tensor(data).to(dtype=like.dtype, device=like.device)
     if not torch.is_tensor(data):
         try:
-            data = np.array(data)  # a copy (a DataFrame's values may be read-only), of a list of rows too
+            # a copy (a DataFrame's values may be read-only), of a list of rows too, in row-major order
+            # (a DataFrame's are column-major: the same numbers would sum in another order)
+            data = np.array(data, order="C")
         except ValueError as error:  # rows of different lengths
             raise TypeError(f"the data must be numbers in a table of one width: {error}") from None
         if data.dtype == object:
             raise TypeError("the data must be numbers in a table of one width (got ragged or non-numeric values)")
     data = torch.as_tensor(data)
     return data if data.is_floating_point() else data.to(torch.get_default_dtype())
+
+
+#: one column's spread this many times the median column's swamps the others under one common scale
+DOMINANT_RATIO = 1e6
+
+
+def _warn_of_extreme_columns(loc: torch.Tensor, std: torch.Tensor, dtype: torch.dtype, per_feature: bool) -> None:
+    """
+    Warns of the columns that standardisation cannot serve: one whose spread swamps the others under
+    one common scale, and one whose values are constant to the precision of ``dtype`` while the others
+    vary (a large offset, e.g. ``1e12 + O(1)`` in float32, leaves no trace of the variation).
+    """
+    varying = std > 0
+    if varying.sum() < 1:
+        return
+    typical = std[varying].median()
+    # a column's rounding step at its offset; one that spans a few steps at most carries none of its variation
+    resolution = torch.finfo(dtype).eps * loc.abs()
+    lost = (std <= 64 * resolution) & (resolution > 1e-3 * typical)
+    if lost.any():
+        columns = lost.nonzero().flatten().tolist()
+        listed = ", ".join(f"{j} (mean {float(loc[j]):.6g}, spread {float(std[j]):.3g})" for j in columns[:5])
+        warnings.warn(
+            f"Standardization: column(s) {listed} are constant to {dtype}'s precision at their offset, "
+            "so their variation, if any, is lost: centre them (subtract their mean) before converting to "
+            f"{dtype}, or pass float64 data",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if not per_feature and varying.sum() > 1 and std.max() > DOMINANT_RATIO * typical:
+        j = int(std.argmax())
+        warnings.warn(
+            f"Standardization: column {j}'s spread ({float(std[j]):.3g}) is {float(std[j] / typical):.2g} times the "
+            "median column's: with one scale for every column (per_feature=False) the other columns vanish "
+            "in its units. Pass per_feature=True for columns in different units",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def check_table(data: torch.Tensor, what: str = "data", min_rows: int = 1) -> torch.Tensor:
+    """Refuses ``data`` that are not a table ``(N, P)`` of at least ``min_rows`` rows, saying how to make one."""
+    if data.dim() == 1:
+        raise ValueError(
+            f"{what} must be a table of shape (N, P), got a vector of shape {tuple(data.shape)}: "
+            "reshape it to (N, 1) for one feature (data.reshape(-1, 1))"
+        )
+    if data.dim() != 2:
+        raise ValueError(f"{what} must be a table of shape (N, P), got shape {tuple(data.shape)}")
+    if len(data) < min_rows or data.shape[1] == 0:
+        raise ValueError(f"{what} needs at least {min_rows} row(s) and one column, got shape {tuple(data.shape)}")
+    return data
 
 
 class Standardization(nn.Module):
@@ -70,10 +128,15 @@ class Standardization(nn.Module):
         features, the root-mean-square of their standard deviations, which keeps
         the relative sizes of the features (pixels of an image, coordinates of a
         point); with ``per_feature=True`` each feature gets its own standard
-        deviation, floored at ``min_relative_scale`` times that root-mean-square
-        so that a (nearly) constant feature is not blown up into outliers.
+        deviation, floored at ``min_relative_scale`` times the median standard
+        deviation of the features that vary, so that a (nearly) constant feature is not
+        blown up into outliers and a feature in huge units does not floor the others.
         Data with no spread at all get ``s = max(|m|, 1)``. The standardised data
         then have a root-mean-square spread of ``spread``.
+
+        A :class:`RuntimeWarning` names a feature whose spread exceeds the median's by more than
+        :data:`DOMINANT_RATIO` under ``per_feature=False``, and one that is constant to its dtype's
+        precision at its offset while others vary (e.g. ``1e12 + O(1)`` in float32).
 
         :param torch.Tensor data: shape ``(..., D)``; every leading dimension counts as data points.
         """
@@ -86,9 +149,15 @@ class Standardization(nn.Module):
         rows = rows.double()  # the statistics in double: a large offset does not swamp the spread
         loc = rows.mean(0)
         variance = (rows - loc).pow(2).mean(0)  # (D,)
+        _warn_of_extreme_columns(loc, variance.sqrt(), data.dtype, per_feature)
         # one column in huge units must not floor the others: per feature, the floor is relative
         # to the median spread
-        typical = variance.median().sqrt() if per_feature else variance.mean().sqrt()
+        # to the median spread of the columns that vary (a constant column must not floor them at its offset)
+        varying = variance[variance > 0]
+        if per_feature:
+            typical = (varying.median() if len(varying) else variance.sum()).sqrt()
+        else:
+            typical = variance.mean().sqrt()
         if typical == 0:  # (nearly all) constant data: any positive unit will do; keep it in the data's units
             typical = loc.abs().max().clamp(min=1.0)
         if per_feature:
@@ -220,7 +289,7 @@ def standardized_autoencoder(
     if shortcut not in ("auto", "pca", "random"):
         raise ValueError(f"shortcut must be 'auto', 'pca' or 'random', got {shortcut!r}")
     # the networks are built in torch's default dtype, and so is their standardisation
-    data = as_float_tensor(data).to(torch.get_default_dtype())
+    data = check_table(as_float_tensor(data).to(torch.get_default_dtype()), "standardized_autoencoder's data", 2)
     standardization = Standardization.fit(data, per_feature=per_feature, spread=spread).to(data.device)
     if shortcut == "auto":
         shortcut = "pca" if latent_dim < min(data.shape[-1], len(data)) else "random"
@@ -318,9 +387,7 @@ def ppca_autoencoder(
     """
     from .nn import GaussianDecoder, GaussianEncoder, _inverse_softplus
 
-    data = as_float_tensor(data)  # the networks are built in the data's dtype
-    if data.dim() != 2 or len(data) < 2:
-        raise ValueError(f"ppca_autoencoder needs data of shape (N, P) with N >= 2, got {tuple(data.shape)}")
+    data = check_table(as_float_tensor(data), "ppca_autoencoder's data", 2)  # networks in the data's dtype
     N, P = data.shape
     if not 1 <= latent_dim <= P:
         raise ValueError(f"latent_dim must lie in [1, {P}] (the data's dimension), got {latent_dim}")

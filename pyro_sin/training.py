@@ -18,7 +18,7 @@ import pyro
 import pyro.poutine as poutine
 from pyro.infer.util import torch_item
 
-from .distributed import broadcast_parameters, world
+from .distributed import broadcast_parameters, check_same_sizes, world
 
 
 class History(NamedTuple):
@@ -263,7 +263,8 @@ def fit(
     the gradients, and only rank 0 shows progress and evaluates.
 
     :param data: a tensor, or a tuple of tensors with one row per data point
-        (e.g. sequences, their missing-frame mask and their lengths); each is
+        (e.g. sequences, their missing-frame mask and their lengths; array-likes are converted
+        to a :class:`~pyro_sin.SINGuide`'s encoder's dtype and device); each is
         indexed by the same minibatch and passed positionally,
         ``svi.step(*(d[idx] for d in data), indices=idx)``.
     :param evaluate: called at step 0, every ``eval_every`` steps and at the end;
@@ -282,7 +283,10 @@ def fit(
     :raises DivergenceError: when the loss or a gradient becomes NaN or infinite,
         or the loss explodes; the offending update is not applied.
     """
-    parts = (data,) if torch.is_tensor(data) else tuple(data)
+    parts = (data,) if torch.is_tensor(data) or not isinstance(data, (tuple, list)) else tuple(data)
+    as_input = getattr(getattr(svi, "guide", None), "as_input", None)
+    if as_input is not None:  # numpy, lists, pandas: in the encoder's dtype and on its device
+        parts = as_input(parts)
     if not parts or not all(torch.is_tensor(part) and part.dim() > 0 for part in parts):
         raise TypeError("fit: data must be a tensor or a tuple of tensors with one row per data point")
     num_data = len(parts[0])
@@ -295,6 +299,7 @@ def fit(
     guard = DivergenceGuard() if guard is True else (guard or None)
     generator = generator or torch.Generator().manual_seed(0)  # the same minibatches on every device
     rank, size = world()
+    check_same_sizes(batch_size, num_data)  # (in one process, nothing to check)
     batches = minibatch_indices(num_data, batch_size, generator, rank, size)
     if size > 1:  # start every process from rank 0's parameters
         first = next(batches)

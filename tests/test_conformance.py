@@ -333,7 +333,7 @@ def test_bad_data_are_refused(key, factor):
     with pytest.raises(ValueError, match="the minibatch is empty"):
         elbo.loss(model, guide, *minibatch(data, torch.arange(0)))
     # rows that are neither the minibatch nor the full data set
-    refused = rf"SINGuide: the data to encode has {N - 1} rows but the plate 'data' holds 2 of {N}"
+    refused = rf"the minibatch has {N - 1} rows but 2 indices: pass the minibatch's rows, y\[indices\]"
     with pytest.raises(ValueError, match=refused):
         guide(*(part[: N - 1] for part in data), torch.arange(2))
 

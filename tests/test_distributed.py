@@ -7,6 +7,8 @@ noise (the draws of x differ between layouts); every closed-form term still
 depends on the encoder, the PGM and the natural parameters.
 """
 
+import re
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -159,3 +161,59 @@ def test_fit_in_two_processes_trains_as_one_process_with_the_global_batch(tmp_pa
         assert set(result) == set(single)
         for name, value in single.items():
             assert_close(result[name], value, rtol=1e-6, atol=1e-8)
+
+
+# ----- what the processes cannot do exactly is refused before the first step ----------------------------
+
+
+def _refusal_worker(rank, case, store_path, out_path):
+    """Each rank records the error it raised and whether its parameters moved."""
+    from pyro_sin.training import fit
+
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    try:
+        y, model, guide, elbo = build("mixture", seed=0)
+        svi = SVI(model, guide, NaturalAdam({"lr": 0.01}, natural_lr=0.5), elbo)
+        error = None
+        if case == "batch sizes":  # 4 points on rank 0, 8 on rank 1 (the issue's case)
+            indices = torch.arange(4) if rank == 0 else torch.arange(4, 12)
+            svi.evaluate_loss(y[indices], indices=indices)
+            before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+            try:
+                svi.step(y[indices], indices=indices)
+            except ValueError as e:
+                error = str(e)
+        else:  # "data sizes": fit given 12 rows on rank 0 and 16 on rank 1
+            data = y[: 12 + 4 * rank]
+            before = {}
+            try:
+                fit(svi, data, iterations=2, batch_size=BATCH, progress=False)
+            except ValueError as e:
+                error = str(e)
+        after = pyro.get_param_store()
+        moved = [k for k, v in before.items() if not torch.equal(v, after[k].detach())]
+        torch.save({"error": error, "moved": moved, "stored": list(after.keys())}, f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("batch sizes", r"batch sizes per rank \[4, 8\], data sizes per rank \[40, 40\]"),
+        ("data sizes", r"batch sizes per rank \[6, 6\], data sizes per rank \[12, 16\]"),
+    ],
+)
+def test_processes_with_different_batch_or_data_sizes_are_refused_before_any_update(case, match, tmp_path):
+    """The averaged step equals the global batch's only for equal shares: anything else is refused on every rank."""
+    mp.spawn(_refusal_worker, args=(case, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2, join=True)
+    for rank in range(2):
+        result = torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=False)
+        assert result["error"] is not None, f"rank {rank} was not refused"
+        assert re.search(match, result["error"]), result["error"]
+        assert "same batch_size" in result["error"]
+        assert result["moved"] == []  # svi.step: refused before the update
+        if case == "data sizes":  # fit: refused before the model and guide ever ran
+            assert result["stored"] == []

@@ -99,7 +99,12 @@ def spd_matrix(value, dim: int, batch_shape=(), what: str = "matrix", dtype=None
         value = value * eye
     if value.shape[-2:] != (dim, dim):
         raise ValueError(f"{what} must be a scalar or have shape (..., {dim}, {dim}), got {tuple(value.shape)}")
-    value = value.expand(tuple(batch_shape) + (dim, dim)).clone()
+    try:
+        value = value.expand(tuple(batch_shape) + (dim, dim)).clone()
+    except RuntimeError:
+        raise ValueError(
+            f"{what} must broadcast to shape {tuple(batch_shape) + (dim, dim)}, got {tuple(value.shape)}"
+        ) from None
     if not torch.isfinite(value).all() or not torch.allclose(value, value.transpose(-1, -2)):
         raise ValueError(f"{what} must be finite and symmetric, got {describe_matrices(value)}")
     eigenvalues = torch.linalg.eigvalsh(value)

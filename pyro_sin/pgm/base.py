@@ -17,6 +17,7 @@ Vocabulary used throughout:
   minibatch, combining the encoder's potentials with the factor.
 """
 
+import numbers
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -91,9 +92,13 @@ class StructuredPrior(PyroModule):
     def __init__(self, name: str, **sizes: int):
         super().__init__()
         self.name = name
+        for key, size in sizes.items():
+            if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+                raise TypeError(f"{type(self).__name__} {key} must be a whole number, got {size!r}")
         if any(size < 1 for size in sizes.values()):
             wanted = " and ".join(f"{key} >= 1" for key in sizes)
-            raise ValueError(f"need {wanted}, got {', '.join(str(size) for size in sizes.values())}")
+            given = ", ".join(f"{key}={size}" for key, size in sizes.items())
+            raise ValueError(f"{type(self).__name__}: need {wanted}, got {given}")
         for key, size in sizes.items():
             setattr(self, key, size)
 
@@ -107,7 +112,14 @@ class StructuredPrior(PyroModule):
     @classmethod
     def _as_tensor(cls, value, shape, what: str = "a hyperparameter") -> torch.Tensor:
         """A finite hyperparameter (a number or a tensor) in the default dtype, broadcast to ``shape`` and owned."""
-        return torch.as_tensor(cls._finite(value, what), dtype=torch.get_default_dtype()).expand(shape).clone()
+        value = torch.as_tensor(cls._finite(value, what), dtype=torch.get_default_dtype())
+        try:
+            return value.expand(shape).clone()
+        except RuntimeError:
+            raise ValueError(
+                f"{what} must be a number or a tensor that broadcasts to shape {tuple(shape)}, "
+                f"got shape {tuple(value.shape)}"
+            ) from None
 
     def _memoized(self, key: str, tensors, build):
         """

@@ -37,6 +37,28 @@ def step_mask(lengths: Optional[torch.Tensor], num_steps: int) -> Optional[torch
     return torch.arange(num_steps, device=lengths.device) < lengths[..., None]
 
 
+def check_lengths(lengths, num_steps: int, owner: str = "the sequence model") -> None:
+    """
+    Refuses ``lengths`` that are not whole numbers in ``[1, num_steps]``: a sequence of no step
+    (or of more steps than the data hold) has no posterior, and would otherwise surface as a
+    NaN far from its cause.
+    """
+    if lengths is None:
+        return
+    whole = torch.is_tensor(lengths) and not (lengths.is_floating_point() or lengths.is_complex())
+    if not whole or lengths.dtype == torch.bool:
+        raise ValueError(
+            f"{owner}: lengths must be an integer tensor (one length per sequence), got "
+            f"{lengths.dtype if torch.is_tensor(lengths) else type(lengths).__name__}: pass torch.as_tensor(lengths)"
+        )
+    if lengths.numel() and not ((lengths >= 1) & (lengths <= num_steps)).all():
+        bad = lengths[(lengths < 1) | (lengths > num_steps)]
+        raise ValueError(
+            f"{owner}: lengths must lie in [1, {num_steps}] (the number of frames of each sequence before "
+            f"its padding), got {bad.tolist()}: drop the empty sequences, or pad the data to the longest one"
+        )
+
+
 def after_end_to_zero(value: torch.Tensor, mask: Optional[torch.Tensor], event_dims: int) -> torch.Tensor:
     """``value`` of shape ``(..., T) + event`` with zeros at the steps that do not exist."""
     if mask is None:
@@ -136,6 +158,12 @@ class SequencePrior(StructuredPrior):
         if lengths is not None and lengths.shape != shape[:-2]:
             batch = tuple(shape[:-2])
             raise ValueError(f"{owner} needs one length per sequence, shape {batch}, got {tuple(lengths.shape)}")
+        check_lengths(lengths, shape[-2], owner)
+
+    def sample_latent(self, params, num_steps: int, lengths=None) -> torch.Tensor:
+        """Emits ``x_{1:T} ~ p(x | θ)`` inside the user's data plate; ``lengths`` ends padded sequences."""
+        check_lengths(lengths, num_steps, f"{type(self).__name__} '{self.name}'")
+        return super().sample_latent(params, num_steps, lengths)
 
     def latent_log_prob(self, params, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """``log p(x_{1:T} | θ)`` of the steps up to each sequence's end, shape ``x.shape[:-2]``."""

@@ -341,7 +341,7 @@ class NormalWishartGaussians:
         scale_inv = spd_matrix(D + 0.5 if scale_inv is None else scale_inv, D, batch_shape, f"{what} scale_inv")
         self.register_buffer("prior_loc", self._as_tensor(loc, batch_shape + (D,), f"{what} loc"))
         self.register_buffer("prior_kappa", self._as_tensor(kappa, batch_shape, f"{what} kappa"))
-        self.register_buffer("prior_scale_inv", self._as_tensor(scale_inv, batch_shape + (D, D)))
+        self.register_buffer("prior_scale_inv", self._as_tensor(scale_inv, batch_shape + (D, D), f"{what} scale_inv"))
         self.register_buffer("prior_df", self._as_tensor(2 * D + 0.5 if df is None else df, batch_shape, f"{what} df"))
         self.prior(validate_args=True)  # positive definite scale, df > D - 1, kappa > 0
 

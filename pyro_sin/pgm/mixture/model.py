@@ -85,6 +85,7 @@ class DeepLatentMixture(NameOwner):
     @torch.no_grad()
     def reconstruction_error(self, guide: SINGuide, y, num_samples: int = 100) -> evaluation.Estimate:
         """The weighted reconstruction error of every point (see :func:`~pyro_sin.evaluation.reconstruction_error`)."""
+        y = guide.as_input(y)
         post = guide.local_posterior(y)
         return evaluation.reconstruction_error(self.decoder, y, _components(post), post.probs, num_samples)
 
@@ -100,6 +101,7 @@ class DeepLatentMixture(NameOwner):
         importance sampling with the SIN marginal ``q(x_n | y_n) = Σ_k r_nk q(x_n | z_n = k)``
         as proposal (see :func:`~pyro_sin.evaluation.log_likelihood`).
         """
+        y = guide.as_input(y)
         post = guide.local_posterior(y)
         params = self.pgm.point_estimate(guide.global_posterior())
         proposal = dist.MixtureSameFamily(dist.Categorical(logits=post.log_probs), _components(post))
@@ -140,6 +142,7 @@ class DeepLatentMixture(NameOwner):
     @torch.no_grad()
     def cluster(self, guide: SINGuide, y) -> torch.Tensor:
         """The most probable component of each point, ``argmax_k r_nk``."""
+        y = guide.as_input(y)
         return evaluation.cluster(guide.local_posterior(y).log_probs)
 
     @torch.no_grad()

@@ -10,13 +10,14 @@ mixture to their potentials by variational Bayes
 the classic model's bound, in any units.
 """
 
+import numbers
 from typing import Dict, NamedTuple, Optional, Sequence
 
 import torch
 
 from ...initialization import encode
 from ...potential import GaussianPotential
-from ...standardize import LinearStart, as_float_tensor, ppca_autoencoder
+from ...standardize import LinearStart, as_float_tensor, check_table, ppca_autoencoder
 from .gaussian import GaussianMixture
 
 
@@ -69,7 +70,14 @@ def classic_start(
     :param int n_init: k-means partitions tried for the start of variational Bayes.
     :returns: a :class:`MixtureStart`.
     """
-    data = as_float_tensor(data)
+    data = check_table(as_float_tensor(data), "classic_start's data")
+    if isinstance(num_components, bool) or not isinstance(num_components, numbers.Integral) or num_components < 1:
+        raise ValueError(f"classic_start: num_components must be a whole number >= 1, got {num_components!r}")
+    if len(data) < max(num_components, 2):
+        raise ValueError(
+            f"classic_start: K={num_components} components need at least {max(num_components, 2)} rows, "
+            f"got {len(data)}: pass more data or a smaller num_components"
+        )
     latent_dim = data.shape[-1] if latent_dim is None else latent_dim
     networks = ppca_autoencoder(data, latent_dim, hidden, per_feature=per_feature)
     prior = weak_prior(num_components, latent_dim) if prior is None else prior
