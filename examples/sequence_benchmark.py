@@ -21,6 +21,10 @@ horizons 1..8, and of the imputation of a 5-step gap (frames 20..24 of the conte
 SAN-LDS runs ``--seeds`` seeds (median and worst seed); the other methods are deterministic (one
 run: a seed changes none of their numbers). Seconds are training time per method and seed.
 
+**Segmentation** (section ``segmentation``): the latent HMM and the switching LDS from their
+classic starts against hmmlearn's ``GaussianHMM`` on BasicMotions activities and JapaneseVowels
+speakers joined end to end (:mod:`segmentation_benchmark`, which also runs alone).
+
 The benchmark is a list of sections (:data:`SECTIONS`), each a name, a title and a function that
 runs it and returns its Markdown and its record; ``results.md`` / ``results.json`` hold them all.
 ``--quick`` (or ``CI``) runs one seed on a few windows with a few training steps.
@@ -124,8 +128,22 @@ def run_forecasting(args, config: Config, results: Results) -> Tuple[str, dict]:
     return text, record
 
 
+def run_segmentation(args, config: Config, results: Results) -> Tuple[str, dict]:
+    """The segmentation benchmark (:mod:`segmentation_benchmark`) at its own settings, with ``--seeds`` seeds."""
+    import segmentation_benchmark
+
+    if args.quick:  # one seed on BasicMotions
+        settings = replace(segmentation_benchmark.QUICK, seeds=1, tasks=("basic_motions",))
+    else:
+        settings = replace(segmentation_benchmark.SegmentationConfig(), seeds=args.seeds)
+    rows = segmentation_benchmark.run(settings, args.quick, args.progress)
+    return segmentation_benchmark.markdown(rows), rows
+
+
 SECTIONS = [
     Section("forecasting", "Forecasting (context 40, horizons 1..8) and 5-step gap imputation", run_forecasting),
+    Section("segmentation", "Segmentation of real multi-regime sequences (latent HMM, switching LDS, hmmlearn)",
+            run_segmentation),
 ]
 
 

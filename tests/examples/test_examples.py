@@ -231,7 +231,7 @@ def test_real_sequences(tmp_path):
 def test_sequence_benchmark(tmp_path):
     pytest.importorskip("statsmodels")
     pytest.importorskip("sktime")
-    record = run("sequence_benchmark", tmp_path)
+    record = run("sequence_benchmark", tmp_path, "--sections", "forecasting")  # segmentation: test_segmentation.py
     assert written(tmp_path)["forecasting"].keys() == {"basic_motions", "sunspots", "macro", "elnino"}
     for name, rows in record["forecasting"].items():
         # SAN-LDS starts from a VAR: no forecast far above the training mean's; statsmodels' AR is our VAR on one series

@@ -32,14 +32,19 @@ def test_hmmlearn_baseline_segments_padded_sequences():
 
 
 def test_segmentation_benchmark_short_run(tmp_path):
-    """Every method once on BasicMotions; the deep models end no lower than they start on the held-out bound."""
+    """
+    The sequence benchmark's segmentation section (the segmentation benchmark) in its short run: every
+    method once on BasicMotions; the deep models end no lower than they start on the held-out bound.
+    """
     pytest.importorskip("sktime")
     pytest.importorskip("hmmlearn")
     import segmentation_benchmark
+    import sequence_benchmark
 
-    rows = segmentation_benchmark.main(["--tasks", "basic_motions", "--quick", "--no-progress", "--out", str(tmp_path)])
-    record = json.loads((tmp_path / "results.json").read_text())
-    assert set(record["metrics"]) == {f"basic_motions / {m}" for m in segmentation_benchmark.QUICK.methods}
+    sequence_benchmark.main(["--sections", "segmentation", "--quick", "--no-progress", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "results.json").read_text())["segmentation"]
+    assert set(rows) == {f"basic_motions / {m}" for m in segmentation_benchmark.QUICK.methods}
+    assert "hmmlearn GaussianHMM" in (tmp_path / "results.md").read_text()
     for name, row in rows.items():
         assert 0 <= row["nmi"] <= 1 and 0 < row["seconds"]
         if "hmmlearn" not in name:
