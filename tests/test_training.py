@@ -287,15 +287,26 @@ def test_plain_svi_step_refuses_a_diverging_update_with_the_parameters_unchanged
     assert all(torch.equal(before[name], after[name]) for name in before)
 
 
-def test_nan_data_raise_a_divergence_error_with_validation_off():
+def test_nan_data_are_refused_and_a_diverged_encoder_raises_a_divergence_error_with_validation_off():
     train = pinwheel().train.clone()
-    train[:, 0] = math.nan
     svi = _san(pinwheel().train)
     idx = torch.arange(100)
-    pyro.enable_validation(False)  # (validation on refuses NaN data where they enter the guide)
+    pyro.enable_validation(False)
     try:
-        with pytest.raises(DivergenceError, match="non-finite Gaussian potential.*NaN or inf in the data"):
+        svi.step(train[idx], idx)
+        train[:, 0] = math.nan  # NaN data are refused where they enter the guide, whatever the validation setting
+        with pytest.raises(ValueError, match=r"the data contain NaN or inf \(minibatch rows \[0, 1, 2, 3, 4\]\)"):
             svi.step(train[idx], idx)
+        # finite data through an encoder whose weights went NaN: a DivergenceError naming the potentials, not a
+        # LinAlgError from inside the family, and no parameter moved
+        with torch.no_grad():
+            for name in [name for name in pyro.get_param_store().keys() if "encoder" in name]:
+                pyro.param(name).unconstrained().fill_(math.nan)
+        before = {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
+        with pytest.raises(DivergenceError, match="non-finite Gaussian potential"):
+            svi.step(pinwheel().train[idx], idx)
+        for name, value in pyro.get_param_store().items():
+            assert torch.equal(value.detach(), before[name]) or not torch.isfinite(before[name]).all(), name
     finally:
         pyro.enable_validation(True)
 
