@@ -51,6 +51,7 @@ def main(argv=None):
             factor=args.factor,
             decoder_estimator=args.decoder_estimator,
             init=args.init,
+            decoder_body_gain=None,  # a setting of the standardized networks, which this benchmark does not use
             eval_every=50,
         )
         model, guide, history, _ = experiment.train_san(config, split, progress=False)

@@ -3,9 +3,11 @@ Figures of the paper, drawn with matplotlib's object API (no pyplot, no display 
 
 Curves over iterations use a symmetric-log axis, linear on ``[0, 1]`` and
 logarithmic above, so that the untrained model (iteration 0) sits at ``x = 0``
-with its own tick instead of being moved onto iteration 1. Results over seeds
-are drawn as the median with a band (or error bars) from the smallest to the
-largest seed; the legend says how many seeds.
+with its own tick instead of being moved onto iteration 1. A curve is drawn as
+a marker at every evaluation, joined by a line only to an evaluation at the next
+step: no line passes through steps that were not evaluated. Results over seeds
+are drawn as the median with a bar from the smallest to the largest seed at each
+evaluation; the legend says how many seeds.
 """
 
 from typing import Optional, Sequence
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
@@ -66,11 +69,12 @@ def plot_generative_samples(
     """
     The paper's Fig. 3: samples of a learned generative model over the data.
 
-    The data are drawn as large pale discs coloured by their true class; the
-    samples on top as small dots coloured by the mixture component that generated
+    The data are drawn as large pale discs coloured by their true class (grey
+    when no ``labels`` are given); the samples on top as small dots coloured by the mixture component that generated
     them, fainter for components of smaller weight (a model without components,
     e.g. a VAE, draws them all in black). Samples outside ``limits`` are counted
-    in the corner of the panel instead of stretching it.
+    in the corner of the panel instead of stretching it. Each legend entry shows
+    the colours its points are drawn in.
 
     :param data: ``(N, 2)`` data points.
     :param samples: ``(S, 2)`` generated points.
@@ -88,11 +92,15 @@ def plot_generative_samples(
     rgba = colours[components].copy()
     rgba[:, 3] = alpha[components]
     if labels is None:
-        data_colour = np.tile([0.75, 0.75, 0.75, 1.0], (len(data), 1))
+        class_palette = [(0.75, 0.75, 0.75, 1.0)]
+        data_colour = np.tile(class_palette[0], (len(data), 1))
     else:
         labels = _as_array(labels)
+        if len(labels) != len(data):
+            raise ValueError(f"need one label per data point, got {len(labels)} labels for {len(data)} points")
         classes, index = np.unique(labels, return_inverse=True)
-        data_colour = np.array(class_colours(len(classes)))[index]
+        class_palette = class_colours(len(classes))
+        data_colour = np.array(class_palette)[index]
     ax.scatter(data[:, 0], data[:, 1], s=16, c=data_colour, alpha=0.9, linewidths=0, zorder=1)
     ax.scatter(samples[:, 0], samples[:, 1], s=3, c=rgba, linewidths=0, zorder=2)
     xlim, ylim = limits if limits is not None else shared_limits(data)
@@ -108,16 +116,27 @@ def plot_generative_samples(
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     if legend:
-        handles = [
-            Line2D(
-                [], [], ls="", marker="o", ms=6, mfc=class_colours(2)[1], mec="none", label="data (colour: true class)"
-            ),
-            Line2D(
-                [], [], ls="", marker="o", ms=2.5, mfc="k", mec="none",
-                label="samples (colour: component; faint: low weight)",
-            ),
+        # each entry shows the colours its points are drawn in
+        data_label = "data" if labels is None else "data (colour: true class)"
+        used = [colours[k] for k in np.unique(components)]
+        sample_label = "samples" if len(weights) == 1 else "samples (colour: component; faint: low weight)"
+        entries = [
+            (_markers(class_palette, ms=6, alpha=0.9), data_label),
+            (_markers(used, ms=2.5), sample_label),
         ]
-        ax.legend(handles=handles, loc="upper left", fontsize="x-small", framealpha=0.8)
+        ax.legend(
+            [handle for handle, _ in entries],
+            [label for _, label in entries],
+            handler_map={tuple: HandlerTuple(ndivide=None, pad=0.0)},
+            loc="upper left",
+            fontsize="x-small",
+            framealpha=0.8,
+        )
+
+
+def _markers(colours, ms: float, alpha: float = 1.0):
+    """A legend handle: one round marker per colour, side by side."""
+    return tuple(Line2D([], [], ls="", marker="o", ms=ms, mfc=c, mec="none", alpha=alpha) for c in colours)
 
 
 def _iteration_axis(ax, last: float):
@@ -130,21 +149,47 @@ def _iteration_axis(ax, last: float):
     ax.set_xlim(0.0, last * 1.05)
 
 
-def plot_curves(ax, curves, ylabel="test MSE", log=True, xlabel="iteration", seeds: Optional[int] = None):
+def _break_gaps(steps: np.ndarray, values: np.ndarray, join_within: Optional[float]):
+    """``steps`` and ``values`` with a NaN between evaluations more than ``join_within`` apart (a break in the line)."""
+    if join_within is None or len(steps) < 2:
+        return steps, values
+    gaps = np.flatnonzero(np.diff(steps) > join_within) + 1
+    return np.insert(steps, gaps, np.nan), np.insert(values, gaps, np.nan)
+
+
+def plot_curves(
+    ax,
+    curves,
+    ylabel="test MSE",
+    log=True,
+    xlabel="iteration",
+    seeds: Optional[int] = None,
+    join_within: Optional[float] = 1.0,
+):
     """
+    A marker at every evaluation; a line joins two evaluations only where they are at most
+    ``join_within`` apart on the x axis, so that no line passes through steps that were not
+    evaluated.
+
     :param curves: ``{label: (iterations, values)}``, or ``{label: (iterations, median, low, high)}``
-        to draw a band from ``low`` to ``high``.
+        to draw a bar from ``low`` to ``high`` at each evaluation.
     :param bool log: a symmetric-log iteration axis (0 at 0) and a log value axis.
     :param int seeds: the number of seeds behind each median, named in the legend.
+    :param float join_within: the largest gap a line spans: 1 (the default) joins evaluations
+        at consecutive iterations only; ``None`` joins every evaluation to the next.
     """
     last = 1.0
     for label, curve in curves.items():
         steps = np.asarray(curve[0], dtype=float)
+        values = np.asarray(curve[1], dtype=float)
         last = max(last, steps.max())
         name = label if seeds is None else f"{label} (median of {seeds} seeds)"
-        (line,) = ax.plot(steps, curve[1], label=name, marker=".", ms=4)
+        x, y = _break_gaps(steps, values, join_within)
+        joined = bool(np.any(np.isfinite(x[1:]) & np.isfinite(x[:-1])))
+        # markers alone where no two evaluations are joined, so that the legend shows no line either
+        (line,) = ax.plot(x, y, label=name, marker="o", ms=3, ls="-" if joined else "none")
         if len(curve) == 4:
-            ax.fill_between(steps, curve[2], curve[3], color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.vlines(steps, curve[2], curve[3], color=line.get_color(), alpha=0.35, linewidth=1.5)
     if log:
         _iteration_axis(ax, last)
         ax.set_yscale("log")
@@ -152,7 +197,7 @@ def plot_curves(ax, curves, ylabel="test MSE", log=True, xlabel="iteration", see
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
     if any(len(curve) == 4 for curve in curves.values()):
-        ax.fill_between([], [], [], color="grey", alpha=0.2, label="band: min to max over seeds")
+        ax.vlines([], [], [], color="grey", alpha=0.35, linewidth=1.5, label="bars: min to max over seeds")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)

@@ -1,7 +1,7 @@
 """Evaluation metrics: weighted reconstruction error, importance-sampled
 log-likelihood, clustering agreement with true labels (NMI, adjusted Rand
 index, accuracy under the best matching of clusters to classes, purity), and
-the coverage of the data by a generative model's samples."""
+the coverage of the data by a generative model's samples and their precision."""
 
 import math
 
@@ -142,6 +142,24 @@ def clustering_scores(pred: torch.Tensor, true: torch.Tensor) -> dict:
     }
 
 
+def _share_within(points: torch.Tensor, others: torch.Tensor, radius: float) -> float:
+    """The share of ``points`` with one of ``others`` within Euclidean distance ``radius``."""
+    if not radius > 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    if len(points) == 0 or len(others) == 0:
+        return 0.0
+    others = others.to(points)
+    # exact differences (the matrix-product shortcut puts a point ~1e-7 away from itself)
+    exact = "donot_use_mm_for_euclid_dist"
+    nearest = torch.cat([torch.cdist(rows, others, compute_mode=exact).min(-1).values for rows in points.split(1024)])
+    return float((nearest <= radius).to(points.dtype).mean())
+
+
+def _check_points(data: torch.Tensor, samples: torch.Tensor):
+    if data.dim() != 2 or samples.dim() != 2 or data.shape[-1] != samples.shape[-1]:
+        raise ValueError(f"need data (N, P) and samples (S, P), got {tuple(data.shape)} and {tuple(samples.shape)}")
+
+
 def sample_coverage(data: torch.Tensor, samples: torch.Tensor, radius: float = 1.0) -> float:
     r"""
     The share of data points with a generated sample within Euclidean distance ``radius``,
@@ -150,19 +168,30 @@ def sample_coverage(data: torch.Tensor, samples: torch.Tensor, radius: float = 1
 
     a check that the samples of a generative model reach every part of the data
     (a model that misses a region scores below one, however well it fits the rest).
+    Its other side is :func:`sample_precision`.
 
     :param torch.Tensor data: shape ``(N, P)``.
     :param torch.Tensor samples: shape ``(S, P)``.
     :param float radius: ``r``, in the data's units.
     """
-    if data.dim() != 2 or samples.dim() != 2 or data.shape[-1] != samples.shape[-1]:
-        raise ValueError(f"need data (N, P) and samples (S, P), got {tuple(data.shape)} and {tuple(samples.shape)}")
-    if not radius > 0:
-        raise ValueError(f"radius must be positive, got {radius}")
-    if len(samples) == 0:
-        return 0.0
-    samples = samples.to(data)
-    # exact differences (the matrix-product shortcut puts a point ~1e-7 away from itself)
-    exact = "donot_use_mm_for_euclid_dist"
-    nearest = torch.cat([torch.cdist(rows, samples, compute_mode=exact).min(-1).values for rows in data.split(1024)])
-    return float((nearest <= radius).to(data.dtype).mean())
+    _check_points(data, samples)
+    return _share_within(data, samples, radius)
+
+
+def sample_precision(data: torch.Tensor, samples: torch.Tensor, radius: float = 1.0) -> float:
+    r"""
+    The share of generated samples with a data point within Euclidean distance ``radius``,
+
+    .. math:: \frac1S \sum_s \mathbb 1\big[\min_n \lVert \hat y_s - y_n \rVert \le r\big],
+
+    the other side of :func:`sample_coverage`'s nearest-neighbour test: coverage asks
+    whether the samples reach every part of the data, precision whether they stay on
+    it (a model that spreads its samples over empty space scores below one, however
+    much of the data they cover).
+
+    :param torch.Tensor data: shape ``(N, P)``.
+    :param torch.Tensor samples: shape ``(S, P)``; none gives 0.
+    :param float radius: ``r``, in the data's units.
+    """
+    _check_points(data, samples)
+    return _share_within(samples, data, radius)

@@ -7,7 +7,7 @@ from torch import nn
 import pyro.distributions as dist
 
 from pyro_sin import evaluation
-from pyro_sin.metrics import sample_coverage
+from pyro_sin.metrics import sample_coverage, sample_precision
 from pyro_sin.models import DeepLatentMixture
 from pyro_sin.nn import GaussianEncoder
 from pyro_sin.pgm import GaussianMixture
@@ -141,3 +141,18 @@ def test_sample_coverage_matches_a_brute_force_count():
     assert sample_coverage(data, data, 1e-9) == 1.0
     with pytest.raises(ValueError, match="radius"):
         sample_coverage(data, samples, 0.0)
+
+
+def test_sample_precision_matches_a_brute_force_count():
+    data, samples = torch.randn(300, 2) * 3, torch.randn(70, 2) * 4
+    radius = 0.8
+    count = sum(any(float(((s - d) ** 2).sum().sqrt()) <= radius for d in data) for s in samples)
+    assert sample_precision(data, samples, radius) == pytest.approx(count / len(samples))
+    assert 0 < count < len(samples)  # the count is not trivially all or none
+    # the two sides of one test: samples that all sit on data points are precise, not covering
+    assert sample_precision(data, data[:5], 1e-9) == 1.0 and sample_coverage(data, data[:5], 1e-9) < 0.1
+    assert sample_precision(data, torch.empty(0, 2)) == 0.0
+    with pytest.raises(ValueError, match="radius"):
+        sample_precision(data, samples, 0.0)
+    with pytest.raises(ValueError, match="samples"):
+        sample_precision(data, samples[:, :1])
