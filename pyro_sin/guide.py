@@ -82,7 +82,7 @@ class SINGuide(AutoGuide, NameOwner):
         structured prior with plain ``pyro.sample`` statements (then leave ``pgm`` out).
     :param StructuredPrior pgm: the structured prior used in the model; if omitted, it is
         recognised from the model at the guide's first call (:func:`~pyro_sin.recognize.recognize`,
-        with the model's hyperparameters and site names; :attr:`recognition` says what was found),
+        with the model's hyperparameters and site names; the attribute ``recognition`` says what was found),
         and a model it cannot recognise is refused there, with the site and the reason.
     :param torch.nn.Module encoder: maps a minibatch of data ``(B, ...)`` to a
         :class:`~pyro_sin.potential.GaussianPotential` (or a pair ``(h, J)``).

@@ -88,7 +88,8 @@ class StructuredPrior(PyroModule):
     #: the SIN factors this structure offers (see :class:`~pyro_sin.SINGuide`)
     factor_modes = ("tied", "free")
 
-    #: the roles of the sites besides the latent site ``name`` that :meth:`site_name` names (e.g. ``"weights"``)
+    #: the roles of the sites besides the latent site ``name`` (e.g. ``"weights"``) that
+    #: :meth:`~pyro_sin.pgm.base.StructuredPrior.site_name` names
     site_roles: Tuple[str, ...] = ()
 
     def __init__(self, name: str, **sizes: int):
