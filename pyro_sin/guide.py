@@ -195,7 +195,8 @@ class SINGuide(AutoGuide, NameOwner):
         }
         sites = dict(self.prototype_trace.iter_stochastic_nodes())
         pgm_sites = self.pgm.global_sites + self.pgm.local_sites
-        missing = [name for name in pgm_sites if name not in sites]
+        summed_out = self.recognition.marginalised if self.recognition is not None else ()
+        missing = [name for name in pgm_sites if name not in sites and name not in summed_out]
         if missing:
             raise ValueError(
                 f"SINGuide: the model has no sample site(s) {missing} of the "

@@ -22,13 +22,16 @@ A Gaussian mixture (:class:`~pyro_sin.pgm.GaussianMixture`) is recognised in a m
         ...                                                                    # the decoder, as written
 
 (any site names; the location and precision may be given in any parametrisation that gives
-these values). The decoder and every site outside the mixture stay as written, but may read the
-mixture only through ``x``: :class:`~pyro_sin.SINELBO` integrates the weights, components and
-assignments in closed form.
+these values), or with the assignments summed out by the model, as one site
+``x ~ MixtureSameFamily(Categorical(weights), MultivariateNormal(locs, precision_matrix=precisions))``
+(the guide then samples the assignments at the site ``"<x>_assignment"``, which only
+:class:`~pyro_sin.SINELBO` accounts for). The decoder and every site outside the mixture stay
+as written, but may read the mixture only through ``x``: :class:`~pyro_sin.SINELBO` integrates
+the weights, components and assignments in closed form.
 """
 
 import warnings
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -78,6 +81,7 @@ class Recognition(NamedTuple):
     sites: Dict[str, str]  # role (e.g. "weights") -> the model's site name
     data_plate: str  # the name of the model's plate over data points
     trace: Trace  # the model's trace as written (random values), which recognition read
+    marginalised: Tuple[str, ...] = ()  # the family's sites the model sums out (a MixtureSameFamily's assignments)
 
 
 def _refuse(site: Optional[str], found: str, expected: str):
@@ -138,6 +142,9 @@ def recognize(model, *args, **kwargs) -> Recognition:
     trace = _trace(model, args, kwargs)
     latent = dict(trace.iter_stochastic_nodes())
     discrete = [name for name, site in latent.items() if site["fn"].support.is_discrete]
+    mixtures = [name for name, site in latent.items() if isinstance(_base(site["fn"]), dist.MixtureSameFamily)]
+    if mixtures and not discrete:
+        return _MarginalMixtureRecognizer(model, args, kwargs, trace, mixtures[0]).recognize()
     if not discrete:
         found = ", ".join(f"'{name}' ({type(_base(site['fn'])).__name__})" for name, site in latent.items())
         _refuse(
@@ -160,19 +167,23 @@ class _MixtureRecognizer:
     def __init__(self, model, args, kwargs, trace, assignment):
         self.model, self.args, self.kwargs, self.trace = model, args, kwargs, trace
         self.sites = {"assignment": assignment}
+        self.marginalised = ()
 
     def site(self, role, trace=None):
         return (trace or self.trace).nodes[self.sites[role]]
 
     def recognize(self) -> Recognition:
         self._assignment()
-        self._weights()
+        self._weights(_base(self.site("assignment")["fn"]).probs, self.sites["assignment"])
         self._latent()
+        return self._finish()
+
+    def _finish(self) -> Recognition:
         self._components()
         prior = self._prior()
         self._check_dependence()
-        _check_reproduces(prior, self.trace, self.sites, self.frame)
-        return Recognition("gmm", prior, dict(self.sites), self.frame.name, self.trace)
+        _check_reproduces(prior, self.trace, self.frame, self.marginalised)
+        return Recognition("gmm", prior, dict(self.sites), self.frame.name, self.trace, self.marginalised)
 
     # ----- the assignments and the weights ----------------------------------------------
 
@@ -198,13 +209,12 @@ class _MixtureRecognizer:
                 site["type"] == "sample"
                 and not site["is_observed"]
                 and self.frame not in site["cond_indep_stack"]
-                and name != self.sites["assignment"]
+                and name != self.sites.get("assignment")
             ):
                 yield name, site
 
-    def _weights(self):
-        name = self.sites["assignment"]
-        probs = _base(self.site("assignment")["fn"]).probs
+    def _weights(self, probs, name):
+        """The Dirichlet site whose value is ``probs``, the probabilities of the Categorical at site ``name``."""
         for candidate, site in self._global_candidates():
             value = site["value"]
             if value.shape[-1:] != (self.K,) or not value.is_floating_point():
@@ -367,7 +377,7 @@ class _MixtureRecognizer:
                 ("prior_df", "df"),
             ):
                 getattr(prior, buffer).copy_(hyper[key])
-        return prior.rename_sites(**{role: self.sites[role] for role in prior.site_roles})
+        return prior.rename_sites(**{role: self.sites[role] for role in prior.site_roles if role in self.sites})
 
     # ----- how values flow ------------------------------------------------------------------
 
@@ -377,33 +387,24 @@ class _MixtureRecognizer:
         at its first value: the latent must follow the new components of the new assignments,
         and no other site may read the mixture but through the latent.
         """
-        roles = {role: self.site(role)["value"] for role in ("weights", "assignment", "precisions", "locs")}
+        roles = {role: self.site(role)["value"] for role in ("weights", "precisions", "locs")}
+        roles["assignment"] = self.site("assignment")["value"] if "assignment" in self.sites else torch.zeros(())
         K = self.K
         offsets = torch.arange(1, K + 1, dtype=roles["locs"].dtype, device=roles["locs"].device)[:, None]
         changed = {
             self.sites["weights"]: roles["weights"].flip(-1),
-            self.sites["assignment"]: (roles["assignment"] + 1) % K,
+            self.sites.get("assignment"): (roles["assignment"] + 1) % K,
             self.sites["precisions"]: 2 * roles["precisions"],
             self.sites["locs"]: roles["locs"] + offsets,
         }
         data = {name: site["value"] for name, site in self.trace.iter_stochastic_nodes() if name not in changed}
+        if "assignment" not in self.sites:  # summed out by the model
+            del changed[None]
         again = _trace(self.model, self.args, self.kwargs, {**data, **changed})
-        z_name, x_name = self.sites["assignment"], self.latent
-        z = changed[z_name]
-        if not _close(_base(again.nodes[z_name]["fn"]).probs, changed[self.sites["weights"]]):
-            _refuse(
-                z_name,
-                f"probabilities that do not follow the weights '{self.sites['weights']}'",
-                "Categorical(weights)",
-            )
-        x_fn = _base(again.nodes[x_name]["fn"])
-        expected = "MultivariateNormal(locs[z], precision_matrix=precisions[z])"
-        if not _close(x_fn.loc, take_component(changed[self.sites["locs"]], z, 1)):
-            _refuse(x_name, f"a location that does not follow the component means and '{z_name}'", expected)
-        if not _close(x_fn.precision_matrix, take_component(changed[self.sites["precisions"]], z, 2)):
-            _refuse(x_name, f"a precision that does not follow the component precisions and '{z_name}'", expected)
+        self._check_follows(again, changed)
         if not _close(self._kappa(again), self.kappa):
             _refuse(self.sites["locs"], "a prior whose κ₀ changes with the precisions", "a Normal-Wishart prior")
+        x_name = self.latent
         mixture = set(self.sites.values()) | {x_name}
         for name, site in self.trace.nodes.items():
             if site["type"] != "sample" or name in mixture:
@@ -419,36 +420,120 @@ class _MixtureRecognizer:
                     f"sites outside the mixture that read it only through '{x_name}'",
                 )
 
+    def _check_follows(self, again, changed):
+        """In the second trace, the assignments follow the new weights and the latent its new component."""
+        z_name, x_name = self.sites["assignment"], self.latent
+        z = changed[z_name]
+        if not _close(_base(again.nodes[z_name]["fn"]).probs, changed[self.sites["weights"]]):
+            _refuse(
+                z_name,
+                f"probabilities that do not follow the weights '{self.sites['weights']}'",
+                "Categorical(weights)",
+            )
+        x_fn = _base(again.nodes[x_name]["fn"])
+        expected = "MultivariateNormal(locs[z], precision_matrix=precisions[z])"
+        if not _close(x_fn.loc, take_component(changed[self.sites["locs"]], z, 1)):
+            _refuse(x_name, f"a location that does not follow the component means and '{z_name}'", expected)
+        if not _close(x_fn.precision_matrix, take_component(changed[self.sites["precisions"]], z, 2)):
+            _refuse(x_name, f"a precision that does not follow the component precisions and '{z_name}'", expected)
 
-def _check_reproduces(prior: StructuredPrior, trace: Trace, sites: Dict[str, str], frame):
+
+def _check_reproduces(prior: StructuredPrior, trace: Trace, frame, marginalised=()):
     """
     The family's own sample statements, conditioned on the model's traced values, must give
     the model's sites: the same names, shapes and log density (never a silently wrong structure).
+    A latent whose discrete parents the model sums out (``marginalised``) must have the
+    family's marginal density (``latent_log_prob``).
     """
-    names = list(prior.global_sites + prior.local_sites)
+    names = [name for name in prior.global_sites + prior.local_sites if name not in marginalised]
     data = {name: trace.nodes[name]["value"] for name in names}
+    sampled = {}
 
     def family():
-        params = prior.sample_params()
-        with pyro.plate(frame.name, frame.size, dim=frame.dim):
-            prior.sample_latent(params)
+        sampled["params"] = prior.sample_params()
+        if not marginalised:
+            with pyro.plate(frame.name, frame.size, dim=frame.dim):
+                prior.sample_latent(sampled["params"])
 
     ours = _trace(family, (), {}, data)
+    what = type(prior).__name__
     for name in names:
         model_site, family_site = trace.nodes[name], ours.nodes.get(name)
-        if family_site is None:
-            _refuse(name, f"a site the recognised {type(prior).__name__} does not emit", f"the sites {names}")
-        if model_site["value"].shape != family_site["value"].shape:
+        if family_site is None and name == prior.name:  # summed out: the family's marginal density
+            family_lp = prior.latent_log_prob(sampled["params"], model_site["value"]).sum()
+        elif family_site is None:
+            _refuse(name, f"a site the recognised {what} does not emit", f"the sites {names}")
+        elif model_site["value"].shape != family_site["value"].shape:
             _refuse(
                 name,
                 f"a value of shape {tuple(model_site['value'].shape)}",
-                f"shape {tuple(family_site['value'].shape)} as the recognised {type(prior).__name__} emits it",
+                f"shape {tuple(family_site['value'].shape)} as the recognised {what} emits it",
             )
+        else:
+            family_lp = family_site["fn"].log_prob(family_site["value"]).sum()
         model_lp = model_site["fn"].log_prob(model_site["value"]).sum()
-        family_lp = family_site["fn"].log_prob(family_site["value"]).sum()
         if not _close(model_lp, family_lp):
             _refuse(
                 name,
                 f"log density {float(model_lp):.9g} on the traced values",
-                f"{float(family_lp):.9g}, as the recognised {type(prior).__name__} gives it",
+                f"{float(family_lp):.9g}, as the recognised {what} gives it",
             )
+
+
+class _MarginalMixtureRecognizer(_MixtureRecognizer):
+    """
+    Recognises the same Gaussian mixture written as one ``MixtureSameFamily`` site, its
+    assignments summed out: ``x ~ MixtureSameFamily(Categorical(weights),
+    MultivariateNormal(locs, precision_matrix=precisions))`` inside the data plate.
+    """
+
+    def __init__(self, model, args, kwargs, trace, latent):
+        self.model, self.args, self.kwargs, self.trace = model, args, kwargs, trace
+        self.sites, self.latent = {}, latent
+
+    def recognize(self) -> Recognition:
+        site = self.trace.nodes[self.latent]
+        frames = _data_frames(site)
+        if len(frames) != 1:
+            _refuse(
+                self.latent,
+                f"a MixtureSameFamily inside the plates {[f.name for f in frames]}",
+                "the mixture's latent inside exactly one pyro.plate over data points",
+            )
+        self.frame = frames[0]
+        mixture = _base(site["fn"])
+        self.K = mixture.mixture_distribution.probs.shape[-1]
+        self._weights(mixture.mixture_distribution.probs, self.latent)
+        components = _base(mixture.component_distribution)
+        expected = "MixtureSameFamily(Categorical(weights), MultivariateNormal(locs, precision_matrix=precisions))"
+        if not isinstance(components, torch.distributions.MultivariateNormal):
+            _refuse(self.latent, f"{type(components).__name__} components", expected)
+        for role, parameter, event_dim in (("locs", components.loc, 1), ("precisions", components.precision_matrix, 2)):
+            self.sites[role] = self._component(parameter, event_dim)
+            if self.sites[role] is None:
+                _refuse(self.latent, f"component {role} that are no sample site's value", expected)
+        assignment = f"{self.latent}_assignment"  # the family's site for the summed-out assignments
+        if assignment in self.trace.nodes:
+            _refuse(assignment, "a site of the name the family gives the assignments", "no such site")
+        self.marginalised = (assignment,)
+        return self._finish()
+
+    def _component(self, parameter, event_dim) -> Optional[str]:
+        """The global site or parameter whose value, of shape ``(K,) + event``, is ``parameter``."""
+        for name, site in self._global_candidates():
+            value = site["value"]
+            if torch.is_tensor(value) and value.dim() == 1 + event_dim and value.shape[0] == self.K:
+                if _close(parameter, value):
+                    return name
+        return None
+
+    def _check_follows(self, again, changed):
+        mixture = _base(again.nodes[self.latent]["fn"])
+        components = _base(mixture.component_distribution)
+        for what, found, role in (
+            ("weights", mixture.mixture_distribution.probs, "weights"),
+            ("component means", components.loc, "locs"),
+            ("component precisions", components.precision_matrix, "precisions"),
+        ):
+            if not _close(found, changed[self.sites[role]]):
+                _refuse(self.latent, f"{what} that do not follow the site '{self.sites[role]}'", "the mixture's own")

@@ -77,7 +77,24 @@ def indexing_style(decoder, h):
     return model
 
 
-STYLES = {"vindex": (vindex_style, "x"), "indexing": (indexing_style, "h")}
+def mixture_same_family_style(decoder, h):
+    """The assignments summed out by the model: one MixtureSameFamily site."""
+
+    def model(y, idx=None):
+        pyro.module("decoder", decoder)
+        weights = pyro.sample("weights", dist.Dirichlet(h["alpha"]))
+        with pyro.plate("components", K):
+            precisions = pyro.sample("precisions", dist.Wishart(h["df"], covariance_matrix=h["cov"]))
+            locs = pyro.sample("locs", dist.MultivariateNormal(h["m0"], precision_matrix=h["kappa"] * precisions))
+        with pyro.plate("data", N, subsample=idx):
+            components = dist.MultivariateNormal(locs, precision_matrix=precisions)
+            x = pyro.sample("x", dist.MixtureSameFamily(dist.Categorical(weights), components))
+            pyro.sample("y", decoder.distribution(x), obs=y)
+
+    return model
+
+
+STYLES = {"vindex": (vindex_style, "x"), "indexing": (indexing_style, "h"), "mixture": (mixture_same_family_style, "x")}
 
 
 def hand_written(decoder, h, name):
@@ -130,6 +147,7 @@ def test_the_recognised_prior_is_the_hand_written_one(style):
     expected_sites = {
         "vindex": ("weights", "precisions", "locs", "assignment", "x"),
         "indexing": ("pi", "lam", "mu", "c", "h"),
+        "mixture": ("weights", "precisions", "locs", "x_assignment", "x"),  # the assignments summed out
     }[style]
     assert prior.global_sites + prior.local_sites == expected_sites
     for buffer in ("prior_concentration", "prior_loc", "prior_kappa", "prior_scale_inv", "prior_df"):
@@ -195,11 +213,11 @@ def test_a_prior_that_does_not_reproduce_the_model_is_refused():
     y = torch.randn(N, P)
     recognition = recognize(model, y)
     prior = recognition.prior
-    _check_reproduces(prior, recognition.trace, recognition.sites, _frame(recognition))
+    _check_reproduces(prior, recognition.trace, _frame(recognition))
     with torch.no_grad():
         prior.prior_concentration.mul_(1.01)
     with pytest.raises(NotRecognizedError, match="site 'weights': found log density"):
-        _check_reproduces(prior, recognition.trace, recognition.sites, _frame(recognition))
+        _check_reproduces(prior, recognition.trace, _frame(recognition))
 
 
 def _frame(recognition):
@@ -355,6 +373,18 @@ REFUSED = {
             ).to_event(1)
         ),
         "site 'y': found a site that depends on the mixture's weights, components or assignments",
+    ),
+    "a MixtureSameFamily of diagonal Normals": (
+        lambda: _mixture(
+            latent=lambda w, z, mu, prec: pyro.sample(
+                "m",
+                dist.MixtureSameFamily(
+                    dist.Categorical(w), dist.Normal(mu, prec.diagonal(dim1=-2, dim2=-1).rsqrt()).to_event(1)
+                ),
+            ),
+            assignment=lambda w: None,
+        ),
+        "site 'm': found Normal components",
     ),
     "no discrete latent": (lambda: _plain_vae, "the model: found no discrete latent site"),
     "a discrete chain without pyro.markov": (
