@@ -153,10 +153,22 @@ def recognize(model, *args, **kwargs) -> Recognition:
             "a Gaussian mixture: Categorical assignments inside a pyro.plate over data points",
         )
     if len(discrete) > 1:
+        chain = [name for name in discrete if "_markov_scope" in latent[name]["infer"]]  # set by pyro.markov
+        if chain:
+            more = f" and {len(chain) - 3} more" if len(chain) > 3 else ""
+            shown = ", ".join(f"'{name}'" for name in chain[:3]) + more
+            _refuse(
+                chain[0],
+                f"a discrete chain under pyro.markov (the sites {shown}): a latent HMM",
+                "a Gaussian mixture, with one Categorical assignment site (latent HMMs written with pyro.markov are "
+                "not recognised yet: write the chain with pyro_sin.pgm.LatentHMM's sample statements)",
+            )
         _refuse(
             discrete[1],
-            f"a second discrete latent site besides '{discrete[0]}' ({_describe(latent[discrete[1]])})",
-            "a Gaussian mixture, with one Categorical assignment site (a discrete chain is not recognised yet)",
+            f"a second discrete latent site besides '{discrete[0]}', outside any pyro.markov context "
+            f"({_describe(latent[discrete[1]])})",
+            "a Gaussian mixture, with one Categorical assignment site (a discrete chain is written under "
+            "pyro.markov, and is not recognised yet)",
         )
     return _MixtureRecognizer(model, args, kwargs, trace, discrete[0]).recognize()
 
