@@ -81,7 +81,7 @@ class _IntegrateOutPGM(Messenger):
             record = site["infer"].get("sin") if site["type"] == "sample" else None
             if record is not None:
                 self.plain_sites.update({name: (record, True) for name in record.pgm.global_sites})
-                self.plain_sites[record.pgm.name] = (record, False)
+                self.plain_sites.update({name: (record, False) for name in record.pgm.local_sites})
 
     def _record(self, msg):
         return self.scales.setdefault(msg["args"][0].name, _Scales())
@@ -97,7 +97,7 @@ class _IntegrateOutPGM(Messenger):
                 self.global_values[record.pgm.name] = record.pgm.global_values(record.global_posterior)
             msg["value"] = self.global_values[record.pgm.name][msg["name"]]
             msg["done"] = True
-        else:  # the local latent takes the guide's sample (by replay)
+        else:  # the local latents take the guide's samples (by replay)
             scales.model_local = msg["scale"]
             scales.model_frames = msg["cond_indep_stack"]
 

@@ -28,10 +28,33 @@ these values), or with the assignments summed out by the model, as one site
 :class:`~pyro_sin.SINELBO` accounts for). The decoder and every site outside the mixture stay
 as written, but may read the mixture only through ``x``: :class:`~pyro_sin.SINELBO` integrates
 the weights, components and assignments in closed form.
+
+A latent HMM (:class:`~pyro_sin.pgm.LatentHMM`) is recognised in a model of the form::
+
+    init = pyro.sample("init", dist.Dirichlet(alpha))                          # outside every plate
+    with pyro.plate("states", K):                                              # or .to_event(1)
+        transitions = pyro.sample("transitions", dist.Dirichlet(beta))         # row j: out of state j
+        precisions = pyro.sample("precisions", dist.Wishart(df, covariance_matrix=V))
+        locs = pyro.sample("locs", dist.MultivariateNormal(m, precision_matrix=kappa * precisions))
+    with pyro.plate("sequences", N, subsample=idx):
+        z = None
+        for t in pyro.markov(range(T)):
+            probs = init if z is None else Vindex(transitions)[..., z, :]
+            z = pyro.sample(f"z_{t}", dist.Categorical(probs))
+            x = pyro.sample(f"x_{t}", dist.MultivariateNormal(Vindex(locs)[..., z, :],
+                                                              precision_matrix=Vindex(precisions)[..., z, :, :]))
+            ...                                                                # the decoder of step t
+
+(any site names; sequences of equal length: a chain under a mask, e.g. padded sequences, is
+refused for now). Its set-up check adds the model's per-step log densities over the steps and
+compares them with the family's density of whole paths. The guide draws each sequence's path as
+the family's guide does, then emits it one step at a time with the conditionals
+``q(z_t | z_{t-1})`` and ``q(x_t | z_t)`` (:meth:`~pyro_sin.pgm.LatentHMM.unroll_sites`), so that
+Pyro's own ELBOs see a correct guide too.
 """
 
 import warnings
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -45,6 +68,9 @@ from pyro.poutine.util import prune_subsample_sites
 from ._pyro_compat import isolated
 from .pgm.base import StructuredPrior
 from .pgm.mixture import GaussianMixture, take_component
+
+if TYPE_CHECKING:
+    from .pgm.hmm import LatentHMM
 
 
 class InModelPlates(Messenger):
@@ -82,6 +108,7 @@ class Recognition(NamedTuple):
     data_plate: str  # the name of the model's plate over data points
     trace: Trace  # the model's trace as written (random values), which recognition read
     marginalised: Tuple[str, ...] = ()  # the family's sites the model sums out (a MixtureSameFamily's assignments)
+    steps: Tuple[Tuple[str, ...], ...] = ()  # a chain's sites per step: (states z_t, latents x_t)
 
 
 def _refuse(site: Optional[str], found: str, expected: str):
@@ -152,23 +179,24 @@ def recognize(model, *args, **kwargs) -> Recognition:
             f"no discrete latent site (latent sites: {found or 'none'})",
             "a Gaussian mixture: Categorical assignments inside a pyro.plate over data points",
         )
-    if len(discrete) > 1:
-        chain = [name for name in discrete if "_markov_scope" in latent[name]["infer"]]  # set by pyro.markov
-        if chain:
-            more = f" and {len(chain) - 3} more" if len(chain) > 3 else ""
-            shown = ", ".join(f"'{name}'" for name in chain[:3]) + more
+    chain = [name for name in discrete if "_markov_scope" in latent[name]["infer"]]  # set by pyro.markov
+    if chain:
+        outside_chain = [name for name in discrete if name not in chain]
+        if outside_chain:
             _refuse(
-                chain[0],
-                f"a discrete chain under pyro.markov (the sites {shown}): a latent HMM",
-                "a Gaussian mixture, with one Categorical assignment site (latent HMMs written with pyro.markov are "
-                "not recognised yet: write the chain with pyro_sin.pgm.LatentHMM's sample statements)",
+                outside_chain[0],
+                f"a discrete latent site outside the pyro.markov chain of '{chain[0]}' "
+                f"({_describe(latent[outside_chain[0]])})",
+                "a latent HMM, whose only discrete latents are the chain's states",
             )
+        return _HMMRecognizer(model, args, kwargs, trace, chain).recognize()
+    if len(discrete) > 1:
         _refuse(
             discrete[1],
             f"a second discrete latent site besides '{discrete[0]}', outside any pyro.markov context "
             f"({_describe(latent[discrete[1]])})",
-            "a Gaussian mixture, with one Categorical assignment site (a discrete chain is written under "
-            "pyro.markov, and is not recognised yet)",
+            "a Gaussian mixture, with one Categorical assignment site, or a latent HMM, whose chain of "
+            "Categorical states is written under pyro.markov",
         )
     return _MixtureRecognizer(model, args, kwargs, trace, discrete[0]).recognize()
 
@@ -225,8 +253,11 @@ class _MixtureRecognizer:
             ):
                 yield name, site
 
-    def _weights(self, probs, name):
-        """The Dirichlet site whose value is ``probs``, the probabilities of the Categorical at site ``name``."""
+    def _weights(self, probs, name, role="weights", what="mixture weights", written="Categorical(weights)"):
+        """
+        The Dirichlet site whose value is ``probs``, the probabilities of the Categorical at site
+        ``name``; it becomes the site of ``role``, its concentration :attr:`concentration`.
+        """
         for candidate, site in self._global_candidates():
             value = site["value"]
             if value.shape[-1:] != (self.K,) or not value.is_floating_point():
@@ -239,21 +270,17 @@ class _MixtureRecognizer:
             if any(_close(probs, reading) for reading in readings):
                 break
         else:
-            _refuse(
-                name, "probabilities that are no sample site's value", "Categorical(weights) with Dirichlet weights"
-            )
-        self.sites["weights"] = candidate
+            _refuse(name, "probabilities that are no sample site's value", f"{written} with Dirichlet {what}")
+        self.sites[role] = candidate
         if site["type"] == "param":
-            _refuse(candidate, "mixture weights fixed by pyro.param", "Dirichlet weights sampled by pyro.sample")
+            _refuse(candidate, f"{what} fixed by pyro.param", f"Dirichlet {what} sampled by pyro.sample")
         base = _base(site["fn"])
         if not isinstance(base, torch.distributions.Dirichlet):
-            _refuse(candidate, f"{_describe(site)} as the prior of the mixture weights", "a Dirichlet (conjugate)")
+            _refuse(candidate, f"{_describe(site)} as the prior of the {what}", "a Dirichlet (conjugate)")
         if not _close(probs, value):
-            _refuse(
-                name, f"probabilities that are a transform of the Dirichlet site '{candidate}'", "Categorical(weights)"
-            )
+            _refuse(name, f"probabilities that are a transform of the Dirichlet site '{candidate}'", written)
         if site["cond_indep_stack"] or site["fn"].batch_shape != ():
-            _refuse(candidate, _describe(site), f"one Dirichlet over {self.K} weights outside every plate")
+            _refuse(candidate, _describe(site), f"one Dirichlet over {self.K} {what} outside every plate")
         self.concentration = base.concentration
 
     # ----- the latent Gaussian and its component parameters -------------------------------
@@ -549,3 +576,245 @@ class _MarginalMixtureRecognizer(_MixtureRecognizer):
         ):
             if not _close(found, changed[self.sites[role]]):
                 _refuse(self.latent, f"{what} that do not follow the site '{self.sites[role]}'", "the mixture's own")
+
+
+class _HMMRecognizer(_MixtureRecognizer):
+    """
+    Recognises a latent HMM (:class:`~pyro_sin.pgm.LatentHMM`): the ``T`` Categorical sites that
+    ``pyro.markov`` tags in the data plate, in trace order, the first with Dirichlet initial
+    probabilities, each next one with the row of a Dirichlet ``(K, K)`` transition site indexed by
+    the previous state, and a MultivariateNormal latent per step with the Normal-Wishart component
+    indexed by the step's state.
+    """
+
+    def __init__(self, model, args, kwargs, trace, chain):
+        self.model, self.args, self.kwargs, self.trace = model, args, kwargs, trace
+        self.chain, self.sites, self.marginalised = tuple(chain), {}, ()
+
+    def recognize(self) -> Recognition:
+        self._states()
+        self._weights(
+            _base(self.trace.nodes[self.chain[0]]["fn"]).probs,
+            self.chain[0],
+            role="init_probs",
+            what="initial probabilities",
+            written="Categorical(init)",
+        )
+        self.init_concentration = self.concentration
+        self._transitions()
+        self._latents()
+        self._components()
+        prior = self._prior()
+        self._check_dependence()
+        _check_reproduces(prior, self.trace, self.frame, marginalised=prior.local_sites)  # the global sites
+        _check_path_reproduces(prior, self.trace, self.chain, self.latents)
+        return Recognition("hmm", prior, dict(self.sites), self.frame.name, self.trace, (), (self.chain, self.latents))
+
+    def _states(self):
+        frames = None
+        for name in self.chain:
+            site = self.trace.nodes[name]
+            if site["mask"] is not None or isinstance(site["fn"], dist.MaskedDistribution):
+                _refuse(
+                    name,
+                    "a masked state (sequences of different lengths)",
+                    "sequences of equal length in a batch plate, without masks (padded sequences are not "
+                    "recognised yet: write them with pyro_sin.pgm.LatentHMM's sample statements and lengths)",
+                )
+            if not isinstance(_base(site["fn"]), torch.distributions.Categorical):
+                _refuse(name, f"{_describe(site)} in the pyro.markov chain", "Categorical states")
+            found = _data_frames(site)
+            if len(found) != 1 or (frames is not None and found != frames):
+                _refuse(
+                    name,
+                    f"a state inside the plates {[f.name for f in found]}",
+                    "every state of the chain inside the same, single pyro.plate over sequences",
+                )
+            frames = found
+        self.frame = frames[0]
+        self.K = _base(self.trace.nodes[self.chain[0]]["fn"]).probs.shape[-1]
+        if len(self.chain) < 2:
+            _refuse(self.chain[0], "a chain of one step", "a latent HMM of at least two steps")
+
+    def _transitions(self):
+        """The Dirichlet ``(K, K)`` site whose rows, indexed by the previous state, give each state's probabilities."""
+        first, second = self.chain[:2]
+        previous = self.trace.nodes[first]["value"]
+        probs = _base(self.trace.nodes[second]["fn"]).probs
+        expected = f"Categorical(transitions[{first}]) (Vindex or plain indexing), the rows of transitions ~ Dirichlet"
+        for candidate, site in self._global_candidates():
+            value = site["value"]
+            if not (torch.is_tensor(value) and value.shape == (self.K, self.K) and value.is_floating_point()):
+                continue
+            # rows written as probabilities or logits, normalised or not
+            readings = [value, torch.softmax(value, -1)] + (
+                [value / value.sum(-1, keepdim=True)] if (value > 0).all() else []
+            )
+            if any(_close(probs, take_component(reading, previous, 1)) for reading in readings):
+                break
+        else:
+            _refuse(
+                second,
+                f"probabilities that are no (K, K) site's rows indexed by the previous state '{first}'",
+                expected,
+            )
+        self.sites["transition_probs"] = candidate
+        if site["type"] == "param":
+            _refuse(candidate, "transition probabilities fixed by pyro.param", "Dirichlet rows sampled by pyro.sample")
+        base = _base(site["fn"])
+        if not isinstance(base, torch.distributions.Dirichlet):
+            _refuse(candidate, f"{_describe(site)} as the prior of the transition rows", "a Dirichlet per row")
+        extra = [f.name for f in _data_frames(site) if f.size != self.K]
+        if extra:
+            _refuse(
+                candidate, f"transition rows inside the plates {extra}", f"at most one plate, of the {self.K} states"
+            )
+        if not _close(probs, take_component(value, previous, 1)):
+            _refuse(second, f"probabilities that are a transform of the Dirichlet site '{candidate}'", expected)
+        self.transition_concentration = base.concentration.expand((self.K, self.K))
+        for previous_name, name in zip(self.chain[1:], self.chain[2:]):
+            previous = self.trace.nodes[previous_name]["value"]
+            if not _close(_base(self.trace.nodes[name]["fn"]).probs, take_component(value, previous, 1)):
+                _refuse(
+                    name,
+                    f"probabilities that are not the rows of '{candidate}' indexed by the previous state "
+                    f"'{previous_name}' (a chain whose transitions change over time)",
+                    expected,
+                )
+
+    def _latents(self):
+        """One MultivariateNormal latent per step, in trace order, whose component is indexed by the step's state."""
+        latents = [
+            name
+            for name, site in self.trace.iter_stochastic_nodes()
+            if self.frame in site["cond_indep_stack"] and not site["fn"].support.is_discrete
+        ]
+        if len(latents) != len(self.chain):
+            _refuse(
+                self.chain[0],
+                f"{len(latents)} continuous latent site(s) in the plate '{self.frame.name}' ({latents}) for a chain "
+                f"of {len(self.chain)} steps",
+                "one MultivariateNormal latent per step",
+            )
+        self.latents, self.latent = tuple(latents), latents[0]
+        for z_name, name in zip(self.chain, latents):
+            site, z = self.trace.nodes[name], self.trace.nodes[z_name]["value"]
+            base = _base(site["fn"])
+            expected = (
+                f"MultivariateNormal(locs[{z_name}], precision_matrix=precisions[{z_name}]) (Vindex or plain "
+                "indexing), precisions ~ Wishart"
+            )
+            if not isinstance(base, torch.distributions.MultivariateNormal) or site["mask"] is not None:
+                _refuse(name, _describe(site) if site["mask"] is None else "a masked latent", expected)
+            if _data_frames(site) != [self.frame]:
+                _refuse(name, f"a latent inside the plates {[f.name for f in _data_frames(site)]}", expected)
+            components = {}
+            for role, parameter, event_dim in (("locs", base.loc, 1), ("precisions", base.precision_matrix, 2)):
+                components[role] = self._indexed(parameter, z, event_dim)
+                if components[role] is None:
+                    what = "mean" if role == "locs" else "precision"
+                    _refuse(name, f"a {what} that is not a component {what} indexed by the state '{z_name}'", expected)
+            if name == self.latent:
+                self.sites.update(components)
+            elif components != {role: self.sites[role] for role in components}:
+                _refuse(name, f"the components {components}", f"those of the first step, {self.sites}")
+
+    def _prior(self) -> "LatentHMM":
+        from .pgm.hmm import LatentHMM  # here: the sequence families import the guide, which imports this module
+
+        like = self.trace.nodes[self.sites["locs"]]["value"]
+        hyper = dict(
+            init_concentration=self.init_concentration,
+            transition_concentration=self.transition_concentration,
+            loc=self.loc,
+            kappa=self.kappa,
+            scale_inv=self.scale_inv,
+            df=self.df,
+        )
+        hyper = {key: value.detach() for key, value in hyper.items()}
+        prior = LatentHMM(self.K, self.D, self.latent, **hyper).to(dtype=like.dtype, device=like.device)
+        with torch.no_grad():  # exactly the model's values, not their round trip through the default dtype
+            for key, value in hyper.items():
+                getattr(prior, f"prior_{key}").copy_(value)
+        roles = ("init_probs", "transition_probs", "precisions", "locs")
+        return prior.rename_sites(**{role: self.sites[role] for role in roles}).unroll_sites(self.chain, self.latents)
+
+    def _check_dependence(self):
+        """
+        The model again with other initial probabilities, transitions, states and components, and
+        every other latent at its first value: each state must follow the new probabilities of the
+        new previous state, each latent the new component of its new state, and no other site may
+        read the chain but through the latents.
+        """
+        K, value = self.K, lambda name: self.trace.nodes[name]["value"]
+        init, transitions = self.sites["init_probs"], self.sites["transition_probs"]
+        locs, precisions = self.sites["locs"], self.sites["precisions"]
+        offsets = torch.arange(1, K + 1, dtype=value(locs).dtype, device=value(locs).device)[:, None]
+        changed = {
+            init: value(init).flip(-1),
+            transitions: value(transitions).flip(-1),
+            precisions: 2 * value(precisions),
+            locs: value(locs) + offsets,
+            **{name: (value(name) + 1) % K for name in self.chain},
+        }
+        data = {name: site["value"] for name, site in self.trace.iter_stochastic_nodes() if name not in changed}
+        again = _trace(self.model, self.args, self.kwargs, {**data, **changed})
+        for t, (z_name, x_name) in enumerate(zip(self.chain, self.latents)):
+            probs = _base(again.nodes[z_name]["fn"]).probs
+            if t == 0 and not _close(probs, changed[init]):
+                _refuse(
+                    z_name, f"probabilities that do not follow the initial probabilities '{init}'", "Categorical(init)"
+                )
+            previous = self.chain[t - 1]
+            if t > 0 and not _close(probs, take_component(changed[transitions], changed[previous], 1)):
+                _refuse(
+                    z_name,
+                    f"probabilities that do not follow the rows of '{transitions}' indexed by the state '{previous}'",
+                    f"Categorical(transitions[{previous}])",
+                )
+            x_fn, z = _base(again.nodes[x_name]["fn"]), changed[z_name]
+            expected = f"MultivariateNormal(locs[{z_name}], precision_matrix=precisions[{z_name}])"
+            if not _close(x_fn.loc, take_component(changed[locs], z, 1)):
+                _refuse(x_name, f"a location that does not follow the component means and '{z_name}'", expected)
+            if not _close(x_fn.precision_matrix, take_component(changed[precisions], z, 2)):
+                _refuse(x_name, f"a precision that does not follow the component precisions and '{z_name}'", expected)
+        if not _close(self._kappa(again), self.kappa):
+            _refuse(locs, "a prior whose κ₀ changes with the precisions", "a Normal-Wishart prior")
+        chain = set(self.sites.values()) | set(self.chain) | set(self.latents)
+        for name, site in self.trace.nodes.items():
+            if site["type"] != "sample" or name in chain:
+                continue
+            other = again.nodes.get(name)
+            if other is None or other["type"] != "sample":
+                _refuse(name, "a site that exists only for some values of the chain", "a model of fixed structure")
+            if not _close(site["fn"].log_prob(site["value"]), other["fn"].log_prob(other["value"])):
+                _refuse(
+                    name,
+                    "a site that depends on the chain's parameters or states other than through its latents",
+                    f"sites outside the chain that read it only through {list(self.latents)}",
+                )
+
+
+def _check_path_reproduces(prior: "LatentHMM", trace: Trace, chain, latents):
+    """
+    The model's per-step log densities, summed over the steps of each sequence, must be the
+    family's log density of the whole path, ``log p(z_{1:T} | π, P) + log p(x_{1:T} | z, μ, Λ)``,
+    on the traced values (never a silently wrong structure).
+    """
+    params = prior.params_type(
+        *(trace.nodes[name]["value"] for name in (prior.init_probs_site, prior.transition_probs_site)),
+        trace.nodes[prior.regime_sites[1]]["value"],
+        trace.nodes[prior.regime_sites[0]]["value"],
+    )
+    states = torch.stack([trace.nodes[name]["value"] for name in chain], -1)
+    x = torch.stack([trace.nodes[name]["value"] for name in latents], -2)
+    family_lp = prior.states_prior(params, len(chain)).log_prob(states) + prior.emission(params, states).log_prob(x)
+    model_lp = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]) for name in chain + latents)
+    model_lp, family_lp = model_lp.detach(), family_lp.detach()
+    if not _close(model_lp, family_lp):
+        worst = int((model_lp - family_lp).abs().argmax()) if model_lp.dim() else 0
+        _refuse(
+            chain[0],
+            f"per-step log densities that sum to {float(model_lp.reshape(-1)[worst]):.9g} on sequence {worst}",
+            f"{float(family_lp.reshape(-1)[worst]):.9g}, the recognised LatentHMM's log density of the whole path",
+        )

@@ -280,20 +280,6 @@ def _unrolled_chain(y, idx=None):
         pyro.sample("z_1", dist.Categorical(Vindex(torch.eye(K) * 0.5 + 0.5 / K)[z0]))
 
 
-def _markov_chain(y, idx=None):
-    """A Categorical chain under pyro.markov with Dirichlet transition rows and Gaussian latents: a latent HMM."""
-    init = pyro.sample("init", dist.Dirichlet(torch.ones(K)))
-    with pyro.plate("states", K):
-        transitions = pyro.sample("transitions", dist.Dirichlet(torch.ones(K)))
-        precisions = pyro.sample("precisions", dist.Wishart(D + 1.0, torch.eye(D)))
-        locs = pyro.sample("locs", _mvn(torch.zeros(D), precisions))
-    with pyro.plate("sequences", N, subsample=idx):
-        z = None
-        for t in pyro.markov(range(4)):
-            z = pyro.sample(f"z_{t}", dist.Categorical(init if z is None else Vindex(transitions)[..., z, :]))
-            pyro.sample(f"x_{t}", _mvn(Vindex(locs)[..., z, :], Vindex(precisions)[..., z, :, :]))
-
-
 def _logits_model():
     """The Dirichlet's draw passed as the Categorical's logits."""
     h = hyperparameters()
@@ -404,10 +390,6 @@ REFUSED = {
     "a discrete chain without pyro.markov": (
         lambda: _unrolled_chain,
         "site 'z_1': found a second discrete latent site besides 'z_0', outside any pyro.markov context",
-    ),
-    "a discrete chain under pyro.markov (a latent HMM, not recognised yet)": (
-        lambda: _markov_chain,
-        r"site 'z_0': found a discrete chain under pyro.markov \(the sites 'z_0', 'z_1', 'z_2' and 1 more\)",
     ),
 }
 
