@@ -491,7 +491,7 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         instead of one site per path: the model's ``z_t ~ Cat(π)`` then ``Cat(P_{z_{t-1}})`` and
         ``x_t ~ N(μ_{z_t}, Λ_{z_t}⁻¹)``; the guide's ``q(z_t | z_{t-1})`` and ``q(x_t | z_t)``, at
         the values of a path drawn as :meth:`sample_local_posterior` draws one. For sequences of
-        ``len(states)`` steps, without padding. The latent site :attr:`name` must be ``latents[0]``.
+        ``len(states)`` steps, without padding. The prior's latent site (its ``name``) must be ``latents[0]``.
 
         :returns: ``self``.
         """
@@ -510,7 +510,7 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         return tuple(name for step in zip(*self._step_sites) for name in step)
 
     def global_values(self, q: HMMGlobalPosterior) -> Dict[str, torch.Tensor]:
-        """The posterior means (:meth:`point_estimate`) by site name."""
+        """The posterior means (:meth:`~pyro_sin.pgm.regimes.RegimeSwitchingPrior.point_estimate`) by site name."""
         init, transition, locs, precisions = self.point_estimate(q)
         precisions_site, locs_site = self.regime_sites
         return {
