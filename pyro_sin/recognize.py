@@ -167,17 +167,23 @@ def recognize(model, *args, **kwargs) -> Recognition:
     :returns: a :class:`Recognition`.
     """
     trace = _trace(model, args, kwargs)
+    _refuse_summed_gaussian_chains(trace)
     latent = dict(trace.iter_stochastic_nodes())
     discrete = [name for name, site in latent.items() if site["fn"].support.is_discrete]
     mixtures = [name for name, site in latent.items() if isinstance(_base(site["fn"]), dist.MixtureSameFamily)]
     if mixtures and not discrete:
         return _MarginalMixtureRecognizer(model, args, kwargs, trace, mixtures[0]).recognize()
     if not discrete:
+        chain = [name for name, site in latent.items() if "_markov_scope" in site["infer"] and _data_frames(site)]
+        if chain:
+            return _LDSRecognizer(model, args, kwargs, trace, chain).recognize()
+        _refuse_unmarked_chain(trace, latent)
         found = ", ".join(f"'{name}' ({type(_base(site['fn'])).__name__})" for name, site in latent.items())
         _refuse(
             None,
             f"no discrete latent site (latent sites: {found or 'none'})",
-            "a Gaussian mixture: Categorical assignments inside a pyro.plate over data points",
+            "a Gaussian mixture: Categorical assignments inside a pyro.plate over data points; or a latent LDS: "
+            "a MultivariateNormal chain under pyro.markov",
         )
     chain = [name for name in discrete if "_markov_scope" in latent[name]["infer"]]  # set by pyro.markov
     if chain:
@@ -199,6 +205,19 @@ def recognize(model, *args, **kwargs) -> Recognition:
             "Categorical states is written under pyro.markov",
         )
     return _MixtureRecognizer(model, args, kwargs, trace, discrete[0]).recognize()
+
+
+def _refuse_unmarked_chain(trace: Trace, latent):
+    """A second continuous latent in a plate of observations, no pyro.markov around them: a chain not marked as one."""
+    observed = {frame for site in trace.nodes.values() if site.get("is_observed") for frame in _data_frames(site)}
+    local = [name for name, site in latent.items() if observed & set(_data_frames(site))]
+    if len(local) > 1:
+        _refuse(
+            local[1],
+            f"a second continuous latent site besides '{local[0]}' in the plate of the observations, outside any "
+            f"pyro.markov context ({_describe(latent[local[1]])})",
+            "a latent LDS, whose chain of MultivariateNormal states is written under pyro.markov",
+        )
 
 
 class _MixtureRecognizer:
@@ -810,11 +829,318 @@ def _check_path_reproduces(prior: "LatentHMM", trace: Trace, chain, latents):
     x = torch.stack([trace.nodes[name]["value"] for name in latents], -2)
     family_lp = prior.states_prior(params, len(chain)).log_prob(states) + prior.emission(params, states).log_prob(x)
     model_lp = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]) for name in chain + latents)
+    _refuse_unless_path_density(model_lp, family_lp, chain[0], "LatentHMM")
+
+
+def _refuse_unless_path_density(model_lp, family_lp, site: str, family: str):
+    """Refuses, at ``site``, per-step log densities ``model_lp`` whose sums are not the family's path densities."""
     model_lp, family_lp = model_lp.detach(), family_lp.detach()
     if not _close(model_lp, family_lp):
         worst = int((model_lp - family_lp).abs().argmax()) if model_lp.dim() else 0
         _refuse(
-            chain[0],
+            site,
             f"per-step log densities that sum to {float(model_lp.reshape(-1)[worst]):.9g} on sequence {worst}",
-            f"{float(family_lp.reshape(-1)[worst]):.9g}, the recognised LatentHMM's log density of the whole path",
+            f"{float(family_lp.reshape(-1)[worst]):.9g}, the recognised {family}'s log density of the whole path",
         )
+
+
+#: Pyro's distributions of whole Gaussian chains, whose hidden states are summed out inside one site
+_SUMMED_GAUSSIAN_CHAINS = (
+    dist.GaussianHMM,
+    dist.LinearHMM,
+    dist.GammaGaussianHMM,
+    dist.GaussianMRF,
+    dist.IndependentHMM,
+)
+
+_LDS_FORM = (
+    "the latent LDS written one step at a time under pyro.markov: x_0 ~ MultivariateNormal(m0, precision_matrix=P0), "
+    "x_t ~ MultivariateNormal(A x_{t-1} + b, precision_matrix=Λ), with Λ and [A b] drawn from "
+    "pyro_sin.distributions.MatrixNormalWishart (precision_dist(), then loc_dist(Λ))"
+)
+
+
+def _refuse_summed_gaussian_chains(trace: Trace):
+    """Pyro's ``GaussianHMM`` family sums the latent chain out within one site: there is no latent to guide."""
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and isinstance(_base(site["fn"]), _SUMMED_GAUSSIAN_CHAINS):
+            _refuse(
+                name,
+                f"a {type(_base(site['fn'])).__name__} (Pyro's Gaussian chain whose hidden states are summed out "
+                "within one site, so that no latent state is left to guide)",
+                _LDS_FORM,
+            )
+
+
+class _LDSRecognizer:
+    """
+    Recognises a latent linear dynamical system (:class:`~pyro_sin.pgm.LinearDynamicalSystem`):
+    the ``T`` continuous sites that ``pyro.markov`` tags in the data plate, in trace order, the
+    first ``x_0 ~ N(m₀, P₀⁻¹)`` with constant parameters, each next one ``x_t ~ N(A x_{t-1} + b, Λ⁻¹)``
+    with ``Λ ~ Wishart`` and ``[A b] | Λ ~ MatrixNormal(M₀, Λ, K₀)`` (the package's Matrix-Normal-Wishart).
+
+    The location must be the same affine map of the previous state at every traced pair of
+    steps of every sequence, and follow other dynamics substituted in a second trace; the
+    previous states are not substituted there, so that the same trace also shows that no site
+    outside the chain reads the dynamics.
+    """
+
+    def __init__(self, model, args, kwargs, trace, chain):
+        self.model, self.args, self.kwargs, self.trace = model, args, kwargs, trace
+        self.chain, self.sites = tuple(chain), {}
+
+    def value(self, name, trace=None):
+        return (trace or self.trace).nodes[name]["value"]
+
+    def step(self, name, trace=None):
+        """The MultivariateNormal of the chain's site ``name``."""
+        return _base((trace or self.trace).nodes[name]["fn"])
+
+    def recognize(self) -> Recognition:
+        self._steps()
+        self._initial_state()
+        self._dynamics()
+        prior = self._prior()
+        self._check_dependence()
+        _check_reproduces(prior, self.trace, self.frame, marginalised=prior.local_sites)  # the global sites
+        self._check_path_reproduces(prior)
+        return Recognition("lds", prior, dict(self.sites), self.frame.name, self.trace, (), (self.chain,))
+
+    def _steps(self):
+        frames = None
+        for name in self.chain:
+            site = self.trace.nodes[name]
+            if site["mask"] is not None or isinstance(site["fn"], dist.MaskedDistribution):
+                _refuse(
+                    name,
+                    "a masked state (sequences of different lengths)",
+                    "sequences of equal length in a batch plate, without masks (padded sequences are not "
+                    "recognised yet: write them with pyro_sin.pgm.LinearDynamicalSystem's sample statements and "
+                    "lengths)",
+                )
+            base = _base(site["fn"])
+            if not isinstance(base, torch.distributions.MultivariateNormal):
+                diagonal = isinstance(base, torch.distributions.Normal)
+                _refuse(
+                    name,
+                    f"{_describe(site)} in the pyro.markov chain"
+                    + (" (independent coordinates: a diagonal noise has no Wishart prior)" if diagonal else ""),
+                    "MultivariateNormal states with a full precision matrix Λ: " + _LDS_FORM,
+                )
+            found = _data_frames(site)
+            if len(found) != 1 or (frames is not None and found != frames):
+                _refuse(
+                    name,
+                    f"a state inside the plates {[f.name for f in found]}",
+                    "every state of the chain inside the same, single pyro.plate over sequences",
+                )
+            frames = found
+        self.frame = frames[0]
+        self.D = self.value(self.chain[0]).shape[-1]
+        if len(self.chain) < 2:
+            _refuse(self.chain[0], "a chain of one step", "a latent LDS of at least two steps")
+
+    def _initial_state(self):
+        """``m₀`` and ``P₀``: the same for every sequence, constants (the dynamics' second trace checks that)."""
+        name, D = self.chain[0], self.D
+        base = self.step(name)
+        self.init_loc = base.loc.reshape(-1, D)[0]
+        self.init_precision = base.precision_matrix.reshape(-1, D, D)[0]
+        if not (_close(base.loc, self.init_loc) and _close(base.precision_matrix, self.init_precision)):
+            _refuse(
+                name,
+                "an initial state whose mean or precision differs between sequences",
+                "x_0 ~ MultivariateNormal(m0, precision_matrix=P0) with m0 and P0 the same for every sequence",
+            )
+
+    def _global_candidates(self, shape):
+        """The sample sites and parameters outside the data plate whose value has ``shape``."""
+        for name, site in self.trace.nodes.items():
+            if site["type"] == "param" or (
+                site["type"] == "sample" and not site["is_observed"] and self.frame not in site["cond_indep_stack"]
+            ):
+                value = site["value"]
+                if torch.is_tensor(value) and value.shape == shape and value.is_floating_point():
+                    yield name, site
+
+    def _affine(self, transition, previous):
+        """``A x_{t-1} + b`` for ``transition = [A b]``."""
+        D = self.D
+        return (transition[..., :D] @ previous[..., None])[..., 0] + transition[..., D]
+
+    def _dynamics(self):
+        """The noise precision ``Λ`` and the dynamics ``[A b]`` the second step reads, then every later step."""
+        D, (first, second) = self.D, self.chain[:2]
+        base, previous = self.step(second), self.value(first)
+        expected = f"x_t ~ MultivariateNormal(A {first} + b, precision_matrix=Λ): " + _LDS_FORM
+        for role, shape, matches in (
+            ("noise_precision", (D, D), lambda value: _close(base.precision_matrix, value)),
+            ("transition", (D, D + 1), lambda value: _close(base.loc, self._affine(value, previous))),
+        ):
+            found = next((name for name, site in self._global_candidates(shape) if matches(site["value"])), None)
+            if found is None and role == "noise_precision":
+                covariances = self._global_candidates(shape)
+                covariance = next((n for n, site in covariances if _close(base.covariance_matrix, site["value"])), None)
+                _refuse(
+                    second,
+                    f"a covariance (not a precision) that is the site '{covariance}'"
+                    if covariance is not None
+                    else "a precision that is no site's value outside the plate of sequences",
+                    expected,
+                )
+            if found is None:
+                without_bias = [
+                    name
+                    for name, site in self._global_candidates((D, D))
+                    if _close(base.loc, (site["value"] @ previous[..., None])[..., 0])
+                ]
+                _refuse(
+                    second,
+                    f"a location A {first} with the site '{without_bias[0]}' of shape ({D}, {D}) and no bias"
+                    if without_bias
+                    else f"a location that is not a linear map A {first} + b of the previous state by any "
+                    f"({D}, {D + 1}) site [A b]",
+                    expected,
+                )
+            self.sites[role] = found
+            if self.trace.nodes[found]["type"] == "param":
+                what = "noise precision" if role == "noise_precision" else "dynamics"
+                _refuse(
+                    found,
+                    f"a {what} fixed by pyro.param",
+                    "the dynamics drawn from a Matrix-Normal-Wishart by pyro.sample (fixed dynamics are not "
+                    "recognised yet)",
+                )
+        self._priors()
+        precision, transition = self.value(self.sites["noise_precision"]), self.value(self.sites["transition"])
+        for previous_name, name in zip(self.chain[1:], self.chain[2:]):
+            base = self.step(name)
+            if not _close(base.loc, self._affine(transition, self.value(previous_name))):
+                _refuse(
+                    name,
+                    f"a location that is not the map of '{self.sites['transition']}' of the previous state "
+                    f"'{previous_name}' (dynamics that change over time, or a location not linear in the state)",
+                    f"x_t ~ MultivariateNormal(A {previous_name} + b, precision_matrix=Λ): " + _LDS_FORM,
+                )
+            if not _close(base.precision_matrix, precision):
+                _refuse(
+                    name,
+                    f"a precision that is not the site '{self.sites['noise_precision']}'",
+                    f"the noise precision Λ of every step: {_LDS_FORM}",
+                )
+
+    def _priors(self):
+        """``Λ ~ W(W₀, ν₀)`` and ``[A b] | Λ ~ MN(M₀, Λ⁻¹, K₀⁻¹)``, outside every plate: their hyperparameters."""
+        from .distributions import MatrixNormal
+
+        D = self.D
+        precision_name, transition_name = self.sites["noise_precision"], self.sites["transition"]
+        for name in (precision_name, transition_name):
+            site = self.trace.nodes[name]
+            if _data_frames(site) or site["fn"].batch_shape != ():
+                _refuse(name, f"{_describe(site)} inside the plates {[f.name for f in _data_frames(site)]}",
+                        "the dynamics of all sequences drawn once, outside every plate")
+        site = self.trace.nodes[precision_name]
+        base = _base(site["fn"])
+        if not isinstance(base, torch.distributions.Wishart):
+            _refuse(precision_name, f"{_describe(site)} as the prior of the noise precision", "a Wishart: " + _LDS_FORM)
+        self.df, self.scale_inv = base.df, base.precision_matrix
+        site = self.trace.nodes[transition_name]
+        base = _base(site["fn"])
+        if not isinstance(base, MatrixNormal):
+            _refuse(transition_name, f"{_describe(site)} as the prior of the dynamics", "a MatrixNormal: " + _LDS_FORM)
+        if not _close(base.row_precision, self.value(precision_name)):
+            _refuse(
+                transition_name,
+                f"a MatrixNormal whose row precision is not the noise precision '{precision_name}'",
+                "[A b] | Λ ~ MatrixNormal(M0, Λ, K0) (a Matrix-Normal-Wishart: conjugate to the dynamics)",
+            )
+        self.transition_loc, self.col_precision = base.loc.reshape(D, D + 1), base.col_precision.reshape(D + 1, D + 1)
+
+    def _prior(self):
+        from .pgm.lds import LinearDynamicalSystem  # here: the sequence families import the guide, which imports us
+
+        like = self.value(self.chain[0])
+        hyper = dict(
+            init_loc=self.init_loc,
+            init_precision=self.init_precision,
+            transition_loc=self.transition_loc,
+            col_precision=self.col_precision,
+            scale_inv=self.scale_inv,
+            df=self.df,
+        )
+        hyper = {key: value.detach() for key, value in hyper.items()}
+        prior = LinearDynamicalSystem(self.D, self.chain[0], **hyper).to(dtype=like.dtype, device=like.device)
+        with torch.no_grad():  # exactly the model's values, not their round trip through the default dtype
+            for buffer, key in (
+                ("init_loc", "init_loc"),
+                ("init_precision", "init_precision"),
+                ("prior_transition_loc", "transition_loc"),
+                ("prior_col_precision", "col_precision"),
+                ("prior_scale_inv", "scale_inv"),
+                ("prior_df", "df"),
+            ):
+                getattr(prior, buffer).copy_(hyper[key])
+        return prior.rename_sites(**self.sites).unroll_sites(self.chain)
+
+    def _check_dependence(self):
+        """
+        The model again with other dynamics and noise precision, every other latent (the states
+        included) at its first value: each step must follow the new ``[A b]`` and ``Λ``, the prior
+        of ``[A b]`` the new ``Λ``, the initial state stay as it was, and no site outside the chain
+        change.
+        """
+        precision_name, transition_name = self.sites["noise_precision"], self.sites["transition"]
+        precision, transition = self.value(precision_name), self.value(transition_name)
+        offsets = torch.arange(1, transition.numel() + 1, dtype=transition.dtype, device=transition.device)
+        changed = {
+            precision_name: 2 * precision,
+            transition_name: transition + offsets.reshape(transition.shape) / transition.numel(),
+        }
+        data = {name: site["value"] for name, site in self.trace.iter_stochastic_nodes() if name not in changed}
+        again = _trace(self.model, self.args, self.kwargs, {**data, **changed})
+        first = self.chain[0]
+        if not (
+            _close(self.step(first, again).loc, self.init_loc)
+            and _close(self.step(first, again).precision_matrix, self.init_precision)
+        ):
+            _refuse(first, "an initial state whose distribution changes with the dynamics", "constant m0 and P0")
+        for previous_name, name in zip(self.chain, self.chain[1:]):
+            base = self.step(name, again)
+            expected = f"x_t ~ MultivariateNormal(A {previous_name} + b, precision_matrix=Λ)"
+            if not _close(base.loc, self._affine(changed[transition_name], self.value(previous_name))):
+                _refuse(name, f"a location that does not follow the dynamics '{transition_name}'", expected)
+            if not _close(base.precision_matrix, changed[precision_name]):
+                _refuse(name, f"a precision that does not follow the site '{precision_name}'", expected)
+        if not _close(_base(again.nodes[transition_name]["fn"]).row_precision, changed[precision_name]):
+            _refuse(
+                transition_name,
+                f"a row precision that does not follow the noise precision '{precision_name}'",
+                "[A b] | Λ ~ MatrixNormal(M0, Λ, K0)",
+            )
+        chain = set(self.sites.values()) | set(self.chain)
+        for name, site in self.trace.nodes.items():
+            if site["type"] != "sample" or name in chain:
+                continue
+            other = again.nodes.get(name)
+            if other is None or other["type"] != "sample":
+                _refuse(name, "a site that exists only for some dynamics", "a model of fixed structure")
+            if not _close(site["fn"].log_prob(site["value"]), other["fn"].log_prob(other["value"])):
+                _refuse(
+                    name,
+                    "a site that depends on the dynamics or the noise precision",
+                    f"sites outside the chain that read it only through its states {list(self.chain)}",
+                )
+
+    def _check_path_reproduces(self, prior):
+        """
+        The model's per-step log densities, summed over the steps of each sequence, must be the
+        family's log density of the whole path, ``log p(x_{1:T} | A, b, Λ)``, on the traced values.
+        """
+        from .pgm.lds import LDSParams
+
+        params = LDSParams(self.value(self.sites["transition"]), self.value(self.sites["noise_precision"]))
+        x = torch.stack([self.value(name) for name in self.chain], -2)
+        family_lp = prior.chain(params, len(self.chain)).log_prob(x)
+        model_lp = sum(self.trace.nodes[name]["fn"].log_prob(self.value(name)) for name in self.chain)
+        _refuse_unless_path_density(model_lp, family_lp, self.chain[0], "LinearDynamicalSystem")

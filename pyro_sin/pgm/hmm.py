@@ -38,7 +38,6 @@ import pyro
 import pyro.distributions as dist
 from pyro.ops.indexing import Vindex
 from pyro.ops.tensor_utils import precision_to_scale_tril
-from pyro.poutine.runtime import get_plates
 
 from ..distributions import (
     GaussianStats,
@@ -56,7 +55,15 @@ from .classic_regimes import GaussianHMM, chain_counts
 from .mixture import MixtureFactor, expected_gaussian_factor, gaussian_factor
 from .mixture.gaussian import NormalWishartGaussians
 from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
-from .sequence import PosteriorDistribution, SequenceDistribution, after_end_to_zero, last_step
+from .sequence import (
+    PosteriorDistribution,
+    SequenceDistribution,
+    StepOfDrawnPath,
+    after_end_to_zero,
+    broadcast_to_plates,
+    check_unrolled_steps,
+    last_step,
+)
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -242,63 +249,6 @@ class StepGaussiansByPrecision(SequenceDistribution):
     def log_prob(self, value):
         per_step = _gaussian_log_prob(value, self.loc, self._factor.lower)
         return after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
-
-
-def _broadcast_to_plates(fn: dist.TorchDistribution) -> dist.TorchDistribution:
-    """``fn`` expanded to the batch shape of the active plates, as ``pyro.sample`` broadcasts a site's distribution."""
-    shape = list(fn.batch_shape)
-    for frame in get_plates():
-        if frame.dim is None or frame.size == -1:
-            continue
-        shape = [1] * (-frame.dim - len(shape)) + shape
-        shape[frame.dim] = frame.size
-    return fn.expand(torch.Size(shape))
-
-
-class StepOfDrawnPath(dist.TorchDistribution):
-    """
-    One step of a path drawn jointly, as a sample site of its own: its value is that step of the
-    draw, its density the step's conditional given the steps before it, so that the sites' log
-    densities add up to the path's (what a model written one step at a time under ``pyro.markov``
-    needs of its guide: :meth:`LatentHMM.unroll_sites`). A ``pyro.sample`` of it returns the drawn
-    value (with its reparameterisation gradient where the step has one).
-
-    :param torch.Tensor value: the step's draw, of shape ``batch + event``.
-    :param callable log_density: ``value -> log q(value | the steps before)``, shape ``batch``.
-    :param support: the step's support.
-    :param int event_dim: the number of the value's dimensions that are its event.
-    :param bool has_rsample: whether ``value`` is a reparameterised draw.
-    """
-
-    arg_constraints = {}
-
-    def __init__(self, value, log_density: Callable, support, event_dim: int, has_rsample: bool):
-        self.value, self.log_density, self._support = value, log_density, support
-        self._event_dim, self.has_rsample = event_dim, has_rsample
-        cut = value.dim() - event_dim
-        super().__init__(value.shape[:cut], value.shape[cut:], validate_args=False)
-
-    @constraints.dependent_property
-    def support(self):
-        return self._support
-
-    def expand(self, batch_shape, _instance=None):
-        batch_shape = torch.Size(batch_shape)
-        if batch_shape == self.batch_shape:
-            return self
-        value = self.value.expand(batch_shape + self.event_shape)
-        return StepOfDrawnPath(value, self.log_density, self._support, self._event_dim, self.has_rsample)
-
-    def rsample(self, sample_shape=torch.Size()):
-        if sample_shape:
-            raise NotImplementedError("a step of a drawn path is one value: draw more paths instead")
-        return self.value
-
-    def sample(self, sample_shape=torch.Size()):
-        return self.rsample(sample_shape).detach()
-
-    def log_prob(self, value):
-        return self.log_density(value)
 
 
 def _one_step_log_prob(step: "StepGaussiansByPrecision", value: torch.Tensor) -> torch.Tensor:
@@ -521,13 +471,7 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         }
 
     def _check_steps(self, num_steps: int, lengths):
-        num_sites = len(self._step_sites[0])
-        if num_steps != num_sites or lengths is not None:
-            raise ValueError(
-                f"LatentHMM '{self.name}' emits its {num_sites} steps at sites of their own: it takes sequences "
-                f"of {num_sites} steps without lengths, got {num_steps} steps"
-                + ("" if lengths is None else " and lengths")
-            )
+        check_unrolled_steps(f"LatentHMM '{self.name}'", len(self._step_sites[0]), num_steps, lengths)
 
     # ----- model side -------------------------------------------------------------
 
@@ -644,7 +588,7 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         """
         post = record.posterior
         self._check_steps(post.num_steps, post.lengths)
-        chain = _broadcast_to_plates(post.states)  # as pyro.sample would broadcast the path's site
+        chain = broadcast_to_plates(post.states)  # as pyro.sample would broadcast the path's site
         states = chain.sample()
         emission = post.emission_given(states)
         x = emission.rsample()
