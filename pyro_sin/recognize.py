@@ -51,6 +51,32 @@ compares them with the family's density of whole paths. The guide draws each seq
 the family's guide does, then emits it one step at a time with the conditionals
 ``q(z_t | z_{t-1})`` and ``q(x_t | z_t)`` (:meth:`~pyro_sin.pgm.LatentHMM.unroll_sites`), so that
 Pyro's own ELBOs see a correct guide too.
+
+A latent linear dynamical system (:class:`~pyro_sin.pgm.LinearDynamicalSystem`) is recognised in
+a model of the form::
+
+    dynamics = MatrixNormalWishart(M0, K0, scale_inv, df)                      # pyro_sin.distributions
+    noise_precision = pyro.sample("noise_precision", dynamics.precision_dist())   # Λ ~ Wishart
+    transition = pyro.sample("transition", dynamics.loc_dist(noise_precision))   # [A b] | Λ, shape (D, D + 1)
+    A, b = transition[:, :D], transition[:, D]
+    with pyro.plate("sequences", N, subsample=idx):
+        x = None
+        for t in pyro.markov(range(T)):
+            if x is None:
+                x = pyro.sample("x_0", dist.MultivariateNormal(m0, precision_matrix=P0))  # constants
+            else:
+                loc = (A @ x[..., None])[..., 0] + b
+                x = pyro.sample(f"x_{t}", dist.MultivariateNormal(loc, precision_matrix=noise_precision))
+            ...                                                                # the decoder of step t
+
+(any site names, any parametrisation of the steps' Gaussians; sequences of equal length). The
+location must be the same affine map of the previous state at every traced pair of steps and
+follow other dynamics substituted in the second trace; the set-up check compares the per-step
+densities, summed, with the family's density of whole paths. The guide draws each sequence's
+path as the family's guide does, then emits it one step at a time with the Kalman smoother's
+conditionals ``q(x_t | x_{t-1})`` (:meth:`~pyro_sin.pgm.LinearDynamicalSystem.unroll_sites`).
+Pyro's ``GaussianHMM`` family, which sums the chain out within one site, is refused with the
+per-step form as the way to write it.
 """
 
 import warnings

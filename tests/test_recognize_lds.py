@@ -22,7 +22,7 @@ from pyro_sin import SINELBO, NaturalAdam, SINGuide
 from pyro_sin.distributions import MatrixNormal, MatrixNormalWishart
 from pyro_sin.nn import GaussianDecoder, GaussianEncoder
 from pyro_sin.pgm import LinearDynamicalSystem
-from pyro_sin.recognize import NotRecognizedError, recognize
+from pyro_sin.recognize import NotRecognizedError, _LDSRecognizer, recognize
 
 from tests.helpers import random_spd
 
@@ -289,3 +289,43 @@ def test_what_is_not_a_latent_lds_is_refused_naming_the_site(case):
     with pytest.raises(NotRecognizedError, match=message) as refusal:
         guide(torch.randn(N, T, P), None)
     assert "; expected " in str(refusal.value)
+
+
+# ----- the set-up checks ------------------------------------------------------------------------
+
+
+def test_the_familys_per_step_statements_reproduce_the_model():
+    """The recognised family's own (unrolled) sample statements give the model's sites and densities."""
+    model, y = plain_lds(GaussianDecoder(D, P, (4,)), hyperparameters()), torch.randn(N, T, P)
+    recognition = recognize(model, y)
+    prior, trace = recognition.prior, recognition.trace
+    names = prior.global_sites + prior.local_sites
+
+    def family():
+        params = prior.sample_params()
+        with pyro.plate("sequences", N):
+            prior.sample_latent(params, T)
+
+    data = {name: trace.nodes[name]["value"] for name in names}
+    ours = poutine.trace(poutine.condition(family, data=data)).get_trace()
+    for name in names:
+        model_site, family_site = trace.nodes[name], ours.nodes[name]
+        assert family_site["cond_indep_stack"] == model_site["cond_indep_stack"]
+        assert_close(
+            family_site["fn"].log_prob(family_site["value"]), model_site["fn"].log_prob(model_site["value"]), **EXACT
+        )
+
+
+def test_a_chain_whose_steps_do_not_make_the_familys_path_is_refused():
+    """The set-up check: per-step densities summed against the family's whole-path density."""
+    model, y = plain_lds(GaussianDecoder(D, P, (4,)), hyperparameters()), torch.randn(N, T, P)
+    recognizer = _LDSRecognizer(model, (y,), {}, recognize(model, y).trace, [f"x_{t}" for t in range(T)])
+    recognizer._steps()
+    recognizer._initial_state()
+    recognizer._dynamics()
+    prior = recognizer._prior()
+    recognizer._check_path_reproduces(prior)
+    with torch.no_grad():
+        prior.init_loc.add_(0.5)  # a family whose first step is not the model's
+    with pytest.raises(NotRecognizedError, match="site 'x_0': found per-step log densities that sum to"):
+        recognizer._check_path_reproduces(prior)

@@ -300,9 +300,9 @@ class ChainPosterior:
     @functools.cached_property
     def step_factors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         r"""
-        Cholesky factors of the smoothed covariances: of ``Cov[x_1]``, ``(..., D, D)``, and of each
-        pair's ``Cov[(x_{t-1}, x_t)] = L Lᵀ``, ``(..., T-1, 2D, 2D)`` (None for one step), whose
-        blocks give the conditionals of :meth:`step_log_prob`.
+        The Cholesky factors of the smoothed ``Cov[x_1]``, ``(..., D, D)``, and of each pair's
+        ``Cov[(x_{t-1}, x_t)] = L Lᵀ``, ``(..., T-1, 2D, 2D)`` (None for one step), whose blocks give
+        the conditionals of :meth:`step_log_prob`.
         """
         m = self.moments
         init_cov = m.init_second - m.init_mean[..., :, None] * m.init_mean[..., None, :]
