@@ -77,9 +77,32 @@ class _IntegrateOutPGM(Messenger):
         super().__init__()
         self.scales = scales
         self.guide_trace = guide_trace
+        # a model written with plain pyro.sample statements (pyro_sin.recognize) meets its PGM's
+        # sites as ordinary sample sites, by the names of the family's: site -> (record, is global)
+        self.plain_sites, self.global_values = {}, {}
+        for site in guide_trace.nodes.values() if guide_trace is not None else ():
+            record = site["infer"].get("sin") if site["type"] == "sample" else None
+            if record is not None:
+                self.plain_sites.update({name: (record, True) for name in record.pgm.global_sites})
+                self.plain_sites.update({name: (record, False) for name in record.pgm.local_sites})
 
     def _record(self, msg):
         return self.scales.setdefault(msg["args"][0].name, _Scales())
+
+    def _pyro_sample(self, msg):
+        if msg["name"] not in self.plain_sites:
+            return
+        record, is_global = self.plain_sites[msg["name"]]
+        scales = self.scales.setdefault(record.pgm.name, _Scales())
+        if is_global:  # integrated: the model computes with the posterior means, samples nothing
+            scales.model_global = msg["scale"]
+            if record.pgm.name not in self.global_values:
+                self.global_values[record.pgm.name] = record.pgm.global_values(record.global_posterior)
+            msg["value"] = self.global_values[record.pgm.name][msg["name"]]
+            msg["done"] = True
+        else:  # the local latents take the guide's samples (by replay)
+            scales.model_local = msg["scale"]
+            scales.model_frames = msg["cond_indep_stack"]
 
     def _pyro_sin_prior_params(self, msg):
         self._record(msg).model_global = msg["scale"]

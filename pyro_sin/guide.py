@@ -29,6 +29,7 @@ from ._pyro_compat import active_plate, isolated, outside
 from .naming import NameOwner
 from .pgm.base import SINRecord, StructuredPrior
 from .potential import GaussianPotential
+from .recognize import InModelPlates, recognize
 from .standardize import as_float_tensor
 from .training import DivergenceError
 
@@ -79,9 +80,13 @@ class SINGuide(AutoGuide, NameOwner):
     name (a hand-written guide that also guides per-point latents), it uses that
     plate instead of opening its own.
 
-    :param callable model: the Pyro model; it must call ``pgm.sample_params()`` and,
-        inside a ``pyro.plate`` over data points, ``pgm.sample_latent(...)``.
-    :param StructuredPrior pgm: the structured prior used in the model.
+    :param callable model: the Pyro model; it calls ``pgm.sample_params()`` and,
+        inside a ``pyro.plate`` over data points, ``pgm.sample_latent(...)``, or writes the
+        structured prior with plain ``pyro.sample`` statements (then leave ``pgm`` out).
+    :param StructuredPrior pgm: the structured prior used in the model; if omitted, it is
+        recognised from the model at the guide's first call (:func:`~pyro_sin.recognize.recognize`,
+        with the model's hyperparameters and site names; the attribute ``recognition`` says what was found),
+        and a model it cannot recognise is refused there, with the site and the reason.
     :param torch.nn.Module encoder: maps a minibatch of data ``(B, ...)`` to a
         :class:`~pyro_sin.potential.GaussianPotential` (or a pair ``(h, J)``).
     :param str factor: ``"tied"`` (the SIN factor is the mean-field message of
@@ -107,8 +112,8 @@ class SINGuide(AutoGuide, NameOwner):
     def __init__(
         self,
         model,
-        pgm: StructuredPrior,
-        encoder: torch.nn.Module,
+        pgm: Optional[StructuredPrior] = None,
+        encoder: Optional[torch.nn.Module] = None,
         *,
         factor: Optional[str] = None,
         create_plates=None,
@@ -116,23 +121,34 @@ class SINGuide(AutoGuide, NameOwner):
         init_natural=None,
         name: Optional[str] = None,
     ):
-        if not isinstance(pgm, StructuredPrior):
+        if pgm is not None and not isinstance(pgm, StructuredPrior):
             raise TypeError(f"pgm must be a pyro_sin StructuredPrior, got {type(pgm).__name__}")
+        if encoder is None:
+            raise TypeError("SINGuide needs an encoder: SINGuide(model, encoder=...)")
+        super().__init__(model, create_plates=create_plates)
+        default = f"{model.param_prefix}.guide" if isinstance(model, NameOwner) else type(self).__name__
+        self._claim_name(name, default)
+        self._pyro_name = self.param_prefix  # before any child is attached, so children take the prefix
+        self.encoder = encoder
+        self.encoder_input = encoder_input or _first_argument
+        self._data_frame = None
+        self.recognition = None
+        self._global_plates = {}  # a recognised model's plates of components: site -> frame
+        self.pgm = None
+        self._requested = (factor, init_natural)
+        if pgm is not None:
+            self._attach(pgm)
+
+    def _attach(self, pgm: StructuredPrior):
+        """Takes ``pgm`` as the guide's structured prior: its factor, ``λ`` and a free factor's parameters."""
+        factor, init_natural = self._requested
         factor = pgm.factor_modes[0] if factor is None else factor
         if factor not in pgm.factor_modes:
             raise ValueError(
                 f"factor must be one of {pgm.factor_modes} for a {type(pgm).__name__}, got {factor!r}"
             )
-        super().__init__(model, create_plates=create_plates)
-        default = f"{model.param_prefix}.guide" if isinstance(model, NameOwner) else type(self).__name__
-        self._claim_name(name, default)
-        self._pyro_name = self.param_prefix  # before any child is attached, so children take the prefix
         self.pgm = pgm
-        self.encoder = encoder
         self.factor_mode = factor
-        self.encoder_input = encoder_input or _first_argument
-        self._data_frame = None
-
         self._natural_domain = pgm.natural_domain()
         init = pgm.init_natural() if init_natural is None else dict(init_natural)
         self.natural = PyroParam(self._natural_domain.pack(init).detach().clone(), self._natural_domain)
@@ -147,14 +163,31 @@ class SINGuide(AutoGuide, NameOwner):
     # ----- structure discovered from the model ------------------------------------
 
     def _setup_prototype(self, *args, **kwargs):
-        # The model's structure is discovered in isolation: outside any plate of a
-        # hand-written guide that calls this one, and without consuming random
-        # numbers, so that a resumed run repeats an uninterrupted one.
-        with isolated():
-            model = poutine.block(InitMessenger(_init_prototype_site)(self.model), self._prototype_hide_fn)
-            # at the prior means: sampled parameters (e.g. unstable dynamics over a long
-            # sequence) could overflow, and the structure is all this trace is for
-            self.prototype_trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        if self.pgm is None:
+            # no structured prior given: recognised from the model (pyro_sin.recognize), whose
+            # trace, as written, then serves as the prototype (one trace more than a given prior's)
+            recognition = recognize(self.model, *args, **kwargs)
+            self._attach(recognition.prior)
+            self.prototype_trace = recognition.trace.copy()
+            for name, site in list(self.prototype_trace.nodes.items()):
+                if self._prototype_hide_fn(site):
+                    self.prototype_trace.remove_node(name)
+            self.recognition = recognition._replace(trace=None)  # what was found, without the model's tensors
+            self._global_plates = {
+                name: frames[0]
+                for name in self.pgm.global_sites
+                for frames in [[f for f in self.prototype_trace.nodes[name]["cond_indep_stack"] if f.vectorized]]
+                if frames
+            }
+        else:
+            # The model's structure is discovered in isolation: outside any plate of a
+            # hand-written guide that calls this one, and without consuming random
+            # numbers, so that a resumed run repeats an uninterrupted one.
+            with isolated():
+                model = poutine.block(InitMessenger(_init_prototype_site)(self.model), self._prototype_hide_fn)
+                # at the prior means: sampled parameters (e.g. unstable dynamics over a long
+                # sequence) could overflow, and the structure is all this trace is for
+                self.prototype_trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
         if self.master is not None:
             self.master()._check_prototype(self.prototype_trace)
         self._prototype_frames = {
@@ -165,7 +198,8 @@ class SINGuide(AutoGuide, NameOwner):
         }
         sites = dict(self.prototype_trace.iter_stochastic_nodes())
         pgm_sites = self.pgm.global_sites + self.pgm.local_sites
-        missing = [name for name in pgm_sites if name not in sites]
+        summed_out = self.recognition.marginalised if self.recognition is not None else ()
+        missing = [name for name in pgm_sites if name not in sites and name not in summed_out]
         if missing:
             raise ValueError(
                 f"SINGuide: the model has no sample site(s) {missing} of the "
@@ -180,7 +214,7 @@ class SINGuide(AutoGuide, NameOwner):
                 "SINGuide's model with poutine.block and guide them with another guide, e.g. in an "
                 "AutoGuideList)"
             )
-        for name in self.pgm.global_sites:
+        for name in self.pgm.global_sites if self.recognition is None else ():  # recognition checked its plates
             if sites[name]["cond_indep_stack"]:
                 raise ValueError(
                     f"SINGuide: the global site '{name}' must be sampled outside every plate"
@@ -362,7 +396,8 @@ class SINGuide(AutoGuide, NameOwner):
             natural_param = self.natural
             self._check_stored_natural(natural_param)
             natural = self._natural_domain.unpack(natural_param)
-            self.pgm.sample_global_posterior(natural)  # skipped by SINELBO, which integrates θ
+            with InModelPlates(self._global_plates):
+                self.pgm.sample_global_posterior(natural)  # skipped by SINELBO, which integrates θ
         global_posterior = self.pgm.global_posterior({k: v.detach() for k, v in natural.items()})
         if active is None:
             plate = self._create_plates(*args, **kwargs)[name]

@@ -19,6 +19,10 @@ CHECKS = {
     "assert held_out['SAN-GMM'] >= held_out['BayesianGaussianMixture'], held_out\n"
     "assert same == 1 and abs(shift - np.log(std).sum()) < 1e-6, (same, shift)\n"
     "assert all(ax.get_xlabel() and ax.get_legend() for ax in fig.axes) and axes[0].get_ylabel()",
+    # the mixture and the HMM were recognised from the models as written, the wrong model refused at its latent
+    "bring_your_own_model": "assert recognition.family == 'gmm' and prior.local_sites == ('assignment', 'x')\n"
+    "assert message.startswith(\"recognize: site 'x': found a covariance\"), message\n"
+    "assert hmm_recognition.family == 'hmm' and hmm_guide.pgm.local_sites[:2] == ('z_0', 'x_0')",
     "student_t_outliers": "first, again = build(priors['SAN-TMM'])[0], build(priors['SAN-TMM'])[0]\n"
     "assert torch.equal(first.locs, again.locs) and torch.equal(first.scale_tril, again.scale_tril)",
 }

@@ -89,12 +89,17 @@ class StructuredPrior(PyroModule):
     #: the SIN factors this structure offers (see :class:`~pyro_sin.SINGuide`)
     factor_modes = ("tied", "free")
 
+    #: the roles of the sites besides the latent site ``name`` (e.g. ``"weights"``) that
+    #: :meth:`~pyro_sin.pgm.base.StructuredPrior.site_name` names
+    site_roles: Tuple[str, ...] = ()
+
     def __init__(self, name: str, **sizes: int):
         super().__init__()
         self.name = name
         for key, size in sizes.items():
             if isinstance(size, bool) or not isinstance(size, numbers.Integral):
                 raise TypeError(f"{type(self).__name__} {key} must be a whole number, got {size!r}")
+        self._site_names = {}
         if any(size < 1 for size in sizes.values()):
             wanted = " and ".join(f"{key} >= 1" for key in sizes)
             given = ", ".join(f"{key}={size}" for key, size in sizes.items())
@@ -162,6 +167,26 @@ class StructuredPrior(PyroModule):
 
     # ----- model side ---------------------------------------------------------
 
+    def site_name(self, role: str) -> str:
+        """The name of the site of ``role``: ``"<name>_<role>"``, or the name :meth:`rename_sites` gave it."""
+        return self._site_names.get(role, f"{self.name}_{role}")
+
+    def rename_sites(self, **names: str) -> "StructuredPrior":
+        """
+        Names the sites of the given roles after a model's own sample sites (e.g.
+        ``weights="pi"``), so that the family's sample statements and a guide built on it
+        match a model written with plain ``pyro.sample`` statements (:mod:`pyro_sin.recognize`).
+
+        :returns: ``self``.
+        """
+        unknown = sorted(set(names) - set(self.site_roles))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} names no site(s) of role(s) {unknown}; its roles: {self.site_roles}"
+            )
+        self._site_names.update(names)
+        return self
+
     @property
     def global_sites(self) -> Tuple[str, ...]:
         """Names of the sample sites of ``θ``, emitted outside any data plate."""
@@ -181,6 +206,15 @@ class StructuredPrior(PyroModule):
         term for these sites: its expectation is zero, its variance is not.
         """
         return ()
+
+    def global_values(self, global_posterior) -> Dict[str, torch.Tensor]:
+        """
+        Values for the global sites of a model that writes them as plain ``pyro.sample``
+        statements (a recognised model, :mod:`pyro_sin.recognize`), by site name: what the
+        model computes with while :class:`~pyro_sin.SINELBO` integrates ``θ`` in closed form.
+        By default not offered.
+        """
+        raise NotImplementedError(f"{type(self).__name__} gives no values for plainly written global sites")
 
     def sample_params(self):
         """Emits ``θ ~ p(θ)`` as Pyro sample sites; returns the sampled values."""

@@ -29,7 +29,7 @@ fits one by EM to the encoded frames (:mod:`pyro_sin.pgm.classic_regimes`).
 
 import functools
 import math
-from typing import NamedTuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.distributions import constraints
@@ -55,7 +55,15 @@ from .classic_regimes import GaussianHMM, chain_counts
 from .mixture import MixtureFactor, expected_gaussian_factor, gaussian_factor
 from .mixture.gaussian import NormalWishartGaussians
 from .regimes import RegimeGlobalPosterior, RegimeMarginals, RegimeSwitchingPrior
-from .sequence import PosteriorDistribution, SequenceDistribution, after_end_to_zero, last_step
+from .sequence import (
+    PosteriorDistribution,
+    SequenceDistribution,
+    StepOfDrawnPath,
+    after_end_to_zero,
+    broadcast_to_plates,
+    check_unrolled_steps,
+    last_step,
+)
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -243,6 +251,22 @@ class StepGaussiansByPrecision(SequenceDistribution):
         return after_end_to_zero(per_step, self.step_mask, 0).sum(-1)
 
 
+def _one_step_log_prob(step: "StepGaussiansByPrecision", value: torch.Tensor) -> torch.Tensor:
+    """``log q(x_t = value | z_t)`` of a one-step :class:`StepGaussiansByPrecision`, ``value`` ``(..., D)``."""
+    return step.log_prob(value[..., None, :])
+
+
+def _state_log_density(marginals, states: torch.Tensor, t: int) -> Callable:
+    r"""``z ↦ log q(z_t = z | z_{t-1})`` at the drawn ``z_{t-1}``: ``q(z_1)``, then ``q(z_{t-1}, z_t) / q(z_{t-1})``."""
+    if t == 0:
+        first = marginals.marginals[..., 0, :]
+        return lambda z: Vindex(first)[..., z.long()].log()
+    previous = states[..., t - 1]
+    pair, marginal = marginals.pair_marginals[..., t - 1, :, :], marginals.marginals[..., t - 1, :]
+    # picked before the logarithm: a pair of zero mass elsewhere must not reach the gradient
+    return lambda z: (Vindex(pair)[..., previous, z.long()] / Vindex(marginal)[..., previous]).log()
+
+
 class HMMPosterior(RegimeMarginals):
     r"""
     The closed-form SIN posterior ``q(z_{1:T}) Π_t q(x_t | z_t)`` of a batch of sequences.
@@ -385,6 +409,7 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
     params_type = HMMParams
     posterior_type = HMMGlobalPosterior
     regime_site_suffixes = ("precisions", "locs")
+    site_roles = ("init_probs", "transition_probs", "precisions", "locs", "states")
 
     def __init__(
         self,
@@ -405,6 +430,48 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         self.init_loc_range, self.parallel = self._finite(init_loc_range, "LatentHMM init_loc_range"), parallel
         self._register_chain_prior(init_concentration, transition_concentration)
         self._register_normal_wishart((num_states,), loc, kappa, scale_inv, df, "LatentHMM")
+        self._step_sites: Optional[Tuple[Tuple[str, ...], Tuple[str, ...]]] = None
+
+    # ----- one site per step ------------------------------------------------------
+
+    def unroll_sites(self, states: Sequence[str], latents: Sequence[str]) -> "LatentHMM":
+        """
+        Emits the chain one step at a time, ``z_t`` at the site ``states[t]`` and ``x_t`` at
+        ``latents[t]``, as a model written with ``pyro.markov`` does (:mod:`pyro_sin.recognize`),
+        instead of one site per path: the model's ``z_t ~ Cat(π)`` then ``Cat(P_{z_{t-1}})`` and
+        ``x_t ~ N(μ_{z_t}, Λ_{z_t}⁻¹)``; the guide's ``q(z_t | z_{t-1})`` and ``q(x_t | z_t)``, at
+        the values of a path drawn as :meth:`sample_local_posterior` draws one. For sequences of
+        ``len(states)`` steps, without padding. The prior's latent site (its ``name``) must be ``latents[0]``.
+
+        :returns: ``self``.
+        """
+        states, latents = tuple(states), tuple(latents)
+        if len(states) != len(latents) or not states:
+            raise ValueError(f"need as many state sites as latent sites, at least one; got {states} and {latents}")
+        if latents[0] != self.name:
+            raise ValueError(f"the first latent site must be the prior's latent site '{self.name}', got {latents[0]}")
+        self._step_sites = (states, latents)
+        return self
+
+    @property
+    def local_sites(self):
+        if self._step_sites is None:
+            return super().local_sites
+        return tuple(name for step in zip(*self._step_sites) for name in step)
+
+    def global_values(self, q: HMMGlobalPosterior) -> Dict[str, torch.Tensor]:
+        """The posterior means (:meth:`~pyro_sin.pgm.regimes.RegimeSwitchingPrior.point_estimate`) by site name."""
+        init, transition, locs, precisions = self.point_estimate(q)
+        precisions_site, locs_site = self.regime_sites
+        return {
+            self.init_probs_site: init,
+            self.transition_probs_site: transition,
+            precisions_site: precisions,
+            locs_site: locs,
+        }
+
+    def _check_steps(self, num_steps: int, lengths):
+        check_unrolled_steps(f"LatentHMM '{self.name}'", len(self._step_sites[0]), num_steps, lengths)
 
     # ----- model side -------------------------------------------------------------
 
@@ -416,8 +483,22 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
         return StepGaussians(Vindex(loc)[..., states, :], Vindex(scale_tril)[..., states, :, :], lengths)
 
     def _sample_latent(self, params: HMMParams, num_steps: int, lengths=None) -> torch.Tensor:
+        if self._step_sites is not None:
+            return self._sample_steps(params, num_steps, lengths)
         states = pyro.sample(self.states_site, self.states_prior(params, num_steps, lengths))
         return pyro.sample(self.name, self.emission(params, states, lengths))
+
+    def _sample_steps(self, params: HMMParams, num_steps: int, lengths=None) -> torch.Tensor:
+        """The model one step at a time (:meth:`unroll_sites`); returns ``x``, shape ``(..., T, D)``."""
+        self._check_steps(num_steps, lengths)
+        scale_tril = precision_to_scale_tril(params.precisions)
+        z, steps = None, []
+        for z_site, x_site in zip(*self._step_sites):
+            probs = params.init_probs if z is None else Vindex(params.transition_probs)[..., z, :]
+            z = pyro.sample(z_site, dist.Categorical(probs))
+            loc, tril = Vindex(params.locs)[..., z, :], Vindex(scale_tril)[..., z, :, :]
+            steps.append(pyro.sample(x_site, dist.MultivariateNormal(loc, scale_tril=tril)))
+        return torch.stack(steps, -2)
 
     def latent_log_prob(self, params: HMMParams, x: torch.Tensor, lengths=None) -> torch.Tensor:
         """``log p(x_{1:T} | θ) = log Σ_z p(z | θ) p(x | z, θ)`` by the forward algorithm, shape ``(...)``."""
@@ -494,8 +575,33 @@ class LatentHMM(NormalWishartGaussians, RegimeSwitchingPrior):
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
         post = record.posterior
+        if self._step_sites is not None:
+            return self._sample_posterior_steps(record)
         states = pyro.sample(self.states_site, post.states)
         return pyro.sample(self.name, post.emission_given(states), infer={"sin": record})
+
+    def _sample_posterior_steps(self, record: SINRecord) -> torch.Tensor:
+        """
+        The path drawn as :meth:`sample_local_posterior` draws it (the same random numbers), then
+        emitted one step at a time (:class:`StepOfDrawnPath`) with the conditionals
+        ``q(z_t | z_{t-1})`` and ``q(x_t | z_t)``; the SIN record on the first latent step.
+        """
+        post = record.posterior
+        self._check_steps(post.num_steps, post.lengths)
+        chain = broadcast_to_plates(post.states)  # as pyro.sample would broadcast the path's site
+        states = chain.sample()
+        emission = post.emission_given(states)
+        x = emission.rsample()
+        marginals = chain.marginals
+        states_support = constraints.integer_interval(0, self.num_states - 1)
+        for t, (z_site, x_site) in enumerate(zip(*self._step_sites)):
+            state_density = _state_log_density(marginals, states, t)
+            pyro.sample(z_site, StepOfDrawnPath(states[..., t], state_density, states_support, 0, False))
+            step = StepGaussiansByPrecision(emission.packed[..., t : t + 1, :], self.latent_dim, validate_args=False)
+            latent_density = functools.partial(_one_step_log_prob, step)
+            fn = StepOfDrawnPath(x[..., t, :], latent_density, constraints.real_vector, 1, True)
+            pyro.sample(x_site, fn, infer={"sin": record} if t == 0 else {})
+        return x
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
 

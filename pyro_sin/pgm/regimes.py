@@ -120,20 +120,20 @@ class RegimeSwitchingPrior(SequencePrior):
 
     @property
     def init_probs_site(self):
-        return f"{self.name}_init_probs"
+        return self.site_name("init_probs")
 
     @property
     def transition_probs_site(self):
-        return f"{self.name}_transition_probs"
+        return self.site_name("transition_probs")
 
     @property
     def states_site(self):
-        return f"{self.name}_states"
+        return self.site_name("states")
 
     @property
     def regime_sites(self) -> Tuple[str, str]:
         """The sites of the regimes' precisions and locations."""
-        return tuple(f"{self.name}_{suffix}" for suffix in self.regime_site_suffixes)
+        return tuple(self.site_name(suffix) for suffix in self.regime_site_suffixes)
 
     @property
     def global_sites(self):

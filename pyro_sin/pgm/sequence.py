@@ -11,13 +11,14 @@ sampling. The helpers below treat padded sequences alike: the steps after a sequ
 not exist.
 """
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch.distributions import constraints
 
 import pyro
 import pyro.distributions as dist
+from pyro.poutine.runtime import get_plates
 
 from .. import evaluation
 from ..guide import SINGuide
@@ -96,6 +97,76 @@ class LatentMarginals(NamedTuple):
     def gaussian(cls, loc: torch.Tensor, cov: torch.Tensor) -> "LatentMarginals":
         """Gaussian marginals, ``loc`` ``(..., D)`` and ``cov`` ``(..., D, D)``, as one-component mixtures."""
         return cls(loc.new_ones(loc.shape[:-1] + (1,)), loc[..., None, :], cov[..., None, :, :])
+
+
+def broadcast_to_plates(fn: dist.TorchDistribution) -> dist.TorchDistribution:
+    """``fn`` expanded to the batch shape of the active plates, as ``pyro.sample`` broadcasts a site's distribution."""
+    shape = list(fn.batch_shape)
+    for frame in get_plates():
+        if frame.dim is None or frame.size == -1:
+            continue
+        shape = [1] * (-frame.dim - len(shape)) + shape
+        shape[frame.dim] = frame.size
+    return fn.expand(torch.Size(shape))
+
+
+class StepOfDrawnPath(dist.TorchDistribution):
+    """
+    One step of a path drawn jointly, as a sample site of its own: its value is that step of the
+    draw, its density the step's conditional given the steps before it, so that the sites' log
+    densities add up to the path's (what a model written one step at a time under ``pyro.markov``
+    needs of its guide: :meth:`~pyro_sin.pgm.LatentHMM.unroll_sites`,
+    :meth:`~pyro_sin.pgm.LinearDynamicalSystem.unroll_sites`). A ``pyro.sample`` of it returns the drawn
+    value (with its reparameterisation gradient where the step has one).
+
+    :param torch.Tensor value: the step's draw, of shape ``batch + event``.
+    :param callable log_density: ``value -> log q(value | the steps before)``, shape ``batch``.
+    :param support: the step's support.
+    :param int event_dim: the number of the value's dimensions that are its event.
+    :param bool has_rsample: whether ``value`` is a reparameterised draw.
+    """
+
+    arg_constraints = {}
+
+    def __init__(self, value, log_density: Callable, support, event_dim: int, has_rsample: bool):
+        self.value, self.log_density, self._support = value, log_density, support
+        self._event_dim, self.has_rsample = event_dim, has_rsample
+        cut = value.dim() - event_dim
+        super().__init__(value.shape[:cut], value.shape[cut:], validate_args=False)
+
+    @constraints.dependent_property
+    def support(self):
+        return self._support
+
+    def expand(self, batch_shape, _instance=None):
+        batch_shape = torch.Size(batch_shape)
+        if batch_shape == self.batch_shape:
+            return self
+        value = self.value.expand(batch_shape + self.event_shape)
+        return StepOfDrawnPath(value, self.log_density, self._support, self._event_dim, self.has_rsample)
+
+    def rsample(self, sample_shape=torch.Size()):
+        if sample_shape:
+            raise NotImplementedError("a step of a drawn path is one value: draw more paths instead")
+        return self.value
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.rsample(sample_shape).detach()
+
+    def log_prob(self, value):
+        return self.log_density(value)
+
+
+def check_unrolled_steps(owner: str, num_sites: int, num_steps: int, lengths) -> None:
+    """
+    Refuses what a family that emits its steps at sites of their own (a model written one step
+    at a time under ``pyro.markov``) cannot take: another number of steps, or padded sequences.
+    """
+    if num_steps != num_sites or lengths is not None:
+        raise ValueError(
+            f"{owner} emits its {num_sites} steps at sites of their own: it takes sequences "
+            f"of {num_sites} steps without lengths, got {num_steps} steps" + ("" if lengths is None else " and lengths")
+        )
 
 
 class SequenceDistribution(dist.TorchDistribution):

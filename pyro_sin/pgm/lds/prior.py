@@ -26,7 +26,7 @@ for imputation and the Kalman predictive moments for forecasts
 
 import functools
 import math
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch.distributions import constraints
@@ -59,7 +59,10 @@ from ..sequence import (
     LatentMarginals,
     PosteriorDistribution,
     SequencePrior,
+    StepOfDrawnPath,
     after_end_to_zero,
+    broadcast_to_plates,
+    check_unrolled_steps,
     last_step,
     step_mask,
     sum_transitions,
@@ -294,6 +297,39 @@ class ChainPosterior:
         mean = self.marginal_means()
         return after_end_to_zero(second - mean[..., :, None] * mean[..., None, :], self.step_mask, 2)
 
+    @functools.cached_property
+    def step_factors(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        r"""
+        The Cholesky factors of the smoothed ``Cov[x_1]``, ``(..., D, D)``, and of each pair's
+        ``Cov[(x_{t-1}, x_t)] = L Lᵀ``, ``(..., T-1, 2D, 2D)`` (None for one step), whose blocks give
+        the conditionals of :meth:`step_log_prob`.
+        """
+        m = self.moments
+        init_cov = m.init_second - m.init_mean[..., :, None] * m.init_mean[..., None, :]
+        if self.trans is None:
+            return torch.linalg.cholesky(init_cov), None
+        pair_cov = m.pair_second - m.pair_mean[..., :, None] * m.pair_mean[..., None, :]
+        return torch.linalg.cholesky(init_cov), torch.linalg.cholesky(pair_cov)
+
+    def step_log_prob(self, t: int, x_t: torch.Tensor, x_previous: Optional[torch.Tensor] = None) -> torch.Tensor:
+        r"""
+        ``log q(x_t | x_{t-1})`` of the chain (``log q(x_1)`` for ``t = 0``), ``x`` of shape ``(..., D)``:
+        with the pair's factor ``L = [[L₁₁, 0], [L₂₁, L₂₂]]``,
+
+        .. math:: q(x_t \mid x_{t-1})
+                  = \mathcal N\big(m_t + L_{21} L_{11}^{-1}(x_{t-1} - m_{t-1}),\ L_{22} L_{22}^\top\big),
+
+        so that the steps' log densities add up to :meth:`log_prob` of the path.
+        """
+        D, m = self.dim, self.moments
+        init_tril, pair_tril = self.step_factors
+        if t == 0:
+            return dist.MultivariateNormal(m.init_mean, scale_tril=init_tril, validate_args=False).log_prob(x_t)
+        mean, tril = m.pair_mean[..., t - 1, :], pair_tril[..., t - 1, :, :]
+        white = torch.linalg.solve_triangular(tril[..., :D, :D], (x_previous - mean[..., :D])[..., None], upper=False)
+        loc = mean[..., D:] + (tril[..., D:, :D] @ white)[..., 0]
+        return dist.MultivariateNormal(loc, scale_tril=tril[..., D:, D:], validate_args=False).log_prob(x_t)
+
     def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
         """Reparameterised joint samples by parallel-scan forward filtering, backward sampling."""
         if self.trans is None:
@@ -440,16 +476,19 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
         super().__init__(name, latent_dim=latent_dim)
         self.parallel = parallel
         self._register_dynamics((), init_loc, init_precision, transition_loc, col_precision, scale_inv, df)
+        self._step_sites: Optional[Tuple[str, ...]] = None
+
+    site_roles = ("noise_precision", "transition")
 
     # ----- site names -----------------------------------------------------------
 
     @property
     def noise_precision_site(self):
-        return f"{self.name}_noise_precision"
+        return self.site_name("noise_precision")
 
     @property
     def transition_site(self):
-        return f"{self.name}_transition"
+        return self.site_name("transition")
 
     @property
     def global_sites(self):
@@ -457,7 +496,34 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
 
     @property
     def local_sites(self):
-        return (self.name,)
+        return (self.name,) if self._step_sites is None else self._step_sites
+
+    # ----- one site per step ------------------------------------------------------
+
+    def unroll_sites(self, latents: Sequence[str]) -> "LinearDynamicalSystem":
+        """
+        Emits the chain one step at a time, ``x_t`` at the site ``latents[t]``, as a model written
+        with ``pyro.markov`` does (:mod:`pyro_sin.recognize`), instead of one site per path: the
+        model's ``x_1 ~ N(μ₀, P₀⁻¹)`` then ``x_t ~ N(A x_{t-1} + b, Λ⁻¹)``; the guide's
+        ``q(x_t | x_{t-1})`` (:meth:`ChainPosterior.step_log_prob`) at the values of a path drawn
+        as :meth:`sample_local_posterior` draws one. For sequences of ``len(latents)`` steps,
+        without padding. The prior's latent site (its ``name``) must be ``latents[0]``.
+
+        :returns: ``self``.
+        """
+        latents = tuple(latents)
+        if not latents or latents[0] != self.name:
+            raise ValueError(f"the first latent site must be the prior's latent site '{self.name}', got {latents}")
+        self._step_sites = latents
+        return self
+
+    def _check_steps(self, num_steps: int, lengths):
+        check_unrolled_steps(f"LinearDynamicalSystem '{self.name}'", len(self._step_sites), num_steps, lengths)
+
+    def global_values(self, q: LDSGlobalPosterior) -> Dict[str, torch.Tensor]:
+        """The posterior means (:meth:`point_estimate`) by site name."""
+        transition, noise_precision = self.point_estimate(q)
+        return {self.noise_precision_site: noise_precision, self.transition_site: transition}
 
     # ----- model side -------------------------------------------------------------
 
@@ -479,7 +545,23 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
         )
 
     def _sample_latent(self, params: LDSParams, num_steps: int, lengths=None) -> torch.Tensor:
+        if self._step_sites is not None:
+            return self._sample_steps(params, num_steps, lengths)
         return pyro.sample(self.name, self.chain(params, num_steps, lengths))
+
+    def _sample_steps(self, params: LDSParams, num_steps: int, lengths=None) -> torch.Tensor:
+        """The model one step at a time (:meth:`unroll_sites`); returns ``x``, shape ``(..., T, D)``."""
+        self._check_steps(num_steps, lengths)
+        D = self.latent_dim
+        A, b = params.transition[..., :D], params.transition[..., D]
+        init = dist.MultivariateNormal(self.init_loc, precision_matrix=self.init_precision)
+        x = pyro.sample(self._step_sites[0], init)
+        steps = [x]
+        for site in self._step_sites[1:]:
+            loc = (A @ x[..., None])[..., 0] + b
+            x = pyro.sample(site, dist.MultivariateNormal(loc, precision_matrix=params.noise_precision))
+            steps.append(x)
+        return torch.stack(steps, -2)
 
     # ----- conjugate posterior over θ -----------------------------------------------
 
@@ -533,9 +615,28 @@ class LinearDynamicalSystem(AffineGaussianDynamics, SequencePrior):
         return ChainPosterior(potential, factor, self.parallel)
 
     def sample_local_posterior(self, record: SINRecord) -> torch.Tensor:
+        if self._step_sites is not None:
+            return self._sample_posterior_steps(record)
         return pyro.sample(
             self.name, PosteriorDistribution(record.posterior, validate_args=False), infer={"sin": record}
         )
+
+    def _sample_posterior_steps(self, record: SINRecord) -> torch.Tensor:
+        """
+        The path drawn as :meth:`sample_local_posterior` draws it (the same random numbers), then
+        emitted one step at a time (:class:`~pyro_sin.pgm.sequence.StepOfDrawnPath`) with the
+        conditionals ``q(x_t | x_{t-1})``; the SIN record on the first step.
+        """
+        post = record.posterior
+        self._check_steps(post.num_steps, post.step_mask)  # a mask only where the sequences have lengths
+        # as pyro.sample would broadcast the path's site
+        x = broadcast_to_plates(PosteriorDistribution(post, validate_args=False)).rsample()
+        for t, site in enumerate(self._step_sites):
+            previous = x[..., t - 1, :] if t else None
+            density = functools.partial(post.step_log_prob, t, x_previous=previous)
+            fn = StepOfDrawnPath(x[..., t, :], density, constraints.real_vector, 1, True)
+            pyro.sample(site, fn, infer={"sin": record} if t == 0 else {})
+        return x
 
     # ----- closed-form bound and natural-gradient target ---------------------------------
 

@@ -221,15 +221,17 @@ class MixturePrior(StructuredPrior):
         if not (self.prior_concentration > 0).all():
             raise ValueError("the Dirichlet concentration must be positive")
 
+    site_roles = ("weights", "assignment")
+
     # ----- site names -----------------------------------------------------------
 
     @property
     def weights_site(self):
-        return f"{self.name}_weights"
+        return self.site_name("weights")
 
     @property
     def assignment_site(self):
-        return f"{self.name}_assignment"
+        return self.site_name("assignment")
 
     @property
     def local_sites(self):
@@ -409,6 +411,7 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
     """
 
     factor_modes = ("tied", "free")
+    site_roles = ("weights", "assignment", "precisions", "locs")
 
     def __init__(
         self,
@@ -430,11 +433,11 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
 
     @property
     def precisions_site(self):
-        return f"{self.name}_precisions"
+        return self.site_name("precisions")
 
     @property
     def locs_site(self):
-        return f"{self.name}_locs"
+        return self.site_name("locs")
 
     @property
     def global_sites(self):
@@ -470,6 +473,11 @@ class GaussianMixture(NormalWishartGaussians, MixturePrior):
         """Posterior means ``E[π]``, ``E[μ_k] = m_k`` and ``E[Λ_k] = ν_k W_k``."""
         weights = q.concentration / q.concentration.sum(-1, keepdim=True)
         return MixtureParams(weights, q.normal_wishart.loc, q.expectations.precision)
+
+    def global_values(self, q: MixtureGlobalPosterior) -> Dict[str, torch.Tensor]:
+        """The posterior means (:meth:`point_estimate`) by site name."""
+        weights, locs, precisions = self.point_estimate(q)
+        return {self.weights_site: weights, self.precisions_site: precisions, self.locs_site: locs}
 
     def _sample_global_posterior(self, natural):
         q = self.global_posterior(natural)
