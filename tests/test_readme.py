@@ -158,7 +158,7 @@ def test_the_quick_start_clusters_the_digits(monkeypatch):
     namespace = _quick_start(
         monkeypatch,
         "digits(seed=0).train",
-        **{"import pinwheel": "import digits", "per_feature=False)": "per_feature=False, latent_dim=10)"},
+        **{"import pinwheel": "import digits", "y_train.shape[1]": "10"},
     )
     clusters = namespace["guide"].local_posterior(split.test).probs.argmax(-1)
     assert normalized_mutual_info(clusters, split.test_labels) >= 0.75
