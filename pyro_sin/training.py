@@ -181,12 +181,26 @@ def _guarded_step(svi, guard: Optional[DivergenceGuard], num_data: int, step: in
             return svi.step(*args, **kwargs) / num_data
         with poutine.trace(param_only=True) as capture:
             loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
-        params = set(site["value"].unconstrained() for site in capture.trace.nodes.values())
+        params = set(_unconstrained(site) for site in capture.trace.nodes.values())
         loss = torch_item(loss) / num_data  # the bound is scaled to the full data set
         _collective_check(guard, step, loss, params, desc)
         svi.optim(params)
         pyro.infer.util.zero_grads(params)
         return loss
+
+
+def _unconstrained(site) -> torch.Tensor:
+    """
+    The leaf tensor an optimiser moves for a traced param site: Pyro marks each value it hands out with
+    ``.unconstrained``; a module's own ``nn.Parameter`` under the identity constraint was seen (rarely, in
+    long test sessions) without the mark, and is then its own unconstrained value.
+    """
+    value = site["value"]
+    if hasattr(value, "unconstrained"):
+        return value.unconstrained()
+    if isinstance(value, torch.nn.Parameter):
+        return value
+    raise TypeError(f"fit: the param site {site['name']!r} has no unconstrained value to optimise")
 
 
 class _Best:
