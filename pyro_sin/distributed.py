@@ -101,6 +101,6 @@ def broadcast_parameters(src: int = 0) -> None:
     _, size = world()
     if size == 1:
         return
-    store = pyro.get_param_store()
-    for name in sorted(store.keys()):
-        dist.broadcast(store.get_state()["params"][name].data, src)
+    params = dict(pyro.get_param_store().named_parameters())  # the unconstrained tensors
+    for name in sorted(params):
+        dist.broadcast(params[name].data, src)

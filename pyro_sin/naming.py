@@ -55,7 +55,9 @@ def _holds_parameters(prefix: str) -> bool:
 
 def _stored(prefix: str):
     """The param store's (unconstrained) tensors under ``prefix``."""
-    return [value for key, value in pyro.get_param_store().get_state()["params"].items() if _under(key, prefix)]
+    # named_parameters, not get_state: this runs from a finalizer, at any moment (inside an SVI step too), and
+    # get_state strips the `.unconstrained` marks that Pyro's optimisation step reads
+    return [value for key, value in pyro.get_param_store().named_parameters() if _under(key, prefix)]
 
 
 def _record_leftovers(prefix: str) -> None:

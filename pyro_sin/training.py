@@ -181,26 +181,12 @@ def _guarded_step(svi, guard: Optional[DivergenceGuard], num_data: int, step: in
             return svi.step(*args, **kwargs) / num_data
         with poutine.trace(param_only=True) as capture:
             loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
-        params = set(_unconstrained(site) for site in capture.trace.nodes.values())
+        params = set(site["value"].unconstrained() for site in capture.trace.nodes.values())
         loss = torch_item(loss) / num_data  # the bound is scaled to the full data set
         _collective_check(guard, step, loss, params, desc)
         svi.optim(params)
         pyro.infer.util.zero_grads(params)
         return loss
-
-
-def _unconstrained(site) -> torch.Tensor:
-    """
-    The leaf tensor an optimiser moves for a traced param site: Pyro marks each value it hands out with
-    ``.unconstrained``; a module's own ``nn.Parameter`` under the identity constraint was seen (rarely, in
-    long test sessions) without the mark, and is then its own unconstrained value.
-    """
-    value = site["value"]
-    if hasattr(value, "unconstrained"):
-        return value.unconstrained()
-    if isinstance(value, torch.nn.Parameter):
-        return value
-    raise TypeError(f"fit: the param site {site['name']!r} has no unconstrained value to optimise")
 
 
 class _Best:
@@ -217,9 +203,9 @@ class _Best:
         if rank == 0:  # evaluations run on rank 0 only; the others follow its choice when restoring
             score = float(metrics[self.select] if isinstance(self.select, str) else self.select())
             if self.step is None or score > self.score:
-                params = pyro.get_param_store().get_state()["params"]
+                params = pyro.get_param_store().named_parameters()
                 self.score, self.step, self.stale = score, step, 0
-                self.state = {name: value.detach().clone() for name, value in params.items()}
+                self.state = {name: value.detach().clone() for name, value in params}
             else:
                 self.stale += 1
         else:
@@ -228,7 +214,7 @@ class _Best:
     @torch.no_grad()
     def restore(self):
         if self.state is not None:
-            params = pyro.get_param_store().get_state()["params"]
+            params = dict(pyro.get_param_store().named_parameters())
             for name, value in self.state.items():
                 params[name].copy_(value)
         broadcast_parameters()  # (a no-op in one process)

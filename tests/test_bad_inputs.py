@@ -340,3 +340,18 @@ def test_numpy_arrays_for_the_networks_are_named():
     encoder, _ = standardized_autoencoder(points(20), 2, (4,))
     with pytest.raises(TypeError, match="convert with torch.as_tensor"):
         encoder(np.zeros((3, P), dtype=np.float32))
+
+
+def test_reading_the_store_for_leftovers_keeps_pyros_unconstrained_marks():
+    """
+    The leftover bookkeeping runs from a finalizer, at any moment, inside an SVI step too: it must not strip
+    the ``.unconstrained`` marks Pyro's step reads (ParamStoreDict.get_state does, and broke runs at random).
+    """
+    from pyro_sin import naming
+
+    pyro.clear_param_store()
+    value = pyro.param("leftover_probe.weight", torch.ones(3))
+    assert naming._stored("leftover_probe") and value.unconstrained() is not None
+    assert hasattr(pyro.param("leftover_probe.weight"), "unconstrained")
+    naming._stored("leftover_probe")
+    assert value.unconstrained() is not None  # still marked after the read

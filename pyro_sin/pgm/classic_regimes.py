@@ -361,7 +361,9 @@ class AutoregressiveHMM(RegimeEM):
         count = stats.count.clamp(min=torch.finfo(frames.dtype).tiny)
         scale = stats.input_outer.diagonal(dim1=-2, dim2=-1).sum(-1) / count / (D + 1)  # (K,) mean input power
         eye = torch.eye(D + 1, dtype=frames.dtype, device=frames.device)
-        gram = stats.input_outer + (self.ridge * scale * count)[:, None, None] * eye
+        # a regime left with (almost) no frames has an (almost) zero Gram matrix: its ridge stays at least
+        # that of one frame of unit power, so the solve never meets a singular matrix
+        gram = stats.input_outer + (self.ridge * (scale * count).clamp(min=1.0))[:, None, None] * eye
         transitions = torch.linalg.solve(gram, stats.cross.transpose(-1, -2)).transpose(-1, -2)  # (K, D, D + 1)
         # Σ r (y - W u)(y - W u)ᵀ, exactly (with the ridge, W S_uu Wᵀ is not W S_uy)
         explained = transitions @ stats.cross.transpose(-1, -2)
