@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -236,9 +237,28 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
 # ----- the atomic write ------------------------------------------------------------------------------------
 
 
+def _temporary_names(path: Path) -> re.Pattern:
+    """The names :func:`tempfile.mkstemp` gives this writer's temporary files for ``path``."""
+    return re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def _remove_stale_temporaries(path: Path, older_than_ns: int) -> None:
+    """Removes the temporary files of writes of ``path`` killed before this one began (only this writer's names)."""
+    pattern = _temporary_names(path)
+    for candidate in path.parent.iterdir():
+        if pattern.fullmatch(candidate.name):
+            with contextlib.suppress(OSError):  # (gone already, or not ours to remove)
+                if candidate.stat().st_mtime_ns < older_than_ns:
+                    candidate.unlink()
+
+
 def _write_atomically(obj, path: Path) -> None:
-    """``torch.save(obj, path)`` through a synced temporary file renamed over ``path``."""
+    """
+    ``torch.save(obj, path)`` through a synced temporary file renamed over ``path``; then removes the
+    temporary files that writers killed mid-write left behind.
+    """
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    began_ns = os.fstat(fd).st_mtime_ns  # in the file system's clock; a write still under way is newer
     try:
         with os.fdopen(fd, "wb") as file:
             torch.save(obj, file)
@@ -252,6 +272,7 @@ def _write_atomically(obj, path: Path) -> None:
             os.unlink(temporary)
         raise
     _sync_folder(path.parent)
+    _remove_stale_temporaries(path, began_ns)
 
 
 def _sync_folder(folder: Path) -> None:

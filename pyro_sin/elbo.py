@@ -123,6 +123,33 @@ class _IntegrateOutPGM(Messenger):
         msg["done"] = True
 
 
+def _check_model_sites_guided(model_trace, guide_trace):
+    """
+    Warns, as Pyro's ELBOs do under validation (:func:`pyro.util.check_model_guide_match`), of latent
+    sites of the model that neither the guide samples nor a SIN prior covers: their prior would stand
+    in for their posterior, and the bound would silently leave them out of training.
+    """
+    covered = {name for name, site in guide_trace.nodes.items() if site["type"] == "sample"}
+    for site in guide_trace.nodes.values():
+        record = site["infer"].get("sin") if site["type"] == "sample" else None
+        if record is not None:
+            covered.update((record.pgm.name, *record.pgm.global_sites, *record.pgm.local_sites))
+    unguided = [
+        name
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and name not in covered
+        and site["infer"].get("_enumerate_dim") is None
+    ]
+    if unguided:
+        warnings.warn(
+            f"SINELBO: found latent sites in the model but not in the guide: {unguided}. SINGuide covers only "
+            "its prior's sites; give the others a guide of their own, e.g. pyro.infer.autoguide.AutoGuideList "
+            "holding the SINGuide and an AutoNormal on poutine.block(model, hide=[its sites])",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
 def _minibatch_sizes(guide_trace):
     """``(|B|, N)``: the data points in the minibatch around the trace's SIN sites, and in the data set."""
     for site in guide_trace.nodes.values():
@@ -193,6 +220,8 @@ class SINELBO(ELBO):
         vectorize_particles=True,
         retain_graph=None,
     ):
+        if not num_particles >= 1:
+            raise ValueError(f"SINELBO: num_particles must be at least 1, got {num_particles}")
         if decoder_estimator not in _ESTIMATORS:
             raise ValueError(f"decoder_estimator must be one of {_ESTIMATORS}, got {decoder_estimator!r}")
         self.decoder_estimator = decoder_estimator
@@ -218,6 +247,8 @@ class SINELBO(ELBO):
         model = poutine.replay(_IntegrateOutPGM(scales, guide_trace)(model), trace=guide_trace)
         model_trace = poutine.trace(model).get_trace(*args, **kwargs)
         model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+        if is_validation_enabled():
+            _check_model_sites_guided(model_trace, guide_trace)
         guide_trace.sin_scales = scales
         return model_trace, guide_trace
 

@@ -54,6 +54,25 @@ def _init_prototype_site(site):
     return init_to_mean(site)
 
 
+@contextlib.contextmanager
+def _scalar_indices_named(args, kwargs):
+    """
+    A 0-dim index (``torch.tensor(0)``) given to ``pyro.plate(..., subsample=idx)`` fails in Pyro with an
+    ``IndexError`` about dimensions; this names the argument and the fix instead.
+    """
+    try:
+        yield
+    except IndexError as error:
+        given = (*args, *kwargs.values())
+        scalars = [a for a in given if torch.is_tensor(a) and a.dim() == 0 and not a.is_floating_point()]
+        if not scalars:
+            raise
+        raise ValueError(
+            f"SINGuide: indices must be a 1-D integer tensor, one row number per data point of the minibatch, got "
+            f"a 0-dim tensor ({scalars[0].dtype}): e.g. idx.reshape(-1) for a single point"
+        ) from error
+
+
 def _rows(data):
     """Number of rows of the encoder input (a tensor or a tuple of tensors)."""
     if isinstance(data, (tuple, list)):
@@ -257,6 +276,8 @@ class SINGuide(AutoGuide, NameOwner):
         """Rows of ``data`` (a tensor or a tuple of tensors) for the plate's current subsample."""
         if isinstance(data, (tuple, list)):
             return tuple(self._minibatch(part, plate, indices) for part in data)
+        if plate.subsample_size == 0:  # (Pyro's minibatch scale N / |B| would divide by zero)
+            raise ValueError(f"SINGuide: the minibatch is empty (plate '{plate.name}'): pass at least one data point")
         if not torch.is_tensor(data):
             raise TypeError(f"SINGuide: the data to encode must be a tensor, got {type(data).__name__}")
         rows = data.shape[0] if data.dim() else None
@@ -317,8 +338,17 @@ class SINGuide(AutoGuide, NameOwner):
     def _register_encoder(self):
         pyro.module(f"{self._pyro_name}.encoder", self.encoder, update_module_params=True)
 
+    def _check_attached(self, method: str):
+        """A clear error for a method that needs the prior before a recognising guide has seen the model."""
+        if self.pgm is None:
+            raise RuntimeError(
+                "SINGuide: the prior is recognised from the model at the guide's first call: take one step "
+                f"(or call guide(*args)) before {method}"
+            )
+
     def natural_params(self):
         """The natural parameters ``λ`` of ``q(θ | λ)`` as a dict of tensors."""
+        self._check_attached("natural_params")
         return self._natural_domain.unpack(self.natural)
 
     @torch.no_grad()
@@ -329,6 +359,7 @@ class SINGuide(AutoGuide, NameOwner):
 
         :param dict natural: natural parameters, e.g. ``pgm.encoded_start(encoder, data)``.
         """
+        self._check_attached("set_natural")
         domain = self._natural_domain
         self.natural.unconstrained().copy_(domain.to_unconstrained(domain.pack(natural)))
         if self.factor_mode == "free":
@@ -337,6 +368,7 @@ class SINGuide(AutoGuide, NameOwner):
 
     def global_posterior(self):
         """``q(θ | λ)`` at the current ``λ``, without gradient to ``λ``."""
+        self._check_attached("global_posterior")
         return self.pgm.global_posterior({k: v.detach() for k, v in self.natural_params().items()})
 
     def factor(self, global_posterior=None):
@@ -381,11 +413,13 @@ class SINGuide(AutoGuide, NameOwner):
 
     def local_posterior(self, data):
         """The posterior of the local latents of ``data`` (no sample sites emitted; array-likes converted)."""
+        self._check_attached("local_posterior")
         return self.posterior(self.encode(data), self.global_posterior())
 
     def forward(self, *args, **kwargs):
         if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+            with _scalar_indices_named(args, kwargs):
+                self._setup_prototype(*args, **kwargs)
         self._mark_registered()
         self._register_encoder()
         name = self._data_frame.name
@@ -400,7 +434,8 @@ class SINGuide(AutoGuide, NameOwner):
                 self.pgm.sample_global_posterior(natural)  # skipped by SINELBO, which integrates θ
         global_posterior = self.pgm.global_posterior({k: v.detach() for k, v in natural.items()})
         if active is None:
-            plate = self._create_plates(*args, **kwargs)[name]
+            with _scalar_indices_named(args, kwargs):
+                plate = self._create_plates(*args, **kwargs)[name]
         else:
             plate, self.plates = active, {name: active}
         data = self.encoder_input(*args, **kwargs)

@@ -11,6 +11,13 @@ import torch
 import pyro
 
 
+def check_num_data(num_data, owner: str) -> int:
+    """``num_data`` as an ``int``, refused unless it counts at least one training point (the plate's size ``N``)."""
+    if isinstance(num_data, bool) or not float(num_data).is_integer() or num_data < 1:
+        raise ValueError(f"{owner}: num_data must be at least 1 (the training set's size N), got {num_data!r}")
+    return int(num_data)
+
+
 def data_plate(num_data: int, y: torch.Tensor, indices=None) -> pyro.plate:
     """
     The plate over data points: ``y`` is the minibatch, ``indices`` its rows in

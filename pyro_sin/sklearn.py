@@ -184,6 +184,11 @@ class DeepGaussianMixture(ClusterMixin, DensityMixin, BaseEstimator):
             raise ValueError(f"max_iter must be 'auto' or a non-negative integer, got {self.max_iter!r}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
+        for name in ("num_samples", "num_particles", "eval_every", "batch_size"):
+            if not setting(getattr(self, name), 1) or getattr(self, name) == "auto":
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not float(self.learning_rate) > 0:  # (a negative rate climbs the loss)
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r} (e.g. 1e-3)")
 
     def _latent_dim(self, train):
         # as wide as the data (the model then contains every Gaussian mixture of the data), up to 30

@@ -202,6 +202,15 @@ class _Best:
         rank, _ = world()
         if rank == 0:  # evaluations run on rank 0 only; the others follow its choice when restoring
             score = float(metrics[self.select] if isinstance(self.select, str) else self.select())
+            if math.isnan(score):  # never chosen over a number: ranked below every finite score
+                name = repr(self.select) if isinstance(self.select, str) else "select()"
+                warnings.warn(
+                    f"fit: the selection score {name} is NaN at step {step}; that evaluation is never "
+                    "selected over one with a number",
+                    RuntimeWarning,
+                    stacklevel=4,  # fit's caller
+                )
+                score = -math.inf
             if self.step is None or score > self.score:
                 params = pyro.get_param_store().named_parameters()
                 self.score, self.step, self.stale = score, step, 0
@@ -292,6 +301,10 @@ def fit(
     num_data = len(parts[0])
     if any(len(part) != num_data for part in parts):
         raise ValueError(f"fit: the tensors in data must share their first dimension, got {[len(p) for p in parts]}")
+    if iterations < 0:
+        raise ValueError(f"fit: iterations must be at least 0, got {iterations}")
+    if eval_every < 1:
+        raise ValueError(f"fit: eval_every must be at least 1 (steps between evaluations), got {eval_every}")
     if patience is not None and (select is None or patience < 1):
         raise ValueError(f"fit: patience needs select and must be at least 1, got {patience}")
     if isinstance(select, str) and evaluate is None:

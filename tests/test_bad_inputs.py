@@ -12,7 +12,9 @@ import torch
 from torch.testing import assert_close
 
 import pyro
+import pyro.distributions as dist
 from pyro.infer import SVI
+from pyro.ops.indexing import Vindex
 
 from pyro_sin import SINELBO, NaturalAdam, SINGuide
 from pyro_sin.initialization import best_kmeans
@@ -355,3 +357,149 @@ def test_reading_the_store_for_leftovers_keeps_pyros_unconstrained_marks():
     assert hasattr(pyro.param("leftover_probe.weight"), "unconstrained")
     naming._stored("leftover_probe")
     assert value.unconstrained() is not None  # still marked after the read
+# ----- the drop-in guide of a plain Pyro model (the README's quick start) ----------------------------------
+
+
+def plain_mixture(num_data=20, K=3):
+    """The README's model: Pyro's GMM tutorial plus a decoder, and the guide that recognises it."""
+    decoder = GaussianDecoder(2, P, (8,))
+
+    def model(y, idx):
+        pyro.module("decoder", decoder)
+        weights = pyro.sample("weights", dist.Dirichlet(torch.ones(K)))
+        with pyro.plate("components", K):
+            precisions = pyro.sample("precisions", dist.Wishart(4.0, covariance_matrix=torch.eye(2)))
+            locs = pyro.sample("locs", dist.MultivariateNormal(torch.zeros(2), precision_matrix=0.5 * precisions))
+        with pyro.plate("data", num_data, subsample=idx):
+            z = pyro.sample("assignment", dist.Categorical(weights))
+            x = pyro.sample(
+                "x", dist.MultivariateNormal(Vindex(locs)[..., z, :], precision_matrix=Vindex(precisions)[..., z, :, :])
+            )
+            pyro.sample("y", decoder.distribution(x), obs=y)
+
+    guide = SINGuide(
+        model,
+        encoder=GaussianEncoder(P, 2, (8,)),
+        create_plates=lambda y, idx: pyro.plate("data", num_data, subsample=idx),
+    )
+    return model, guide, SVI(model, guide, NaturalAdam({"lr": 1e-3}), SINELBO())
+
+
+@pytest.mark.parametrize(
+    "rows, indices, match",
+    [
+        (slice(0, 1), torch.tensor(0), r"indices must be a 1-D integer tensor.*idx.reshape\(-1\)"),
+        (slice(0, 0), torch.arange(0), "the minibatch is empty"),
+    ],
+)
+def test_the_drop_in_guide_names_a_scalar_index_and_an_empty_minibatch(rows, indices, match):
+    y = points(20)
+    _, _, svi = plain_mixture()
+    svi.step(y[:5], torch.arange(5))  # recognised at the first call
+    with pytest.raises(ValueError, match=match):
+        svi.step(y[rows], indices)
+
+
+def test_a_scalar_index_at_the_drop_in_guides_first_call_is_named():
+    _, _, svi = plain_mixture()
+    with pytest.raises(ValueError, match=r"indices must be a 1-D integer tensor"):
+        svi.step(points(1), torch.tensor(0))
+
+
+def test_the_local_posterior_before_recognition_says_to_take_a_step_first():
+    _, guide, _ = plain_mixture()
+    with pytest.raises(RuntimeError, match=r"take one step \(or call guide\(\*args\)\) before local_posterior"):
+        guide.local_posterior(points(5))
+
+
+def test_a_latent_site_no_guide_covers_is_warned_of_by_name():
+    model, guide, _ = mixture()
+
+    def with_extra(y, indices=None):
+        pyro.sample("extra", dist.Normal(0.0, 1.0))
+        return model(y, indices)
+
+    svi = SVI(with_extra, guide, NaturalAdam({"lr": 1e-3}), SINELBO())
+    with pytest.warns(
+        RuntimeWarning, match=r"latent sites in the model but not in the guide: \['extra'\].*AutoGuideList"
+    ):
+        svi.step(points(20)[:5], torch.arange(5))
+
+
+# ----- settings of the optimiser, the bound, fit and the models ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: NaturalAdam({"lr": -0.05}), r"NaturalAdam: optim_args\['lr'\] must be positive, got -0.05"),
+        (lambda: NaturalAdam({"lr": float("nan")}), r"optim_args\['lr'\] must be positive, got nan"),
+        (lambda: SINELBO(num_particles=0), "SINELBO: num_particles must be at least 1, got 0"),
+        (
+            lambda: DeepLatentMixture(GaussianMixture(2, 2), GaussianDecoder(2, P, (8,)), 0),
+            r"DeepLatentMixture: num_data must be at least 1 \(the training set's size N\), got 0",
+        ),
+        (
+            lambda: DeepLatentSequence(LatentHMM(2, 2), GaussianDecoder(2, P, (8,)), 2.5),
+            "DeepLatentSequence: num_data must be at least 1",
+        ),
+    ],
+)
+def test_settings_out_of_range_are_refused_at_construction(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(iterations=-3), "fit: iterations must be at least 0, got -3"),
+        (dict(iterations=2, eval_every=0, evaluate=lambda: {"a": 1.0}), "fit: eval_every must be at least 1"),
+    ],
+)
+def test_fit_refuses_a_negative_iteration_count_and_a_zero_evaluation_period(settings, match):
+    _, _, svi = mixture()
+    with pytest.raises(ValueError, match=match):
+        fit(svi, points(20), batch_size=5, progress=False, **settings)
+
+
+def test_a_nan_selection_score_is_warned_of_and_never_selected_over_a_number():
+    for scores, nan_steps, selected in [
+        ([1.0, float("nan"), float("nan")], [2, 4], 0),  # evaluations at steps 0, 2, 4: only the start has a number
+        ([float("nan"), 1.0, float("nan")], [0, 4], 2),  # a NaN start gives way to the first number
+    ]:
+        pyro.clear_param_store()
+        _, _, svi = mixture()
+        metrics = iter(scores)
+        with pytest.warns(RuntimeWarning, match=r"selection score 'a' is NaN at step") as caught:
+            history = fit(
+                svi,
+                points(20),
+                iterations=4,
+                batch_size=5,
+                progress=False,
+                evaluate=lambda: {"a": next(metrics)},
+                eval_every=2,
+                select="a",
+            )
+        assert [str(w.message).split("NaN at step ")[1].split(";")[0] for w in caught] == [str(s) for s in nan_steps]
+        assert history.selected_step == selected
+
+
+# ----- sequence inputs: one check of the mask and the lengths for every family --------------------------------
+
+
+@pytest.mark.parametrize("key", SEQUENCE_PRIORS)
+@pytest.mark.parametrize(
+    "mask, lengths, match",
+    [
+        (torch.ones(4, 3), None, r"mask must have shape \(B, T\) = \(4, 5\).*got \(4, 3\)"),
+        (None, torch.tensor([5, 5]), r"lengths must have one entry per sequence \(4\), got 2"),
+    ],
+)
+def test_a_mask_or_lengths_of_the_wrong_shape_are_named(key, mask, lengths, match):
+    model = DeepLatentSequence(SEQUENCE_PRIORS[key](), GaussianDecoder(2, P, (8,)), 4)
+    guide = model.make_guide(GaussianEncoder(P, 2, (8,)))
+    svi = SVI(model, guide, NaturalAdam({"lr": 1e-3}), SINELBO())
+    with pytest.raises(ValueError, match=match):
+        svi.step(torch.randn(4, 5, P), mask, lengths)

@@ -123,6 +123,23 @@ def test_a_writer_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
     assert last >= 1, "no checkpoint was ever completed by a writer"
 
 
+def test_the_next_save_removes_the_temporary_files_of_killed_writes_and_nothing_else(tmp_path):
+    path = tmp_path / "run.pt"
+    # the writer's own names for run.pt (mkstemp's 8 characters): one left by a killed write, one still being written
+    stale, under_way = tmp_path / ".run.pt.k1ll3d_0.tmp", tmp_path / ".run.pt.wr1t1ng_.tmp"
+    others = [tmp_path / ".other.pt.k1ll3d_0.tmp", tmp_path / ".run.pt.k1ll3d_0.tmp.keep", tmp_path / "run.pt.tmp"]
+    now = time.time()
+    for leftover, modified in [(stale, now - 3600), (under_way, now + 3600)] + [(o, now - 3600) for o in others]:
+        leftover.write_bytes(b"partial")
+        os.utime(leftover, (modified, modified))
+    pyro.clear_param_store()
+    pyro.param("w", torch.ones(3))
+    checkpoint.save(path, settings={"i": 1})
+    assert not stale.exists()
+    assert under_way.exists() and all(other.exists() for other in others)
+    assert checkpoint.load(path)["i"] == 1
+
+
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at .*missing.pt"):
         checkpoint.load(tmp_path / "missing.pt")

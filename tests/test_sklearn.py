@@ -100,6 +100,11 @@ def test_bad_settings_are_refused_with_the_argument_named():
         (dict(latent_dim=4), "latent_dim"),
         (dict(max_iter=-1), "max_iter"),
         (dict(validation_fraction=1.0), "validation_fraction"),
+        (dict(num_samples=0), "num_samples must be a positive integer, got 0"),
+        (dict(num_particles=0), "num_particles must be a positive integer, got 0"),
+        (dict(eval_every=0), "eval_every must be a positive integer, got 0"),
+        (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+        (dict(learning_rate=-1.0), "learning_rate must be positive, got -1.0"),
     ]:
         with pytest.raises(ValueError, match=match):
             DeepGaussianMixture(**setting).fit(X)

@@ -22,7 +22,7 @@ from pyro.poutine.runtime import get_plates
 
 from .. import evaluation
 from ..guide import SINGuide
-from ..models import data_plate, frame_likelihood, observed_frames, register_decoder
+from ..models import check_num_data, data_plate, frame_likelihood, observed_frames, register_decoder
 from ..naming import NameOwner
 from ..potential import GaussianPotential
 from .base import StructuredPrior
@@ -57,6 +57,28 @@ def check_lengths(lengths, num_steps: int, owner: str = "the sequence model") ->
         raise ValueError(
             f"{owner}: lengths must lie in [1, {num_steps}] (the number of frames of each sequence before "
             f"its padding), got {bad.tolist()}: drop the empty sequences, or pad the data to the longest one"
+        )
+
+
+def check_sequence_data(y, mask=None, lengths=None, owner: str = "the sequence model") -> None:
+    """
+    Refuses a ``mask`` that is not one flag per frame, ``(B, T)`` for data ``y`` of shape
+    ``(B, T, P)``, and ``lengths`` that are not one whole number in ``[1, T]`` per sequence.
+    """
+    if not torch.is_tensor(y) or y.dim() < 2:
+        return  # (the encoder and the decoder say what they need)
+    frames, sequences = tuple(y.shape[:-1]), tuple(y.shape[:-2])
+    if mask is not None and tuple(getattr(mask, "shape", ())) != frames:
+        got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+        raise ValueError(
+            f"{owner}: mask must have shape (B, T) = {frames}, one flag per frame of y {tuple(y.shape)}, got {got}"
+        )
+    check_lengths(lengths, y.shape[-2], owner)
+    if lengths is not None and tuple(lengths.shape) != sequences:
+        count = sequences[0] if len(sequences) == 1 else sequences
+        raise ValueError(
+            f"{owner}: lengths must have one entry per sequence ({count}), got "
+            f"{lengths.numel() if lengths.dim() == 1 else tuple(lengths.shape)}"
         )
 
 
@@ -307,10 +329,11 @@ class DeepLatentSequence(NameOwner):
     def __init__(self, pgm: SequencePrior, decoder: torch.nn.Module, num_data: int, name=None):
         self.pgm = pgm
         self.decoder = decoder
-        self.num_data = num_data
+        self.num_data = check_num_data(num_data, type(self).__name__)
         self._claim_name(name, type(self).__name__)
 
     def __call__(self, y, mask=None, lengths=None, indices=None):
+        check_sequence_data(y, mask, lengths, type(self).__name__)
         register_decoder(self)
         params = self.pgm.sample_params()
         with data_plate(self.num_data, y, indices):
@@ -322,6 +345,7 @@ class DeepLatentSequence(NameOwner):
 
     @staticmethod
     def encoder_input(y, mask=None, lengths=None, indices=None):
+        check_sequence_data(y, mask, lengths, "DeepLatentSequence")
         if lengths is None:
             return y if mask is None else (y, mask)
         return (y, y.new_ones(y.shape[:-1]) if mask is None else mask, lengths)

@@ -17,7 +17,7 @@ from pyro.infer import Predictive
 
 from ... import evaluation
 from ...guide import SINGuide
-from ...models import data_plate, register_decoder
+from ...models import check_num_data, data_plate, register_decoder
 from ...naming import NameOwner
 from .gaussian import GaussianMixture
 
@@ -38,7 +38,7 @@ class DeepLatentMixture(NameOwner):
     def __init__(self, pgm: GaussianMixture, decoder: torch.nn.Module, num_data: int, name=None):
         self.pgm = pgm
         self.decoder = decoder
-        self.num_data = num_data
+        self.num_data = check_num_data(num_data, type(self).__name__)
         self._claim_name(name, type(self).__name__)
 
     def __call__(self, y, indices=None):
