@@ -17,6 +17,7 @@ def pytest_configure(config):
     # The tests run many tiny tensor operations, for which intra-op threads cost more
     # in synchronisation than they save (8x slower per step on a busy 2-core machine).
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the same for the processes the tests start (kernels, workers)
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,9 @@ def test_tutorial_runs_in_short_mode(path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("CI", "1")
+    # one thread in the kernel: the short runs' tensors are small, and on a shared machine several threads
+    # per operation spin against each other (the regime tutorial: 139 s with two threads, 12 s with one)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(path, as_version=4)
     if path.stem in CHECKS:
         notebook.cells.append(nbformat.v4.new_code_cell(CHECKS[path.stem]))
