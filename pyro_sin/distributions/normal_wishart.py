@@ -170,8 +170,10 @@ class NormalWishart:
 
     def loc_dist(self, precision) -> dist.MultivariateNormal:
         """``μ | Λ ~ N(m, (κΛ)⁻¹)`` as a Pyro distribution."""
+        # unvalidated, as precision_dist is: a float32 Wishart draw is symmetric only to rounding (1e-4 at a
+        # precision of 1e3), which the strict symmetry check refuses although the matrix is well conditioned
         return dist.MultivariateNormal(
-            self.loc, precision_matrix=self.kappa[..., None, None] * precision
+            self.loc, precision_matrix=self.kappa[..., None, None] * precision, validate_args=False
         )
 
     def rsample(self, sample_shape=torch.Size()):
