@@ -148,8 +148,9 @@ class NaturalAdam(PyroOptim):
         if not callable(natural_lr) and not 0 < float(natural_lr) <= 1:
             raise ValueError(f"natural_lr must lie in (0, 1], got {natural_lr}")
         lr = optim_args.get("lr") if isinstance(optim_args, dict) else None
-        if lr is not None and not float(lr) > 0:  # (a negative rate climbs the loss; NaN stops nothing)
-            raise ValueError(f"NaturalAdam: optim_args['lr'] must be positive, got {lr} (e.g. {{'lr': 1e-3}})")
+        # a negative rate climbs the loss and NaN stops nothing; 0 is allowed (natural steps alone)
+        if lr is not None and not float(lr) >= 0:
+            raise ValueError(f"NaturalAdam: optim_args['lr'] must be positive or 0, got {lr} (e.g. {{'lr': 1e-3}})")
         self.natural_lr = natural_lr
         super().__init__(optim_constructor, optim_args, clip_args)
         self.distributed = distributed

@@ -432,8 +432,8 @@ def test_a_latent_site_no_guide_covers_is_warned_of_by_name():
 @pytest.mark.parametrize(
     "build, match",
     [
-        (lambda: NaturalAdam({"lr": -0.05}), r"NaturalAdam: optim_args\['lr'\] must be positive, got -0.05"),
-        (lambda: NaturalAdam({"lr": float("nan")}), r"optim_args\['lr'\] must be positive, got nan"),
+        (lambda: NaturalAdam({"lr": -0.05}), r"NaturalAdam: optim_args\['lr'\] must be positive or 0, got -0.05"),
+        (lambda: NaturalAdam({"lr": float("nan")}), r"optim_args\['lr'\] must be positive or 0, got nan"),
         (lambda: SINELBO(num_particles=0), "SINELBO: num_particles must be at least 1, got 0"),
         (
             lambda: DeepLatentMixture(GaussianMixture(2, 2), GaussianDecoder(2, P, (8,)), 0),
