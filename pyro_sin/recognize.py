@@ -156,6 +156,21 @@ def _describe(site) -> str:
     )
 
 
+def _refuse_unless_untouched(first: Trace, again: Trace, structure, varied: str, depends: str, reads: str):
+    """
+    Every sample site outside ``structure`` exists in both traces with the same log density: the second trace
+    changed only ``varied``, so a site that moved reads the structure other than as the model's latents may.
+    """
+    for name, site in first.nodes.items():
+        if site["type"] != "sample" or name in structure:
+            continue
+        other = again.nodes.get(name)
+        if other is None or other["type"] != "sample":
+            _refuse(name, f"a site that exists only for some {varied}", "a model of fixed structure")
+        if not _close(site["fn"].log_prob(site["value"]), other["fn"].log_prob(other["value"])):
+            _refuse(name, f"a site that depends on {depends}", reads)
+
+
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal to rounding (a relative tolerance of the dtype's), broadcasting; False where shapes do not broadcast."""
     try:
@@ -489,20 +504,14 @@ class _MixtureRecognizer:
         if not _close(self._kappa(again), self.kappa):
             _refuse(self.sites["locs"], "a prior whose κ₀ changes with the precisions", "a Normal-Wishart prior")
         x_name = self.latent
-        mixture = set(self.sites.values()) | {x_name}
-        for name, site in self.trace.nodes.items():
-            if site["type"] != "sample" or name in mixture:
-                continue
-            other = again.nodes.get(name)
-            if other is None or other["type"] != "sample":
-                _refuse(name, "a site that exists only for some values of the mixture", "a model of fixed structure")
-            if not _close(site["fn"].log_prob(site["value"]), other["fn"].log_prob(other["value"])):
-                _refuse(
-                    name,
-                    "a site that depends on the mixture's weights, components or assignments other than through "
-                    f"the latent '{x_name}'",
-                    f"sites outside the mixture that read it only through '{x_name}'",
-                )
+        _refuse_unless_untouched(
+            self.trace,
+            again,
+            set(self.sites.values()) | {x_name},
+            "values of the mixture",
+            f"the mixture's weights, components or assignments other than through the latent '{x_name}'",
+            f"sites outside the mixture that read it only through '{x_name}'",
+        )
 
     def _check_follows(self, again, changed):
         """In the second trace, the assignments follow the new weights and the latent its new component."""
@@ -825,19 +834,14 @@ class _HMMRecognizer(_MixtureRecognizer):
                 _refuse(x_name, f"a precision that does not follow the component precisions and '{z_name}'", expected)
         if not _close(self._kappa(again), self.kappa):
             _refuse(locs, "a prior whose κ₀ changes with the precisions", "a Normal-Wishart prior")
-        chain = set(self.sites.values()) | set(self.chain) | set(self.latents)
-        for name, site in self.trace.nodes.items():
-            if site["type"] != "sample" or name in chain:
-                continue
-            other = again.nodes.get(name)
-            if other is None or other["type"] != "sample":
-                _refuse(name, "a site that exists only for some values of the chain", "a model of fixed structure")
-            if not _close(site["fn"].log_prob(site["value"]), other["fn"].log_prob(other["value"])):
-                _refuse(
-                    name,
-                    "a site that depends on the chain's parameters or states other than through its latents",
-                    f"sites outside the chain that read it only through {list(self.latents)}",
-                )
+        _refuse_unless_untouched(
+            self.trace,
+            again,
+            set(self.sites.values()) | set(self.chain) | set(self.latents),
+            "values of the chain",
+            "the chain's parameters or states other than through its latents",
+            f"sites outside the chain that read it only through {list(self.latents)}",
+        )
 
 
 def _check_path_reproduces(prior: "LatentHMM", trace: Trace, chain, latents):
@@ -1144,19 +1148,14 @@ class _LDSRecognizer:
                 f"a row precision that does not follow the noise precision '{precision_name}'",
                 "[A b] | Λ ~ MatrixNormal(M0, Λ, K0)",
             )
-        chain = set(self.sites.values()) | set(self.chain)
-        for name, site in self.trace.nodes.items():
-            if site["type"] != "sample" or name in chain:
-                continue
-            other = again.nodes.get(name)
-            if other is None or other["type"] != "sample":
-                _refuse(name, "a site that exists only for some dynamics", "a model of fixed structure")
-            if not _close(site["fn"].log_prob(site["value"]), other["fn"].log_prob(other["value"])):
-                _refuse(
-                    name,
-                    "a site that depends on the dynamics or the noise precision",
-                    f"sites outside the chain that read it only through its states {list(self.chain)}",
-                )
+        _refuse_unless_untouched(
+            self.trace,
+            again,
+            set(self.sites.values()) | set(self.chain),
+            "dynamics",
+            "the dynamics or the noise precision",
+            f"sites outside the chain that read it only through its states {list(self.chain)}",
+        )
 
     def _check_path_reproduces(self, prior):
         """
